@@ -1,0 +1,318 @@
+"""One decoding loop for every method: draft → verify → accept → recover → roll back → emit.
+
+Each method of DESIGN.md §1 is a row of `METHOD_SPECS`: whether the specialist drafts, how
+drafts are verified, and how the round's last token is recovered. The loop reads that row;
+the math lives in `algorithms`, the models behind `TokenSequence`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+
+from langchain_specsteer import algorithms as alg
+from langchain_specsteer.models import LocalGeneralist, LocalSpecialist, TokenSequence
+from langchain_specsteer.params import DecodingParams
+
+__all__ = [
+    "METHOD_SPECS",
+    "DecodeRun",
+    "DecodeStats",
+    "MethodSpec",
+    "Prompts",
+    "Round",
+    "SpecSteerEngine",
+]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a method does in a round.
+
+    Attributes:
+        drafts: the specialist drafts up to K tokens from q_ctx.
+        verify: "ratio" (SpecSteer's p_G/q_gen ≥ γ), "match" (standard speculative), or "none".
+        recover: the round's last token comes from "generalist" (p_G), "specialist" (q_ctx),
+            "steer" (p_G + α δ) or "costeer" (CoSteer's iterative fusion).
+    """
+
+    drafts: bool
+    verify: Literal["none", "ratio", "match"]
+    recover: Literal["generalist", "specialist", "steer", "costeer"]
+
+    @property
+    def uses_generalist(self) -> bool:
+        return self.recover != "specialist" or self.verify != "none"
+
+    @property
+    def uses_q_gen(self) -> bool:
+        return self.verify == "ratio" or self.recover in ("steer", "costeer")
+
+    @property
+    def recovers_with_q_ctx(self) -> bool:
+        return self.recover in ("specialist", "steer", "costeer")
+
+
+METHOD_SPECS: dict[str, MethodSpec] = {
+    "generalist": MethodSpec(drafts=False, verify="none", recover="generalist"),
+    "specialist": MethodSpec(drafts=False, verify="none", recover="specialist"),
+    "speculative": MethodSpec(drafts=True, verify="match", recover="generalist"),
+    "light_costeer": MethodSpec(drafts=False, verify="none", recover="steer"),
+    "costeer": MethodSpec(drafts=False, verify="none", recover="costeer"),
+    "specsteer": MethodSpec(drafts=True, verify="ratio", recover="steer"),
+}
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """Token ids of the three prompts of one request.
+
+    Attributes:
+        private: the specialist's prompt with the private context (c ⊕ x). Device only.
+        public_specialist: the specialist's prompt without it (x), for q_gen.
+        public_generalist: the generalist's prompt (x).
+    """
+
+    private: list[int]
+    public_specialist: list[int]
+    public_generalist: list[int]
+
+
+@dataclass(frozen=True)
+class Round:
+    """Tokens one round committed; the first `accepted` are the specialist's accepted drafts."""
+
+    tokens: list[int]
+    accepted: int
+
+
+@dataclass
+class DecodeStats:
+    """Counters of one generation; `as_dict()` is what `generation_info` reports."""
+
+    method: str
+    new_tokens: int = 0
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    generalist_calls: int = 0
+    specialist_calls: int = 0
+    finish_reason: str | None = None
+    seconds: float = 0.0
+    _start: float = field(default_factory=time.perf_counter, repr=False)
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self.accepted / self.drafted if self.drafted else None
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        return self.new_tokens / self.seconds if self.seconds > 0 else None
+
+    def as_dict(self) -> dict:
+        info = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        info["acceptance_rate"] = self.acceptance_rate
+        info["tokens_per_second"] = self.tokens_per_second
+        return info
+
+
+class SpecSteerEngine:
+    """Runs any method of DESIGN.md §1 on a specialist and a generalist sharing one vocabulary."""
+
+    def __init__(self, specialist: LocalSpecialist, generalist: LocalGeneralist):
+        self.specialist = specialist
+        self.generalist = generalist
+        self.vocab_size = _shared_vocab_size(specialist, generalist)
+
+    def run(self, prompts: Prompts, params: DecodingParams) -> DecodeRun:
+        """A lazy generation: iterate it for `Round`s; its `stats` fill in as it goes."""
+        return DecodeRun(self, prompts, params)
+
+
+class DecodeRun:
+    """One generation in progress. Iterating yields each round's committed tokens."""
+
+    def __init__(self, engine: SpecSteerEngine, prompts: Prompts, params: DecodingParams):
+        self.engine = engine
+        self.prompts = prompts
+        self.params = params
+        self.spec = METHOD_SPECS[params.method]
+        self.stats = DecodeStats(method=params.method)
+        self.device = engine.specialist.device
+        self.rng: torch.Generator | None = None
+        if not params.greedy:
+            self.rng = torch.Generator(device=self.device)
+            self.rng.manual_seed(params.seed if params.seed is not None else torch.seed())
+
+    def __iter__(self) -> Iterator[Round]:
+        p, spec, eng = self.params, self.spec, self.engine
+        V = eng.vocab_size
+        uses_q_ctx = spec.drafts or spec.recovers_with_q_ctx
+        # q_ctx: the only sequence that sees the private context; it never leaves the device.
+        ctx = eng.specialist.sequence(self.prompts.private, V) if uses_q_ctx else None
+        gen = (
+            eng.specialist.sequence(self.prompts.public_specialist, V) if spec.uses_q_gen else None
+        )
+        target = (
+            eng.generalist.sequence(self.prompts.public_generalist, V)
+            if spec.uses_generalist
+            else None
+        )
+        eos = eng.generalist.eos_token_ids | eng.specialist.eos_token_ids
+        self.stats._start = time.perf_counter()
+        try:
+            while self.stats.new_tokens < p.max_new_tokens:
+                remaining = p.max_new_tokens - self.stats.new_tokens
+                k = min(p.draft_tokens, remaining - 1) if spec.drafts else 0
+                # Draft (device): up to k tokens from q_ctx, ending early at EOS.
+                draft, q_ctx = self._draft(ctx, k, eos)
+                # Verify (cloud): one forward of each public model over the pending token + draft.
+                log_p_G = self._score(target, draft)
+                log_q_gen = self._score(gen, draft)
+                n = self._accept(draft, q_ctx, log_p_G, log_q_gen)
+                # Recover: the token at the first rejected position (or the bonus position).
+                if spec.recovers_with_q_ctx and n == len(draft):
+                    q_ctx.append(alg.temper(ctx.forward()[0], p.temperature))
+                    self.stats.specialist_calls += 1
+                token = self._recover(n, len(draft), q_ctx, log_p_G, log_q_gen)
+                # Roll back every cache to the committed length, then commit.
+                for seq in (ctx, gen, target):
+                    if seq is not None:
+                        seq.rollback(len(seq.tokens) - len(draft) + n)
+                        seq.append([token])
+                tokens = [*draft[:n], token]
+                for i, t in enumerate(tokens):
+                    if t in eos:
+                        tokens = tokens[: i + 1]
+                        self.stats.finish_reason = "eos"
+                        break
+                self._count(len(draft), min(n, len(tokens)), len(tokens))
+                yield Round(tokens=tokens, accepted=min(n, len(tokens)))
+                if self.stats.finish_reason == "eos":
+                    return
+            self.stats.finish_reason = "length"
+        finally:
+            self.stats.seconds = time.perf_counter() - self.stats._start
+
+    def _draft(
+        self, ctx: TokenSequence, k: int, eos: frozenset[int]
+    ) -> tuple[list[int], list[torch.Tensor]]:
+        """Specialist proposes up to k tokens; returns them and q_ctx (V,) before each."""
+        draft: list[int] = []
+        q_ctx: list[torch.Tensor] = []
+        for _ in range(k):
+            logq = alg.temper(ctx.forward()[0], self.params.temperature)  # (V,)
+            token = alg.pick(self._sampling(logq), greedy=self.params.greedy, generator=self.rng)
+            draft.append(token)
+            q_ctx.append(logq)
+            ctx.append([token])
+            if token in eos:
+                break
+        self.stats.specialist_calls += len(draft)
+        return draft, q_ctx
+
+    def _score(self, seq: TokenSequence | None, draft: list[int]) -> torch.Tensor | None:
+        """(len(draft)+1, V) log-probs of a public model at the draft positions and after."""
+        if seq is None:
+            return None
+        seq.append(draft)
+        rows = seq.forward(len(draft) + 1).to(self.device)
+        if seq.lm is self.engine.generalist:
+            self.stats.generalist_calls += 1
+        else:
+            self.stats.specialist_calls += 1
+        return alg.temper(rows, self.params.temperature)
+
+    def _accept(
+        self,
+        draft: list[int],
+        q_ctx: list[torch.Tensor],
+        log_p_G: torch.Tensor | None,
+        log_q_gen: torch.Tensor | None,
+    ) -> int:
+        if not draft or self.spec.verify == "none":
+            return 0
+        p = self.params
+        ids = torch.tensor(draft, device=self.device)
+        if self.spec.verify == "ratio":
+            at_draft = ids.unsqueeze(-1)
+            return alg.ratio_accept(
+                log_p_G[:-1].gather(-1, at_draft).squeeze(-1),
+                log_q_gen[:-1].gather(-1, at_draft).squeeze(-1),
+                p.gamma,
+                greedy=p.greedy,
+                generator=self.rng,
+            )
+        return alg.speculative_accept(
+            ids,
+            self._sampling(log_p_G[:-1]),
+            self._sampling(torch.stack(q_ctx)),
+            greedy=p.greedy,
+            generator=self.rng,
+        )
+
+    def _recover(
+        self,
+        n: int,
+        n_draft: int,
+        q_ctx: list[torch.Tensor],
+        log_p_G: torch.Tensor | None,
+        log_q_gen: torch.Tensor | None,
+    ) -> int:
+        p, how = self.params, self.spec.recover
+        if how == "generalist":
+            scores = log_p_G[n]
+            if self.spec.verify == "match" and not p.greedy and n < n_draft:
+                scores = alg.residual(self._sampling(scores), self._sampling(q_ctx[n]))
+        elif how == "specialist":
+            scores = q_ctx[n]
+        elif how == "steer":
+            scores = alg.steer(log_p_G[n], q_ctx[n], log_q_gen[n], p.alpha)
+        else:
+            scores = alg.costeer_policy(
+                log_p_G[n],
+                q_ctx[n] - log_q_gen[n],
+                steps=p.costeer_steps,
+                a=p.costeer_a,
+                b=p.costeer_b,
+                lam=p.costeer_lambda,
+                eta=p.costeer_eta,
+            )
+        if not p.greedy:
+            scores = self._sampling(torch.log_softmax(scores, dim=-1))
+        return alg.pick(scores, greedy=p.greedy, generator=self.rng)
+
+    def _sampling(self, logp: torch.Tensor) -> torch.Tensor:
+        """The distribution a sample is drawn from (top-p in sampling mode)."""
+        return logp if self.params.greedy else alg.top_p_filter(logp, self.params.top_p)
+
+    def _count(self, drafted: int, accepted: int, new_tokens: int) -> None:
+        s = self.stats
+        s.rounds += 1
+        s.new_tokens += new_tokens
+        if self.spec.drafts:
+            s.drafted += drafted
+            s.accepted += accepted
+
+
+def _shared_vocab_size(specialist: LocalSpecialist, generalist: LocalGeneralist) -> int:
+    """The common vocabulary width, or a clear error when the tokenizers differ."""
+    s_vocab, g_vocab = specialist.tokenizer.get_vocab(), generalist.tokenizer.get_vocab()
+    if s_vocab != g_vocab:
+        msg = (
+            "The specialist and generalist tokenizers have different vocabularies "
+            f"({len(s_vocab)} vs {len(g_vocab)} tokens, "
+            f"{len(s_vocab.items() ^ g_vocab.items())} entries differ). The token-level path "
+            "needs one shared vocabulary; byte-level alignment for different tokenizers is "
+            "not available yet."
+        )
+        raise ValueError(msg)
+    width = min(specialist.vocab_size, generalist.vocab_size)
+    if width < len(s_vocab):
+        msg = f"model output width {width} is smaller than the tokenizer's {len(s_vocab)} tokens"
+        raise ValueError(msg)
+    return width

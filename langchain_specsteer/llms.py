@@ -1,0 +1,185 @@
+"""`SpecSteerLLM`: SpecSteer as a drop-in LangChain `LLM`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models.llms import LLM
+from langchain_core.outputs import Generation, GenerationChunk, LLMResult
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from langchain_specsteer.engine import Prompts, SpecSteerEngine
+from langchain_specsteer.models import LocalGeneralist, LocalSpecialist
+from langchain_specsteer.params import (
+    DEFAULT_CONTEXT_TEMPLATE,
+    DecodingParams,
+    check_context_template,
+)
+from langchain_specsteer.text import IncrementalDetokenizer, StopStringFilter
+
+__all__ = ["SpecSteerLLM"]
+
+PrivateContext = str | Sequence[str] | None
+
+
+class SpecSteerLLM(LLM, DecodingParams):
+    """A small private specialist and a large public generalist writing one text (SpecSteer).
+
+    The specialist reads `private_context` (per call) and drafts; the generalist, which only
+    ever receives the public prompt and drafted token ids, verifies and helps recover.
+
+    Example:
+        .. code-block:: python
+
+            from langchain_specsteer import LocalGeneralist, LocalSpecialist, SpecSteerLLM
+
+            llm = SpecSteerLLM(
+                specialist=LocalSpecialist.from_pretrained("Qwen/Qwen3-0.6B"),
+                generalist=LocalGeneralist.from_pretrained("Qwen/Qwen3-8B"),
+            )
+            llm.invoke("Write a review of this blender.", private_context="<past reviews>")
+
+    Every decoding field (`method`, `gamma`, `alpha`, `draft_tokens`, `max_new_tokens`,
+    `temperature`, `top_p`, `seed`, `costeer_*`) can also be overridden per call:
+    `llm.invoke(prompt, method="generalist")`.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", arbitrary_types_allowed=True, validate_assignment=True
+    )
+
+    specialist: LocalSpecialist
+    """The on-device model; the only one that sees private context."""
+    generalist: LocalGeneralist
+    """The large model; receives public token ids only."""
+    stop: list[str] | None = None
+    """Stop strings: output ends just before the first one (added to per-call `stop`)."""
+    use_chat_template: bool = True
+    """Render prompts with each model's own chat template, when its tokenizer has one."""
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Extra arguments for `apply_chat_template` (e.g. {"enable_thinking": False} for Qwen3)."""
+    context_template: str = DEFAULT_CONTEXT_TEMPLATE
+    """How private context and the prompt are joined for the specialist: {context}, {prompt}."""
+    context_separator: str = "\n\n"
+    """Joins the pieces when `private_context` is a list of strings."""
+
+    _engine: SpecSteerEngine = PrivateAttr()
+
+    @field_validator("context_template")
+    @classmethod
+    def _check_context_template(cls, value: str) -> str:
+        return check_context_template(value)
+
+    @model_validator(mode="after")
+    def _build_engine(self) -> SpecSteerLLM:
+        self._engine = SpecSteerEngine(self.specialist, self.generalist)
+        return self
+
+    @property
+    def _llm_type(self) -> str:
+        return "specsteer"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "specialist": self.specialist.name,
+            "generalist": self.generalist.name,
+            **self.decoding_params().model_dump(),
+        }
+
+    def decoding_params(self, **overrides: Any) -> DecodingParams:
+        """This LLM's decoding fields, with per-call overrides validated."""
+        values = {name: getattr(self, name) for name in DecodingParams.model_fields}
+        return DecodingParams.model_validate({**values, **overrides})
+
+    def render_prompts(self, prompt: str, private_context: PrivateContext = None) -> Prompts:
+        """Token ids of the private (specialist + context) and public prompts of a request."""
+        context = _join_context(private_context, self.context_separator)
+        private = (
+            self.context_template.format(context=context, prompt=prompt) if context else prompt
+        )
+        chat = {"chat": self.use_chat_template, "chat_template_kwargs": self.chat_template_kwargs}
+        return Prompts(
+            private=self.specialist.encode(private, **chat),
+            public_specialist=self.specialist.encode(prompt, **chat),
+            public_generalist=self.generalist.encode(prompt, **chat),
+        )
+
+    def _stream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[GenerationChunk]:
+        for chunk in self._chunks(prompt, stop, **kwargs):
+            if run_manager and chunk.text:
+                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+    def _call(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> str:
+        return "".join(chunk.text for chunk in self._stream(prompt, stop, run_manager, **kwargs))
+
+    def _generate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        generations = []
+        for prompt in prompts:
+            final: GenerationChunk | None = None
+            for chunk in self._stream(prompt, stop, run_manager, **kwargs):
+                final = chunk if final is None else final + chunk
+            generations.append([Generation(text=final.text, generation_info=final.generation_info)])
+        return LLMResult(generations=generations)
+
+    def _chunks(
+        self,
+        prompt: str,
+        stop: list[str] | None,
+        private_context: PrivateContext = None,
+        **kwargs: Any,
+    ) -> Iterator[GenerationChunk]:
+        """Text pieces as rounds commit tokens, then one empty chunk carrying the statistics."""
+        params = self.decoding_params(**kwargs)
+        prompts = self.render_prompts(prompt, private_context)
+        run = self._engine.run(prompts, params)
+        detokenizer = IncrementalDetokenizer(self.specialist.tokenizer)
+        stops = StopStringFilter([*(self.stop or []), *(stop or [])])
+        rounds = iter(run)
+        try:
+            for round_ in rounds:
+                piece = stops.push(detokenizer.push(round_.tokens))
+                if piece:
+                    yield GenerationChunk(text=piece)
+                if stops.stopped:
+                    break
+            if not stops.stopped:
+                piece = stops.push(detokenizer.flush()) + stops.flush()
+                if piece:
+                    yield GenerationChunk(text=piece)
+        finally:
+            rounds.close()  # stops the clock; frees the KV caches
+        if stops.stopped:
+            run.stats.finish_reason = "stop"
+        info = run.stats.as_dict()
+        info["private_context"] = bool(_join_context(private_context, self.context_separator))
+        yield GenerationChunk(text="", generation_info=info)
+
+
+def _join_context(private_context: PrivateContext, separator: str) -> str:
+    if private_context is None:
+        return ""
+    if isinstance(private_context, str):
+        return private_context.strip()
+    return separator.join(p.strip() for p in private_context if p and p.strip())

@@ -1,0 +1,187 @@
+"""Thin adapters over Hugging Face causal LMs: they only turn token ids into log-prob tensors.
+
+`TokenSequence` is one model's view of one growing sequence. Its KV cache always holds a
+prefix of `tokens`; `forward()` feeds whatever is not cached yet and returns the next-token
+log-probs after each fed position, and `rollback()` cuts both back after a rejection, so a
+round never re-prefills the committed text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+__all__ = ["LocalGeneralist", "LocalModel", "LocalSpecialist", "TokenSequence"]
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _resolve_dtype(torch_dtype: Any, device: str) -> Any:
+    if torch_dtype is None:
+        return torch.float32 if str(device).startswith("cpu") else "auto"
+    if isinstance(torch_dtype, str) and torch_dtype != "auto":
+        return getattr(torch, torch_dtype)
+    return torch_dtype
+
+
+class TokenSequence:
+    """Token ids of one sequence on one model, with a KV cache of a prefix of them.
+
+    Attributes:
+        tokens: the sequence (committed tokens, then any tentative draft tokens).
+        cached: how many leading tokens have their keys/values in the cache.
+    """
+
+    def __init__(self, lm: LocalModel, prompt_ids: Sequence[int], vocab_size: int | None = None):
+        if len(prompt_ids) == 0:
+            msg = "prompt_ids is empty: a sequence needs at least one token (e.g. a BOS token)."
+            raise ValueError(msg)
+        from transformers import DynamicCache
+
+        self.lm = lm
+        self.tokens: list[int] = list(prompt_ids)
+        self.cached = 0
+        self.cache = DynamicCache()
+        self.vocab_size = vocab_size or lm.vocab_size
+
+    def append(self, token_ids: Sequence[int]) -> None:
+        """Add tokens to the end without computing anything."""
+        self.tokens.extend(token_ids)
+
+    def forward(self, rows: int = 1) -> torch.Tensor:
+        """Feed the uncached tokens; return (rows, V) log-probs at the last `rows` positions.
+
+        Row i is the next-token distribution after tokens[len(tokens) − rows + i].
+        """
+        if self.cached >= len(self.tokens):  # everything cached: re-feed the last token
+            self.rollback_cache(len(self.tokens) - 1)
+        fresh = self.tokens[self.cached :]
+        if rows > len(fresh):
+            msg = f"asked for {rows} rows but only {len(fresh)} tokens are uncached"
+            raise ValueError(msg)
+        input_ids = torch.tensor([fresh], dtype=torch.long, device=self.lm.device)
+        with torch.inference_mode():
+            out = self.lm.model(
+                input_ids=input_ids,
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=rows,
+            )
+        self.cache = out.past_key_values
+        self.cached = len(self.tokens)
+        self.lm.forward_calls += 1
+        logits = out.logits[0, -rows:, : self.vocab_size]  # (rows, V)
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    def rollback(self, length: int) -> None:
+        """Keep only the first `length` tokens (and at most that much cache)."""
+        del self.tokens[length:]
+        self.rollback_cache(length)
+
+    def rollback_cache(self, length: int) -> None:
+        """Drop cached keys/values past `length` tokens."""
+        extra = self.cached - length
+        if extra > 0:
+            self.cache.crop(-extra)  # negative: remove that many (transformers 4.x and 5.x)
+            self.cached = length
+
+
+class LocalModel:
+    """A Hugging Face causal LM and its tokenizer, in eval mode with gradients off.
+
+    Args:
+        model: a `transformers` causal LM (e.g. `AutoModelForCausalLM.from_pretrained(...)`).
+        tokenizer: its tokenizer.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.forward_calls = 0
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id: str,
+        *,
+        device: str | torch.device | None = None,
+        torch_dtype: str | torch.dtype | None = None,
+        tokenizer_id: str | None = None,
+        **model_kwargs: Any,
+    ) -> LocalModel:
+        """Load a hub id or local path with `transformers`.
+
+        Args:
+            model_id: hub id (e.g. "Qwen/Qwen3-0.6B") or a local folder.
+            device: "cpu", "cuda", "cuda:1", ...; default CUDA when available.
+            torch_dtype: e.g. torch.bfloat16 or "bfloat16"; default float32 on CPU, "auto" on CUDA.
+            tokenizer_id: where the tokenizer lives, if not beside the weights.
+            **model_kwargs: passed to `AutoModelForCausalLM.from_pretrained`.
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = str(device or _default_device())
+        dtype = _resolve_dtype(torch_dtype, device)
+        model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype, **model_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_id or model_id)
+        return cls(model.to(device), tokenizer)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def vocab_size(self) -> int:
+        """Width of the model's output layer (may exceed the tokenizer's length)."""
+        return self.model.get_output_embeddings().weight.shape[0]
+
+    @property
+    def name(self) -> str:
+        return getattr(self.model.config, "_name_or_path", "") or type(self.model).__name__
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """Token ids that end a generation (generation config and tokenizer)."""
+        ids: set[int] = set()
+        config = getattr(self.model, "generation_config", None)
+        eos = getattr(config, "eos_token_id", None) if config is not None else None
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif eos:
+            ids.update(eos)
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return frozenset(ids)
+
+    def encode(
+        self, text: str, *, chat: bool, chat_template_kwargs: dict | None = None
+    ) -> list[int]:
+        """Token ids for a user turn: through the chat template when asked and available."""
+        if chat and getattr(self.tokenizer, "chat_template", None):
+            rendered = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}],
+                tokenize=False,
+                add_generation_prompt=True,
+                **(chat_template_kwargs or {}),
+            )
+            return self.tokenizer.encode(rendered, add_special_tokens=False)
+        return self.tokenizer.encode(text, add_special_tokens=True)
+
+    def sequence(self, prompt_ids: Sequence[int], vocab_size: int | None = None) -> TokenSequence:
+        """Start a new sequence on this model (log-probs over the first `vocab_size` tokens)."""
+        return TokenSequence(self, prompt_ids, vocab_size)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, device={self.device})"
+
+
+class LocalSpecialist(LocalModel):
+    """The small on-device model: drafts with the private context (q_ctx), and gives q_gen."""
+
+
+class LocalGeneralist(LocalModel):
+    """The large model, loaded in this process; it only ever receives public token ids."""

@@ -1,0 +1,84 @@
+"""From token ids to streamed text: whole UTF-8 characters only, stop strings cut exactly."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["IncrementalDetokenizer", "StopStringFilter"]
+
+
+class IncrementalDetokenizer:
+    """Decodes a growing list of token ids into text pieces that are never half a character.
+
+    Decodes a short window of recent tokens twice (with and without the new ones) and emits
+    the difference, so tokenizers that merge spaces or bytes across tokens still concatenate
+    to `tokenizer.decode(all_ids)`.
+    """
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix_offset = 0  # start of the window decoded for context
+        self.read_offset = 0  # tokens before this are already emitted
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(
+            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+
+    def push(self, token_ids: Sequence[int]) -> str:
+        """Add tokens; return the newly completed text ('' while a character is unfinished)."""
+        self.ids.extend(token_ids)
+        before = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        after = self._decode(self.ids[self.prefix_offset :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+            return after[len(before) :]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is left at the end (an unfinished character decodes as U+FFFD)."""
+        before = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        after = self._decode(self.ids[self.prefix_offset :])
+        self.prefix_offset = self.read_offset = len(self.ids)
+        return after[len(before) :]
+
+
+class StopStringFilter:
+    """Holds back text that could still become a stop string; reports when one completes.
+
+    Anything it releases can never be part of a stop string found later, so a stream never
+    shows a piece that `invoke` would cut.
+    """
+
+    def __init__(self, stop: Sequence[str]):
+        self.stop = [s for s in stop if s]
+        self.held = ""
+        self.stopped = False
+
+    def push(self, text: str) -> str:
+        """Add text; return what is safe to emit. Sets `stopped` once a stop string appears."""
+        if self.stopped:
+            return ""
+        buffer = self.held + text
+        hits = [i for i in (buffer.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            self.stopped, self.held = True, ""
+            return buffer[: min(hits)]
+        keep = max((_overlap(buffer, s) for s in self.stop), default=0)
+        self.held = buffer[len(buffer) - keep :] if keep else ""
+        return buffer[: len(buffer) - keep]
+
+    def flush(self) -> str:
+        """Release the held text at the end of generation."""
+        out, self.held = self.held, ""
+        return "" if self.stopped else out
+
+
+def _overlap(text: str, stop: str) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of `stop`."""
+    for n in range(min(len(text), len(stop) - 1), 0, -1):
+        if text.endswith(stop[:n]):
+            return n
+    return 0

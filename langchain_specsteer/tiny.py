@@ -1,0 +1,103 @@
+"""A tiny, randomly initialised specialist/generalist pair that needs no downloads.
+
+Used by the tests and, until a trained pair ships, by `specsteer demo`. Its texts are
+noise: it exercises every code path, but its acceptance rates and speed-ups mean nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from langchain_specsteer.models import LocalGeneralist, LocalSpecialist
+
+__all__ = ["CORPUS", "tiny_pair", "train_tokenizer"]
+
+CORPUS = [
+    "I bought this blender last month and it crushes ice in seconds. Five stars from me.",
+    "The headphones sound warm, the bass is deep, but the case feels cheap.",
+    "Honestly? The coffee grinder is loud. Still, the grind is even and fast.",
+    "My kids love this tent; it survived a storm at the lake without a leak.",
+    "Battery life is great: two full days of music, maps and calls.",
+    "Le café est délicieux, très aromatique. Crème brûlée à la française!",
+    "这个产品很好，我很喜欢。质量不错，价格合理。",
+    "Love it 😀👍 would buy again 🎉 — shipping was fast ✨",
+    "Write a short review of a kitchen product in the user's own voice.",
+    "Summary: solid build, fair price, average manual. Rating: 4 out of 5.",
+]
+
+
+def train_tokenizer(texts: list[str] | None = None, vocab_size: int = 512) -> Any:
+    """A byte-level BPE tokenizer trained on `texts`, with BOS/EOS, as a HF fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|bos|>", "<|eos|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator((texts or CORPUS) * 20, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|bos|> $A", special_tokens=[("<|bos|>", tok.token_to_id("<|bos|>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>"
+    )
+
+
+def _config(arch: str, tokenizer: Any, hidden: int, layers: int, init: float) -> Any:
+    from transformers import LlamaConfig, Qwen3Config
+
+    config_class = {"qwen3": Qwen3Config, "llama": LlamaConfig}[arch]
+    return config_class(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=hidden // 4,
+        max_position_embeddings=4096,
+        initializer_range=init,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def tiny_pair(
+    seed: int = 0,
+    *,
+    specialist_size: tuple[int, int] = (64, 2),
+    generalist_size: tuple[int, int] = (128, 4),
+    generalist_arch: str = "llama",
+    init: float = 0.08,
+    tokenizer: Any = None,
+) -> tuple[LocalSpecialist, LocalGeneralist]:
+    """A random Qwen3 specialist and a random (Llama by default) generalist sharing a tokenizer.
+
+    Args:
+        seed: makes the weights reproducible.
+        specialist_size: (hidden size, layers) of the specialist.
+        generalist_size: (hidden size, layers) of the generalist.
+        generalist_arch: "llama" or "qwen3".
+        init: initializer range; larger gives peakier next-token distributions.
+        tokenizer: a shared tokenizer; trained on `CORPUS` when omitted.
+    """
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = tokenizer or train_tokenizer()
+    torch.manual_seed(seed)
+    spec = AutoModelForCausalLM.from_config(_config("qwen3", tokenizer, *specialist_size, init))
+    torch.manual_seed(seed + 1)
+    gen = AutoModelForCausalLM.from_config(
+        _config(generalist_arch, tokenizer, *generalist_size, init)
+    )
+    return LocalSpecialist(spec, tokenizer), LocalGeneralist(gen, tokenizer)
