@@ -5,7 +5,7 @@ from __future__ import annotations
 import string
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["DEFAULT_CONTEXT_TEMPLATE", "METHODS", "DecodingParams", "MethodName"]
 
@@ -49,14 +49,6 @@ class DecodingParams(BaseModel):
     """CoSteer: pull λ towards the generalist's policy."""
     costeer_eta: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     """CoSteer: step size η."""
-
-    @field_validator("gamma")
-    @classmethod
-    def _gamma_not_nan(cls, value: float) -> float:
-        if value != value:
-            msg = "gamma must be a number ≥ 0 (float('inf') allowed), not NaN"
-            raise ValueError(msg)
-        return value
 
     @property
     def greedy(self) -> bool:

@@ -58,14 +58,19 @@ class StopStringFilter:
         self.stopped = False
 
     def push(self, text: str) -> str:
-        """Add text; return what is safe to emit. Sets `stopped` once a stop string appears."""
+        """Add text; return what is safe to emit. Sets `stopped` once a stop string appears.
+
+        The cut is at the stop string that completes first (the longest of those completing
+        together), as a character-by-character stream sees it, so where the text is cut does not
+        depend on how it was split into pushes (e.g. stops "\n\nHuman:" and "Human").
+        """
         if self.stopped:
             return ""
         buffer = self.held + text
-        hits = [i for i in (buffer.find(s) for s in self.stop) if i >= 0]
+        hits = [(i + len(s), i) for s in self.stop if (i := buffer.find(s)) >= 0]
         if hits:
             self.stopped, self.held = True, ""
-            return buffer[: min(hits)]
+            return buffer[: min(hits)[1]]
         keep = max((_overlap(buffer, s) for s in self.stop), default=0)
         self.held = buffer[len(buffer) - keep :] if keep else ""
         return buffer[: len(buffer) - keep]

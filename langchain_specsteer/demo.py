@@ -1,0 +1,356 @@
+"""`specsteer demo`: three methods one after the other, SpecSteer's drafts and recoveries marked.
+
+The demo runs on the tiny randomly initialised pair of `langchain_specsteer.tiny`, so it needs
+no downloads and finishes in seconds; its texts are noise. It shows the shape of the output:
+which spans of a SpecSteer text are the specialist's accepted drafts and which are the
+recovered tokens, one per round, chosen from p_G + α (log q_ctx − log q_gen).
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import sys
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+from langchain_specsteer.engine import METHOD_SPECS
+from langchain_specsteer.params import DecodingParams
+from langchain_specsteer.text import IncrementalDetokenizer
+
+__all__ = [
+    "DEFAULT_CONTEXT",
+    "DEFAULT_PROMPT",
+    "DEMO_METHODS",
+    "MethodRun",
+    "Span",
+    "render_html",
+    "render_terminal",
+    "run_demo",
+    "trace",
+]
+
+TINY_LABEL = "tiny randomly initialised pair — texts are noise; a trained demo pair comes later"
+DEFAULT_PROMPT = "Write a short review of the blender I bought last month."
+DEFAULT_CONTEXT = (
+    "Past reviews by this user:\n"
+    "- Coffee grinder, 4/5: Loud, honestly. Still, the grind is even and fast.\n"
+    "- Headphones, 3/5: Warm sound and deep bass, but the case feels cheap.\n"
+    "- Tent, 5/5: Survived a storm at the lake without a leak. The kids love it."
+)
+DEMO_METHODS = ("generalist", "specialist", "specsteer")
+DESCRIPTIONS = {
+    "generalist": "the large model alone, on the request only (never sees the context)",
+    "specialist": "the small model alone, on private context + request",
+    "speculative": "standard speculative decoding: same text as the generalist",
+    "light_costeer": "one fused token per generalist call",
+    "costeer": "CoSteer: iterative fusion per token",
+    "specsteer": "the specialist drafts with the context, the generalist verifies; "
+    "one recovered token per round",
+}
+
+Kind = Literal["text", "accepted", "recovered"]
+ANSI = {"accepted": "\x1b[30;42m", "recovered": "\x1b[30;43m"}  # black on green / on yellow
+ANSI_RESET = "\x1b[0m"
+BRACKETS = {"accepted": ("«", "»"), "recovered": ("[", "]")}
+LEGEND = {
+    "accepted": "a specialist draft the generalist accepted (p_G/q_gen ≥ γ)",
+    "recovered": "a recovered token: argmax of log p_G + α(log q_ctx − log q_gen)",
+}
+
+
+@dataclass
+class Span:
+    """A stretch of output text and where it came from."""
+
+    kind: Kind
+    text: str
+
+
+@dataclass
+class MethodRun:
+    """One method's output, split into spans by provenance, and its `generation_info` counters."""
+
+    method: str
+    spans: list[Span] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return "".join(span.text for span in self.spans)
+
+    def add(self, kind: Kind, text: str) -> None:
+        if not text:
+            return
+        if self.spans and self.spans[-1].kind == kind:
+            self.spans[-1].text += text
+        else:
+            self.spans.append(Span(kind, text))
+
+
+def trace(llm: Any, prompt: str, private_context: str | None, params: DecodingParams) -> MethodRun:
+    """Decode one request with `llm`'s engine, keeping each round's provenance.
+
+    Tokens are detokenized one at a time; a piece of text belongs to the kind of the token
+    that completed it (a multi-byte character can be split across tokens).
+    """
+    drafts = METHOD_SPECS[params.method].drafts
+    run = llm._engine.run(llm.render_prompts(prompt, private_context), params)
+    detokenizer = IncrementalDetokenizer(llm.specialist.tokenizer)
+    result = MethodRun(params.method)
+    kind: Kind = "text"
+    for round_ in run:
+        for i, token in enumerate(round_.tokens):
+            if drafts:
+                kind = "accepted" if i < round_.accepted else "recovered"
+            result.add(kind, detokenizer.push([token]))
+    result.add(kind, detokenizer.flush())
+    result.stats = run.stats.as_dict()
+    return result
+
+
+def visible(text: str) -> str:
+    """Text safe to show: control and format characters become visible symbols or escapes."""
+    out = []
+    for ch in text:
+        code, category = ord(ch), unicodedata.category(ch)
+        if ch in "\n\t":
+            out.append(ch)
+        elif code < 0x20:
+            out.append(chr(0x2400 + code))  # ␀ ␁ … ␟ (control pictures)
+        elif code == 0x7F:
+            out.append("␡")
+        elif category in ("Cc", "Cf", "Cs", "Co", "Zl", "Zp"):
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _fmt(value: float | None, spec: str, none: str = "—") -> str:
+    return none if value is None else format(value, spec)
+
+
+def stats_line(stats: dict[str, Any]) -> str:
+    parts = [
+        f"{stats['new_tokens']} tokens",
+        f"{_fmt(stats['tokens_per_second'], '.0f')} tokens/s",
+        f"acceptance {_fmt(stats['acceptance_rate'], '.0%')}",
+        f"generalist calls {stats['generalist_calls']}",
+    ]
+    if stats["drafted"]:
+        parts.append(
+            f"rounds {stats['rounds']}, drafted {stats['drafted']}, accepted {stats['accepted']}"
+        )
+    return " · ".join(parts)
+
+
+def _paint(span: Span, color: bool) -> str:
+    text = visible(span.text)
+    if span.kind == "text":
+        return text
+    if color:  # reset before each newline so the background does not run to the line's end
+        on = ANSI[span.kind]
+        return "\n".join(f"{on}{line}{ANSI_RESET}" if line else "" for line in text.split("\n"))
+    left, right = BRACKETS[span.kind]
+    return f"{left}{text}{right}"
+
+
+def _legend(color: bool) -> list[str]:
+    lines = []
+    for kind, meaning in LEGEND.items():
+        sample = _paint(Span(kind, kind), color)
+        lines.append(f"  {sample}  {meaning}")
+    return lines
+
+
+def render_terminal(
+    runs: Sequence[MethodRun],
+    *,
+    prompt: str,
+    private_context: str,
+    params: DecodingParams,
+    pair: str,
+    color: bool,
+) -> str:
+    """The demo's report as terminal text (ANSI colours when `color`, else brackets)."""
+    lines = [
+        f"SpecSteer demo — {TINY_LABEL}.",
+        f"pair: {pair}",
+        "",
+        "request (public: both models see it):",
+        *(f"  {line}" for line in visible(prompt).splitlines()),
+        "private context (device only: only the specialist sees it):",
+        *(f"  {line}" for line in visible(private_context).splitlines()),
+        "",
+        f"settings: {settings_line(params)}",
+    ]
+    for run in runs:
+        lines += ["", f"── {run.method}: {DESCRIPTIONS[run.method]}"]
+        if any(span.kind != "text" for span in run.spans):
+            lines += ["legend:", *_legend(color)]
+        lines += [
+            "".join(_paint(span, color) for span in run.spans),
+            f"  ({stats_line(run.stats)})",
+        ]
+    lines += ["", *summary_table(runs)]
+    return "\n".join(lines)
+
+
+def settings_line(params: DecodingParams) -> str:
+    decoding = (
+        "greedy" if params.greedy else f"temperature={params.temperature}, seed={params.seed}"
+    )
+    return (
+        f"gamma={params.gamma} alpha={params.alpha} draft_tokens={params.draft_tokens} "
+        f"max_new_tokens={params.max_new_tokens} {decoding}"
+    )
+
+
+SUMMARY_HEADER = ("method", "tokens", "tokens/s", "acceptance", "generalist calls")
+SPEED_NOTE = "speeds of the tiny random pair: they say nothing about real models"
+
+
+def summary_rows(runs: Sequence[MethodRun]) -> list[tuple[str, ...]]:
+    return [
+        (
+            run.method,
+            str(run.stats["new_tokens"]),
+            _fmt(run.stats["tokens_per_second"], ".0f"),
+            _fmt(run.stats["acceptance_rate"], ".0%"),
+            str(run.stats["generalist_calls"]),
+        )
+        for run in runs
+    ]
+
+
+def summary_table(runs: Sequence[MethodRun]) -> list[str]:
+    rows = [SUMMARY_HEADER, *summary_rows(runs)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(SUMMARY_HEADER))]
+    lines = [
+        "  ".join([row[0].ljust(widths[0]), *map(str.rjust, row[1:], widths[1:])]) for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return [*lines, f"({SPEED_NOTE})"]
+
+
+def render_html(
+    runs: Sequence[MethodRun],
+    *,
+    prompt: str,
+    private_context: str,
+    params: DecodingParams,
+    pair: str,
+) -> str:
+    """The same report as a small self-contained HTML page."""
+
+    def esc(text: str) -> str:
+        return html.escape(visible(text), quote=True)
+
+    css_class = {"accepted": "acc", "recovered": "rec"}
+    legend = " ".join(
+        f'<span class="{css_class[kind]}">{kind}</span> {esc(meaning)}.'
+        for kind, meaning in LEGEND.items()
+    )
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8"><title>SpecSteer demo</title>',
+        "<style>",
+        "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;"
+        "line-height:1.5;color:#222}",
+        "pre{white-space:pre-wrap;word-break:break-all;background:#f5f5f5;padding:.6rem;"
+        "border-radius:4px;font-family:ui-monospace,Menlo,monospace}",
+        ".acc{background:#b9ecb9}.rec{background:#ffd966}.note{color:#a40000}",
+        ".stats{color:#555;font-size:.9em}",
+        "table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:.2rem .6rem}",
+        "td{text-align:right}td:first-child{text-align:left}",
+        "</style></head><body>",
+        "<h1>SpecSteer demo</h1>",
+        f'<p class="note">{esc(TINY_LABEL)}.</p>',
+        f"<p>pair: {esc(pair)}<br>settings: {esc(settings_line(params))}</p>",
+        "<h2>Request (public: both models see it)</h2>",
+        f"<pre>{esc(prompt)}</pre>",
+        "<h2>Private context (device only: only the specialist sees it)</h2>",
+        f"<pre>{esc(private_context)}</pre>",
+    ]
+    for run in runs:
+        body = "".join(
+            esc(span.text)
+            if span.kind == "text"
+            else f'<span class="{css_class[span.kind]}" title="{span.kind}">{esc(span.text)}</span>'
+            for span in run.spans
+        )
+        parts += [
+            f"<h2>{esc(run.method)}</h2>",
+            f"<p>{esc(DESCRIPTIONS[run.method])}</p>",
+        ]
+        if any(span.kind != "text" for span in run.spans):
+            parts.append(f"<p>Legend: {legend}</p>")
+        parts += [f"<pre>{body}</pre>", f'<p class="stats">{esc(stats_line(run.stats))}</p>']
+    parts += [
+        "<h2>Summary</h2>",
+        "<table>",
+        "<tr>" + "".join(f"<th>{esc(c)}</th>" for c in SUMMARY_HEADER) + "</tr>",
+        *(
+            "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
+            for row in summary_rows(runs)
+        ),
+    ]
+    parts += ["</table>", f'<p class="stats">({esc(SPEED_NOTE)})</p>', "</body></html>", ""]
+    return "\n".join(parts)
+
+
+def _describe_pair(llm: Any) -> str:
+    def one(lm: Any) -> str:
+        c = lm.model.config
+        return f"{type(lm.model).__name__} ({c.hidden_size} hidden, {c.num_hidden_layers} layers)"
+
+    vocab = len(llm.specialist.tokenizer)
+    return (
+        f"specialist {one(llm.specialist)}, generalist {one(llm.generalist)}, "
+        f"one byte-level BPE tokenizer ({vocab} tokens)"
+    )
+
+
+def use_color(no_color: bool, stream: TextIO) -> bool:
+    """ANSI colours only on a terminal, and not when asked otherwise (--no-color, NO_COLOR)."""
+    if no_color or os.environ.get("NO_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def run_demo(
+    *,
+    prompt: str = DEFAULT_PROMPT,
+    private_context: str = DEFAULT_CONTEXT,
+    params: DecodingParams | None = None,
+    seed: int = 0,
+    color: bool = False,
+    html_path: str | os.PathLike[str] | None = None,
+    stream: TextIO | None = None,
+) -> list[MethodRun]:
+    """Build the tiny pair, decode the request with each demo method, and print the report."""
+    from langchain_specsteer.llms import SpecSteerLLM
+    from langchain_specsteer.tiny import tiny_pair
+
+    stream = stream or sys.stdout
+    params = params or DecodingParams(max_new_tokens=48)
+    specialist, generalist = tiny_pair(seed)
+    llm = SpecSteerLLM(specialist=specialist, generalist=generalist)
+    runs = [
+        trace(llm, prompt, private_context, params.model_copy(update={"method": method}))
+        for method in DEMO_METHODS
+    ]
+    pair = _describe_pair(llm)
+    report = dict(prompt=prompt, private_context=private_context, params=params, pair=pair)
+    print(render_terminal(runs, color=color, **report), file=stream)
+    if html_path is not None:
+        path = Path(html_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render_html(runs, **report), encoding="utf-8")
+        print(f"\nwrote {path}", file=stream)
+    return runs

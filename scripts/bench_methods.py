@@ -1,0 +1,262 @@
+#!/usr/bin/env python
+"""Speed of every decoding method on the tiny random pair, and the specialist's forward costs.
+
+    python scripts/bench_methods.py                              # default tiny pair
+    python scripts/bench_methods.py --generalist-size 256,6      # a costlier generalist
+
+All numbers come from the tiny randomly initialised pair: they show the engine's overheads
+and how cost scales with the generalist's size, not what real models achieve. Methods are
+run interleaved (round-robin over methods in every repetition, starting one method later
+each time) so machine noise hits all of them alike; tokens/s is the median over repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from langchain_specsteer import SpecSteerLLM
+from langchain_specsteer.tiny import tiny_pair
+
+LABEL = "tiny random pair"
+ORDER = ("generalist", "specialist", "speculative", "light_costeer", "costeer", "specsteer")
+PROMPTS = [
+    "Write a short review of the blender I bought last month.",
+    "Write a review of these headphones: sound, comfort and battery.",
+    "Review this tent for a family camping trip.",
+]
+CONTEXT = (
+    "Past reviews by this user:\n"
+    "- Coffee grinder, 4/5: Loud, honestly. Still, the grind is even and fast.\n"
+    "- Headphones, 3/5: Warm sound and deep bass, but the case feels cheap.\n"
+    "- Tent, 5/5: Survived a storm at the lake without a leak. The kids love it."
+)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'256,6' → (hidden size 256, 6 layers)."""
+    try:
+        hidden, layers = (int(part) for part in text.split(","))
+    except ValueError as err:
+        msg = f"expected HIDDEN,LAYERS such as 256,6, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from err
+    return hidden, layers
+
+
+def run_methods(llm: SpecSteerLLM, methods: list[str], reps: int) -> dict[str, list[dict]]:
+    """Each repetition runs every method on every prompt; the method order rotates."""
+    for method in methods:  # warm-up, not counted
+        llm.generate(PROMPTS[:1], method=method, private_context=CONTEXT, max_new_tokens=8)
+    samples: dict[str, list[dict]] = {method: [] for method in methods}
+    for rep in range(reps):
+        shift = rep % len(methods)
+        for method in methods[shift:] + methods[:shift]:
+            total = dict.fromkeys(
+                ("new_tokens", "seconds", "drafted", "accepted", "generalist_calls"), 0
+            )
+            for prompt in PROMPTS:
+                result = llm.generate([prompt], method=method, private_context=CONTEXT)
+                info = result.generations[0][0].generation_info
+                for key in total:
+                    total[key] += info[key]
+            samples[method].append(total)
+    return samples
+
+
+def summarise(samples: dict[str, list[dict]]) -> list[dict[str, Any]]:
+    rows = []
+    for method, reps in samples.items():
+        speeds = [r["new_tokens"] / r["seconds"] for r in reps]
+        drafted = sum(r["drafted"] for r in reps)
+        tokens = sum(r["new_tokens"] for r in reps)
+        rows.append(
+            {
+                "method": method,
+                "tokens_per_second": statistics.median(speeds),
+                "tokens_per_second_min": min(speeds),
+                "tokens_per_second_max": max(speeds),
+                "acceptance_rate": sum(r["accepted"] for r in reps) / drafted if drafted else None,
+                "generalist_calls_per_token": sum(r["generalist_calls"] for r in reps) / tokens,
+                "new_tokens_per_rep": tokens / len(reps),
+            }
+        )
+    base = next((r["tokens_per_second"] for r in rows if r["method"] == "generalist"), None)
+    for row in rows:
+        row["speedup_vs_generalist"] = row["tokens_per_second"] / base if base else None
+    return rows
+
+
+def _time(fn: Any, repeats: int) -> float:
+    """Median seconds of `fn()` over `repeats` calls, after a few warm-up calls."""
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def forward_seconds(model: Any, *, batch: int, new: int, prefix: int, repeats: int) -> float:
+    """Median time of one cached forward of `new` tokens after a `prefix`-token prompt."""
+    from transformers import DynamicCache
+
+    vocab = model.config.vocab_size
+    generator = torch.Generator().manual_seed(0)
+    prompt = torch.randint(3, vocab, (batch, prefix), generator=generator)
+    step = torch.randint(3, vocab, (batch, new), generator=generator)
+    cache = DynamicCache()
+    with torch.inference_mode():
+        model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            out = model(input_ids=step, past_key_values=cache, use_cache=True, logits_to_keep=new)
+            torch.log_softmax(out.logits.float(), dim=-1)  # as the engine does
+        cache.crop(-new)  # back to the prompt
+
+    return _time(forward, repeats)
+
+
+def forward_costs(llm: SpecSteerLLM, k: int, prefix: int, repeats: int) -> dict[str, float]:
+    spec, gen = llm.specialist.model, llm.generalist.model
+    common = {"prefix": prefix, "repeats": repeats}
+    costs = {
+        "specialist_step_b1": forward_seconds(spec, batch=1, new=1, **common),
+        "specialist_step_b2": forward_seconds(spec, batch=2, new=1, **common),
+        "specialist_k1_b1": forward_seconds(spec, batch=1, new=k + 1, **common),
+        "generalist_step_b1": forward_seconds(gen, batch=1, new=1, **common),
+        "generalist_k1_b1": forward_seconds(gen, batch=1, new=k + 1, **common),
+    }
+    # Specialist work in one SpecSteer round of K drafts: today K single steps for q_ctx plus
+    # one (K+1)-token forward for q_gen; batched, q_ctx and q_gen would step together K+1 times.
+    costs["round_specialist_now"] = k * costs["specialist_step_b1"] + costs["specialist_k1_b1"]
+    costs["round_specialist_batched"] = (k + 1) * costs["specialist_step_b2"]
+    return costs
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    def fmt(value: float | None, spec: str) -> str:
+        return "—" if value is None else format(value, spec)
+
+    lines = [
+        "| method | tokens/s (median) | min–max | speed-up vs generalist | acceptance "
+        "| generalist calls / token |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['tokens_per_second']:.0f} "
+            f"| {r['tokens_per_second_min']:.0f}–{r['tokens_per_second_max']:.0f} "
+            f"| {fmt(r['speedup_vs_generalist'], '.2f')}× "
+            f"| {fmt(r['acceptance_rate'], '.0%')} "
+            f"| {r['generalist_calls_per_token']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def costs_table(costs: dict[str, float], k: int) -> str:
+    us = {name: seconds * 1e6 for name, seconds in costs.items()}
+    rows = [
+        ("specialist, cached 1-token step, batch 1", us["specialist_step_b1"]),
+        ("specialist, cached 1-token step, batch 2", us["specialist_step_b2"]),
+        (f"specialist, cached {k + 1}-token forward (K+1), batch 1", us["specialist_k1_b1"]),
+        ("generalist, cached 1-token step, batch 1", us["generalist_step_b1"]),
+        (f"generalist, cached {k + 1}-token forward (K+1), batch 1", us["generalist_k1_b1"]),
+        (f"round, specialist side now: {k}·step b1 + (K+1) b1", us["round_specialist_now"]),
+        (f"round, batched q_ctx+q_gen: {k + 1}·step b2", us["round_specialist_batched"]),
+    ]
+    lines = ["| forward | µs (median) |", "|---|---:|"]
+    lines += [f"| {name} | {value:.0f} |" for name, value in rows]
+    b1, b2 = costs["specialist_step_b1"], costs["specialist_step_b2"]
+    lines += [
+        "",
+        f"batch-2 step / two batch-1 steps: {b2 / (2 * b1):.2f} "
+        f"(< 1: batching q_ctx with q_gen saves time per step)",
+        f"batched round / current round (specialist side): "
+        f"{costs['round_specialist_batched'] / costs['round_specialist_now']:.2f}",
+        f"one generalist step costs {costs['generalist_step_b1'] / b1:.1f} specialist steps",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--specialist-size", type=parse_size, default=(64, 2), metavar="H,L")
+    parser.add_argument("--generalist-size", type=parse_size, default=(128, 4), metavar="H,L")
+    parser.add_argument("--methods", default=",".join(ORDER), help="comma-separated")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions (default %(default)s)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--gamma", type=float, default=0.5)
+    parser.add_argument("--alpha", type=float, default=1.0)
+    parser.add_argument("--draft-tokens", type=int, default=4, help="K (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument("--forward-repeats", type=int, default=300)
+    parser.add_argument("--prefix-tokens", type=int, default=96, help="cached prompt length")
+    parser.add_argument("--out", default="runs/bench_methods.json")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    specialist, generalist = tiny_pair(
+        args.seed, specialist_size=args.specialist_size, generalist_size=args.generalist_size
+    )
+    llm = SpecSteerLLM(
+        specialist=specialist,
+        generalist=generalist,
+        max_new_tokens=args.max_new_tokens,
+        gamma=args.gamma,
+        alpha=args.alpha,
+        draft_tokens=args.draft_tokens,
+        temperature=0.0,
+    )
+    title = (
+        f"{LABEL}: specialist Qwen3 {args.specialist_size[0]}×{args.specialist_size[1]}, "
+        f"generalist Llama {args.generalist_size[0]}×{args.generalist_size[1]} (hidden×layers); "
+        f"greedy, max_new_tokens {args.max_new_tokens}, γ={args.gamma}, α={args.alpha}, "
+        f"K={args.draft_tokens}; {len(PROMPTS)} prompts × {args.reps} reps, interleaved; "
+        f"torch {torch.__version__}, {args.threads} threads"
+    )
+    print(f"# Methods on the {title}\n", flush=True)
+    samples = run_methods(llm, methods, args.reps)
+    rows = summarise(samples)
+    print(markdown_table(rows), flush=True)
+
+    print(f"\n# Forward costs ({LABEL}, prompt of {args.prefix_tokens} cached tokens)\n")
+    costs = forward_costs(llm, args.draft_tokens, args.prefix_tokens, args.forward_repeats)
+    print(costs_table(costs, args.draft_tokens))
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "label": LABEL,
+        "title": title,
+        "config": {k: v for k, v in vars(args).items() if k != "out"},
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+        "prompts": PROMPTS,
+        "private_context": CONTEXT,
+        "summary": rows,
+        "samples": samples,
+        "forward_seconds": costs,
+    }
+    out.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""The engine against its oracles (DESIGN.md §1) and a cache-free reference implementation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import CONTEXT, PROMPTS
+
+from langchain_specsteer import METHODS, SpecSteerEngine
+from langchain_specsteer.algorithms import costeer_coefficient, steer
+from langchain_specsteer.engine import METHOD_SPECS
+
+
+def run_ids(llm, prompt, context=CONTEXT, **params):
+    """Token ids and stats of one generation through the engine."""
+    run = llm._engine.run(llm.render_prompts(prompt, context), llm.decoding_params(**params))
+    return [t for round_ in run for t in round_.tokens], run.stats
+
+
+def hf_greedy(lm, prompt_ids, max_new_tokens):
+    out = lm.model.generate(
+        torch.tensor([prompt_ids]),
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=lm.tokenizer.pad_token_id,
+    )
+    return out[0, len(prompt_ids) :].tolist()
+
+
+def test_every_method_has_a_spec():
+    assert set(METHOD_SPECS) == set(METHODS)
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_generalist_equals_transformers_generate(make_llm, prompt):
+    llm = make_llm(max_new_tokens=40)
+    ids, stats = run_ids(llm, prompt, method="generalist")
+    expected = hf_greedy(llm.generalist, llm.render_prompts(prompt).public_generalist, 40)
+    assert ids == expected
+    assert stats.generalist_calls == stats.new_tokens == len(expected)
+    eos = llm.generalist.tokenizer.eos_token_id
+    assert stats.finish_reason == ("eos" if expected[-1] == eos else "length")
+
+
+def test_specialist_equals_transformers_generate_on_the_context_prompt(make_llm):
+    llm = make_llm(max_new_tokens=40)
+    for prompt in PROMPTS:
+        ids, stats = run_ids(llm, prompt, method="specialist")
+        private = llm.render_prompts(prompt, CONTEXT).private
+        assert ids == hf_greedy(llm.specialist, private, 40)
+        assert stats.generalist_calls == 0
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 7])
+def test_speculative_equals_generalist(make_llm, k):
+    llm = make_llm(max_new_tokens=40, draft_tokens=k)
+    accepted = 0
+    for prompt in PROMPTS:
+        reference, _ = run_ids(llm, prompt, method="generalist")
+        ids, stats = run_ids(llm, prompt, method="speculative")
+        assert ids == reference
+        assert stats.generalist_calls == stats.rounds == stats.new_tokens - stats.accepted
+        accepted += stats.accepted
+    assert accepted > 0  # drafts were accepted, so the multi-token verify path was exercised
+
+
+def test_specsteer_with_infinite_gamma_equals_light_costeer(make_llm):
+    llm = make_llm(max_new_tokens=30)
+    for prompt in PROMPTS:
+        expected, _ = run_ids(llm, prompt, method="light_costeer", alpha=1.5)
+        ids, stats = run_ids(llm, prompt, method="specsteer", gamma=float("inf"), alpha=1.5)
+        assert ids == expected
+        assert stats.accepted == 0 and stats.drafted > 0
+
+
+def test_light_costeer_without_steering_equals_generalist(make_llm):
+    llm = make_llm(max_new_tokens=30)
+    for prompt in PROMPTS:
+        expected, _ = run_ids(llm, prompt, method="generalist")
+        assert run_ids(llm, prompt, method="light_costeer", alpha=0.0)[0] == expected
+
+
+def test_costeer_equals_light_costeer_at_its_closed_form_alpha(make_llm):
+    llm = make_llm(max_new_tokens=30)
+    c_T = costeer_coefficient()
+    for prompt in PROMPTS:
+        expected, _ = run_ids(llm, prompt, method="light_costeer", alpha=c_T)
+        assert run_ids(llm, prompt, method="costeer")[0] == expected
+    # and the steering visibly changes the text (the oracle is not trivially met)
+    assert (
+        run_ids(llm, PROMPTS[0], method="costeer")[0]
+        != run_ids(llm, PROMPTS[0], method="generalist")[0]
+    )
+
+
+def test_specsteer_with_zero_gamma_accepts_every_draft(make_llm):
+    llm = make_llm(max_new_tokens=30, draft_tokens=3)
+    ids, stats = run_ids(llm, PROMPTS[0], method="specsteer", gamma=0.0)
+    assert stats.accepted == stats.drafted > 0
+    assert stats.acceptance_rate == 1.0
+    assert stats.rounds == 30 // 4 + (30 % 4 > 0)  # each round: 3 drafts + 1 bonus token
+
+
+def reference_specsteer(specialist, generalist, prompts, *, gamma, alpha, k, max_new_tokens):
+    """SpecSteer greedy with no KV cache: every distribution from a full forward pass."""
+
+    def logprobs(lm, ids):
+        with torch.no_grad():
+            return torch.log_softmax(lm.model(torch.tensor([ids])).logits[0, -1].float(), -1)
+
+    out: list[int] = []
+    while len(out) < max_new_tokens:
+        draft: list[int] = []
+        for _ in range(min(k, max_new_tokens - len(out) - 1)):
+            draft.append(int(logprobs(specialist, prompts.private + out + draft).argmax()))
+        n = 0
+        while n < len(draft):
+            p = logprobs(generalist, prompts.public_generalist + out + draft[:n])[draft[n]]
+            q = logprobs(specialist, prompts.public_specialist + out + draft[:n])[draft[n]]
+            if float(p - q) < torch.log(torch.tensor(gamma)):
+                break
+            n += 1
+        prefix = out + draft[:n]
+        fused = steer(
+            logprobs(generalist, prompts.public_generalist + prefix),
+            logprobs(specialist, prompts.private + prefix),
+            logprobs(specialist, prompts.public_specialist + prefix),
+            alpha,
+        )
+        out = [*prefix, int(fused.argmax())]
+    return out
+
+
+@pytest.mark.parametrize(("gamma", "k"), [(0.5, 4), (0.1, 2), (1.0, 3)])
+def test_specsteer_equals_a_cache_free_reference(make_llm, gamma, k):
+    llm = make_llm(max_new_tokens=24, draft_tokens=k)
+    prompts = llm.render_prompts(PROMPTS[0], CONTEXT)
+    ids, stats = run_ids(llm, PROMPTS[0], method="specsteer", gamma=gamma)
+    expected = reference_specsteer(
+        llm.specialist, llm.generalist, prompts, gamma=gamma, alpha=1.0, k=k, max_new_tokens=24
+    )
+    assert ids == expected
+    assert stats.accepted > 0
+    if gamma >= 0.5:
+        assert stats.accepted < stats.drafted  # the reject branch was exercised too
+
+
+def test_eos_ends_generation_like_transformers(make_llm, generalist):
+    """Make a token the generalist emits mid-text an EOS token: both stop right there."""
+    llm = make_llm(max_new_tokens=30)
+    free, _ = run_ids(llm, PROMPTS[0], method="generalist")
+    stop_token = free[6]
+    config = generalist.model.generation_config
+    saved = config.eos_token_id
+    config.eos_token_id = [saved, stop_token]
+    try:
+        expected = hf_greedy(generalist, llm.render_prompts(PROMPTS[0]).public_generalist, 30)
+        for method in ("generalist", "speculative"):
+            ids, stats = run_ids(llm, PROMPTS[0], method=method)
+            assert ids == expected == free[: free.index(stop_token) + 1]
+            assert stats.finish_reason == "eos"
+        ids, stats = run_ids(llm, PROMPTS[0], method="specsteer")
+        assert stats.finish_reason in ("eos", "length")
+        assert stop_token not in ids[:-1]  # nothing is emitted after an EOS
+    finally:
+        config.eos_token_id = saved
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_max_new_tokens_is_exact(make_llm, method):
+    llm = make_llm(max_new_tokens=13, draft_tokens=5)
+    ids, stats = run_ids(llm, PROMPTS[1], method=method, gamma=0.0)
+    assert len(ids) == stats.new_tokens == 13
+    assert stats.finish_reason == "length"
+
+
+def test_rounds_never_re_prefill(make_llm, generalist):
+    """After the prompt, each generalist forward feeds only the pending token and the draft."""
+    fed: list[int] = []
+    hook = generalist.model.register_forward_pre_hook(
+        lambda _m, _args, kwargs: fed.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        llm = make_llm(max_new_tokens=30, draft_tokens=4)
+        _, stats = run_ids(llm, PROMPTS[0], method="specsteer")
+    finally:
+        hook.remove()
+    prompt_len = len(llm.render_prompts(PROMPTS[0]).public_generalist)
+    assert len(fed) == stats.generalist_calls
+    assert fed[0] <= prompt_len + 4
+    assert max(fed[1:]) <= 1 + 4
+
+
+@pytest.mark.parametrize("method", ["specsteer", "speculative", "light_costeer", "specialist"])
+def test_sampling_is_reproducible_with_a_seed(make_llm, method):
+    llm = make_llm(max_new_tokens=20, temperature=1.0, top_p=0.9)
+    a, stats = run_ids(llm, PROMPTS[0], method=method, seed=7)
+    b, _ = run_ids(llm, PROMPTS[0], method=method, seed=7)
+    others = {tuple(run_ids(llm, PROMPTS[0], method=method, seed=s)[0]) for s in range(8, 12)}
+    assert a == b
+    assert len(others | {tuple(a)}) > 1  # the seed matters
+    assert stats.accepted <= stats.drafted
+
+
+def test_acceptance_statistics_are_consistent(make_llm):
+    llm = make_llm(max_new_tokens=40)
+    for gamma in (1.0, 0.5, 0.1):
+        _, stats = run_ids(llm, PROMPTS[0], method="specsteer", gamma=gamma)
+        assert 0 <= stats.accepted <= stats.drafted
+        assert stats.acceptance_rate == stats.accepted / stats.drafted
+        assert stats.new_tokens == stats.accepted + stats.rounds  # one recovered token a round
+
+
+def test_different_vocabularies_are_refused(specialist):
+    from langchain_specsteer import LocalGeneralist
+    from langchain_specsteer.tiny import tiny_pair, train_tokenizer
+
+    other = train_tokenizer(["completely different text " * 5, "zzz yyy xxx www"], vocab_size=300)
+    _, generalist = tiny_pair(tokenizer=other)
+    with pytest.raises(ValueError, match="different vocabularies"):
+        SpecSteerEngine(specialist, LocalGeneralist(generalist.model, other))

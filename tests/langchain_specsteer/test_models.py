@@ -1,0 +1,70 @@
+"""Model adapters: loading options, eval mode, and the KV-cached `TokenSequence`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from langchain_specsteer import LocalGeneralist, LocalSpecialist
+
+
+def full_forward(lm, ids):
+    with torch.no_grad():
+        return torch.log_softmax(lm.model(torch.tensor([ids])).logits[0].float(), -1)
+
+
+def test_from_pretrained_loads_in_eval_mode_without_gradients(tiny_dir):
+    lm = LocalSpecialist.from_pretrained(str(tiny_dir / "specialist"), device="cpu")
+    assert not lm.model.training
+    assert not any(p.requires_grad for p in lm.model.parameters())
+    assert lm.device == torch.device("cpu")
+    assert next(lm.model.parameters()).dtype == torch.float32
+    assert lm.eos_token_ids == {lm.tokenizer.eos_token_id}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, "bfloat16"])
+def test_torch_dtype_option(tiny_dir, dtype):
+    lm = LocalGeneralist.from_pretrained(str(tiny_dir / "generalist"), torch_dtype=dtype)
+    assert next(lm.model.parameters()).dtype == torch.bfloat16
+    rows = lm.sequence([1, 5, 9]).forward(2)
+    assert rows.dtype == torch.float32 and torch.allclose(rows.exp().sum(-1), torch.ones(2))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_device_option(tiny_dir):
+    lm = LocalGeneralist.from_pretrained(str(tiny_dir / "generalist"), device="cuda")
+    assert lm.device.type == "cuda"
+    assert lm.sequence([1, 5, 9]).forward().device.type == "cuda"
+
+
+def test_a_missing_model_path_fails_clearly(tmp_path):
+    with pytest.raises(OSError, match="does-not-exist"):
+        LocalSpecialist.from_pretrained(str(tmp_path / "does-not-exist"))
+
+
+def test_sequence_forward_matches_a_full_forward_after_rollbacks(generalist):
+    ids = generalist.tokenizer.encode("The blender crushes ice in seconds, five stars.")
+    seq = generalist.sequence(ids[:4])
+    assert torch.allclose(seq.forward(2), full_forward(generalist, ids[:4])[-2:], atol=1e-5)
+    seq.append([7, 8, 9])  # a draft that is then rejected
+    seq.forward(3)
+    seq.rollback(4)
+    seq.append(ids[4:8])
+    assert seq.cached == 4
+    expected = full_forward(generalist, ids[:8])[-4:]
+    assert torch.allclose(seq.forward(4), expected, atol=1e-5)
+    assert seq.cached == 8 == seq.cache.get_seq_length()
+    assert torch.allclose(seq.forward(1), expected[-1:], atol=1e-5)  # fully cached: re-fed
+    with pytest.raises(ValueError, match="uncached"):
+        seq.forward(3)
+
+
+def test_an_empty_prompt_is_refused(generalist):
+    with pytest.raises(ValueError, match="at least one token"):
+        generalist.sequence([])
+
+
+def test_encode_without_a_chat_template_adds_bos(specialist):
+    ids = specialist.encode("hi", chat=True)
+    assert ids[0] == specialist.tokenizer.bos_token_id
+    assert specialist.tokenizer.decode(ids[1:]) == "hi"

@@ -1,0 +1,93 @@
+"""Privacy (DESIGN.md §3): nothing derived from the private context reaches the public side.
+
+The generalist's weights and every public sequence (the generalist's, and the specialist's
+q_gen sequence, which a cloud copy may compute) are recorded; the private context's text
+and token-id runs must never be among them, for every method.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import PROMPTS
+
+from langchain_specsteer import METHODS
+from langchain_specsteer.models import TokenSequence
+
+SECRET = "Zorblax quantum marmalade, my PIN is 4417, I live at 12 Quibble Lane"
+
+
+def runs(ids: list[int], n: int) -> set[tuple[int, ...]]:
+    return {tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)}
+
+
+@pytest.fixture
+def recorded(generalist, monkeypatch):
+    """Everything that reaches the generalist, and every sequence started on either model."""
+    seen = {"generalist_inputs": [], "generalist_texts": [], "sequences": []}
+    hook = generalist.model.register_forward_pre_hook(
+        lambda _m, _a, kw: seen["generalist_inputs"].append(kw["input_ids"][0].tolist()),
+        with_kwargs=True,
+    )
+    original_encode = type(generalist).encode
+
+    def encode(self, text, **kwargs):
+        if self is generalist:
+            seen["generalist_texts"].append(text)
+        return original_encode(self, text, **kwargs)
+
+    original_init = TokenSequence.__init__
+
+    def init(self, lm, prompt_ids, vocab_size=None):
+        original_init(self, lm, prompt_ids, vocab_size)
+        seen["sequences"].append(self)
+
+    monkeypatch.setattr(type(generalist), "encode", encode)
+    monkeypatch.setattr(TokenSequence, "__init__", init)
+    yield seen
+    hook.remove()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_private_context_never_reaches_the_public_side(make_llm, recorded, method):
+    llm = make_llm(method=method, max_new_tokens=24, gamma=0.3)
+    context_ids = llm.specialist.tokenizer.encode(SECRET, add_special_tokens=False)
+    secret_runs = runs(context_ids, 3)
+    context = [SECRET, "Also: I hate mornings."]
+    output = llm.invoke(PROMPTS[0], private_context=context)
+
+    prompts = llm.render_prompts(PROMPTS[0], context)
+    private_seqs = [
+        s for s in recorded["sequences"] if s.tokens[: len(prompts.private)] == prompts.private
+    ]
+    public_seqs = [s for s in recorded["sequences"] if s not in private_seqs]
+    if method != "generalist":  # the specialist did read the context
+        assert len(private_seqs) == 1 and private_seqs[0].lm is llm.specialist
+    for seq in public_seqs:
+        assert not runs(seq.tokens, 3) & secret_runs
+        assert "Zorblax" not in llm.specialist.tokenizer.decode(seq.tokens)
+    for fed in recorded["generalist_inputs"]:
+        assert not runs(fed, 3) & secret_runs
+    everything = [t for fed in recorded["generalist_inputs"] for t in fed]
+    assert not runs(everything, 3) & secret_runs
+    for word in ("Zorblax", "marmalade", "4417", "Quibble", "mornings"):
+        assert word not in llm.generalist.tokenizer.decode(everything)
+        assert all(word not in text for text in recorded["generalist_texts"])
+    if method != "specialist":
+        assert recorded["generalist_inputs"], "the generalist was used"
+    assert output is not None
+
+
+def test_the_recorder_catches_a_leak(make_llm, recorded, monkeypatch):
+    """A deliberately leaky prompt renderer is caught: the checks above can fail."""
+    llm = make_llm(method="generalist", max_new_tokens=3)
+    render = type(llm).render_prompts
+
+    def leaky(self, prompt, private_context=None):
+        prompts = render(self, prompt, private_context)
+        return type(prompts)(prompts.private, prompts.public_specialist, prompts.private)
+
+    monkeypatch.setattr(type(llm), "render_prompts", leaky)
+    llm.invoke(PROMPTS[0], private_context=SECRET)
+    secret_runs = runs(llm.specialist.tokenizer.encode(SECRET, add_special_tokens=False), 3)
+    everything = [t for fed in recorded["generalist_inputs"] for t in fed]
+    assert runs(everything, 3) & secret_runs
