@@ -121,11 +121,26 @@ class DecodeStats:
 
 
 class SpecSteerEngine:
-    """Runs any method of DESIGN.md §1 on a specialist and a generalist sharing one vocabulary."""
+    """Runs any method of DESIGN.md §1 on a specialist and a generalist sharing one vocabulary.
 
-    def __init__(self, specialist: LocalSpecialist, generalist: LocalGeneralist):
+    Args:
+        specialist: the on-device model (q_ctx, and q_gen in-process).
+        generalist: the model that verifies (p_G).
+        batch_specialist: compute q_ctx and q_gen in one batch-of-2 specialist forward per
+            step (the two prompts left-padded), instead of drafting on q_ctx and then scoring
+            the draft on q_gen in a second forward.
+    """
+
+    def __init__(
+        self,
+        specialist: LocalSpecialist,
+        generalist: LocalGeneralist,
+        *,
+        batch_specialist: bool = True,
+    ):
         self.specialist = specialist
         self.generalist = generalist
+        self.batch_specialist = batch_specialist
         self.vocab_size = _shared_vocab_size(specialist, generalist)
 
     def run(self, prompts: Prompts, params: DecodingParams) -> DecodeRun:
@@ -148,41 +163,47 @@ class DecodeRun:
             self.rng = torch.Generator(device=self.device)
             self.rng.manual_seed(params.seed if params.seed is not None else torch.seed())
 
+    def _sequences(self) -> tuple[TokenSequence | None, TokenSequence | None, TokenSequence | None]:
+        """(specialist with context [+ without, batched], specialist without, generalist)."""
+        spec, eng, prompts, V = self.spec, self.engine, self.prompts, self.engine.vocab_size
+        ctx = gen = target = None
+        needs_q_ctx = spec.drafts or spec.recovers_with_q_ctx
+        # ctx is the only sequence that sees the private context; it never leaves the device.
+        if needs_q_ctx and spec.uses_q_gen and eng.batch_specialist:
+            ctx = eng.specialist.sequence(prompts.private, prompts.public_specialist, vocab_size=V)
+        else:
+            if needs_q_ctx:
+                ctx = eng.specialist.sequence(prompts.private, vocab_size=V)
+            if spec.uses_q_gen:
+                gen = eng.specialist.sequence(prompts.public_specialist, vocab_size=V)
+        if spec.uses_generalist:
+            target = eng.generalist.sequence(prompts.public_generalist, vocab_size=V)
+        return ctx, gen, target
+
     def __iter__(self) -> Iterator[Round]:
-        p, spec, eng = self.params, self.spec, self.engine
-        V = eng.vocab_size
-        uses_q_ctx = spec.drafts or spec.recovers_with_q_ctx
-        # q_ctx: the only sequence that sees the private context; it never leaves the device.
-        ctx = eng.specialist.sequence(self.prompts.private, V) if uses_q_ctx else None
-        gen = (
-            eng.specialist.sequence(self.prompts.public_specialist, V) if spec.uses_q_gen else None
-        )
-        target = (
-            eng.generalist.sequence(self.prompts.public_generalist, V)
-            if spec.uses_generalist
-            else None
-        )
-        eos = eng.generalist.eos_token_ids | eng.specialist.eos_token_ids
+        p, spec = self.params, self.spec
+        ctx, gen, target = self._sequences()
+        eos = self.engine.generalist.eos_token_ids | self.engine.specialist.eos_token_ids
         self.stats._start = time.perf_counter()
         try:
             while self.stats.new_tokens < p.max_new_tokens:
                 remaining = p.max_new_tokens - self.stats.new_tokens
                 k = min(p.draft_tokens, remaining - 1) if spec.drafts else 0
                 # Draft (device): up to k tokens from q_ctx, ending early at EOS.
-                draft, q_ctx = self._draft(ctx, k, eos)
+                draft, q_ctx, q_gen = self._draft(ctx, k, eos)
                 # Verify (cloud): one forward of each public model over the pending token + draft.
                 log_p_G = self._score(target, draft)
-                log_q_gen = self._score(gen, draft)
-                n = self._accept(draft, q_ctx, log_p_G, log_q_gen)
+                if gen is not None:
+                    q_gen = list(self._score(gen, draft))
+                n = self._accept(draft, q_ctx, log_p_G, q_gen)
                 # Recover: the token at the first rejected position (or the bonus position).
-                if spec.recovers_with_q_ctx and n == len(draft):
-                    q_ctx.append(alg.temper(ctx.forward()[0], p.temperature))
-                    self.stats.specialist_calls += 1
-                token = self._recover(n, len(draft), q_ctx, log_p_G, log_q_gen)
+                if spec.recovers_with_q_ctx and n == len(q_ctx):
+                    self._step(ctx, q_ctx, q_gen)
+                token = self._recover(n, len(draft), q_ctx, log_p_G, q_gen)
                 # Roll back every cache to the committed length, then commit.
                 for seq in (ctx, gen, target):
                     if seq is not None:
-                        seq.rollback(len(seq.tokens) - len(draft) + n)
+                        seq.rollback(seq.length - len(draft) + n)
                         seq.append([token])
                 tokens = [*draft[:n], token]
                 for i, t in enumerate(tokens):
@@ -198,29 +219,38 @@ class DecodeRun:
         finally:
             self.stats.seconds = time.perf_counter() - self.stats._start
 
+    def _step(self, ctx: TokenSequence, q_ctx: list, q_gen: list) -> None:
+        """One cached specialist step: q_ctx (and q_gen, when batched) at the next position."""
+        rows = alg.temper(ctx.forward()[:, 0], self.params.temperature)  # (B, V)
+        q_ctx.append(rows[0])
+        if len(rows) > 1:
+            q_gen.append(rows[1])
+        self.stats.specialist_calls += 1
+
     def _draft(
-        self, ctx: TokenSequence, k: int, eos: frozenset[int]
-    ) -> tuple[list[int], list[torch.Tensor]]:
-        """Specialist proposes up to k tokens; returns them and q_ctx (V,) before each."""
+        self, ctx: TokenSequence | None, k: int, eos: frozenset[int]
+    ) -> tuple[list[int], list[torch.Tensor], list[torch.Tensor]]:
+        """Specialist proposes up to k tokens; returns them and q_ctx (and q_gen) before each."""
         draft: list[int] = []
         q_ctx: list[torch.Tensor] = []
+        q_gen: list[torch.Tensor] = []
         for _ in range(k):
-            logq = alg.temper(ctx.forward()[0], self.params.temperature)  # (V,)
-            token = alg.pick(self._sampling(logq), greedy=self.params.greedy, generator=self.rng)
+            self._step(ctx, q_ctx, q_gen)
+            token = alg.pick(
+                self._sampling(q_ctx[-1]), greedy=self.params.greedy, generator=self.rng
+            )
             draft.append(token)
-            q_ctx.append(logq)
             ctx.append([token])
             if token in eos:
                 break
-        self.stats.specialist_calls += len(draft)
-        return draft, q_ctx
+        return draft, q_ctx, q_gen
 
     def _score(self, seq: TokenSequence | None, draft: list[int]) -> torch.Tensor | None:
         """(len(draft)+1, V) log-probs of a public model at the draft positions and after."""
         if seq is None:
             return None
         seq.append(draft)
-        rows = seq.forward(len(draft) + 1).to(self.device)
+        rows = seq.forward(len(draft) + 1)[0].to(self.device)
         if seq.lm is self.engine.generalist:
             self.stats.generalist_calls += 1
         else:
@@ -232,7 +262,7 @@ class DecodeRun:
         draft: list[int],
         q_ctx: list[torch.Tensor],
         log_p_G: torch.Tensor | None,
-        log_q_gen: torch.Tensor | None,
+        q_gen: list[torch.Tensor],
     ) -> int:
         if not draft or self.spec.verify == "none":
             return 0
@@ -242,7 +272,7 @@ class DecodeRun:
             at_draft = ids.unsqueeze(-1)
             return alg.ratio_accept(
                 log_p_G[:-1].gather(-1, at_draft).squeeze(-1),
-                log_q_gen[:-1].gather(-1, at_draft).squeeze(-1),
+                torch.stack(q_gen[: len(draft)]).gather(-1, at_draft).squeeze(-1),
                 p.gamma,
                 greedy=p.greedy,
                 generator=self.rng,
@@ -261,7 +291,7 @@ class DecodeRun:
         n_draft: int,
         q_ctx: list[torch.Tensor],
         log_p_G: torch.Tensor | None,
-        log_q_gen: torch.Tensor | None,
+        q_gen: list[torch.Tensor],
     ) -> int:
         p, how = self.params, self.spec.recover
         if how == "generalist":
@@ -271,11 +301,11 @@ class DecodeRun:
         elif how == "specialist":
             scores = q_ctx[n]
         elif how == "steer":
-            scores = alg.steer(log_p_G[n], q_ctx[n], log_q_gen[n], p.alpha)
+            scores = alg.steer(log_p_G[n], q_ctx[n], q_gen[n], p.alpha)
         else:
             scores = alg.costeer_policy(
                 log_p_G[n],
-                q_ctx[n] - log_q_gen[n],
+                q_ctx[n] - q_gen[n],
                 steps=p.costeer_steps,
                 a=p.costeer_a,
                 b=p.costeer_b,

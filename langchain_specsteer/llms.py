@@ -64,6 +64,8 @@ class SpecSteerLLM(LLM, DecodingParams):
     """How private context and the prompt are joined for the specialist: {context}, {prompt}."""
     context_separator: str = "\n\n"
     """Joins the pieces when `private_context` is a list of strings."""
+    batch_specialist: bool = True
+    """Compute q_ctx and q_gen in one batch-of-2 specialist forward per step."""
 
     _engine: SpecSteerEngine = PrivateAttr()
 
@@ -74,7 +76,9 @@ class SpecSteerLLM(LLM, DecodingParams):
 
     @model_validator(mode="after")
     def _build_engine(self) -> SpecSteerLLM:
-        self._engine = SpecSteerEngine(self.specialist, self.generalist)
+        self._engine = SpecSteerEngine(
+            self.specialist, self.generalist, batch_specialist=self.batch_specialist
+        )
         return self
 
     @property

@@ -29,61 +29,106 @@ def _resolve_dtype(torch_dtype: Any, device: str) -> Any:
 
 
 class TokenSequence:
-    """Token ids of one sequence on one model, with a KV cache of a prefix of them.
+    """One continuation on one model after one or more prompts, with a KV cache of a prefix.
+
+    With several prompts (the specialist with and without the private context) the prompts are
+    left-padded to one length and the rows advance in lockstep as one batch, since they share
+    every token generated after the prompts: one forward gives q_ctx and q_gen together.
+
+    Positions count from the start of the padded prompts: `length` = padded prompt length +
+    generated tokens; the cache holds the first `cached` positions.
 
     Attributes:
-        tokens: the sequence (committed tokens, then any tentative draft tokens).
-        cached: how many leading tokens have their keys/values in the cache.
+        prompts: each row's prompt ids (unpadded).
+        suffix: tokens after the prompts (committed, then any tentative draft tokens).
+        cached: how many leading positions have their keys/values in the cache.
     """
 
-    def __init__(self, lm: LocalModel, prompt_ids: Sequence[int], vocab_size: int | None = None):
-        if len(prompt_ids) == 0:
-            msg = "prompt_ids is empty: a sequence needs at least one token (e.g. a BOS token)."
+    def __init__(
+        self, lm: LocalModel, prompts: Sequence[Sequence[int]], vocab_size: int | None = None
+    ):
+        if not prompts or any(len(p) == 0 for p in prompts):
+            msg = "a prompt is empty: a sequence needs at least one token (e.g. a BOS token)."
             raise ValueError(msg)
         from transformers import DynamicCache
 
         self.lm = lm
-        self.tokens: list[int] = list(prompt_ids)
+        self.prompts = [list(p) for p in prompts]
+        self.prompt_length = max(len(p) for p in self.prompts)
+        self.suffix: list[int] = []
         self.cached = 0
         self.cache = DynamicCache()
         self.vocab_size = vocab_size or lm.vocab_size
+        pads = [self.prompt_length - len(p) for p in self.prompts]
+        padded = [[0] * pad + p for pad, p in zip(pads, self.prompts, strict=True)]
+        self._prompt_ids = torch.tensor(padded, dtype=torch.long, device=lm.device)  # (B, P)
+        self._pads = torch.tensor(pads, device=lm.device).unsqueeze(-1) if any(pads) else None
+
+    @property
+    def length(self) -> int:
+        return self.prompt_length + len(self.suffix)
+
+    @property
+    def tokens(self) -> list[int]:
+        """The first row's ids: its prompt and the suffix."""
+        return self.prompts[0] + self.suffix
+
+    def row_tokens(self) -> list[list[int]]:
+        """Every row's ids: its prompt and the shared suffix."""
+        return [p + self.suffix for p in self.prompts]
 
     def append(self, token_ids: Sequence[int]) -> None:
         """Add tokens to the end without computing anything."""
-        self.tokens.extend(token_ids)
+        self.suffix.extend(token_ids)
 
     def forward(self, rows: int = 1) -> torch.Tensor:
-        """Feed the uncached tokens; return (rows, V) log-probs at the last `rows` positions.
+        """Feed the uncached positions; return (B, rows, V) log-probs at the last `rows` ones.
 
-        Row i is the next-token distribution after tokens[len(tokens) − rows + i].
+        Row i along dim 1 is the next-token distribution after position length − rows + i.
         """
-        if self.cached >= len(self.tokens):  # everything cached: re-feed the last token
-            self.rollback_cache(len(self.tokens) - 1)
-        fresh = self.tokens[self.cached :]
-        if rows > len(fresh):
-            msg = f"asked for {rows} rows but only {len(fresh)} tokens are uncached"
+        if self.cached >= self.length:  # everything cached: re-feed the last token
+            self.rollback_cache(self.length - 1)
+        start, end = self.cached, self.length
+        if rows > end - start:
+            msg = f"asked for {rows} rows but only {end - start} positions are uncached"
             raise ValueError(msg)
-        input_ids = torch.tensor([fresh], dtype=torch.long, device=self.lm.device)
+        device = self._prompt_ids.device
+        fresh = torch.tensor(
+            self.suffix[max(0, start - self.prompt_length) :], dtype=torch.long, device=device
+        )
+        input_ids = torch.cat(
+            [self._prompt_ids[:, start : self.prompt_length], fresh.expand(len(self.prompts), -1)],
+            dim=1,
+        )  # (B, end - start)
+        extra = {}
+        if self._pads is not None:  # left padding: mask it, count positions from each prompt
+            positions = torch.arange(end, device=device)
+            extra["attention_mask"] = (positions >= self._pads).long()  # (B, end)
+            extra["position_ids"] = (positions[start:] - self._pads).clamp_min(0)  # (B, fresh)
         with torch.inference_mode():
             out = self.lm.model(
                 input_ids=input_ids,
                 past_key_values=self.cache,
                 use_cache=True,
                 logits_to_keep=rows,
+                **extra,
             )
         self.cache = out.past_key_values
-        self.cached = len(self.tokens)
+        self.cached = end
         self.lm.forward_calls += 1
-        logits = out.logits[0, -rows:, : self.vocab_size]  # (rows, V)
+        logits = out.logits[:, -rows:, : self.vocab_size]  # (B, rows, V)
         return torch.log_softmax(logits.float(), dim=-1)
 
     def rollback(self, length: int) -> None:
-        """Keep only the first `length` tokens (and at most that much cache)."""
-        del self.tokens[length:]
+        """Keep only the first `length` positions (and at most that much cache)."""
+        if length < self.prompt_length:
+            msg = f"cannot roll back into the prompt ({length} < {self.prompt_length})"
+            raise ValueError(msg)
+        del self.suffix[length - self.prompt_length :]
         self.rollback_cache(length)
 
     def rollback_cache(self, length: int) -> None:
-        """Drop cached keys/values past `length` tokens."""
+        """Drop cached keys/values past `length` positions."""
         extra = self.cached - length
         if extra > 0:
             self.cache.crop(-extra)  # negative: remove that many (transformers 4.x and 5.x)
@@ -171,9 +216,14 @@ class LocalModel:
             return self.tokenizer.encode(rendered, add_special_tokens=False)
         return self.tokenizer.encode(text, add_special_tokens=True)
 
-    def sequence(self, prompt_ids: Sequence[int], vocab_size: int | None = None) -> TokenSequence:
-        """Start a new sequence on this model (log-probs over the first `vocab_size` tokens)."""
-        return TokenSequence(self, prompt_ids, vocab_size)
+    def sequence(self, *prompts: Sequence[int], vocab_size: int | None = None) -> TokenSequence:
+        """Start a continuation after one prompt, or several batched in lockstep.
+
+        Args:
+            *prompts: token ids of each row's prompt.
+            vocab_size: log-probs cover the first `vocab_size` tokens (default: all outputs).
+        """
+        return TokenSequence(self, prompts, vocab_size)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, device={self.device})"

@@ -64,8 +64,9 @@ def test_speculative_equals_generalist(make_llm, k):
     assert accepted > 0  # drafts were accepted, so the multi-token verify path was exercised
 
 
-def test_specsteer_with_infinite_gamma_equals_light_costeer(make_llm):
-    llm = make_llm(max_new_tokens=30)
+@pytest.mark.parametrize("batch_specialist", [True, False])
+def test_specsteer_with_infinite_gamma_equals_light_costeer(make_llm, batch_specialist):
+    llm = make_llm(max_new_tokens=30, batch_specialist=batch_specialist)
     for prompt in PROMPTS:
         expected, _ = run_ids(llm, prompt, method="light_costeer", alpha=1.5)
         ids, stats = run_ids(llm, prompt, method="specsteer", gamma=float("inf"), alpha=1.5)
@@ -95,7 +96,7 @@ def test_costeer_equals_light_costeer_at_its_closed_form_alpha(make_llm):
 
 def test_specsteer_with_zero_gamma_accepts_every_draft(make_llm):
     llm = make_llm(max_new_tokens=30, draft_tokens=3)
-    ids, stats = run_ids(llm, PROMPTS[0], method="specsteer", gamma=0.0)
+    _, stats = run_ids(llm, PROMPTS[0], method="specsteer", gamma=0.0)
     assert stats.accepted == stats.drafted > 0
     assert stats.acceptance_rate == 1.0
     assert stats.rounds == 30 // 4 + (30 % 4 > 0)  # each round: 3 drafts + 1 bonus token
@@ -131,9 +132,10 @@ def reference_specsteer(specialist, generalist, prompts, *, gamma, alpha, k, max
     return out
 
 
-@pytest.mark.parametrize(("gamma", "k"), [(0.5, 4), (0.1, 2), (1.0, 3)])
-def test_specsteer_equals_a_cache_free_reference(make_llm, gamma, k):
-    llm = make_llm(max_new_tokens=24, draft_tokens=k)
+@pytest.mark.parametrize("batch_specialist", [True, False])
+@pytest.mark.parametrize(("gamma", "k"), [(0.5, 4), (0.1, 2), (1.0, 3), (0.0, 3)])
+def test_specsteer_equals_a_cache_free_reference(make_llm, gamma, k, batch_specialist):
+    llm = make_llm(max_new_tokens=24, draft_tokens=k, batch_specialist=batch_specialist)
     prompts = llm.render_prompts(PROMPTS[0], CONTEXT)
     ids, stats = run_ids(llm, PROMPTS[0], method="specsteer", gamma=gamma)
     expected = reference_specsteer(
@@ -174,21 +176,39 @@ def test_max_new_tokens_is_exact(make_llm, method):
     assert stats.finish_reason == "length"
 
 
-def test_rounds_never_re_prefill(make_llm, generalist):
-    """After the prompt, each generalist forward feeds only the pending token and the draft."""
-    fed: list[int] = []
-    hook = generalist.model.register_forward_pre_hook(
-        lambda _m, _args, kwargs: fed.append(kwargs["input_ids"].shape[1]), with_kwargs=True
-    )
+@pytest.mark.parametrize("batch_specialist", [True, False])
+def test_rounds_never_re_prefill(make_llm, generalist, specialist, batch_specialist):
+    """After the prompts, a round feeds each model only the pending token and the draft."""
+    fed: dict[str, list[tuple[int, int]]] = {"generalist": [], "specialist": []}
+    hooks = [
+        lm.model.register_forward_pre_hook(
+            lambda _m, _a, kw, name=name: fed[name].append(tuple(kw["input_ids"].shape)),
+            with_kwargs=True,
+        )
+        for name, lm in (("generalist", generalist), ("specialist", specialist))
+    ]
     try:
-        llm = make_llm(max_new_tokens=30, draft_tokens=4)
+        llm = make_llm(max_new_tokens=30, draft_tokens=4, batch_specialist=batch_specialist)
         _, stats = run_ids(llm, PROMPTS[0], method="specsteer")
     finally:
-        hook.remove()
-    prompt_len = len(llm.render_prompts(PROMPTS[0]).public_generalist)
-    assert len(fed) == stats.generalist_calls
-    assert fed[0] <= prompt_len + 4
-    assert max(fed[1:]) <= 1 + 4
+        for hook in hooks:
+            hook.remove()
+    prompts = llm.render_prompts(PROMPTS[0], CONTEXT)
+    assert len(fed["generalist"]) == stats.generalist_calls
+    assert fed["generalist"][0][1] <= len(prompts.public_generalist) + 4
+    assert max(width for _, width in fed["generalist"][1:]) <= 1 + 4
+    assert len(fed["specialist"]) == stats.specialist_calls
+    prefills = 1 if batch_specialist else 2  # the context prompt, and the public one if apart
+    assert sum(width > 1 + 4 for _, width in fed["specialist"]) == prefills
+    # batched: one batch-of-2 step per draft (+1 when all are accepted); apart: that + a verify
+    per_round = stats.specialist_calls / stats.rounds
+    if batch_specialist:
+        assert {batch for batch, _ in fed["specialist"]} == {2}
+        assert stats.specialist_calls <= stats.drafted + stats.rounds
+    else:
+        assert {batch for batch, _ in fed["specialist"]} == {1}
+        assert stats.specialist_calls <= stats.drafted + 2 * stats.rounds
+    assert per_round <= 4 + 2
 
 
 @pytest.mark.parametrize("method", ["specsteer", "speculative", "light_costeer", "specialist"])

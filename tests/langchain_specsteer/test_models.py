@@ -26,7 +26,7 @@ def test_from_pretrained_loads_in_eval_mode_without_gradients(tiny_dir):
 def test_torch_dtype_option(tiny_dir, dtype):
     lm = LocalGeneralist.from_pretrained(str(tiny_dir / "generalist"), torch_dtype=dtype)
     assert next(lm.model.parameters()).dtype == torch.bfloat16
-    rows = lm.sequence([1, 5, 9]).forward(2)
+    rows = lm.sequence([1, 5, 9]).forward(2)[0]
     assert rows.dtype == torch.float32 and torch.allclose(rows.exp().sum(-1), torch.ones(2))
 
 
@@ -45,16 +45,16 @@ def test_a_missing_model_path_fails_clearly(tmp_path):
 def test_sequence_forward_matches_a_full_forward_after_rollbacks(generalist):
     ids = generalist.tokenizer.encode("The blender crushes ice in seconds, five stars.")
     seq = generalist.sequence(ids[:4])
-    assert torch.allclose(seq.forward(2), full_forward(generalist, ids[:4])[-2:], atol=1e-5)
+    assert torch.allclose(seq.forward(2)[0], full_forward(generalist, ids[:4])[-2:], atol=1e-5)
     seq.append([7, 8, 9])  # a draft that is then rejected
     seq.forward(3)
     seq.rollback(4)
     seq.append(ids[4:8])
     assert seq.cached == 4
     expected = full_forward(generalist, ids[:8])[-4:]
-    assert torch.allclose(seq.forward(4), expected, atol=1e-5)
+    assert torch.allclose(seq.forward(4)[0], expected, atol=1e-5)
     assert seq.cached == 8 == seq.cache.get_seq_length()
-    assert torch.allclose(seq.forward(1), expected[-1:], atol=1e-5)  # fully cached: re-fed
+    assert torch.allclose(seq.forward(1)[0], expected[-1:], atol=1e-5)  # fully cached: re-fed
     with pytest.raises(ValueError, match="uncached"):
         seq.forward(3)
 
@@ -62,6 +62,30 @@ def test_sequence_forward_matches_a_full_forward_after_rollbacks(generalist):
 def test_an_empty_prompt_is_refused(generalist):
     with pytest.raises(ValueError, match="at least one token"):
         generalist.sequence([])
+    with pytest.raises(ValueError, match="at least one token"):
+        generalist.sequence([1, 2], [])
+
+
+def test_batched_prompts_match_separate_sequences_through_rollbacks(specialist):
+    """Rows of a left-padded batch equal each prompt's own sequence, step after step."""
+    encode = specialist.tokenizer.encode
+    long, short = encode("Here is what we know: crunchy, five stars. Review:"), encode("Review:")
+    pair = specialist.sequence(long, short)
+    alone = [specialist.sequence(long), specialist.sequence(short)]
+    assert pair.length == len(long)
+    for draft, keep in (([11, 12, 13], 2), ([14], 1), ([15, 16], 0)):
+        for seq in (pair, *alone):
+            seq.append(draft)
+        batched = pair.forward(len(draft) + 1)
+        for row, seq in enumerate(alone):
+            single = seq.forward(batched.shape[1])[0]
+            assert torch.allclose(batched[row], single, atol=1e-4)
+        for seq in (pair, *alone):
+            seq.rollback(seq.length - len(draft) + keep)
+            seq.append([20 + keep])
+    assert pair.row_tokens() == [alone[0].tokens, alone[1].tokens]
+    with pytest.raises(ValueError, match="into the prompt"):
+        pair.rollback(len(long) - 1)
 
 
 def test_encode_without_a_chat_template_adds_bos(specialist):

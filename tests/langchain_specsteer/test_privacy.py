@@ -37,8 +37,8 @@ def recorded(generalist, monkeypatch):
 
     original_init = TokenSequence.__init__
 
-    def init(self, lm, prompt_ids, vocab_size=None):
-        original_init(self, lm, prompt_ids, vocab_size)
+    def init(self, lm, prompts, vocab_size=None):
+        original_init(self, lm, prompts, vocab_size)
         seen["sequences"].append(self)
 
     monkeypatch.setattr(type(generalist), "encode", encode)
