@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
+from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from langchain_specsteer.engine import Prompts, SpecSteerEngine
@@ -22,6 +24,27 @@ from langchain_specsteer.text import IncrementalDetokenizer, StopStringFilter
 __all__ = ["SpecSteerLLM"]
 
 PrivateContext = str | Sequence[str] | None
+
+
+class RedactedContext:
+    """Private context in transit to the specialist: prints and serialises as redacted.
+
+    LangChain hands every `stream()` keyword to callbacks and tracers as invocation params;
+    wrapping the context keeps it out of them.
+    """
+
+    __slots__ = ("_reveal",)
+
+    def __init__(self, context: PrivateContext):
+        self._reveal = lambda: context
+
+    def reveal(self) -> PrivateContext:
+        return self._reveal()
+
+    def __repr__(self) -> str:
+        return "<private context redacted>"
+
+    __str__ = __repr__
 
 
 class SpecSteerLLM(LLM, DecodingParams):
@@ -111,6 +134,26 @@ class SpecSteerLLM(LLM, DecodingParams):
             public_generalist=self.generalist.encode(prompt, **chat),
         )
 
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[str]:
+        return super().stream(input, config, stop=stop, **_redact(kwargs))
+
+    def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[str]:
+        return super().astream(input, config, stop=stop, **_redact(kwargs))
+
     def _stream(
         self,
         prompt: str,
@@ -155,6 +198,8 @@ class SpecSteerLLM(LLM, DecodingParams):
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
         """Text pieces as rounds commit tokens, then one empty chunk carrying the statistics."""
+        if isinstance(private_context, RedactedContext):
+            private_context = private_context.reveal()
         params = self.decoding_params(**kwargs)
         prompts = self.render_prompts(prompt, private_context)
         run = self._engine.run(prompts, params)
@@ -179,6 +224,12 @@ class SpecSteerLLM(LLM, DecodingParams):
         info = run.stats.as_dict()
         info["private_context"] = bool(_join_context(private_context, self.context_separator))
         yield GenerationChunk(text="", generation_info=info)
+
+
+def _redact(kwargs: dict[str, Any]) -> dict[str, Any]:
+    if kwargs.get("private_context") is not None:
+        kwargs = {**kwargs, "private_context": RedactedContext(kwargs["private_context"])}
+    return kwargs
 
 
 def _join_context(private_context: PrivateContext, separator: str) -> str:

@@ -7,8 +7,13 @@ and token-id runs must never be among them, for every method.
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import pytest
 from conftest import PROMPTS
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.output_parsers import StrOutputParser
 
 from langchain_specsteer import METHODS
 from langchain_specsteer.models import TokenSequence
@@ -91,3 +96,37 @@ def test_the_recorder_catches_a_leak(make_llm, recorded, monkeypatch):
     secret_runs = runs(llm.specialist.tokenizer.encode(SECRET, add_special_tokens=False), 3)
     everything = [t for fed in recorded["generalist_inputs"] for t in fed]
     assert runs(everything, 3) & secret_runs
+
+
+class StartRecorder(BaseCallbackHandler):
+    """Keeps everything LangChain tells callbacks (and so tracers) when a run starts."""
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def on_llm_start(self, serialized, prompts, **kwargs):
+        self.seen.append(json.dumps([serialized, prompts, kwargs], default=repr))
+
+
+def test_private_context_stays_out_of_callbacks_and_tracing(make_llm):
+    llm = make_llm(max_new_tokens=4)
+    recorder = StartRecorder()
+    config = {"callbacks": [recorder]}
+    llm.invoke(PROMPTS[0], config, private_context=SECRET)
+    list(llm.stream(PROMPTS[0], config, private_context=[SECRET]))
+    llm.batch([PROMPTS[0], PROMPTS[1]], config, private_context=SECRET)
+    chain = llm.bind(private_context=SECRET) | StrOutputParser()
+    chain.invoke(PROMPTS[0], config)
+    list(chain.stream(PROMPTS[0], config))
+
+    async def consume():
+        return [piece async for piece in llm.astream(PROMPTS[0], config, private_context=SECRET)]
+
+    asyncio.run(consume())
+    assert len(recorder.seen) == 7
+    for event in recorder.seen:
+        assert "Zorblax" not in event and "4417" not in event
+    # ...while the specialist did get it
+    assert llm.invoke(PROMPTS[0], method="specialist", private_context=SECRET) != llm.invoke(
+        PROMPTS[0], method="specialist"
+    )
