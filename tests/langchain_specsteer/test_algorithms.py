@@ -470,6 +470,18 @@ def test_top_p_filter_keeps_smallest_nucleus_and_renormalises():
         assert float(torch.logsumexp(out, -1)) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_top_p_filter_nucleus_that_reaches_top_p_exactly_is_enough():
+    # Powers of two: the cumulative masses 0.5, 0.75, 0.875, 1 are exact in float32.
+    log_p = logs([0.125, 0.5, 0.125, 0.25])
+    for top_p, kept in [(0.5, {1}), (0.75, {1, 3}), (0.875, None)]:
+        out = top_p_filter(log_p, top_p)
+        finite = {i for i in range(4) if out[i] > -math.inf}
+        if kept is None:  # the two 0.125 tie: exactly one of them completes the nucleus
+            assert len(finite) == 3 and {1, 3} < finite
+        else:
+            assert finite == kept
+
+
 def test_top_p_filter_random_against_reference():
     rng = np.random.default_rng(5)
     for _ in range(200):
