@@ -31,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
         "--context", default=DEFAULT_CONTEXT, help="private context (only the specialist sees it)"
     )
     demo.add_argument("--max-new-tokens", type=int, default=48, help="default: %(default)s")
-    demo.add_argument("--gamma", type=float, help="verification gate γ (default 0.5; inf: none)")
+    demo.add_argument(
+        "--gamma", type=float, help="verification gate γ (default 0.5; inf accepts no draft)"
+    )
     demo.add_argument("--alpha", type=float, help="steering strength α (default 1.0)")
     demo.add_argument("--draft-tokens", type=int, help="K, drafts per round (default 4)")
     demo.add_argument("--temperature", type=float, help="0 (default) decodes greedily")

@@ -55,10 +55,10 @@ DESCRIPTIONS = {
 Kind = Literal["text", "accepted", "recovered"]
 ANSI = {"accepted": "\x1b[30;42m", "recovered": "\x1b[30;43m"}  # black on green / on yellow
 ANSI_RESET = "\x1b[0m"
-BRACKETS = {"accepted": ("«", "»"), "recovered": ("[", "]")}
+BRACKETS = {"accepted": ("«", "»"), "recovered": ("⟦", "⟧")}
 LEGEND = {
-    "accepted": "a specialist draft the generalist accepted (p_G/q_gen ≥ γ)",
-    "recovered": "a recovered token: argmax of log p_G + α(log q_ctx − log q_gen)",
+    "accepted": "a specialist draft that passed verification (p_G/q_gen against γ)",
+    "recovered": "a recovered token, picked from log p_G + α(log q_ctx − log q_gen)",
 }
 
 
@@ -83,9 +83,10 @@ class MethodRun:
         return "".join(span.text for span in self.spans)
 
     def add(self, kind: Kind, text: str) -> None:
+        """Append text; it joins the last span if of the same kind (recoveries stay one each)."""
         if not text:
             return
-        if self.spans and self.spans[-1].kind == kind:
+        if self.spans and self.spans[-1].kind == kind != "recovered":
             self.spans[-1].text += text
         else:
             self.spans.append(Span(kind, text))

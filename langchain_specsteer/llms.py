@@ -87,8 +87,8 @@ class SpecSteerLLM(LLM, DecodingParams):
     """How private context and the prompt are joined for the specialist: {context}, {prompt}."""
     context_separator: str = "\n\n"
     """Joins the pieces when `private_context` is a list of strings."""
-    batch_specialist: bool = True
-    """Compute q_ctx and q_gen in one batch-of-2 specialist forward per step."""
+    batch_specialist: bool | None = None
+    """Compute q_ctx and q_gen in one batch-of-2 specialist forward per step; None: on CUDA."""
 
     _engine: SpecSteerEngine = PrivateAttr()
 

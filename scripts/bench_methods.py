@@ -106,41 +106,67 @@ def _time(fn: Any, repeats: int) -> float:
     return statistics.median(times)
 
 
-def forward_seconds(model: Any, *, batch: int, new: int, prefix: int, repeats: int) -> float:
-    """Median time of one cached forward of `new` tokens after a `prefix`-token prompt."""
+def forward_seconds(
+    model: Any, *, batch: int, new: int, prefix: int, repeats: int, pad: int = 0
+) -> float:
+    """Median time of one cached forward of `new` tokens after a `prefix`-token prompt.
+
+    With `pad` > 0 the last row's prompt is `pad` tokens shorter and left-padded, masked with
+    an attention mask and shifted position ids, as the engine batches q_ctx with q_gen.
+    """
     from transformers import DynamicCache
 
     vocab = model.config.vocab_size
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(3, vocab, (batch, prefix), generator=generator)
     step = torch.randint(3, vocab, (batch, new), generator=generator)
+    pads = torch.zeros(batch, 1, dtype=torch.long)
+    pads[-1] = pad
+    positions = torch.arange(prefix + new)
+
+    def masked(start: int, end: int) -> dict[str, torch.Tensor]:
+        if not pad:
+            return {}
+        return {
+            "attention_mask": (positions[:end] >= pads).long(),  # (B, end)
+            "position_ids": (positions[start:end] - pads).clamp_min(0),  # (B, end - start)
+        }
+
     cache = DynamicCache()
     with torch.inference_mode():
-        model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=prompt, past_key_values=cache, logits_to_keep=1, **masked(0, prefix))
 
     def forward() -> None:
         with torch.inference_mode():
-            out = model(input_ids=step, past_key_values=cache, use_cache=True, logits_to_keep=new)
+            out = model(
+                input_ids=step,
+                past_key_values=cache,
+                logits_to_keep=new,
+                **masked(prefix, prefix + new),
+            )
             torch.log_softmax(out.logits.float(), dim=-1)  # as the engine does
         cache.crop(-new)  # back to the prompt
 
     return _time(forward, repeats)
 
 
-def forward_costs(llm: SpecSteerLLM, k: int, prefix: int, repeats: int) -> dict[str, float]:
+def forward_costs(
+    llm: SpecSteerLLM, k: int, prefix: int, pad: int, repeats: int
+) -> dict[str, float]:
     spec, gen = llm.specialist.model, llm.generalist.model
     common = {"prefix": prefix, "repeats": repeats}
     costs = {
         "specialist_step_b1": forward_seconds(spec, batch=1, new=1, **common),
         "specialist_step_b2": forward_seconds(spec, batch=2, new=1, **common),
+        "specialist_step_b2_padded": forward_seconds(spec, batch=2, new=1, pad=pad, **common),
         "specialist_k1_b1": forward_seconds(spec, batch=1, new=k + 1, **common),
         "generalist_step_b1": forward_seconds(gen, batch=1, new=1, **common),
         "generalist_k1_b1": forward_seconds(gen, batch=1, new=k + 1, **common),
     }
-    # Specialist work in one SpecSteer round of K drafts: today K single steps for q_ctx plus
-    # one (K+1)-token forward for q_gen; batched, q_ctx and q_gen would step together K+1 times.
-    costs["round_specialist_now"] = k * costs["specialist_step_b1"] + costs["specialist_k1_b1"]
-    costs["round_specialist_batched"] = (k + 1) * costs["specialist_step_b2"]
+    # Specialist work in a round of K drafts (bonus step left out): separately, K single
+    # steps for q_ctx and one (K+1)-token forward for q_gen; batched, K steps of both rows.
+    costs["round_specialist_separate"] = k * costs["specialist_step_b1"] + costs["specialist_k1_b1"]
+    costs["round_specialist_batched"] = k * costs["specialist_step_b2_padded"]
     return costs
 
 
@@ -164,26 +190,34 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def costs_table(costs: dict[str, float], k: int) -> str:
+def costs_table(costs: dict[str, float], k: int, pad: int) -> str:
     us = {name: seconds * 1e6 for name, seconds in costs.items()}
     rows = [
         ("specialist, cached 1-token step, batch 1", us["specialist_step_b1"]),
-        ("specialist, cached 1-token step, batch 2", us["specialist_step_b2"]),
+        ("specialist, cached 1-token step, batch 2 (equal prompts)", us["specialist_step_b2"]),
+        (
+            f"specialist, cached 1-token step, batch 2 (one row left-padded by {pad}, masked)",
+            us["specialist_step_b2_padded"],
+        ),
         (f"specialist, cached {k + 1}-token forward (K+1), batch 1", us["specialist_k1_b1"]),
         ("generalist, cached 1-token step, batch 1", us["generalist_step_b1"]),
         (f"generalist, cached {k + 1}-token forward (K+1), batch 1", us["generalist_k1_b1"]),
-        (f"round, specialist side now: {k}·step b1 + (K+1) b1", us["round_specialist_now"]),
-        (f"round, batched q_ctx+q_gen: {k + 1}·step b2", us["round_specialist_batched"]),
+        (
+            f"round, q_ctx and q_gen separate: {k}·(step b1) + (K+1 forward b1)",
+            us["round_specialist_separate"],
+        ),
+        (f"round, q_ctx and q_gen batched: {k}·(step b2, padded)", us["round_specialist_batched"]),
     ]
     lines = ["| forward | µs (median) |", "|---|---:|"]
     lines += [f"| {name} | {value:.0f} |" for name, value in rows]
-    b1, b2 = costs["specialist_step_b1"], costs["specialist_step_b2"]
+    b1 = costs["specialist_step_b1"]
+    batched, separate = costs["round_specialist_batched"], costs["round_specialist_separate"]
     lines += [
         "",
-        f"batch-2 step / two batch-1 steps: {b2 / (2 * b1):.2f} "
-        f"(< 1: batching q_ctx with q_gen saves time per step)",
-        f"batched round / current round (specialist side): "
-        f"{costs['round_specialist_batched'] / costs['round_specialist_now']:.2f}",
+        f"batch-2 step / two batch-1 steps: {costs['specialist_step_b2'] / (2 * b1):.2f} "
+        f"(padded and masked: {costs['specialist_step_b2_padded'] / (2 * b1):.2f})",
+        f"specialist time per round, batched / separate: {batched / separate:.2f} "
+        "(< 1: batching q_ctx with q_gen is faster)",
         f"one generalist step costs {costs['generalist_step_b1'] / b1:.1f} specialist steps",
     ]
     return "\n".join(lines)
@@ -202,7 +236,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument("--forward-repeats", type=int, default=300)
-    parser.add_argument("--prefix-tokens", type=int, default=96, help="cached prompt length")
+    parser.add_argument(
+        "--prefix-tokens", type=int, help="cached prompt length (default: the private prompt's)"
+    )
+    parser.add_argument(
+        "--pad-tokens", type=int, help="how much shorter the public prompt is (default: measured)"
+    )
     parser.add_argument("--out", default="runs/bench_methods.json")
     args = parser.parse_args()
 
@@ -232,9 +271,16 @@ def main() -> None:
     rows = summarise(samples)
     print(markdown_table(rows), flush=True)
 
+    prompts = llm.render_prompts(PROMPTS[0], CONTEXT)
+    if args.prefix_tokens is None:
+        args.prefix_tokens = len(prompts.private)
+    if args.pad_tokens is None:
+        args.pad_tokens = len(prompts.private) - len(prompts.public_specialist)
     print(f"\n# Forward costs ({LABEL}, prompt of {args.prefix_tokens} cached tokens)\n")
-    costs = forward_costs(llm, args.draft_tokens, args.prefix_tokens, args.forward_repeats)
-    print(costs_table(costs, args.draft_tokens))
+    costs = forward_costs(
+        llm, args.draft_tokens, args.prefix_tokens, args.pad_tokens, args.forward_repeats
+    )
+    print(costs_table(costs, args.draft_tokens, args.pad_tokens))
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -52,9 +52,12 @@ def recorded(generalist, monkeypatch):
     hook.remove()
 
 
+@pytest.mark.parametrize("batch_specialist", [False, True])
 @pytest.mark.parametrize("method", METHODS)
-def test_private_context_never_reaches_the_public_side(make_llm, recorded, method):
-    llm = make_llm(method=method, max_new_tokens=24, gamma=0.3)
+def test_private_context_never_reaches_the_public_side(
+    make_llm, recorded, method, batch_specialist
+):
+    llm = make_llm(method=method, max_new_tokens=24, gamma=0.3, batch_specialist=batch_specialist)
     context_ids = llm.specialist.tokenizer.encode(SECRET, add_special_tokens=False)
     secret_runs = runs(context_ids, 3)
     context = [SECRET, "Also: I hate mornings."]

@@ -1,0 +1,59 @@
+"""`specsteer demo`: runs offline, marks provenance consistently with the LLM, fails clearly."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import CONTEXT, PROMPTS
+
+from langchain_specsteer.cli import main
+from langchain_specsteer.demo import TINY_LABEL, trace
+
+
+def test_demo_runs_offline_and_labels_the_random_pair(capsys, tmp_path):
+    page = tmp_path / "demo.html"
+    context = "I wrote <script>alert(1)</script> & more"
+    status = main(
+        ["demo", "--no-color", "--max-new-tokens", "12", "--context", context, "--html", str(page)]
+    )
+    out = capsys.readouterr().out
+    assert status == 0
+    assert TINY_LABEL in out
+    for method in ("generalist", "specialist", "specsteer"):
+        assert f"── {method}:" in out
+    assert "\x1b[" not in out  # --no-color
+    html = page.read_text(encoding="utf-8")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in html
+    assert "<script>" not in html
+
+
+@pytest.mark.parametrize("gamma", [0.5, 0.0])
+def test_trace_spans_match_the_llm_output_and_rounds(make_llm, gamma):
+    llm = make_llm(max_new_tokens=30, gamma=gamma)
+    traced = trace(llm, PROMPTS[0], CONTEXT, llm.decoding_params())
+    assert traced.text == llm.invoke(PROMPTS[0], private_context=CONTEXT)
+    kinds = {span.kind for span in traced.spans}
+    assert kinds <= {"accepted", "recovered"}
+    recovered = [span for span in traced.spans if span.kind == "recovered"]
+    assert len(recovered) <= traced.stats["rounds"]  # one recovered token a round
+    if gamma == 0.0:
+        assert "accepted" in kinds
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "--gamma", "-1"], "gamma"),
+        (["demo", "--draft-tokens", "0"], "draft_tokens"),
+        (["demo", "--max-new-tokens", "zero"], "invalid int value"),
+    ],
+)
+def test_bad_arguments_exit_2_naming_the_option(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "demo" in capsys.readouterr().out
