@@ -27,7 +27,15 @@ from langchain_specsteer import SpecSteerLLM
 from langchain_specsteer.tiny import tiny_pair
 
 LABEL = "tiny random pair"
-ORDER = ("generalist", "specialist", "speculative", "light_costeer", "costeer", "specsteer")
+ORDER = (
+    "generalist",
+    "specialist",
+    "speculative",
+    "light_costeer",
+    "costeer",
+    "specsteer",
+    "specsteer+batched",  # q_ctx and q_gen in one left-padded batch-of-2 specialist forward
+)
 PROMPTS = [
     "Write a short review of the blender I bought last month.",
     "Write a review of these headphones: sound, comfort and battery.",
@@ -52,22 +60,36 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def run_methods(llm: SpecSteerLLM, methods: list[str], reps: int) -> dict[str, list[dict]]:
-    """Each repetition runs every method on every prompt; the method order rotates."""
-    for method in methods:  # warm-up, not counted
-        llm.generate(PROMPTS[:1], method=method, private_context=CONTEXT, max_new_tokens=8)
+    """Each repetition runs every method on every prompt; the method order rotates.
+
+    A name "METHOD+batched" runs METHOD with `batch_specialist=True`; others run with False.
+    """
+    fields = ("specialist", "generalist", "max_new_tokens", "gamma", "alpha", "draft_tokens")
+    llms = {
+        name: SpecSteerLLM(
+            **{f: getattr(llm, f) for f in fields}, batch_specialist=name.endswith("+batched")
+        )
+        for name in methods
+    }
+    for name in methods:  # warm-up, not counted
+        llms[name].generate(
+            PROMPTS[:1], method=name.split("+")[0], private_context=CONTEXT, max_new_tokens=8
+        )
     samples: dict[str, list[dict]] = {method: [] for method in methods}
     for rep in range(reps):
         shift = rep % len(methods)
-        for method in methods[shift:] + methods[:shift]:
+        for name in methods[shift:] + methods[:shift]:
             total = dict.fromkeys(
                 ("new_tokens", "seconds", "drafted", "accepted", "generalist_calls"), 0
             )
             for prompt in PROMPTS:
-                result = llm.generate([prompt], method=method, private_context=CONTEXT)
+                result = llms[name].generate(
+                    [prompt], method=name.split("+")[0], private_context=CONTEXT
+                )
                 info = result.generations[0][0].generation_info
                 for key in total:
                     total[key] += info[key]
-            samples[method].append(total)
+            samples[name].append(total)
     return samples
 
 
