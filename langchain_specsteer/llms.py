@@ -6,24 +6,28 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.documents import Document
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
+from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from langchain_specsteer.context import render_context, retrieve_privately
 from langchain_specsteer.engine import Prompts, SpecSteerEngine
 from langchain_specsteer.models import LocalGeneralist, LocalSpecialist
 from langchain_specsteer.params import (
     DEFAULT_CONTEXT_TEMPLATE,
     DecodingParams,
     check_context_template,
+    template_fields,
 )
 from langchain_specsteer.text import IncrementalDetokenizer, StopStringFilter
 
 __all__ = ["SpecSteerLLM"]
 
-PrivateContext = str | Sequence[str] | None
+PrivateContext = str | Document | Sequence[str | Document] | None
 
 
 class RedactedContext:
@@ -86,7 +90,14 @@ class SpecSteerLLM(LLM, DecodingParams):
     context_template: str = DEFAULT_CONTEXT_TEMPLATE
     """How private context and the prompt are joined for the specialist: {context}, {prompt}."""
     context_separator: str = "\n\n"
-    """Joins the pieces when `private_context` is a list of strings."""
+    """Joins the pieces of the private context (strings and rendered documents)."""
+    document_template: str = "{page_content}"
+    """Renders each private document: {page_content} and metadata fields (`task_templates`)."""
+    retriever: BaseRetriever | None = None
+    """Queried with the public prompt when a call gives no `private_context`; its documents
+    become the private context (retrieved without callbacks, so tracing never sees them)."""
+    retrieval_k: int | None = Field(default=None, ge=1)
+    """Keep at most this many retrieved documents (None: all the retriever returns)."""
     batch_specialist: bool | None = None
     """Compute q_ctx and q_gen in one batch-of-2 specialist forward per step; None: on CUDA."""
 
@@ -96,6 +107,12 @@ class SpecSteerLLM(LLM, DecodingParams):
     @classmethod
     def _check_context_template(cls, value: str) -> str:
         return check_context_template(value)
+
+    @field_validator("document_template")
+    @classmethod
+    def _check_document_template(cls, value: str) -> str:
+        template_fields(value)
+        return value
 
     @model_validator(mode="after")
     def _build_engine(self) -> SpecSteerLLM:
@@ -121,9 +138,28 @@ class SpecSteerLLM(LLM, DecodingParams):
         values = {name: getattr(self, name) for name in DecodingParams.model_fields}
         return DecodingParams.model_validate({**values, **overrides})
 
+    def private_context_for(
+        self, prompt: str, private_context: PrivateContext = None
+    ) -> tuple[str, int]:
+        """The rendered private context of a request, and how many documents were retrieved.
+
+        An explicit `private_context` wins; without one, the `retriever` (if any) is asked.
+        """
+        if private_context is None and self.retriever is not None:
+            documents = retrieve_privately(self.retriever, prompt)[: self.retrieval_k]
+            return self._render_context(documents), len(documents)
+        if isinstance(private_context, str | Document):
+            private_context = [private_context]
+        return self._render_context(private_context or []), 0
+
+    def _render_context(self, pieces: Sequence[str | Document]) -> str:
+        return render_context(pieces, self.document_template, self.context_separator)
+
     def render_prompts(self, prompt: str, private_context: PrivateContext = None) -> Prompts:
         """Token ids of the private (specialist + context) and public prompts of a request."""
-        context = _join_context(private_context, self.context_separator)
+        return self._encode(prompt, self.private_context_for(prompt, private_context)[0])
+
+    def _encode(self, prompt: str, context: str) -> Prompts:
         private = (
             self.context_template.format(context=context, prompt=prompt) if context else prompt
         )
@@ -201,7 +237,8 @@ class SpecSteerLLM(LLM, DecodingParams):
         if isinstance(private_context, RedactedContext):
             private_context = private_context.reveal()
         params = self.decoding_params(**kwargs)
-        prompts = self.render_prompts(prompt, private_context)
+        context, retrieved = self.private_context_for(prompt, private_context)
+        prompts = self._encode(prompt, context)
         run = self._engine.run(prompts, params)
         detokenizer = IncrementalDetokenizer(self.specialist.tokenizer)
         stops = StopStringFilter([*(self.stop or []), *(stop or [])])
@@ -222,7 +259,8 @@ class SpecSteerLLM(LLM, DecodingParams):
         if stops.stopped:
             run.stats.finish_reason = "stop"
         info = run.stats.as_dict()
-        info["private_context"] = bool(_join_context(private_context, self.context_separator))
+        info["private_context"] = bool(context)
+        info["retrieved"] = retrieved
         yield GenerationChunk(text="", generation_info=info)
 
 
@@ -230,11 +268,3 @@ def _redact(kwargs: dict[str, Any]) -> dict[str, Any]:
     if kwargs.get("private_context") is not None:
         kwargs = {**kwargs, "private_context": RedactedContext(kwargs["private_context"])}
     return kwargs
-
-
-def _join_context(private_context: PrivateContext, separator: str) -> str:
-    if private_context is None:
-        return ""
-    if isinstance(private_context, str):
-        return private_context.strip()
-    return separator.join(p.strip() for p in private_context if p and p.strip())

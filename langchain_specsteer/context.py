@@ -1,0 +1,44 @@
+"""The private context of a request: documents and strings rendered for the specialist.
+
+Documents come from a retriever queried without callbacks, so no tracer sees them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+
+from langchain_specsteer.params import template_fields
+
+__all__ = ["render_context", "render_document", "retrieve_privately"]
+
+
+def render_document(document: Document, template: str) -> str:
+    """One document through `template` (its `page_content` and metadata fields)."""
+    values: dict[str, Any] = {**document.metadata, "page_content": document.page_content}
+    missing = template_fields(template) - values.keys()
+    if missing:
+        msg = (
+            f"document_template needs {sorted(missing)} but the document has only {sorted(values)}"
+        )
+        raise ValueError(msg)
+    return template.format(**values)
+
+
+def render_context(pieces: Sequence[str | Document], template: str, separator: str) -> str:
+    """Private context from strings (as they are) and documents (through `template`)."""
+    rendered = (render_document(p, template) if isinstance(p, Document) else p for p in pieces)
+    return separator.join(text.strip() for text in rendered if text and text.strip())
+
+
+def retrieve_privately(retriever: BaseRetriever, query: str) -> list[Document]:
+    """Documents for `query` without callbacks, so no tracer ever sees the private results."""
+    noop = CallbackManagerForRetrieverRun.get_noop_manager()
+    # Calls the retriever's own hook, as BaseRetriever.invoke does, minus the callbacks.
+    if retriever._new_arg_supported:
+        return retriever._get_relevant_documents(query, run_manager=noop)
+    return retriever._get_relevant_documents(query)

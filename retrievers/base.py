@@ -1,0 +1,86 @@
+"""What every personal retriever shares: a `PrivateMemory` to search, and quiet retrieval."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+from pydantic import ConfigDict, Field
+
+from langchain_specsteer.context import retrieve_privately
+from retrievers.memory import MemoryEntry, PrivateMemory
+
+__all__ = ["MemoryRetriever", "load_sentence_model", "retrieve_privately"]
+
+
+class MemoryRetriever(BaseRetriever):
+    """A retriever over a user's `PrivateMemory`; subclasses score entries against a query."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    memory: PrivateMemory
+    """The on-device store searched; it is re-read whenever its revision changes."""
+    k: int = Field(default=5, ge=1)
+    """How many documents to return."""
+
+    @classmethod
+    def from_memory(cls, memory: PrivateMemory, **kwargs: Any) -> MemoryRetriever:
+        """Search an existing store (`k=` and the retriever's other fields as keywords)."""
+        return cls(memory=memory, **kwargs)
+
+    @classmethod
+    def from_texts(
+        cls,
+        texts: Iterable[str],
+        metadatas: Sequence[dict] | None = None,
+        **kwargs: Any,
+    ) -> MemoryRetriever:
+        """Search texts held in an in-process store (nothing is written to disk)."""
+        memory = PrivateMemory(":memory:")
+        texts = list(texts)
+        if texts:
+            memory.add(texts, metadatas)
+        return cls(memory=memory, **kwargs)
+
+    @classmethod
+    def from_documents(cls, documents: Iterable[Document], **kwargs: Any) -> MemoryRetriever:
+        """Search LangChain documents (their metadata is kept)."""
+        documents = list(documents)
+        return cls.from_texts(
+            [d.page_content for d in documents], [dict(d.metadata) for d in documents], **kwargs
+        )
+
+    @staticmethod
+    def _document(entry: MemoryEntry, score: float) -> Document:
+        metadata = {**entry.metadata, "memory_id": entry.id, "score": float(score)}
+        return Document(id=str(entry.id), page_content=entry.text, metadata=metadata)
+
+
+def load_sentence_model(kind: str, model: str, device: str | None) -> Any:
+    """A `SentenceTransformer` or `CrossEncoder` from a hub id or local folder, or a clear error.
+
+    Args:
+        kind: "SentenceTransformer" or "CrossEncoder".
+        model: hub id (e.g. "BAAI/bge-small-en-v1.5") or a local folder.
+        device: "cpu", "cuda", ...; None lets sentence-transformers choose.
+    """
+    try:
+        import sentence_transformers
+    except ImportError as err:
+        msg = f"{kind} models need sentence-transformers: pip install sentence-transformers"
+        raise ImportError(msg) from err
+    path = Path(model).expanduser()
+    looks_local = model.startswith((".", "/", "~")) or path.exists() or model.count("/") > 1
+    if looks_local and not path.is_dir():
+        msg = f"model path {model!r} does not exist (or is not a folder)"
+        raise ValueError(msg)
+    try:
+        return getattr(sentence_transformers, kind)(
+            str(path) if looks_local else model, device=device
+        )
+    except (OSError, ValueError) as err:
+        msg = f"could not load the {kind} model {model!r}: {err}"
+        raise ValueError(msg) from err
