@@ -99,7 +99,8 @@ class PersonalDenseRetriever(MemoryRetriever):
         if len(index.ids) == 0:
             return []
         scores = index.vectors @ self._embed([self.query_prompt + query])[0]  # (N,)
-        top = np.argsort(-scores, kind="stable")[: self.k]
+        top = np.argpartition(-scores, min(self.k, len(scores)) - 1)[: self.k]
+        top = top[np.argsort(-scores[top], kind="stable")]  # best first
         entries = {e.id: e for e in self.memory.get(index.ids[top].tolist())}
         hits = [(int(index.ids[p]), float(scores[p])) for p in top]
         return [self._document(entries[i], s) for i, s in hits if i in entries]
