@@ -14,7 +14,7 @@ from langchain_core.retrievers import BaseRetriever
 
 from langchain_specsteer.params import template_fields
 
-__all__ = ["render_context", "render_document", "retrieve_privately"]
+__all__ = ["private_prompt", "render_context", "render_document", "retrieve_privately"]
 
 
 def render_document(document: Document, template: str) -> str:
@@ -42,3 +42,8 @@ def retrieve_privately(retriever: BaseRetriever, query: str) -> list[Document]:
     if retriever._new_arg_supported:
         return retriever._get_relevant_documents(query, run_manager=noop)
     return retriever._get_relevant_documents(query)
+
+
+def private_prompt(context_template: str, context: str, prompt: str) -> str:
+    """The specialist's prompt: the request inside `context_template`, or alone without context."""
+    return context_template.format(context=context, prompt=prompt) if context else prompt

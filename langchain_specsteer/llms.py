@@ -14,7 +14,7 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from langchain_specsteer.context import render_context, retrieve_privately
+from langchain_specsteer.context import private_prompt, render_context, retrieve_privately
 from langchain_specsteer.engine import Prompts, SpecSteerEngine
 from langchain_specsteer.models import LocalGeneralist, LocalSpecialist
 from langchain_specsteer.params import (
@@ -160,9 +160,7 @@ class SpecSteerLLM(LLM, DecodingParams):
         return self._encode(prompt, self.private_context_for(prompt, private_context)[0])
 
     def _encode(self, prompt: str, context: str) -> Prompts:
-        private = (
-            self.context_template.format(context=context, prompt=prompt) if context else prompt
-        )
+        private = private_prompt(self.context_template, context, prompt)
         chat = {"chat": self.use_chat_template, "chat_template_kwargs": self.chat_template_kwargs}
         return Prompts(
             private=self.specialist.encode(private, **chat),

@@ -1,0 +1,143 @@
+"""`python -m eval run ...` runs an experiment; `python -m eval report RUN...` tabulates runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        msg = f"expected comma-separated numbers such as 1.0,0.5,0.1, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from err
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser("run", help="run (or resume) an experiment into --out")
+    run.add_argument("--task", required=True, help="product_review, abstract_generation, ...")
+    run.add_argument("--setting", default="user", help="user or temporal (default: user)")
+    run.add_argument("--split", default="val", help="train, val or test (default: val)")
+    run.add_argument("--data", help="local file/folder, or a hub id (default LongLaMP/LongLaMP)")
+    run.add_argument("--specialist", help="hub id or folder of the specialist")
+    run.add_argument("--generalist", help="hub id or folder of the generalist")
+    run.add_argument("--methods", type=_names, default=None, help="comma-separated methods")
+    run.add_argument("--gamma", type=_floats, default=None, help="γ values, e.g. 1.0,0.5,0.1")
+    run.add_argument("--alpha", type=_floats, default=None, help="α values, e.g. 1.0")
+    run.add_argument("--retriever", default="bm25", help="bm25, dense or none")
+    run.add_argument("--k", type=int, default=5, help="profile entries in the private prompt")
+    run.add_argument("--dense-model", help="sentence-transformers model for --retriever dense")
+    run.add_argument("--limit", type=int, help="first N examples only")
+    run.add_argument("--max-new-tokens", type=int, default=1024)
+    run.add_argument("--draft-tokens", type=int, default=4, help="K (default 4)")
+    run.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
+    run.add_argument("--dtype", help="e.g. bfloat16 (default: float32 on CPU, auto on CUDA)")
+    run.add_argument("--stem", action="store_true", help="ROUGE with stemming (default: none)")
+    run.add_argument("--name", help="the run's name in reports (default: the folder name)")
+    run.add_argument("--out", help="the run folder (required unless --show-prompt)")
+    run.add_argument(
+        "--show-prompt", action="store_true", help="print the first example's prompts and exit"
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    report = commands.add_parser("report", help="tables (Markdown, CSV) and a plot of runs")
+    report.add_argument("runs", nargs="+", help="run folders, compared side by side")
+    report.add_argument("--csv", help="write the table as CSV here")
+    report.add_argument("--markdown", help="write the Markdown table here")
+    report.add_argument("--plot", help="write a PNG of quality (R-L) against speed here")
+    return parser
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from pydantic import ValidationError
+
+    from eval.runner import RunConfig, run
+
+    if args.show_prompt:
+        return _show_prompt(args)
+    for flag in ("specialist", "generalist", "out"):
+        if getattr(args, flag) is None:
+            parser.error(f"run: --{flag.replace('_', '-')} is required")
+    fields = {
+        "task": args.task,
+        "setting": args.setting,
+        "split": args.split,
+        "data": args.data,
+        "specialist": args.specialist,
+        "generalist": args.generalist,
+        "methods": args.methods,
+        "gammas": args.gamma,
+        "alphas": args.alpha,
+        "retriever": args.retriever,
+        "k": args.k,
+        "dense_model": args.dense_model,
+        "limit": args.limit,
+        "max_new_tokens": args.max_new_tokens,
+        "draft_tokens": args.draft_tokens,
+        "device": args.device,
+        "dtype": args.dtype,
+        "stem": args.stem,
+        "name": args.name,
+    }
+    try:
+        config = RunConfig(**{k: v for k, v in fields.items() if v is not None})
+        results = run(config, args.out, progress=not args.no_progress)
+    except (ValidationError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"results: {results}")
+    return 0
+
+
+def _show_prompt(args: argparse.Namespace) -> int:
+    from eval.data import load_longlamp
+    from eval.prompts import rendered_prompts, retrieve_profile
+
+    [example] = load_longlamp(args.task, args.setting, args.split, args.data, limit=1)
+    documents = retrieve_profile(
+        example, args.task, args.retriever, args.k, dense_model=args.dense_model
+    )
+    private, public = rendered_prompts(example, args.task, documents)
+    print(f"== specialist (private: device only), example {example.id} ==\n{private}\n")
+    print(f"== generalist (public) ==\n{public}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from eval.report import markdown_table, plot_quality_vs_speed, summarize, write_csv
+
+    rows = summarize([Path(r) for r in args.runs])
+    table = markdown_table(rows)
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n", encoding="utf-8")
+    if args.csv:
+        write_csv(rows, args.csv)
+    if args.plot:
+        plot_quality_vs_speed(rows, args.plot)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run(args, parser)
+    return _report(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""The experiment runner: every method (and γ/α sweep) on LongLaMP examples, resumable.
+
+A run folder holds `config.json` and `results.jsonl`. Each finished (example, method, γ, α)
+is appended to `results.jsonl` and flushed to disk at once, so an interrupted run loses at
+most the generation in flight, and running the same command again continues where it
+stopped. Methods are interleaved per example, so machine noise hits them alike.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from eval.data import SETTINGS, SPLITS, TASKS, Example, load_longlamp
+from eval.metrics import rouge
+from eval.prompts import RETRIEVERS, retrieve_profile
+from langchain_specsteer.params import MethodName
+
+__all__ = ["RunConfig", "Setting", "grid", "run"]
+
+# Fields that define what a run measures: a folder cannot be resumed under other values.
+IDENTITY = (
+    "task",
+    "setting",
+    "split",
+    "data",
+    "specialist",
+    "generalist",
+    "retriever",
+    "k",
+    "dense_model",
+    "max_new_tokens",
+    "draft_tokens",
+    "stem",
+)
+Setting = tuple[str, float | None, float | None]  # (method, γ, α); None where unused
+
+
+class RunConfig(BaseModel):
+    """One experiment: data, models, methods and the γ/α grid."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Literal[TASKS]
+    setting: Literal[SETTINGS] = "user"
+    split: Literal[SPLITS] = "val"
+    data: str | None = None
+    """A local file/folder, or a hub id (default: LongLaMP/LongLaMP)."""
+    specialist: str
+    generalist: str
+    methods: list[MethodName] = Field(default=["generalist", "specialist", "specsteer"])
+    gammas: list[float] = Field(default=[0.5], min_length=1)
+    alphas: list[float] = Field(default=[1.0], min_length=1)
+    retriever: Literal[RETRIEVERS] = "bm25"
+    k: int = Field(default=5, ge=1)
+    dense_model: str | None = None
+    limit: int | None = Field(default=None, ge=1)
+    max_new_tokens: int = Field(default=1024, ge=1)
+    draft_tokens: int = Field(default=4, ge=1)
+    device: str | None = None
+    dtype: str | None = None
+    stem: bool = False
+    name: str | None = None
+
+    @field_validator("gammas", "alphas")
+    @classmethod
+    def _non_negative(cls, values: list[float]) -> list[float]:
+        if any(not v >= 0 for v in values):
+            msg = f"every value must be a number ≥ 0, got {values}"
+            raise ValueError(msg)
+        return values
+
+
+def grid(methods: list[str], gammas: list[float], alphas: list[float]) -> list[Setting]:
+    """Every (method, γ, α) to run: γ varies SpecSteer only, α SpecSteer and LightCoSteer."""
+    settings: list[Setting] = []
+    for method in dict.fromkeys(methods):
+        if method == "specsteer":
+            settings += [(method, g, a) for g in gammas for a in alphas]
+        elif method == "light_costeer":
+            settings += [(method, None, a) for a in alphas]
+        else:
+            settings.append((method, None, None))
+    return settings
+
+
+def _key(example_id: str, method: str, gamma: Any, alpha: Any) -> tuple:
+    return (example_id, method, _number(gamma), _number(alpha))
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)  # float("inf") reads the JSON "inf"
+
+
+def _json_number(value: float | None) -> float | str | None:
+    return "inf" if value is not None and math.isinf(value) else value
+
+
+def prepare(out: Path, config: RunConfig) -> set[tuple]:
+    """Create or reopen the run folder; the keys of the results it already has."""
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "config.json"
+    if config_path.exists():
+        previous = json.loads(config_path.read_text(encoding="utf-8"))
+        changed = [f for f in IDENTITY if previous.get(f) != getattr(config, f)]
+        if changed:
+            msg = (
+                f"{out} holds a run with other {', '.join(changed)}; resume it with the same "
+                "values or choose a new --out"
+            )
+            raise ValueError(msg)
+    config_path.write_text(config.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    results = out / "results.jsonl"
+    if not results.exists():
+        return set()
+    data = results.read_bytes()
+    if data and not data.endswith(b"\n"):  # killed mid-write: drop the unfinished line
+        with results.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+    done = set()
+    for line in results.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            r = json.loads(line)
+            done.add(_key(r["example_id"], r["method"], r["gamma"], r["alpha"]))
+    return done
+
+
+def _load_llm(config: RunConfig) -> Any:
+    from langchain_specsteer import LocalGeneralist, LocalSpecialist, SpecSteerLLM
+    from retrievers import task_templates
+
+    options = {"device": config.device, "torch_dtype": config.dtype}
+    return SpecSteerLLM(
+        specialist=LocalSpecialist.from_pretrained(config.specialist, **options),
+        generalist=LocalGeneralist.from_pretrained(config.generalist, **options),
+        max_new_tokens=config.max_new_tokens,
+        draft_tokens=config.draft_tokens,
+        **task_templates(config.task),
+    )
+
+
+def _record(
+    example: Example, setting: Setting, text: str, info: dict, retrieved: int, stem: bool
+) -> dict:
+    method, gamma, alpha = setting
+    return {
+        "example_id": example.id,
+        "user": example.user,
+        "method": method,
+        "gamma": _json_number(gamma),
+        "alpha": alpha,
+        "prediction": text,
+        "reference": example.output,
+        **rouge(text, example.output, stem=stem),
+        **{
+            key: info[key]
+            for key in (
+                "new_tokens",
+                "seconds",
+                "drafted",
+                "accepted",
+                "generalist_calls",
+                "rounds",
+                "finish_reason",
+            )
+        },
+        "retrieved": retrieved,
+    }
+
+
+def _todo(examples: list[Example], settings: list[Setting], done: set) -> Iterator:
+    for example in examples:
+        pending = [s for s in settings if _key(example.id, *s) not in done]
+        if pending:
+            yield example, pending
+
+
+def run(
+    config: RunConfig, out: str | os.PathLike, *, progress: bool = True, llm: Any = None
+) -> Path:
+    """Run (or resume) an experiment into the folder `out`; returns the results file.
+
+    Args:
+        config: what to run.
+        out: the run folder.
+        progress: show a progress bar with ETA, acceptance and tokens/s so far.
+        llm: a ready `SpecSteerLLM` (default: load `config.specialist` / `config.generalist`).
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    done = prepare(out, config)
+    examples = load_longlamp(
+        config.task, config.setting, config.split, config.data, limit=config.limit
+    )
+    settings = grid(config.methods, config.gammas, config.alphas)
+    work = list(_todo(examples, settings, done))
+    total = sum(len(pending) for _, pending in work)
+    results = out / "results.jsonl"
+    if total == 0:
+        return results
+    llm = llm or _load_llm(config)
+    totals = dict.fromkeys(("new_tokens", "seconds", "drafted", "accepted"), 0.0)
+    bar = tqdm(total=total, disable=not progress, unit="gen", desc=out.name)
+    with results.open("a", encoding="utf-8") as sink, bar:
+        for example, pending in work:
+            documents = retrieve_profile(
+                example, config.task, config.retriever, config.k, dense_model=config.dense_model
+            )
+            for setting in pending:
+                method, gamma, alpha = setting
+                overrides = {"method": method}
+                if gamma is not None:
+                    overrides["gamma"] = gamma
+                if alpha is not None:
+                    overrides["alpha"] = alpha
+                generation = llm.generate(
+                    [example.input], private_context=documents, **overrides
+                ).generations[0][0]
+                record = _record(
+                    example,
+                    setting,
+                    generation.text,
+                    generation.generation_info,
+                    len(documents),
+                    config.stem,
+                )
+                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+                sink.flush()
+                os.fsync(sink.fileno())
+                for key in totals:
+                    totals[key] += record[key]
+                bar.set_postfix(
+                    accept=f"{totals['accepted'] / totals['drafted']:.0%}"
+                    if totals["drafted"]
+                    else "—",
+                    tok_s=f"{totals['new_tokens'] / max(totals['seconds'], 1e-9):.1f}",
+                )
+                bar.update()
+    return results
