@@ -1,4 +1,4 @@
-"""Evaluation and benchmarks: `python -m eval.bench_methods`, `python -m eval.bench_retrieval`.
+"""LongLaMP evaluation: `python -m eval run ...`, `python -m eval report RUN...` (docs/eval.md).
 
-LongLaMP loading, scoring and the experiment runner come in a later issue.
+Also the benchmarks `python -m eval.bench_methods` and `python -m eval.bench_retrieval`.
 """

@@ -94,7 +94,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         config = RunConfig(**{k: v for k, v in fields.items() if v is not None})
         results = run(config, args.out, progress=not args.no_progress)
-    except (ValidationError, ValueError) as err:
+    except (ValidationError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"results: {results}")
@@ -118,7 +118,15 @@ def _show_prompt(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from eval.report import markdown_table, plot_quality_vs_speed, summarize, write_csv
 
-    rows = summarize([Path(r) for r in args.runs])
+    missing = [r for r in args.runs if not (Path(r) / "results.jsonl").is_file()]
+    if missing:
+        print(f"error: no results.jsonl in {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        rows = summarize([Path(r) for r in args.runs])
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     table = markdown_table(rows)
     print(table)
     if args.markdown:

@@ -103,20 +103,29 @@ def _json_number(value: float | None) -> float | str | None:
 
 
 def prepare(out: Path, config: RunConfig) -> set[tuple]:
-    """Create or reopen the run folder; the keys of the results it already has."""
+    """Create or reopen the run folder; the keys of the results it already has.
+
+    A folder with results of a run that measured something else is refused; one without
+    results (a run that failed to start) simply takes the new config.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    done = _finished(out / "results.jsonl")
     config_path = out / "config.json"
-    if config_path.exists():
+    if done and config_path.exists():
         previous = json.loads(config_path.read_text(encoding="utf-8"))
         changed = [f for f in IDENTITY if previous.get(f) != getattr(config, f)]
         if changed:
             msg = (
-                f"{out} holds a run with other {', '.join(changed)}; resume it with the same "
-                "values or choose a new --out"
+                f"{out} holds results of a run with other {', '.join(changed)}; resume it with "
+                "the same values or choose a new --out"
             )
             raise ValueError(msg)
     config_path.write_text(config.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    results = out / "results.jsonl"
+    return done
+
+
+def _finished(results: Path) -> set[tuple]:
+    """Keys of the finished results; a line cut short by an interruption is dropped."""
     if not results.exists():
         return set()
     data = results.read_bytes()
@@ -195,10 +204,10 @@ def run(
     from tqdm.auto import tqdm
 
     out = Path(out)
-    done = prepare(out, config)
     examples = load_longlamp(
         config.task, config.setting, config.split, config.data, limit=config.limit
     )
+    done = prepare(out, config)  # after the data loaded: a bad --data leaves no folder behind
     settings = grid(config.methods, config.gammas, config.alphas)
     work = list(_todo(examples, settings, done))
     total = sum(len(pending) for _, pending in work)

@@ -144,8 +144,12 @@ def test_an_interrupted_run_resumes_without_loss_or_duplicates(config, tmp_path,
 def test_a_folder_of_another_run_is_refused(config, tmp_path):
     run(config.model_copy(update={"methods": ["generalist"]}), tmp_path / "run", progress=False)
     other = config.model_copy(update={"k": 3})
-    with pytest.raises(ValueError, match="other k"):
+    with pytest.raises(ValueError, match="results of a run with other k"):
         run(other, tmp_path / "run", progress=False)
+    bad = config.model_copy(update={"specialist": str(tmp_path / "no-such-model")})
+    with pytest.raises(OSError, match="no-such-model"):
+        run(bad, tmp_path / "failed", progress=False)
+    run(config.model_copy(update={"methods": ["generalist"]}), tmp_path / "failed", progress=False)
 
 
 def test_cli_run_report_and_show_prompt(tiny_dir, data_file, tmp_path, capsys):
@@ -199,3 +203,9 @@ def test_cli_run_report_and_show_prompt(tiny_dir, data_file, tmp_path, capsys):
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main([*argv, *models, "--gamma", "-1", "--out", str(out)]) == 2
     assert "gammas" in capsys.readouterr().err
+    fresh = str(tmp_path / "fresh")
+    assert main([*argv, *models, "--data", "missing/val.jsonl", "--out", fresh]) == 2
+    assert "missing/val.jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "fresh").exists()  # nothing written for a run that could not start
+    assert main(["report", str(tmp_path / "nothing-here")]) == 2
+    assert "no results.jsonl" in capsys.readouterr().err

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CONTEXT, PROMPTS
 
 from langchain_specsteer.cli import main
 from langchain_specsteer.demo import TINY_LABEL, trace
+from tests.conftest import CONTEXT, PROMPTS
 
 
 def test_demo_runs_offline_and_labels_the_random_pair(capsys, tmp_path):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CONTEXT, PROMPTS
 
 from langchain_specsteer import METHODS, SpecSteerEngine
 from langchain_specsteer.algorithms import costeer_coefficient, steer
 from langchain_specsteer.engine import METHOD_SPECS
+from tests.conftest import CONTEXT, PROMPTS
 
 
 def run_ids(llm, prompt, context=CONTEXT, **params):

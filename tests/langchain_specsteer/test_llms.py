@@ -6,7 +6,6 @@ import copy
 import math
 
 import pytest
-from conftest import CONTEXT, PROMPTS
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models.llms import LLM
 from langchain_core.output_parsers import StrOutputParser
@@ -14,6 +13,7 @@ from langchain_core.prompts import PromptTemplate
 from pydantic import ValidationError
 
 from langchain_specsteer import METHODS, LocalSpecialist, SpecSteerLLM
+from tests.conftest import CONTEXT, PROMPTS
 
 
 class TokenRecorder(BaseCallbackHandler):

@@ -11,12 +11,12 @@ import asyncio
 import json
 
 import pytest
-from conftest import PROMPTS
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.output_parsers import StrOutputParser
 
 from langchain_specsteer import METHODS
 from langchain_specsteer.models import TokenSequence
+from tests.conftest import PROMPTS
 
 SECRET = "Zorblax quantum marmalade, my PIN is 4417, I live at 12 Quibble Lane"
 

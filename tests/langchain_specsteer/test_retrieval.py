@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from conftest import PROMPTS
 from langchain_core.documents import Document
 from pydantic import ValidationError
 
 from retrievers import PersonalBM25Retriever, PrivateMemory, task_templates
 from retrievers.templates import TASK_TEMPLATES
+from tests.conftest import PROMPTS
 
 REVIEWS = [
     (
