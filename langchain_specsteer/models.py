@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["LocalGeneralist", "LocalModel", "LocalSpecialist", "TokenSequence"]
+__all__ = ["LocalGeneralist", "LocalModel", "LocalSpecialist", "TokenSequence", "encode_prompt"]
 
 
 def _default_device() -> str:
@@ -135,6 +135,21 @@ class TokenSequence:
             self.cached = length
 
 
+def encode_prompt(
+    tokenizer: Any, text: str, *, chat: bool = True, chat_template_kwargs: dict | None = None
+) -> list[int]:
+    """Token ids of a user turn: its chat template when asked and the tokenizer has one."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}],
+            tokenize=False,
+            add_generation_prompt=True,
+            **(chat_template_kwargs or {}),
+        )
+        return tokenizer.encode(rendered, add_special_tokens=False)
+    return tokenizer.encode(text, add_special_tokens=True)
+
+
 class LocalModel:
     """A Hugging Face causal LM and its tokenizer, in eval mode with gradients off.
 
@@ -206,15 +221,9 @@ class LocalModel:
         self, text: str, *, chat: bool, chat_template_kwargs: dict | None = None
     ) -> list[int]:
         """Token ids for a user turn: through the chat template when asked and available."""
-        if chat and getattr(self.tokenizer, "chat_template", None):
-            rendered = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}],
-                tokenize=False,
-                add_generation_prompt=True,
-                **(chat_template_kwargs or {}),
-            )
-            return self.tokenizer.encode(rendered, add_special_tokens=False)
-        return self.tokenizer.encode(text, add_special_tokens=True)
+        return encode_prompt(
+            self.tokenizer, text, chat=chat, chat_template_kwargs=chat_template_kwargs
+        )
 
     def sequence(self, *prompts: Sequence[int], vocab_size: int | None = None) -> TokenSequence:
         """Start a continuation after one prompt, or several batched in lockstep.
