@@ -1,0 +1,310 @@
+"""Train the demo pair on the synthetic world: a tokenizer, a specialist and a generalist.
+
+    python -m eval.world --out data/world
+    python -m eval.train_pair --data data/world --out build/demo_pair
+
+The specialist learns to write a user's review from the request *with* their retrieved past
+reviews in its prompt (and, half the time, without them, since SpecSteer also needs q_gen,
+the same specialist on the public prompt alone); the generalist learns from the request
+alone. Prompts are built exactly as `SpecSteerLLM` builds them at inference (task templates,
+BM25 top-k, the tokenizer's chat template), and only the review tokens carry loss.
+
+Training is seeded and resumable: a checkpoint is written every `--checkpoint-minutes`, and
+running the same command again continues from it. `--minutes` caps each model's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eval.data import Example, load_longlamp
+from eval.prompts import rendered_prompts, retrieve_profile
+from langchain_specsteer.models import encode_prompt
+
+__all__ = ["ModelSize", "TrainConfig", "build_sequences", "train_model", "train_tokenizer"]
+
+SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|review|>"]
+CHAT_TEMPLATE = (
+    "<|bos|>{% for message in messages %}{{ message['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}\n<|review|>{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """A Qwen3 configuration: hidden size, layers and attention heads."""
+
+    hidden: int
+    layers: int
+    heads: int
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines the trained pair."""
+
+    seed: int = 0
+    vocab_size: int = 2048
+    specialist: ModelSize = ModelSize(128, 2, 4)
+    generalist: ModelSize = ModelSize(256, 16, 4)
+    k: int = 3  # retrieved profile entries in the specialist's prompt
+    no_context_share: float = 0.5  # specialist examples trained without the context (q_gen)
+    batch_tokens: int = 4096
+    lr: float = 3e-3
+    warmup_steps: int = 30
+    specialist_steps: int = 900  # ~2 s a step on 2 cores
+    generalist_steps: int = 400  # ~4.5 s a step on 2 cores
+    minutes: float = 35.0  # cap per model
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
+    """A byte-level BPE tokenizer with BOS/EOS and a one-turn chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>"
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_sequences(
+    examples: list[Example],
+    tokenizer: Any,
+    *,
+    context: bool,
+    k: int,
+    rng: random.Random,
+    share: float = 0.0,
+) -> list[tuple[list[int], int]]:
+    """(token ids, prompt length) per example: prompt as at inference, then review and EOS.
+
+    Args:
+        context: put the top-k retrieved profile entries in the prompt (the specialist).
+        share: fraction of examples that get the public prompt instead (q_gen), with context.
+    """
+    sequences = []
+    for example in examples:
+        with_context = context and rng.random() >= share
+        documents = retrieve_profile(example, "product_review", "bm25", k) if with_context else []
+        private, public = rendered_prompts(example, "product_review", documents)
+        prompt = encode_prompt(tokenizer, private if with_context else public)
+        review = tokenizer.encode(example.output, add_special_tokens=False)
+        sequences.append(([*prompt, *review, tokenizer.eos_token_id], len(prompt)))
+    return sequences
+
+
+def _model(size: ModelSize, tokenizer: Any, seed: int) -> Any:
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    torch.manual_seed(seed)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=size.hidden,
+        intermediate_size=size.hidden * 3,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=max(1, size.heads // 2),
+        head_dim=size.hidden // size.heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return AutoModelForCausalLM.from_config(config)
+
+
+def _batches(
+    sequences: list[tuple[list[int], int]], batch_tokens: int, rng: random.Random, pad_id: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Length-bucketed batches of about `batch_tokens` tokens, shuffled: (input ids, labels)."""
+    order = sorted(range(len(sequences)), key=lambda i: (len(sequences[i][0]), i))
+    groups, group, width = [], [], 0
+    for i in order:
+        width = max(width, len(sequences[i][0]))
+        if group and width * (len(group) + 1) > batch_tokens:
+            groups.append(group)
+            group, width = [], len(sequences[i][0])
+        group.append(i)
+    if group:
+        groups.append(group)
+    rng.shuffle(groups)
+    batches = []
+    for group in groups:
+        width = max(len(sequences[i][0]) for i in group)
+        ids = torch.full((len(group), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(group), width), -100, dtype=torch.long)
+        for row, i in enumerate(group):
+            tokens, prompt_length = sequences[i]
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+            labels[row, prompt_length : len(tokens)] = torch.tensor(tokens[prompt_length:])
+        batches.append((ids, labels))
+    return batches
+
+
+def train_model(
+    name: str,
+    model: Any,
+    sequences: list[tuple[list[int], int]],
+    config: TrainConfig,
+    checkpoint: Path,
+    *,
+    steps: int,
+    pad_id: int,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train `steps` steps (or until `config.minutes`), resuming from `checkpoint` if present."""
+    from tqdm.auto import tqdm
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
+    state = {"step": 0, "seconds": 0.0, "losses": []}
+    if checkpoint.exists():
+        saved = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+    batches = _epoch(sequences, config, 0, pad_id)
+    epoch = 0
+
+    def lr_at(step: int) -> float:
+        if step < config.warmup_steps:
+            return config.lr * (step + 1) / config.warmup_steps
+        done = (step - config.warmup_steps) / max(1, steps - config.warmup_steps)
+        return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+
+    model.train()
+    bar = tqdm(total=steps, initial=state["step"], desc=name, disable=not progress)
+    last_save = time.perf_counter()
+    while state["step"] < steps and state["seconds"] < config.minutes * 60:
+        step = state["step"]
+        if step // len(batches) != epoch:  # a new epoch: a fresh order, fixed by seed and epoch
+            epoch = step // len(batches)
+            batches = _epoch(sequences, config, epoch, pad_id)
+        ids, labels = batches[step % len(batches)]
+        start = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        loss = model(input_ids=ids, attention_mask=(ids != pad_id).long(), labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        state["seconds"] += time.perf_counter() - start
+        state["step"] += 1
+        state["losses"].append(round(loss.item(), 4))
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.update()
+        if time.perf_counter() - last_save > 120:
+            _save(checkpoint, model, optimizer, state)
+            last_save = time.perf_counter()
+    bar.close()
+    _save(checkpoint, model, optimizer, state)
+    model.eval()
+    return state
+
+
+def _epoch(sequences: list, config: TrainConfig, epoch: int, pad_id: int) -> list:
+    """The batches of one epoch, in an order that depends only on the seed and the epoch."""
+    return _batches(sequences, config.batch_tokens, random.Random(f"{config.seed}:{epoch}"), pad_id)
+
+
+def _save(path: Path, model: Any, optimizer: Any, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state}, tmp
+    )
+    tmp.replace(path)  # atomic: a kill never leaves half a checkpoint
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="folder written by `python -m eval.world`")
+    parser.add_argument("--out", required=True, help="where the pair (and checkpoints) go")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--specialist-steps", type=int, default=TrainConfig.specialist_steps)
+    parser.add_argument("--generalist-steps", type=int, default=TrainConfig.generalist_steps)
+    parser.add_argument("--minutes", type=float, default=TrainConfig.minutes, help="cap per model")
+    parser.add_argument("--limit", type=int, help="train on the first N examples only")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    config = TrainConfig(
+        seed=args.seed,
+        specialist_steps=args.specialist_steps,
+        generalist_steps=args.generalist_steps,
+        minutes=args.minutes,
+    )
+    train(config, Path(args.data), Path(args.out), limit=args.limit)
+
+
+def train(
+    config: TrainConfig, data: Path, out: Path, *, limit: int | None = None, progress: bool = True
+) -> None:
+    """Tokenizer, then specialist, then generalist; each saved as a HF model folder in `out`."""
+    examples = load_longlamp("product_review", "user", "train", data, limit=limit)
+    tokenizer_dir = out / "tokenizer"
+    if tokenizer_dir.exists():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    else:
+        texts = [e.input for e in examples] + [e.output for e in examples]
+        tokenizer = train_tokenizer(texts, config.vocab_size)
+        tokenizer.save_pretrained(tokenizer_dir)
+    report = {"config": asdict(config), "examples": len(examples)}
+    for name, size, context, steps in (
+        ("specialist", config.specialist, True, config.specialist_steps),
+        ("generalist", config.generalist, False, config.generalist_steps),
+    ):
+        rng = random.Random(f"{config.seed}:{name}:data")
+        sequences = build_sequences(
+            examples, tokenizer, context=context, k=config.k, rng=rng, share=config.no_context_share
+        )
+        model = _model(size, tokenizer, config.seed)
+        state = train_model(
+            name,
+            model,
+            sequences,
+            config,
+            out / "checkpoints" / f"{name}.pt",
+            steps=steps,
+            pad_id=tokenizer.pad_token_id,
+            progress=progress,
+        )
+        model.save_pretrained(out / name)
+        tokenizer.save_pretrained(out / name)
+        report[name] = {
+            "size": asdict(size),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "steps": state["step"],
+            "seconds": state["seconds"],
+            "final_loss": sum(state["losses"][-50:]) / max(1, len(state["losses"][-50:])),
+            "tokens": sum(len(t) for t, _ in sequences),
+        }
+    (out / "training.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
