@@ -33,6 +33,7 @@ from langchain_specsteer.models import encode_prompt
 __all__ = ["ModelSize", "TrainConfig", "build_sequences", "train_model", "train_tokenizer"]
 
 SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|review|>"]
+CHECKPOINT_SECONDS = 120.0
 CHAT_TEMPLATE = (
     "<|bos|>{% for message in messages %}{{ message['content'] }}{% endfor %}"
     "{% if add_generation_prompt %}\n<|review|>{% endif %}"
@@ -215,7 +216,7 @@ def train_model(
         state["losses"].append(round(loss.item(), 4))
         bar.set_postfix(loss=f"{loss.item():.3f}")
         bar.update()
-        if time.perf_counter() - last_save > 120:
+        if time.perf_counter() - last_save >= CHECKPOINT_SECONDS:
             _save(checkpoint, model, optimizer, state)
             last_save = time.perf_counter()
     bar.close()

@@ -1,0 +1,103 @@
+"""The demo-pair trainer: prompts as at inference, public loading path, exact resume."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from eval.data import load_longlamp
+from eval.prompts import retrieve_profile
+from eval.train_pair import ModelSize, TrainConfig, build_sequences, train, train_tokenizer
+from eval.world import write_world
+from langchain_specsteer import LocalGeneralist, LocalSpecialist, SpecSteerLLM
+from retrievers import task_templates
+
+MICRO = {
+    "vocab_size": 400,
+    "specialist": ModelSize(32, 1, 2),
+    "generalist": ModelSize(48, 2, 2),
+    "batch_tokens": 1024,
+    "warmup_steps": 2,
+    "specialist_steps": 6,
+    "generalist_steps": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("world")
+    write_world(folder, seed=0, users=12)
+    return folder
+
+
+def test_training_sequences_match_what_the_llm_feeds_at_inference(world, tiny_dir):
+    examples = load_longlamp("product_review", "user", "train", world, limit=4)
+    tokenizer = train_tokenizer([e.output for e in examples] + [e.input for e in examples], 400)
+    rng = random.Random(0)
+    sequences = build_sequences(examples, tokenizer, context=True, k=2, rng=rng, share=0.0)
+    specialist = LocalSpecialist(
+        LocalSpecialist.from_pretrained(str(tiny_dir / "specialist")).model, tokenizer
+    )
+    generalist = LocalGeneralist(
+        LocalGeneralist.from_pretrained(str(tiny_dir / "generalist")).model, tokenizer
+    )
+    llm = SpecSteerLLM(
+        specialist=specialist, generalist=generalist, **task_templates("product_review")
+    )
+
+    for example, (tokens, prompt_length) in zip(examples, sequences, strict=True):
+        documents = retrieve_profile(example, "product_review", "bm25", 2)
+        prompts = llm.render_prompts(example.input, documents)
+        assert tokens[:prompt_length] == prompts.private
+        assert tokens[-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(tokens[prompt_length:-1]) == example.output
+    public = build_sequences(examples, tokenizer, context=False, k=2, rng=rng)
+    for example, (tokens, prompt_length) in zip(examples, public, strict=True):
+        assert tokens[:prompt_length] == llm.render_prompts(example.input).public_generalist
+
+
+def test_the_trained_pair_loads_like_a_hub_model_and_runs(world, tmp_path):
+    out = tmp_path / "pair"
+    train(TrainConfig(**MICRO), world, out, limit=20, progress=False)
+    specialist = LocalSpecialist.from_pretrained(str(out / "specialist"), device="cpu")
+    generalist = LocalGeneralist.from_pretrained(str(out / "generalist"), device="cpu")
+    assert (
+        specialist.tokenizer.chat_template
+        and generalist.tokenizer.get_vocab() == specialist.tokenizer.get_vocab()
+    )
+    llm = SpecSteerLLM(specialist=specialist, generalist=generalist, max_new_tokens=5)
+    info = llm.generate(["Generate the review text ..."]).generations[0][0].generation_info
+    assert info["new_tokens"] >= 1
+
+
+def test_an_interrupted_training_resumes_to_the_same_weights(world, tmp_path, monkeypatch):
+    config = TrainConfig(**{**MICRO, "generalist_steps": 1})
+    train(config, world, tmp_path / "whole", limit=20, progress=False)
+
+    import eval.train_pair as trainer
+
+    saved = trainer._save
+    calls = {"n": 0}
+
+    def killed_after_three_checkpoints(path, model, optimizer, state):
+        saved(path, model, optimizer, state)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "CHECKPOINT_SECONDS", 0.0)  # checkpoint every step
+    monkeypatch.setattr(trainer, "_save", killed_after_three_checkpoints)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, world, tmp_path / "resumed", limit=20, progress=False)
+    monkeypatch.setattr(trainer, "_save", saved)
+    train(config, world, tmp_path / "resumed", limit=20, progress=False)
+    for name in ("specialist", "generalist"):
+        whole = LocalSpecialist.from_pretrained(str(tmp_path / "whole" / name)).model.state_dict()
+        resumed = LocalSpecialist.from_pretrained(
+            str(tmp_path / "resumed" / name)
+        ).model.state_dict()
+        assert whole.keys() == resumed.keys()
+        for key in whole:
+            assert torch.equal(whole[key], resumed[key]), key
