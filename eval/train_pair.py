@@ -1,7 +1,8 @@
 """Train the demo pair on the synthetic world: a tokenizer, a specialist and a generalist.
 
     python -m eval.world --out data/world
-    python -m eval.train_pair --data data/world --out build/demo_pair
+    python -m eval.train_pair --data data/world --out build/demo_pair \
+        --export langchain_specsteer/demo_pair
 
 The specialist learns to write a user's review from the request *with* their retrieved past
 reviews in its prompt (and, half the time, without them, since SpecSteer also needs q_gen,
@@ -239,6 +240,32 @@ def _save(path: Path, model: Any, optimizer: Any, state: dict) -> None:
     tmp.replace(path)  # atomic: a kill never leaves half a checkpoint
 
 
+def export_pair(trained: Path, data: Path, dest: Path, *, users: int = 5) -> None:
+    """Copy the trained pair into `dest` as float16 weights, with held-out demo users.
+
+    `dest/users.jsonl` holds test-split rows (request, reference, profile): the demo's private
+    memories, from users neither model saw in training.
+    """
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("specialist", "generalist"):
+        model = AutoModelForCausalLM.from_pretrained(trained / name, dtype=torch.float32)
+        model.to(torch.float16).save_pretrained(dest / name)
+        for item in (trained / name).iterdir():
+            if not item.name.startswith("model") and item.name != "config.json":
+                shutil.copy(item, dest / name / item.name)  # tokenizer and generation config
+    rows = [
+        {"user": e.user, "input": e.input, "output": e.output, "profile": e.profile}
+        for e in load_longlamp("product_review", "user", "test", data, limit=users)
+    ]
+    with (dest / "users.jsonl").open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    shutil.copy(trained / "training.json", dest / "training.json")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="folder written by `python -m eval.world`")
@@ -249,6 +276,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, default=TrainConfig.minutes, help="cap per model")
     parser.add_argument("--limit", type=int, help="train on the first N examples only")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--export", help="then copy the pair (float16) and held-out demo users into this folder"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = TrainConfig(
@@ -258,6 +288,8 @@ def main(argv: list[str] | None = None) -> None:
         minutes=args.minutes,
     )
     train(config, Path(args.data), Path(args.out), limit=args.limit)
+    if args.export:
+        export_pair(Path(args.out), Path(args.data), Path(args.export))
 
 
 def train(

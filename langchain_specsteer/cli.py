@@ -10,8 +10,6 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    from langchain_specsteer.demo import DEFAULT_CONTEXT, DEFAULT_PROMPT
-
     parser = argparse.ArgumentParser(
         prog="specsteer",
         description="SpecSteer: a private on-device specialist drafts, a large generalist verifies",
@@ -19,18 +17,24 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
-        help="generalist, specialist and specsteer side by side on a tiny random pair",
+        help="generalist, specialist and specsteer side by side on the shipped demo pair",
         description=(
-            "Decode one request with the generalist, the specialist and SpecSteer on a tiny "
-            "randomly initialised pair (no downloads; its texts are noise) and mark which spans "
-            "of the SpecSteer text are accepted specialist drafts and which are recoveries."
+            "Decode a held-out user's request with the generalist, the specialist and SpecSteer "
+            "on the shipped demo pair (no downloads), the user's past reviews as the private "
+            "memory, and mark which spans of the SpecSteer text are accepted specialist drafts "
+            "and which are recoveries."
         ),
     )
-    demo.add_argument("--prompt", default=DEFAULT_PROMPT, help="the public request")
     demo.add_argument(
-        "--context", default=DEFAULT_CONTEXT, help="private context (only the specialist sees it)"
+        "--pair", help="a folder from `python -m eval.train_pair --export` (default: shipped)"
     )
-    demo.add_argument("--max-new-tokens", type=int, default=48, help="default: %(default)s")
+    demo.add_argument("--prompt", help="the public request (default: the demo user's)")
+    demo.add_argument(
+        "--context",
+        help="private context (only the specialist sees it; default: from the user's memory)",
+    )
+    demo.add_argument("--user", type=int, default=0, help="which held-out demo user (0-4)")
+    demo.add_argument("--max-new-tokens", type=int, default=96, help="default: %(default)s")
     demo.add_argument(
         "--gamma", type=float, help="verification gate γ (default 0.5; inf accepts no draft)"
     )
@@ -67,14 +71,19 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ValidationError as err:
         problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in err.errors())
         parser.error(problems)
-    run_demo(
-        prompt=args.prompt,
-        private_context=args.context,
-        params=params,
-        seed=args.seed,
-        color=use_color(args.no_color, sys.stdout),
-        html_path=args.html,
-    )
+    try:
+        run_demo(
+            prompt=args.prompt,
+            private_context=args.context,
+            params=params,
+            seed=args.seed,
+            user=args.user,
+            color=use_color(args.no_color, sys.stdout),
+            pair_dir=args.pair,
+            html_path=args.html,
+        )
+    except FileNotFoundError as err:
+        parser.error(str(err))
     return 0
 
 

@@ -33,7 +33,13 @@ __all__ = [
     "trace",
 ]
 
-TINY_LABEL = "tiny randomly initialised pair — texts are noise; a trained demo pair comes later"
+TINY_LABEL = "tiny randomly initialised pair — texts are noise (the trained demo pair is missing)"
+TRAINED_LABEL = (
+    "the shipped demo pair, trained on a synthetic review world (eval.world); the user below "
+    "was held out of training"
+)
+DEMO_PAIR = Path(__file__).parent / "demo_pair"
+SPEED_NOTE = "speeds of the tiny random pair: they say nothing about real models"
 DEFAULT_PROMPT = "Write a short review of the blender I bought last month."
 DEFAULT_CONTEXT = (
     "Past reviews by this user:\n"
@@ -176,10 +182,12 @@ def render_terminal(
     params: DecodingParams,
     pair: str,
     color: bool,
+    label: str = TINY_LABEL,
+    note: str = SPEED_NOTE,
 ) -> str:
     """The demo's report as terminal text (ANSI colours when `color`, else brackets)."""
     lines = [
-        f"SpecSteer demo — {TINY_LABEL}.",
+        f"SpecSteer demo — {label}.",
         f"pair: {pair}",
         "",
         "request (public: both models see it):",
@@ -197,7 +205,7 @@ def render_terminal(
             "".join(_paint(span, color) for span in run.spans),
             f"  ({stats_line(run.stats)})",
         ]
-    lines += ["", *summary_table(runs)]
+    lines += ["", *summary_table(runs, note)]
     return "\n".join(lines)
 
 
@@ -212,7 +220,6 @@ def settings_line(params: DecodingParams) -> str:
 
 
 SUMMARY_HEADER = ("method", "tokens", "tokens/s", "acceptance", "generalist calls")
-SPEED_NOTE = "speeds of the tiny random pair: they say nothing about real models"
 
 
 def summary_rows(runs: Sequence[MethodRun]) -> list[tuple[str, ...]]:
@@ -228,14 +235,14 @@ def summary_rows(runs: Sequence[MethodRun]) -> list[tuple[str, ...]]:
     ]
 
 
-def summary_table(runs: Sequence[MethodRun]) -> list[str]:
+def summary_table(runs: Sequence[MethodRun], note: str = SPEED_NOTE) -> list[str]:
     rows = [SUMMARY_HEADER, *summary_rows(runs)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(SUMMARY_HEADER))]
     lines = [
         "  ".join([row[0].ljust(widths[0]), *map(str.rjust, row[1:], widths[1:])]) for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return [*lines, f"({SPEED_NOTE})"]
+    return [*lines, f"({note})"]
 
 
 def render_html(
@@ -245,6 +252,8 @@ def render_html(
     private_context: str,
     params: DecodingParams,
     pair: str,
+    label: str = TINY_LABEL,
+    note: str = SPEED_NOTE,
 ) -> str:
     """The same report as a small self-contained HTML page."""
 
@@ -270,7 +279,7 @@ def render_html(
         "td{text-align:right}td:first-child{text-align:left}",
         "</style></head><body>",
         "<h1>SpecSteer demo</h1>",
-        f'<p class="note">{esc(TINY_LABEL)}.</p>',
+        f'<p class="note">{esc(label)}.</p>',
         f"<p>pair: {esc(pair)}<br>settings: {esc(settings_line(params))}</p>",
         "<h2>Request (public: both models see it)</h2>",
         f"<pre>{esc(prompt)}</pre>",
@@ -300,7 +309,7 @@ def render_html(
             for row in summary_rows(runs)
         ),
     ]
-    parts += ["</table>", f'<p class="stats">({esc(SPEED_NOTE)})</p>', "</body></html>", ""]
+    parts += ["</table>", f'<p class="stats">({esc(note)})</p>', "</body></html>", ""]
     return "\n".join(parts)
 
 
@@ -324,31 +333,101 @@ def use_color(no_color: bool, stream: TextIO) -> bool:
     return bool(isatty and isatty())
 
 
+@dataclass
+class DemoSetup:
+    """What the demo decodes with: the LLM, the request, and how to label the report."""
+
+    llm: Any
+    prompt: str
+    label: str
+    note: str
+    reference: str | None = None
+
+
+def trained_setup(pair_dir: Path, user: int, prompt: str | None) -> DemoSetup:
+    """The shipped pair, with a held-out user's reviews as the private memory (BM25, k=3)."""
+    import json
+
+    from langchain_specsteer.llms import SpecSteerLLM
+    from langchain_specsteer.models import LocalGeneralist, LocalSpecialist
+    from retrievers import PersonalBM25Retriever, PrivateMemory, task_templates
+
+    users = [json.loads(line) for line in (pair_dir / "users.jsonl").read_text().splitlines()]
+    row = users[user % len(users)]
+    memory = PrivateMemory(":memory:")
+    memory.add(
+        [entry["reviewText"] for entry in row["profile"]],
+        [{k: v for k, v in entry.items() if k != "reviewText"} for entry in row["profile"]],
+    )
+    llm = SpecSteerLLM(
+        specialist=LocalSpecialist.from_pretrained(str(pair_dir / "specialist"), device="cpu"),
+        generalist=LocalGeneralist.from_pretrained(str(pair_dir / "generalist"), device="cpu"),
+        retriever=PersonalBM25Retriever.from_memory(memory, k=3),
+        **task_templates("product_review"),
+    )
+    note = "speeds of the small demo pair on this machine; see docs/results.md for benchmarks"
+    reference = row["output"] if prompt is None else None
+    return DemoSetup(
+        llm, prompt or row["input"], f"{TRAINED_LABEL} ({row['user']})", note, reference
+    )
+
+
+def tiny_setup(seed: int, prompt: str | None) -> DemoSetup:
+    """The tiny random pair: every code path, meaningless texts."""
+    from langchain_specsteer.llms import SpecSteerLLM
+    from langchain_specsteer.tiny import tiny_pair
+
+    specialist, generalist = tiny_pair(seed)
+    llm = SpecSteerLLM(specialist=specialist, generalist=generalist)
+    return DemoSetup(llm, prompt or DEFAULT_PROMPT, TINY_LABEL, SPEED_NOTE)
+
+
 def run_demo(
     *,
-    prompt: str = DEFAULT_PROMPT,
-    private_context: str = DEFAULT_CONTEXT,
+    prompt: str | None = None,
+    private_context: str | None = None,
     params: DecodingParams | None = None,
     seed: int = 0,
+    user: int = 0,
+    pair_dir: str | os.PathLike[str] | None = None,
     color: bool = False,
     html_path: str | os.PathLike[str] | None = None,
     stream: TextIO | None = None,
 ) -> list[MethodRun]:
-    """Build the tiny pair, decode the request with each demo method, and print the report."""
-    from langchain_specsteer.llms import SpecSteerLLM
-    from langchain_specsteer.tiny import tiny_pair
+    """Decode one request with each demo method on the shipped pair and print the report.
 
+    `pair_dir` (default: the shipped pair) is a folder written by `eval.train_pair --export`;
+    if the shipped pair is missing, a tiny random pair stands in, labelled as such. An
+    explicit `private_context` replaces the one retrieved from the user's memory.
+    """
     stream = stream or sys.stdout
-    params = params or DecodingParams(max_new_tokens=48)
-    specialist, generalist = tiny_pair(seed)
-    llm = SpecSteerLLM(specialist=specialist, generalist=generalist)
+    params = params or DecodingParams(max_new_tokens=96)
+    if pair_dir is not None and not (Path(pair_dir) / "specialist").is_dir():
+        msg = f"{pair_dir} holds no demo pair (expected specialist/, generalist/, users.jsonl)"
+        raise FileNotFoundError(msg)
+    pair = Path(pair_dir) if pair_dir is not None else DEMO_PAIR
+    if (pair / "specialist").is_dir():
+        setup = trained_setup(pair, user, prompt)
+    else:
+        setup = tiny_setup(seed, prompt)
+        private_context = private_context or DEFAULT_CONTEXT
+    llm = setup.llm
+    context = private_context or llm.private_context_for(setup.prompt)[0]
     runs = [
-        trace(llm, prompt, private_context, params.model_copy(update={"method": method}))
+        trace(llm, setup.prompt, context, params.model_copy(update={"method": method}))
         for method in DEMO_METHODS
     ]
-    pair = _describe_pair(llm)
-    report = dict(prompt=prompt, private_context=private_context, params=params, pair=pair)
+    report = dict(
+        prompt=setup.prompt,
+        private_context=context,
+        params=params,
+        pair=_describe_pair(llm),
+        label=setup.label,
+        note=setup.note,
+    )
     print(render_terminal(runs, color=color, **report), file=stream)
+    if setup.reference:
+        print(f"\nthe user's real review (held out): {visible(setup.reference)}", file=stream)
     if html_path is not None:
         path = Path(html_path)
         path.parent.mkdir(parents=True, exist_ok=True)

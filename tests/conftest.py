@@ -101,3 +101,33 @@ def tiny_cross_encoder_dir(tmp_path_factory):
     BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def world_dir(tmp_path_factory):
+    """A small synthetic review world (eval.world) in LongLaMP's product_review schema."""
+    from eval.world import write_world
+
+    folder = tmp_path_factory.mktemp("world")
+    write_world(folder, seed=0, users=12)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def micro_pair_dir(world_dir, tmp_path_factory):
+    """A demo pair trained for a few steps on `world_dir` and exported like the shipped one."""
+    from eval.train_pair import ModelSize, TrainConfig, export_pair, train
+
+    config = TrainConfig(
+        vocab_size=400,
+        specialist=ModelSize(32, 1, 2),
+        generalist=ModelSize(48, 2, 2),
+        batch_tokens=1024,
+        warmup_steps=2,
+        specialist_steps=6,
+        generalist_steps=4,
+    )
+    trained = tmp_path_factory.mktemp("micro-pair")
+    train(config, world_dir, trained, limit=20, progress=False)
+    export_pair(trained, world_dir, trained / "export", users=2)
+    return trained

@@ -10,7 +10,6 @@ import torch
 from eval.data import load_longlamp
 from eval.prompts import retrieve_profile
 from eval.train_pair import ModelSize, TrainConfig, build_sequences, train, train_tokenizer
-from eval.world import write_world
 from langchain_specsteer import LocalGeneralist, LocalSpecialist, SpecSteerLLM
 from retrievers import task_templates
 
@@ -25,11 +24,9 @@ MICRO = {
 }
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("world")
-    write_world(folder, seed=0, users=12)
-    return folder
+@pytest.fixture
+def world(world_dir):
+    return world_dir
 
 
 def test_training_sequences_match_what_the_llm_feeds_at_inference(world, tiny_dir):
@@ -58,9 +55,9 @@ def test_training_sequences_match_what_the_llm_feeds_at_inference(world, tiny_di
         assert tokens[:prompt_length] == llm.render_prompts(example.input).public_generalist
 
 
-def test_the_trained_pair_loads_like_a_hub_model_and_runs(world, tmp_path):
-    out = tmp_path / "pair"
-    train(TrainConfig(**MICRO), world, out, limit=20, progress=False)
+@pytest.mark.parametrize("folder", ["", "export"])
+def test_the_trained_pair_loads_like_a_hub_model_and_runs(micro_pair_dir, folder):
+    out = micro_pair_dir / folder
     specialist = LocalSpecialist.from_pretrained(str(out / "specialist"), device="cpu")
     generalist = LocalGeneralist.from_pretrained(str(out / "generalist"), device="cpu")
     assert (

@@ -5,11 +5,36 @@ from __future__ import annotations
 import pytest
 
 from langchain_specsteer.cli import main
-from langchain_specsteer.demo import TINY_LABEL, trace
+from langchain_specsteer.demo import TINY_LABEL, TRAINED_LABEL, trace
 from tests.conftest import CONTEXT, PROMPTS
 
 
-def test_demo_runs_offline_and_labels_the_random_pair(capsys, tmp_path):
+def test_demo_runs_the_trained_pair_with_a_held_out_users_memory(capsys, micro_pair_dir):
+    import json
+
+    pair = micro_pair_dir / "export"
+    [first, *_] = [json.loads(line) for line in (pair / "users.jsonl").read_text().splitlines()]
+    status = main(["demo", "--pair", str(pair), "--no-color", "--max-new-tokens", "6"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert TRAINED_LABEL in out and first["user"] in out
+    assert first["input"] in out  # the user's held-out request
+    assert first["profile"][0]["reviewText"][:40] in out or "- " in out  # retrieved memory
+    assert "the user's real review (held out)" in out
+    assert (pair / "generalist" / "model.safetensors").stat().st_size > 0
+
+
+def test_a_missing_pair_folder_is_an_error(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--pair", str(tmp_path / "nope")])
+    assert exit_.value.code == 2
+    assert "holds no demo pair" in capsys.readouterr().err
+
+
+def test_demo_runs_offline_and_labels_the_random_pair(capsys, tmp_path, monkeypatch):
+    import langchain_specsteer.demo as demo
+
+    monkeypatch.setattr(demo, "DEMO_PAIR", tmp_path / "not-shipped")
     page = tmp_path / "demo.html"
     context = "I wrote <script>alert(1)</script> & more"
     status = main(
