@@ -1,0 +1,164 @@
+"""The benchmark suite end to end on the tiny random pair: structure and oracles, no timings."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from eval.bench import (
+    HF_PEER,
+    METHODS,
+    PeakMemory,
+    expected_tokens,
+    main,
+    rotated,
+    speedup_bound,
+)
+from eval.world import write_world
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_dir, tmp_path_factory):
+    """One small run: 2 held-out examples, 6 new tokens, tiny sweeps; (record, out folder)."""
+    root = tmp_path_factory.mktemp("bench")
+    write_world(root / "world", users=20)  # 10 % of 20 users: 2 test examples (12 gives 1)
+    out = root / "out"
+    printed: list[str] = []
+    record = main(
+        [
+            *("--specialist", str(tiny_dir / "specialist")),
+            *("--generalist", str(tiny_dir / "generalist")),
+            *("--data", str(root / "world"), "--split", "test", "--prompts", "2"),
+            *("--max-new-tokens", "6", "--gammas", "0.5,0.1", "--k-sweep", "1,2"),
+            *("--threads", "1", "--cost-repeats", "5", "--device", "cpu", "--out", str(out)),
+        ],
+        progress=printed.append,
+    )
+    return record, out, printed
+
+
+def _all_rows(record):
+    return [*record["methods"], *record["gamma_sweep"], *record["k_sweep"]]
+
+
+def test_every_method_and_the_peer_have_a_row(bench):
+    record, _, _ = bench
+    assert [row["method"] for row in record["methods"]] == [*METHODS, HF_PEER]
+    assert record["examples"] == 2
+    for row in _all_rows(record):
+        assert row["examples"] == 2
+        assert row["new_tokens"] > 0
+        assert row["tokens_per_second"] > 0
+        assert row["speedup"] > 0
+        assert 0 <= row["rouge1"] <= 100
+        assert 0 <= row["rougeL"] <= 100
+        assert row["peak_rss_mb"] is not None
+        assert row["peak_rss_mb"] >= 0
+    generalist = record["methods"][0]
+    assert generalist["speedup"] == pytest.approx(1.0)
+    assert generalist["generalist_calls_per_token"] == pytest.approx(1.0)
+    specialist = record["methods"][1]
+    assert specialist["generalist_calls_per_token"] == 0
+    for row in record["methods"]:
+        drafts = row["method"] in ("speculative", "specsteer", HF_PEER)
+        assert (row["acceptance"] is not None) == drafts
+        if drafts:
+            assert 0 <= row["acceptance"] <= 1
+
+
+def test_sweeps_cover_the_requested_values(bench):
+    record, _, _ = bench
+    assert [(r["method"], r["gamma"], r["k"]) for r in record["gamma_sweep"]] == [
+        ("specsteer", 0.5, 4),
+        ("specsteer", 0.1, 4),
+    ]
+    assert [(r["method"], r["k"]) for r in record["k_sweep"]] == [
+        ("specsteer", 1),
+        ("specsteer", 2),
+        ("speculative", 1),
+        ("speculative", 2),
+    ]
+    assert all(r["gamma"] == 0.5 for r in record["k_sweep"] if r["method"] == "specsteer")
+
+
+def test_greedy_speculative_and_hf_assisted_equal_the_generalist(bench):
+    """Ours at every K and HF's assisted generation decode the generalist's tokens exactly.
+
+    This holds on the tiny random pair: its verify forwards (K+1 tokens) and single steps
+    never land on a near-tie that float rounding could flip.
+    """
+    record, _, _ = bench
+    checks = {(c["a"], c["b"]): c for c in record["equivalence"]}
+    assert set(checks) == {
+        ("speculative (K=4)", "generalist"),
+        ("speculative (K=1)", "generalist"),
+        ("speculative (K=2)", "generalist"),
+        ("hf_assisted (K=4)", "generalist"),
+        ("hf_assisted (K=4)", "speculative (K=4)"),
+    }
+    for check in checks.values():
+        assert check["equal"] == check["total"] == 2
+    samples = record["samples"]
+    by_example = {s["example_id"]: s["tokens"] for s in samples["generalist"]}
+    assert all(1 <= len(tokens) <= 6 for tokens in by_example.values())
+    for label in ("speculative (K=4)", "hf_assisted (K=4)"):
+        assert {s["example_id"]: s["tokens"] for s in samples[label]} == by_example
+
+
+def test_bounds_are_positive_fractions(bench):
+    record, _, _ = bench
+    bounded = [r for r in _all_rows(record) if r["method"] in ("speculative", "specsteer")]
+    assert bounded
+    for row in bounded:
+        assert row["bound_speedup"] > 0
+        assert row["measured_over_bound"] > 0
+        assert math.isfinite(row["measured_over_bound"])
+        assert 1 <= row["expected_tokens_per_round"] <= row["k"] + 1
+    for row in record["methods"]:
+        if row["method"] not in ("speculative", "specsteer"):
+            assert row["bound_speedup"] is None
+    costs = record["forward_seconds"]
+    assert set(costs["generalist"]) == {1, 2, 3, 5}  # steps and K+1 verify forwards
+    assert all(seconds > 0 for by_size in costs.values() for seconds in by_size.values())
+
+
+def test_outputs_are_written_and_printed(bench):
+    record, out, printed = bench
+    saved = json.loads((out / "bench.json").read_text(encoding="utf-8"))
+    assert saved["config"]["prompts"] == 2
+    assert saved["machine"]["torch"] == torch.__version__
+    assert [r["label"] for r in saved["methods"]] == [r["label"] for r in record["methods"]]
+    report = (out / "bench.md").read_text(encoding="utf-8")
+    for heading in ("## Methods", "## Same outputs?", "## Speed-up bound", "## γ sweep", "## K"):
+        assert heading in report
+    assert "| hf_assisted | — | 4 |" in report
+    assert printed == [report.rstrip("\n")]
+    assert (out / "bench.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_expected_tokens_and_bound():
+    assert expected_tokens(0.0, 4) == 1.0
+    assert expected_tokens(1.0, 4) == 5.0
+    assert expected_tokens(0.5, 1) == pytest.approx(1.5)
+    costs = {
+        "generalist": {1: 10.0, 3: 12.0},
+        "specialist": {1: 1.0},
+        "specialist_public": {3: 2.0},
+    }
+    # speculative, α=0.5, K=2: E = 1.75 tokens for 2·1 + 12 = 14 → 1.75·10/14
+    assert speedup_bound("speculative", 0.5, 2, costs) == pytest.approx(1.25)
+    # specsteer adds q_gen (2) and α^K·c_S (0.25): 1.75·10 / 16.25
+    assert speedup_bound("specsteer", 0.5, 2, costs) == pytest.approx(17.5 / 16.25)
+    batched = {**costs, "specialist_batched": {1: 1.5}}
+    assert speedup_bound("specsteer", 0.5, 2, batched) == pytest.approx(17.5 / (2.25 * 1.5 + 12))
+
+
+def test_rotation_and_peak_memory():
+    assert rotated([1, 2, 3], 4) == [2, 3, 1]
+    with PeakMemory(0.001) as memory:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, every page written
+    assert block.numel() and memory.rss_mb is not None
+    assert memory.rss_mb > 32
