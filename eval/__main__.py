@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dense-model", help="sentence-transformers model for --retriever dense")
     run.add_argument("--limit", type=int, help="first N examples only")
     run.add_argument("--max-new-tokens", type=int, default=1024)
-    run.add_argument("--draft-tokens", type=int, default=4, help="K (default 4)")
+    run.add_argument("--draft-tokens", type=int, default=6, help="K (default 6)")
     run.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
     run.add_argument("--dtype", help="e.g. bfloat16 (default: float32 on CPU, auto on CUDA)")
     run.add_argument("--stem", action="store_true", help="ROUGE with stemming (default: none)")

@@ -795,7 +795,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=3, help="BM25 profile entries retrieved")
     parser.add_argument("--gamma", type=float, default=0.5, help="specsteer's γ in the tables")
     parser.add_argument("--gammas", type=_floats, default=[1.0, 0.5, 0.1, 0.01], metavar="G,..")
-    parser.add_argument("--draft-tokens", type=int, default=4, help="K in the methods table")
+    parser.add_argument("--draft-tokens", type=int, default=6, help="K in the methods table")
     parser.add_argument("--k-sweep", type=_ints, default=[1, 2, 4, 6, 8], metavar="K,..")
     parser.add_argument("--reps", type=int, default=1, help="passes over the examples")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")

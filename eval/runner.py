@@ -62,7 +62,7 @@ class RunConfig(BaseModel):
     dense_model: str | None = None
     limit: int | None = Field(default=None, ge=1)
     max_new_tokens: int = Field(default=1024, ge=1)
-    draft_tokens: int = Field(default=4, ge=1)
+    draft_tokens: int = Field(default=6, ge=1)
     device: str | None = None
     dtype: str | None = None
     stem: bool = False

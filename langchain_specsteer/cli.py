@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         "--gamma", type=float, help="verification gate γ (default 0.5; inf accepts no draft)"
     )
     demo.add_argument("--alpha", type=float, help="steering strength α (default 1.0)")
-    demo.add_argument("--draft-tokens", type=int, help="K, drafts per round (default 4)")
+    demo.add_argument("--draft-tokens", type=int, help="K, drafts per round (default 6)")
     demo.add_argument("--temperature", type=float, help="0 (default) decodes greedily")
     demo.add_argument(
         "--seed", type=int, default=0, help="seed of the random weights and of sampling"

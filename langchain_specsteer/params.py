@@ -29,8 +29,9 @@ class DecodingParams(BaseModel):
     """Verification gate γ: accept drafts while p_G/q_gen ≥ γ (larger is stricter; inf: none)."""
     alpha: float = Field(default=1.0, ge=0, allow_inf_nan=False)
     """Steering strength α: weight of log q_ctx − log q_gen in recovery."""
-    draft_tokens: int = Field(default=4, ge=1)
-    """K: tokens the specialist drafts per round."""
+    draft_tokens: int = Field(default=6, ge=1)
+    """K: tokens the specialist drafts per round (6: fastest-quality trade-off measured on the
+    demo pair, docs/results.md; sweep it with `python -m eval.bench` for your pair)."""
     max_new_tokens: int = Field(default=256, ge=1)
     """Most tokens to generate."""
     temperature: float = Field(default=0.0, ge=0, allow_inf_nan=False)

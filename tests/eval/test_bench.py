@@ -33,6 +33,7 @@ def bench(tiny_dir, tmp_path_factory):
             *("--generalist", str(tiny_dir / "generalist")),
             *("--data", str(root / "world"), "--split", "test", "--prompts", "2"),
             *("--max-new-tokens", "6", "--gammas", "0.5,0.1", "--k-sweep", "1,2"),
+            *("--draft-tokens", "4"),
             *("--threads", "1", "--cost-repeats", "5", "--device", "cpu", "--out", str(out)),
         ],
         progress=printed.append,

@@ -82,3 +82,15 @@ def test_bad_arguments_exit_2_naming_the_option(capsys, argv, message):
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "demo" in capsys.readouterr().out
+
+
+def test_the_readme_demo_runs_the_shipped_pair(capsys):
+    from langchain_specsteer.demo import DEMO_PAIR
+
+    assert (DEMO_PAIR / "generalist" / "model.safetensors").stat().st_size < 40 * 2**20
+    assert main(["demo", "--no-color", "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert TRAINED_LABEL in out
+    for method in ("generalist", "specialist", "specsteer"):
+        assert f"── {method}:" in out
+    assert "«" in out and "⟦" in out  # accepted drafts and recoveries are marked
