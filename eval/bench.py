@@ -48,7 +48,7 @@ from eval.bench_methods import _time
 from eval.data import Example, load_longlamp
 from eval.metrics import mean_rouge
 from eval.prompts import retrieve_profile
-from langchain_specsteer import LocalGeneralist, LocalSpecialist, SpecSteerLLM
+from langchain_specsteer import SpecSteerLLM
 from langchain_specsteer.engine import Prompts, SpecSteerEngine
 from langchain_specsteer.models import LocalModel
 from retrievers import task_templates
@@ -852,10 +852,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def load_llm(args: argparse.Namespace) -> SpecSteerLLM:
-    options = {"device": args.device, "torch_dtype": args.dtype}
-    return SpecSteerLLM(
-        specialist=LocalSpecialist.from_pretrained(args.specialist, **options),
-        generalist=LocalGeneralist.from_pretrained(args.generalist, **options),
+    return SpecSteerLLM.from_pretrained(
+        args.specialist,
+        args.generalist,
+        device=args.device,
+        torch_dtype=args.dtype,
         **task_templates(TASK),
         max_new_tokens=args.max_new_tokens,
         gamma=args.gamma,

@@ -141,13 +141,14 @@ def _finished(results: Path) -> set[tuple]:
 
 
 def _load_llm(config: RunConfig) -> Any:
-    from langchain_specsteer import LocalGeneralist, LocalSpecialist, SpecSteerLLM
+    from langchain_specsteer import SpecSteerLLM
     from retrievers import task_templates
 
-    options = {"device": config.device, "torch_dtype": config.dtype}
-    return SpecSteerLLM(
-        specialist=LocalSpecialist.from_pretrained(config.specialist, **options),
-        generalist=LocalGeneralist.from_pretrained(config.generalist, **options),
+    return SpecSteerLLM.from_pretrained(
+        config.specialist,
+        config.generalist,
+        device=config.device,
+        torch_dtype=config.dtype,
         max_new_tokens=config.max_new_tokens,
         draft_tokens=config.draft_tokens,
         **task_templates(config.task),

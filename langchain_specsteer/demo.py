@@ -349,7 +349,6 @@ def trained_setup(pair_dir: Path, user: int, prompt: str | None) -> DemoSetup:
     import json
 
     from langchain_specsteer.llms import SpecSteerLLM
-    from langchain_specsteer.models import LocalGeneralist, LocalSpecialist
     from retrievers import PersonalBM25Retriever, PrivateMemory, task_templates
 
     users = [json.loads(line) for line in (pair_dir / "users.jsonl").read_text().splitlines()]
@@ -359,9 +358,10 @@ def trained_setup(pair_dir: Path, user: int, prompt: str | None) -> DemoSetup:
         [entry["reviewText"] for entry in row["profile"]],
         [{k: v for k, v in entry.items() if k != "reviewText"} for entry in row["profile"]],
     )
-    llm = SpecSteerLLM(
-        specialist=LocalSpecialist.from_pretrained(str(pair_dir / "specialist"), device="cpu"),
-        generalist=LocalGeneralist.from_pretrained(str(pair_dir / "generalist"), device="cpu"),
+    llm = SpecSteerLLM.from_pretrained(
+        str(pair_dir / "specialist"),
+        str(pair_dir / "generalist"),
+        device="cpu",
         retriever=PersonalBM25Retriever.from_memory(memory, k=3),
         **task_templates("product_review"),
     )

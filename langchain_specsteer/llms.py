@@ -121,6 +121,32 @@ class SpecSteerLLM(LLM, DecodingParams):
         )
         return self
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        specialist: str,
+        generalist: str,
+        *,
+        device: str | None = None,
+        torch_dtype: Any = None,
+        **fields: Any,
+    ) -> SpecSteerLLM:
+        """Load both models (hub ids or folders) with `transformers` and build the LLM.
+
+        Args:
+            specialist: the on-device model, e.g. "Qwen/Qwen3-0.6B".
+            generalist: the large model, e.g. "Qwen/Qwen3-8B".
+            device: for both models (default: CUDA when available).
+            torch_dtype: for both models (default: float32 on CPU, "auto" on CUDA).
+            **fields: any other `SpecSteerLLM` field (`gamma=`, `retriever=`, ...).
+        """
+        options = {"device": device, "torch_dtype": torch_dtype}
+        return cls(
+            specialist=LocalSpecialist.from_pretrained(specialist, **options),
+            generalist=LocalGeneralist.from_pretrained(generalist, **options),
+            **fields,
+        )
+
     @property
     def _llm_type(self) -> str:
         return "specsteer"

@@ -185,3 +185,13 @@ def test_infinite_gamma_is_allowed(make_llm):
     llm = make_llm(gamma=float("inf"), max_new_tokens=5)
     info = llm.generate([PROMPTS[0]]).generations[0][0].generation_info
     assert info["accepted"] == 0 and info["drafted"] > 0
+
+
+def test_from_pretrained_loads_both_models_and_sets_fields(tiny_dir, make_llm):
+    llm = SpecSteerLLM.from_pretrained(
+        str(tiny_dir / "specialist"), str(tiny_dir / "generalist"), device="cpu", gamma=0.2
+    )
+    assert llm.gamma == 0.2 and llm.specialist.device.type == "cpu"
+    assert llm.invoke(PROMPTS[0], max_new_tokens=8) == make_llm(gamma=0.2).invoke(
+        PROMPTS[0], max_new_tokens=8
+    )
