@@ -9,6 +9,7 @@ import pytest
 from eval.__main__ import main
 from eval.report import summarize
 from eval.runner import RunConfig, grid, run
+from langchain_specsteer import METHODS
 
 PRODUCTS = ["blender", "kettle", "tent", "lamp"]
 
@@ -48,14 +49,7 @@ def config(tiny_dir, data_file):
         data=data_file,
         specialist=str(tiny_dir / "specialist"),
         generalist=str(tiny_dir / "generalist"),
-        methods=[
-            "generalist",
-            "specialist",
-            "speculative",
-            "light_costeer",
-            "costeer",
-            "specsteer",
-        ],
+        methods=list(METHODS),
         gammas=[0.5, 0.1],
         alphas=[1.0],
         k=2,
