@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -84,6 +85,9 @@ class PersonalBM25Retriever(MemoryRetriever):
 
     def _build(self, revision: int) -> _Index:
         import bm25s
+
+        # bm25s pins its logger to DEBUG on import; let the application's logging decide.
+        logging.getLogger("bm25s").setLevel(logging.NOTSET)
 
         entries = self.memory.list()
         tokenizer = bm25s.tokenization.Tokenizer(
