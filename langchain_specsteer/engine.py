@@ -272,19 +272,20 @@ class DecodeRun:
             return 0
         p = self.params
         ids = torch.tensor(draft, device=self.device)
-        if self.spec.verify == "ratio":
-            at_draft = ids.unsqueeze(-1)
+        if self.spec.verify == "ratio":  # only the drafted tokens' values are needed
             return alg.ratio_accept(
-                log_p_G[:-1].gather(-1, at_draft).squeeze(-1),
-                torch.stack(q_gen[: len(draft)]).gather(-1, at_draft).squeeze(-1),
+                log_p_G[:-1].gather(-1, ids.unsqueeze(-1)).squeeze(-1),
+                torch.stack([row[d] for row, d in zip(q_gen, draft, strict=False)]),
                 p.gamma,
                 greedy=p.greedy,
                 generator=self.rng,
             )
+        # greedy matching reads only p's argmax; the proposal matters when sampling
+        proposal = log_p_G[:-1] if p.greedy else self._sampling(torch.stack(q_ctx))
         return alg.speculative_accept(
             ids,
             self._sampling(log_p_G[:-1]),
-            self._sampling(torch.stack(q_ctx)),
+            proposal,
             greedy=p.greedy,
             generator=self.rng,
         )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, PrivateAttr
 
 from langchain_specsteer.context import retrieve_privately
 from retrievers.memory import MemoryEntry, PrivateMemory
@@ -25,6 +26,21 @@ class MemoryRetriever(BaseRetriever):
     """The on-device store searched; it is re-read whenever its revision changes."""
     k: int = Field(default=5, ge=1)
     """How many documents to return."""
+
+    _built: Any = PrivateAttr(default=None)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def index(self) -> Any:
+        """The index for the memory's current revision (rebuilt only when the memory changed)."""
+        revision = self.memory.revision
+        with self._lock:
+            if self._built is None or self._built.revision != revision:
+                self._built = self._build(revision)
+            return self._built
+
+    def _build(self, revision: int) -> Any:
+        """A search structure over every entry, with a `revision` attribute."""
+        raise NotImplementedError
 
     @classmethod
     def from_memory(cls, memory: PrivateMemory, **kwargs: Any) -> MemoryRetriever:

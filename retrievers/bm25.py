@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -56,8 +55,6 @@ class PersonalBM25Retriever(MemoryRetriever):
     min_score: float | None = None
     """Drop documents scoring below this (None returns the top k whatever their score)."""
 
-    _index: _Index | None = PrivateAttr(default=None)
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _stem: Any = PrivateAttr(default=None)
 
     @model_validator(mode="after")
@@ -74,14 +71,6 @@ class PersonalBM25Retriever(MemoryRetriever):
                 msg = f"stemmer: unknown language {self.stemmer!r}"
                 raise ValueError(msg) from err
         return self
-
-    def index(self) -> _Index:
-        """The index for the memory's current revision (built now if the memory changed)."""
-        revision = self.memory.revision
-        with self._lock:
-            if self._index is None or self._index.revision != revision:
-                self._index = self._build(revision)
-            return self._index
 
     def _build(self, revision: int) -> _Index:
         import bm25s

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +49,6 @@ class PersonalDenseRetriever(MemoryRetriever):
     """Entries embedded per batch."""
 
     _encoder: Any = PrivateAttr(default=None)
-    _matrix: _Matrix | None = PrivateAttr(default=None)
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @model_validator(mode="after")
     def _load_encoder(self) -> PersonalDenseRetriever:
@@ -70,14 +67,6 @@ class PersonalDenseRetriever(MemoryRetriever):
             texts, batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False
         )
         return np.asarray(vectors, dtype=np.float32)  # (n, d)
-
-    def index(self) -> _Matrix:
-        """Embeddings of every entry at the memory's current revision (new ones computed now)."""
-        revision = self.memory.revision
-        with self._lock:
-            if self._matrix is None or self._matrix.revision != revision:
-                self._matrix = self._build(revision)
-            return self._matrix
 
     def _build(self, revision: int) -> _Matrix:
         entries = self.memory.list()
