@@ -73,6 +73,7 @@ def ratio_accept(
     *,
     greedy: bool = True,
     generator: torch.Generator | None = None,
+    uniforms: torch.Tensor | None = None,
 ) -> int:
     """Number of leading drafts that pass SpecSteer's ratio test r_i = p_G(d_i) / q_gen(d_i).
 
@@ -82,13 +83,17 @@ def ratio_accept(
     Args:
         log_p_G: (K,) log p_G of each drafted token at its position.
         log_q_gen: (K,) log q_gen of each drafted token at its position.
+        uniforms: (K,) the sampling test's uniform draws, when drawn elsewhere (the device
+            draws them and a remote verifier applies them); implies sampling mode.
     """
     if math.isinf(gamma) or log_p_G.numel() == 0:
         return 0
     margin = log_p_G - log_q_gen - math.log(gamma) if gamma > 0 else None
     if margin is None:
         return int(log_p_G.numel())
-    if greedy:
+    if uniforms is not None:
+        passed = torch.log(uniforms.to(margin.device, margin.dtype)) < margin
+    elif greedy:
         passed = margin >= 0
     else:
         u = torch.rand(margin.shape, generator=generator, device=margin.device)
@@ -158,10 +163,12 @@ def costeer_policy(
     π_t = log_softmax((tλπ_ref + Σ_{s≤t} Q_s + π_{t−1}/η) / (tλ + 1/η))
     """
     pi_ref = torch.log_softmax(log_p_G, dim=-1)
+    support = torch.isfinite(pi_ref)  # a sparse hint leaves −inf outside its candidates
     pi = pi_ref
     q_sum = torch.zeros_like(pi_ref)
     for t in range(1, steps + 1):
-        q_sum = q_sum + a * (pi - pi_ref) + b * delta
+        drift = torch.where(support, pi - pi_ref, 0.0)
+        q_sum = q_sum + a * drift + b * delta
         pi = torch.log_softmax((t * lam * pi_ref + q_sum + pi / eta) / (t * lam + 1 / eta), dim=-1)
     return pi
 

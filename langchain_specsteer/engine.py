@@ -15,8 +15,14 @@ from typing import Literal
 import torch
 
 from langchain_specsteer import algorithms as alg
-from langchain_specsteer.models import LocalGeneralist, LocalSpecialist, TokenSequence
+from langchain_specsteer.models import LocalSpecialist, TokenSequence
 from langchain_specsteer.params import DecodingParams
+from langchain_specsteer.verification import (
+    Generalist,
+    GeneralistError,
+    GeneralistSession,
+    Verdict,
+)
 
 __all__ = [
     "METHOD_SPECS",
@@ -102,6 +108,8 @@ class DecodeStats:
     generalist_calls: int = 0
     specialist_calls: int = 0
     finish_reason: str | None = None
+    degraded: bool = False
+    degraded_reason: str | None = None
     seconds: float = 0.0
     _start: float = field(default_factory=time.perf_counter, repr=False)
 
@@ -136,7 +144,7 @@ class SpecSteerEngine:
     def __init__(
         self,
         specialist: LocalSpecialist,
-        generalist: LocalGeneralist,
+        generalist: Generalist,
         *,
         batch_specialist: bool | None = None,
     ):
@@ -163,58 +171,84 @@ class DecodeRun:
         self.stats = DecodeStats(method=params.method)
         self.device = engine.specialist.device
         self.rng: torch.Generator | None = None
+        self.committed: list[int] = []
         if not params.greedy:
             self.rng = torch.Generator(device=self.device)
             self.rng.manual_seed(params.seed if params.seed is not None else torch.seed())
 
-    def _sequences(self) -> tuple[TokenSequence | None, TokenSequence | None, TokenSequence | None]:
+    def _sequences(
+        self,
+    ) -> tuple[TokenSequence | None, TokenSequence | None, GeneralistSession | None]:
         """(specialist with context [+ without, batched], specialist without, generalist)."""
         spec, eng, prompts, V = self.spec, self.engine, self.prompts, self.engine.vocab_size
         ctx = gen = target = None
+        if spec.uses_generalist:
+            target = eng.generalist.open_session(
+                prompts.public_generalist,
+                vocab_size=V,
+                temperature=self.params.temperature,
+                q_gen_prompt=prompts.public_specialist if spec.uses_q_gen else None,
+            )
+        q_gen_on_device = spec.uses_q_gen and not (target is not None and target.hosts_q_gen)
         needs_q_ctx = spec.drafts or spec.recovers_with_q_ctx
         # ctx is the only sequence that sees the private context; it never leaves the device.
-        if needs_q_ctx and spec.uses_q_gen and eng.batch_specialist:
+        if needs_q_ctx and q_gen_on_device and eng.batch_specialist:
             ctx = eng.specialist.sequence(prompts.private, prompts.public_specialist, vocab_size=V)
         else:
             if needs_q_ctx:
                 ctx = eng.specialist.sequence(prompts.private, vocab_size=V)
-            if spec.uses_q_gen:
+            if q_gen_on_device:
                 gen = eng.specialist.sequence(prompts.public_specialist, vocab_size=V)
-        if spec.uses_generalist:
-            target = eng.generalist.sequence(prompts.public_generalist, vocab_size=V)
         return ctx, gen, target
 
     def __iter__(self) -> Iterator[Round]:
-        p, spec = self.params, self.spec
+        p = self.params
         ctx, gen, target = self._sequences()
         eos = self.engine.generalist.eos_token_ids | self.engine.specialist.eos_token_ids
         self.stats._start = time.perf_counter()
         try:
             while self.stats.new_tokens < p.max_new_tokens:
+                spec = self.spec
                 remaining = p.max_new_tokens - self.stats.new_tokens
                 k = min(p.draft_tokens, remaining - 1) if spec.drafts else 0
                 # Draft (device): up to k tokens from q_ctx, ending early at EOS.
                 draft, q_ctx, q_gen = self._draft(ctx, k, eos)
-                # Verify (cloud): one forward of each public model over the pending token + draft.
-                log_p_G = self._score(target, draft)
+                # Verify (generalist side): one forward of each public model over the pending
+                # token + draft. If it stays unreachable, the specialist finishes alone.
+                uniforms = self._uniforms(len(draft))
+                try:
+                    verdict = self._verify(target, draft, uniforms)
+                except GeneralistError as err:
+                    if p.on_generalist_error == "raise":
+                        raise
+                    ctx, gen, target = self._degrade(ctx, target, len(draft), err)
+                    continue
+                log_p_G = verdict.log_p_G if verdict is not None else None
                 if gen is not None:
                     q_gen = list(self._score(gen, draft))
-                n = self._accept(draft, q_ctx, log_p_G, q_gen)
+                elif verdict is not None and verdict.log_q_gen is not None:
+                    q_gen = list(verdict.log_q_gen)
+                n = verdict.accepted if verdict is not None else None
+                if n is None:
+                    n = self._accept(draft, q_ctx, log_p_G, q_gen, uniforms)
                 # Recover: the token at the first rejected position (or the bonus position).
                 if spec.recovers_with_q_ctx and n == len(q_ctx):
                     self._step(ctx, q_ctx, q_gen)
                 token = self._recover(n, len(draft), q_ctx, log_p_G, q_gen)
                 # Roll back every cache to the committed length, then commit.
-                for seq in (ctx, gen, target):
+                for seq in (ctx, gen):
                     if seq is not None:
                         seq.rollback(seq.length - len(draft) + n)
                         seq.append([token])
+                if target is not None:
+                    target.commit(n, token)
                 tokens = [*draft[:n], token]
                 for i, t in enumerate(tokens):
                     if t in eos:
                         tokens = tokens[: i + 1]
                         self.stats.finish_reason = "eos"
                         break
+                self.committed.extend(tokens)
                 self._count(len(draft), min(n, len(tokens)), len(tokens))
                 yield Round(tokens=tokens, accepted=min(n, len(tokens)))
                 if self.stats.finish_reason == "eos":
@@ -222,6 +256,55 @@ class DecodeRun:
             self.stats.finish_reason = "length"
         finally:
             self.stats.seconds = time.perf_counter() - self.stats._start
+            if target is not None:
+                target.close()
+
+    def _uniforms(self, k: int) -> list[float] | None:
+        """The sampled ratio test's draws: made on the device, applied wherever it is verified."""
+        if k and self.spec.verify == "ratio" and not self.params.greedy:
+            return torch.rand(k, generator=self.rng, device=self.device).tolist()
+        return None
+
+    def _verify(
+        self, target: GeneralistSession | None, draft: list[int], uniforms: list[float] | None
+    ) -> Verdict | None:
+        """Ask the generalist side to score the draft (None: the method does not use it)."""
+        if target is None:
+            return None
+        p, rule = self.params, self.spec.verify
+        if rule == "match" and not p.greedy:  # needs q_ctx(d_i): only the device may decide
+            rule = "device"
+        verdict = target.verify(draft, rule, p.gamma, uniforms)
+        self.stats.generalist_calls += 1
+        verdict.log_p_G = verdict.log_p_G.to(self.device)
+        if verdict.log_q_gen is not None:
+            verdict.log_q_gen = verdict.log_q_gen.to(self.device)
+        return verdict
+
+    def _degrade(
+        self,
+        ctx: TokenSequence | None,
+        target: GeneralistSession | None,
+        n_draft: int,
+        err: GeneralistError,
+    ) -> tuple[TokenSequence, None, None]:
+        """Finish with the specialist alone: drop the unverified draft, keep what is committed."""
+        self.stats.degraded = True
+        self.stats.degraded_reason = str(err)
+        self.spec = METHOD_SPECS["specialist"]
+        if target is not None:
+            try:
+                target.close()
+            except Exception:  # noqa: BLE001 - the generalist side is already gone
+                pass
+        if ctx is None:
+            ctx = self.engine.specialist.sequence(
+                self.prompts.private, vocab_size=self.engine.vocab_size
+            )
+            ctx.append(self.committed)
+        else:
+            ctx.rollback(ctx.length - n_draft)
+        return ctx, None, None
 
     def _step(self, ctx: TokenSequence, q_ctx: list, q_gen: list) -> None:
         """One cached specialist step: q_ctx (and q_gen, when batched) at the next position."""
@@ -249,16 +332,11 @@ class DecodeRun:
                 break
         return draft, q_ctx, q_gen
 
-    def _score(self, seq: TokenSequence | None, draft: list[int]) -> torch.Tensor | None:
-        """(len(draft)+1, V) log-probs of a public model at the draft positions and after."""
-        if seq is None:
-            return None
+    def _score(self, seq: TokenSequence, draft: list[int]) -> torch.Tensor:
+        """(len(draft)+1, V) q_gen log-probs at the draft positions and after (on the device)."""
         seq.append(draft)
         rows = seq.forward(len(draft) + 1)[0].to(self.device)
-        if seq.lm is self.engine.generalist:
-            self.stats.generalist_calls += 1
-        else:
-            self.stats.specialist_calls += 1
+        self.stats.specialist_calls += 1
         return alg.temper(rows, self.params.temperature)
 
     def _accept(
@@ -267,6 +345,7 @@ class DecodeRun:
         q_ctx: list[torch.Tensor],
         log_p_G: torch.Tensor | None,
         q_gen: list[torch.Tensor],
+        uniforms: list[float] | None,
     ) -> int:
         if not draft or self.spec.verify == "none":
             return 0
@@ -278,7 +357,7 @@ class DecodeRun:
                 torch.stack([row[d] for row, d in zip(q_gen, draft, strict=False)]),
                 p.gamma,
                 greedy=p.greedy,
-                generator=self.rng,
+                uniforms=None if uniforms is None else torch.tensor(uniforms),
             )
         # greedy matching reads only p's argmax; the proposal matters when sampling
         proposal = log_p_G[:-1] if p.greedy else self._sampling(torch.stack(q_ctx))
@@ -334,20 +413,27 @@ class DecodeRun:
             s.accepted += accepted
 
 
-def _shared_vocab_size(specialist: LocalSpecialist, generalist: LocalGeneralist) -> int:
+def _shared_vocab_size(specialist: LocalSpecialist, generalist: Generalist) -> int:
     """The common vocabulary width, or a clear error when the tokenizers differ."""
-    s_vocab, g_vocab = specialist.tokenizer.get_vocab(), generalist.tokenizer.get_vocab()
-    if s_vocab != g_vocab:
+    signature = generalist.vocab_signature
+    if signature is not None and signature != specialist.vocab_signature:
+        g_tokenizer = getattr(generalist, "tokenizer", None)
+        detail = ""
+        if g_tokenizer is not None:
+            s_vocab, g_vocab = specialist.tokenizer.get_vocab(), g_tokenizer.get_vocab()
+            detail = (
+                f" ({len(s_vocab)} vs {len(g_vocab)} tokens, "
+                f"{len(s_vocab.items() ^ g_vocab.items())} entries differ)"
+            )
         msg = (
-            "The specialist and generalist tokenizers have different vocabularies "
-            f"({len(s_vocab)} vs {len(g_vocab)} tokens, "
-            f"{len(s_vocab.items() ^ g_vocab.items())} entries differ). The token-level path "
-            "needs one shared vocabulary; byte-level alignment for different tokenizers is "
-            "not available yet."
+            f"The specialist and generalist tokenizers have different vocabularies{detail}. "
+            "The token-level path needs one shared vocabulary; byte-level alignment for "
+            "different tokenizers is not available yet."
         )
         raise ValueError(msg)
     width = min(specialist.vocab_size, generalist.vocab_size)
-    if width < len(s_vocab):
-        msg = f"model output width {width} is smaller than the tokenizer's {len(s_vocab)} tokens"
+    tokens = len(specialist.tokenizer.get_vocab())
+    if width < tokens:
+        msg = f"model output width {width} is smaller than the tokenizer's {tokens} tokens"
         raise ValueError(msg)
     return width

@@ -24,6 +24,7 @@ from langchain_specsteer.params import (
     template_fields,
 )
 from langchain_specsteer.text import IncrementalDetokenizer, StopStringFilter
+from langchain_specsteer.verification import Generalist
 
 __all__ = ["SpecSteerLLM"]
 
@@ -79,8 +80,9 @@ class SpecSteerLLM(LLM, DecodingParams):
 
     specialist: LocalSpecialist
     """The on-device model; the only one that sees private context."""
-    generalist: LocalGeneralist
-    """The large model; receives public token ids only."""
+    generalist: Generalist
+    """The large model: `LocalGeneralist` in this process, `RemoteGeneralist` (our verifier
+    service) or `OpenAICompatibleGeneralist` (e.g. vLLM). It receives public token ids only."""
     stop: list[str] | None = None
     """Stop strings: output ends just before the first one (added to per-call `stop`)."""
     use_chat_template: bool = True

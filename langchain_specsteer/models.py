@@ -9,9 +9,12 @@ round never re-prefills the committed text.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any
 
 import torch
+
+from langchain_specsteer.verification import Generalist, LocalSession, vocab_signature
 
 __all__ = ["LocalGeneralist", "LocalModel", "LocalSpecialist", "TokenSequence", "encode_prompt"]
 
@@ -199,6 +202,11 @@ class LocalModel:
         """Width of the model's output layer (may exceed the tokenizer's length)."""
         return self.model.get_output_embeddings().weight.shape[0]
 
+    @cached_property
+    def vocab_signature(self) -> str:
+        """Fingerprint of the tokenizer's vocabulary (`verification.vocab_signature`)."""
+        return vocab_signature(self.tokenizer)
+
     @property
     def name(self) -> str:
         return getattr(self.model.config, "_name_or_path", "") or type(self.model).__name__
@@ -242,5 +250,16 @@ class LocalSpecialist(LocalModel):
     """The small on-device model: drafts with the private context (q_ctx), and gives q_gen."""
 
 
-class LocalGeneralist(LocalModel):
+class LocalGeneralist(LocalModel, Generalist):
     """The large model, loaded in this process; it only ever receives public token ids."""
+
+    def open_session(
+        self,
+        prompt: Sequence[int],
+        *,
+        vocab_size: int,
+        temperature: float = 0.0,
+        q_gen_prompt: Sequence[int] | None = None,
+    ) -> LocalSession:
+        """A session on this generalist; q_gen stays with the device's specialist in-process."""
+        return LocalSession(self, prompt, vocab_size=vocab_size, temperature=temperature)

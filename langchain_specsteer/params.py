@@ -40,6 +40,10 @@ class DecodingParams(BaseModel):
     """Nucleus sampling mass for drafts and recoveries (sampling mode only)."""
     seed: int | None = None
     """Seed of the sampling RNG; the same seed reproduces the same text."""
+    on_generalist_error: Literal["fallback", "raise"] = "fallback"
+    """When the generalist stays unreachable (after the client's retries): "fallback" finishes
+    the text with the specialist alone and reports `degraded` in the statistics; "raise"
+    raises `GeneralistError`. Tokens already generated are kept either way."""
     costeer_steps: int = Field(default=20, ge=1)
     """CoSteer: iterations T of the fusion per token."""
     costeer_a: float = Field(default=2.0, allow_inf_nan=False)

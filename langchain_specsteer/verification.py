@@ -1,0 +1,250 @@
+"""The generalist side of a round, behind one interface wherever the generalist runs.
+
+The engine drafts on the device, then asks a `GeneralistSession` to verify the draft. A
+session may live in this process (`LocalSession`, over a `LocalGeneralist`), in our verifier
+service (`RemoteGeneralist`), or behind an OpenAI-compatible server
+(`OpenAICompatibleGeneralist`). Each answers with a `Verdict`: the generalist's log-probs at
+the draft positions and after it (dense in-process; over the network only what was sent, the
+rest −inf), q_gen when the generalist side hosts a public copy of the specialist, and the
+accepted count when the generalist side could decide it without anything private.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from langchain_specsteer import algorithms as alg
+
+if TYPE_CHECKING:
+    from langchain_specsteer.models import LocalModel, TokenSequence
+
+__all__ = [
+    "Generalist",
+    "GeneralistError",
+    "GeneralistSession",
+    "LocalSession",
+    "Rule",
+    "Verdict",
+    "decide",
+    "vocab_signature",
+]
+
+Rule = Literal["none", "ratio", "match", "device"]
+"""How a draft is verified: "none" (nothing drafted to verify), "ratio" (SpecSteer's
+p_G/q_gen ≥ γ), "match" (greedy speculative: d_i = argmax p_G), or "device" (the device
+decides; the generalist side returns what it needs at every position)."""
+
+
+class GeneralistError(RuntimeError):
+    """The generalist side could not answer, after the client's retries."""
+
+
+@dataclass
+class Verdict:
+    """The generalist side's answer to one draft.
+
+    Attributes:
+        log_p_G: (k+1, V) tempered generalist log-probs at each draft position and after the
+            draft; entries the generalist side did not send are −inf.
+        log_q_gen: (k+1, V) public-specialist log-probs when the generalist side hosts q_gen
+            (unsent entries 0, so they never win a fused score), else None.
+        accepted: leading drafts accepted, when the generalist side decided; None: the
+            device decides from the rows.
+    """
+
+    log_p_G: torch.Tensor
+    log_q_gen: torch.Tensor | None = None
+    accepted: int | None = None
+
+
+class GeneralistSession(ABC):
+    """One generation's state on the generalist side: a prompt plus the committed tokens."""
+
+    hosts_q_gen: bool = False
+    """Whether verdicts carry q_gen (a public copy of the specialist next to the generalist)."""
+
+    @abstractmethod
+    def verify(
+        self, draft: list[int], rule: Rule, gamma: float, uniforms: list[float] | None = None
+    ) -> Verdict:
+        """Score `draft` after the committed tokens.
+
+        Args:
+            draft: the specialist's drafted token ids (may be empty).
+            rule: how acceptance is decided (see `Rule`).
+            gamma: γ of the ratio test.
+            uniforms: the device's uniform draws for a sampled ratio test, one per draft token;
+                None in greedy mode.
+        """
+
+    @abstractmethod
+    def commit(self, accepted: int, token: int) -> None:
+        """Keep the first `accepted` drafts of the last `verify`, then the recovered `token`."""
+
+    def close(self) -> None:
+        """Free what the session holds (idempotent)."""
+
+
+class Generalist(ABC):
+    """Where the generalist runs; `open_session` starts one generation there."""
+
+    @property
+    @abstractmethod
+    def name(self) -> str:
+        """The generalist model's name."""
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Width of the generalist's output layer."""
+
+    @property
+    @abstractmethod
+    def vocab_signature(self) -> str | None:
+        """`vocab_signature` of its tokenizer (None: unknown, e.g. a plain OpenAI server)."""
+
+    @property
+    @abstractmethod
+    def eos_token_ids(self) -> frozenset[int]:
+        """Token ids that end a generation."""
+
+    @abstractmethod
+    def encode(
+        self, text: str, *, chat: bool, chat_template_kwargs: dict | None = None
+    ) -> list[int]:
+        """The generalist's prompt ids for a (public) user turn."""
+
+    @abstractmethod
+    def open_session(
+        self,
+        prompt: Sequence[int],
+        *,
+        vocab_size: int,
+        temperature: float = 0.0,
+        q_gen_prompt: Sequence[int] | None = None,
+    ) -> GeneralistSession:
+        """Start a generation after `prompt`.
+
+        Args:
+            prompt: the generalist's public prompt ids.
+            vocab_size: rows cover the first `vocab_size` token ids.
+            temperature: verdict rows are tempered at it (0 and 1: as the model gives them).
+            q_gen_prompt: the specialist's public prompt; a generalist side that hosts a
+                public specialist computes q_gen after it (others ignore it).
+        """
+
+
+def vocab_signature(tokenizer: Any) -> str:
+    """A short fingerprint of a tokenizer's vocabulary (token → id), equal iff they match."""
+    items = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    blob = json.dumps(items, ensure_ascii=False, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def decide(
+    rule: Rule,
+    draft: Sequence[int],
+    log_p_G: torch.Tensor,
+    log_q_gen: torch.Tensor | None,
+    gamma: float,
+    uniforms: Sequence[float] | None = None,
+) -> int | None:
+    """Accepted count from public values only, or None when the device must decide.
+
+    Args:
+        rule: see `Rule`.
+        draft: drafted ids (k,).
+        log_p_G: (k+1, V) generalist rows.
+        log_q_gen: (k+1, V) public-specialist rows, or None.
+        gamma: γ.
+        uniforms: the device's draws for a sampled ratio test (None: greedy).
+    """
+    if not draft or rule == "none":
+        return 0
+    ids = torch.tensor(list(draft), device=log_p_G.device)
+    if rule == "ratio" and log_q_gen is not None:
+        return alg.ratio_accept(
+            log_p_G[:-1].gather(-1, ids.unsqueeze(-1)).squeeze(-1),
+            log_q_gen[:-1].gather(-1, ids.unsqueeze(-1)).squeeze(-1),
+            gamma,
+            uniforms=None if uniforms is None else torch.tensor(list(uniforms)),
+        )
+    if rule == "match" and uniforms is None:
+        return alg.speculative_accept(ids, log_p_G[:-1], log_p_G[:-1], greedy=True)
+    return None
+
+
+class LocalSession(GeneralistSession):
+    """A session over models in this process: the generalist, and optionally a public specialist.
+
+    In `SpecSteerLLM` the public specialist is the device's own (the engine scores q_gen
+    itself); the verifier service passes its public copy so verdicts carry q_gen.
+    """
+
+    def __init__(
+        self,
+        generalist: LocalModel,
+        prompt: Sequence[int],
+        *,
+        vocab_size: int,
+        temperature: float = 0.0,
+        public_specialist: LocalModel | None = None,
+        q_gen_prompt: Sequence[int] | None = None,
+    ):
+        self.temperature = temperature
+        self.target: TokenSequence = generalist.sequence(prompt, vocab_size=vocab_size)
+        self.public: TokenSequence | None = None
+        if public_specialist is not None and q_gen_prompt is not None:
+            self.public = public_specialist.sequence(q_gen_prompt, vocab_size=vocab_size)
+        self.hosts_q_gen = self.public is not None
+        self._pending = 0
+
+    @property
+    def sequences(self) -> list[TokenSequence]:
+        return [s for s in (self.target, self.public) if s is not None]
+
+    @property
+    def generated(self) -> list[int]:
+        """Tokens after the prompt (committed, then the last draft until `commit`)."""
+        return list(self.target.suffix)
+
+    def rows(self, draft: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Append `draft`; the (k+1, V) tempered rows of the generalist (and q_gen)."""
+        out = []
+        for seq in self.sequences:
+            seq.append(draft)
+            out.append(alg.temper(seq.forward(len(draft) + 1)[0], self.temperature))
+        self._pending = len(draft)
+        return out[0], (out[1] if self.public is not None else None)
+
+    def verify(
+        self, draft: list[int], rule: Rule, gamma: float, uniforms: list[float] | None = None
+    ) -> Verdict:
+        log_p_G, log_q_gen = self.rows(draft)
+        return Verdict(log_p_G, log_q_gen, decide(rule, draft, log_p_G, log_q_gen, gamma, uniforms))
+
+    def truncate(self, length: int) -> None:
+        """Keep the first `length` generated tokens (and cache)."""
+        for seq in self.sequences:
+            seq.rollback(seq.prompt_length + length)
+        self._pending = 0
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        """Append committed tokens (computed at the next `rows`)."""
+        for seq in self.sequences:
+            seq.append(tokens)
+
+    def commit(self, accepted: int, token: int) -> None:
+        self.truncate(len(self.target.suffix) - self._pending + accepted)
+        self.extend([token])
+
+    def close(self) -> None:
+        for seq in self.sequences:
+            seq.cache = None
