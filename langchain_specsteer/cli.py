@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 
@@ -47,7 +49,85 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-color", action="store_true", help="brackets instead of ANSI colours")
     demo.add_argument("--html", metavar="FILE", help="also write the report as an HTML page")
     demo.set_defaults(handler=_demo)
+    _add_serve(commands)
     return parser
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    from langchain_specsteer.service import API_KEY_ENV, ServiceLimits
+
+    defaults = ServiceLimits()
+    serve = commands.add_parser(
+        "serve",
+        help="host the generalist (and a public specialist) as a verifier service",
+        description=(
+            "Serve the generalist over HTTP: the SpecSteer session protocol under "
+            "/specsteer/v1 (docs/protocol.md) and vLLM's OpenAI-compatible scoring subset "
+            "(/v1/completions, /v1/models, /tokenize, /health). OpenAPI at /docs."
+        ),
+    )
+    serve.add_argument("--generalist", required=True, help="hub id or folder of the generalist")
+    serve.add_argument(
+        "--public-specialist",
+        help="hub id or folder of a public copy of the specialist: q_gen is then computed here "
+        "and the ratio test decided here",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
+    serve.add_argument("--port", type=int, default=8000, help="default: %(default)s")
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}; unset: no auth)",
+    )
+    serve.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when present)")
+    serve.add_argument("--dtype", help="e.g. bfloat16 (default: float32 on CPU, auto on CUDA)")
+    serve.add_argument("--model-name", help="name served in /v1/models (default: the path)")
+    for field in dataclasses.fields(ServiceLimits):
+        flag = "--" + field.name.replace("_", "-")
+        serve.add_argument(
+            flag,
+            type=float if field.type == "float" else int,
+            default=getattr(defaults, field.name),
+            help="default: %(default)s",
+        )
+    serve.add_argument(
+        "--log-prompts",
+        action="store_true",
+        help="include token ids in the logs (off: sizes and timings only)",
+    )
+    serve.add_argument("--log-level", default="info", help="default: %(default)s")
+    serve.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import logging
+
+    import uvicorn
+
+    from langchain_specsteer.models import LocalGeneralist, LocalSpecialist
+    from langchain_specsteer.service import ServiceLimits, VerifierService, create_app
+
+    try:
+        limits = ServiceLimits(
+            **{f.name: getattr(args, f.name) for f in dataclasses.fields(ServiceLimits)}
+        )
+    except ValueError as err:
+        parser.error(str(err))
+    logging.basicConfig(level=args.log_level.upper(), format="%(message)s", stream=sys.stderr)
+    options = {"device": args.device, "torch_dtype": args.dtype}
+    try:
+        generalist = LocalGeneralist.from_pretrained(args.generalist, **options)
+        public = None
+        if args.public_specialist:
+            public = LocalSpecialist.from_pretrained(args.public_specialist, **options)
+    except OSError as err:
+        parser.error(f"cannot load a model: {err}")
+    service = VerifierService(
+        generalist, public, model_name=args.model_name, limits=limits, log_prompts=args.log_prompts
+    )
+    app = create_app(service, api_key=args.api_key)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
+    return 0
 
 
 def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

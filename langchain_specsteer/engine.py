@@ -7,6 +7,7 @@ the math lives in `algorithms`, the models behind `TokenSequence`.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -293,10 +294,8 @@ class DecodeRun:
         self.stats.degraded_reason = str(err)
         self.spec = METHOD_SPECS["specialist"]
         if target is not None:
-            try:
+            with contextlib.suppress(Exception):  # the generalist side is already gone
                 target.close()
-            except Exception:  # noqa: BLE001 - the generalist side is already gone
-                pass
         if ctx is None:
             ctx = self.engine.specialist.sequence(
                 self.prompts.private, vocab_size=self.engine.vocab_size
@@ -431,7 +430,9 @@ def _shared_vocab_size(specialist: LocalSpecialist, generalist: Generalist) -> i
             "different tokenizers is not available yet."
         )
         raise ValueError(msg)
-    width = min(specialist.vocab_size, generalist.vocab_size)
+    width = specialist.vocab_size
+    if generalist.vocab_size is not None:  # None: unknown (an OpenAI server, no tokenizer)
+        width = min(width, generalist.vocab_size)
     tokens = len(specialist.tokenizer.get_vocab())
     if width < tokens:
         msg = f"model output width {width} is smaller than the tokenizer's {tokens} tokens"

@@ -88,7 +88,7 @@ class GeneralistSession(ABC):
     def commit(self, accepted: int, token: int) -> None:
         """Keep the first `accepted` drafts of the last `verify`, then the recovered `token`."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional for sessions that hold nothing
         """Free what the session holds (idempotent)."""
 
 
@@ -102,8 +102,8 @@ class Generalist(ABC):
 
     @property
     @abstractmethod
-    def vocab_size(self) -> int:
-        """Width of the generalist's output layer."""
+    def vocab_size(self) -> int | None:
+        """Width of the generalist's output layer (None: unknown)."""
 
     @property
     @abstractmethod

@@ -1,0 +1,532 @@
+"""Generalists across the network: our verifier service, or any vLLM-style OpenAI server.
+
+Both plug into `SpecSteerLLM(generalist=...)` like `LocalGeneralist`:
+
+- `RemoteGeneralist` speaks the session protocol of `specsteer serve` (docs/protocol.md):
+  the KV cache stays in the service, a round sends the draft and gets the accepted count
+  and a sparse hint back, and a public specialist hosted there computes q_gen.
+- `OpenAICompatibleGeneralist` speaks vLLM's `/v1/completions` (token-id prompts with
+  `prompt_logprobs` and `logprobs`), so the generalist can be a 32B+ model on many GPUs;
+  q_gen is then computed on the device and the device decides acceptance. That API is
+  stateless: each round re-sends the whole token sequence, and vLLM skips its prefix cache
+  for requests with prompt log-probs, so a round costs a prefill of the text so far.
+
+Faults: connection errors, timeouts, 5xx, 429 and "busy" 409s are retried with exponential
+backoff (a round is idempotent: it names the position it continues from); a lost session
+(404: the service restarted, or expired the session) is reopened and resumed from the
+tokens the device holds. Past `max_retries` the call raises `GeneralistError`, which the
+engine turns into a specialist-only finish (`on_generalist_error="fallback"`) or raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from langchain_specsteer import algorithms as alg
+from langchain_specsteer.protocol import (
+    PROTOCOL,
+    OpenSession,
+    RoundRequest,
+    RoundResult,
+    ServiceInfo,
+    SessionOpened,
+)
+from langchain_specsteer.verification import (
+    Generalist,
+    GeneralistError,
+    GeneralistSession,
+    Rule,
+    Verdict,
+    vocab_signature,
+)
+
+__all__ = ["OpenAICompatibleGeneralist", "RemoteGeneralist", "TransportStats"]
+
+API_KEY_ENV = "SPECSTEER_API_KEY"
+_RETRYABLE = {409, 429}  # a busy session (an earlier attempt still running), no free slot
+
+
+@dataclass
+class TransportStats:
+    """What a client sent and received (bodies and headers counted separately)."""
+
+    requests: int = 0
+    retries: int = 0
+    reopened: int = 0
+    body_bytes_sent: int = 0
+    body_bytes_received: int = 0
+    header_bytes_sent: int = 0
+    header_bytes_received: int = 0
+    seconds: float = 0.0
+
+    def reset(self) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, type(getattr(self, name))())
+
+
+class _HTTP:
+    """httpx with retries, backoff, byte counting and an optional simulated round trip."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        *,
+        timeout: float,
+        max_retries: int,
+        backoff_s: float,
+        simulated_rtt_s: float,
+    ):
+        import httpx
+
+        if timeout <= 0 or max_retries < 0 or backoff_s < 0 or simulated_rtt_s < 0:
+            msg = (
+                "timeout must be positive and max_retries, backoff_s and simulated_rtt_s "
+                f"non-negative (got {timeout}, {max_retries}, {backoff_s}, {simulated_rtt_s})"
+            )
+            raise ValueError(msg)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.base_url = base_url.rstrip("/")
+        self.client = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.simulated_rtt_s = simulated_rtt_s
+        self.stats = TransportStats()
+        self._httpx = httpx
+
+    def request(self, method: str, path: str, body: Any = None, *, retries: bool = True) -> Any:
+        """The response (2xx or a 4xx the caller handles); GeneralistError once retries run out."""
+        content = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        headers = {"content-type": "application/json"} if content is not None else None
+        attempts = 1 + (self.max_retries if retries else 0)
+        reason = ""
+        for attempt in range(attempts):
+            if attempt:
+                self.stats.retries += 1
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            start = time.perf_counter()
+            if self.simulated_rtt_s:  # benchmark only: the wire's round-trip latency
+                time.sleep(self.simulated_rtt_s)
+            try:
+                response = self.client.request(method, path, content=content, headers=headers)
+            except self._httpx.TransportError as err:  # connection refused, reset, timeout
+                reason = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+                continue
+            finally:
+                self.stats.seconds += time.perf_counter() - start
+            self._count(response)
+            if response.status_code < 500 and response.status_code not in _RETRYABLE:
+                return response
+            reason = f"HTTP {response.status_code}: {_reason(response)}"
+        msg = f"{method} {self.base_url}{path} failed after {attempts} attempt(s): {reason}"
+        raise GeneralistError(msg)
+
+    def _count(self, response: Any) -> None:
+        request, s = response.request, self.stats
+        s.requests += 1
+        s.body_bytes_sent += len(request.content or b"") + len(request.url.raw_path)
+        s.body_bytes_received += len(response.content)
+        s.header_bytes_sent += sum(len(k) + len(v) + 4 for k, v in request.headers.raw)
+        s.header_bytes_received += sum(len(k) + len(v) + 4 for k, v in response.headers.raw)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _reason(response: Any) -> str:
+    """The service's error message, or the status phrase."""
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return response.reason_phrase or "error"
+
+
+def _refused(response: Any, what: str) -> GeneralistError:
+    return GeneralistError(f"{what}: HTTP {response.status_code}: {_reason(response)}")
+
+
+def _values(values: Sequence[float | None]) -> torch.Tensor:
+    """JSON log-probs to a tensor: null and vLLM's −9999.0 are −inf."""
+    return torch.tensor(
+        [-math.inf if v is None or v <= -9999.0 else float(v) for v in values], dtype=torch.float32
+    )
+
+
+def _tokenize(http: _HTTP, model: str | None, text: str, chat: bool, kwargs: dict | None) -> list:
+    """Token ids from the server's vLLM-style `/tokenize` (chat template when asked and present)."""
+    base = {"model": model} if model else {}
+    if chat:
+        body = {
+            **base,
+            "messages": [{"role": "user", "content": text}],
+            "add_generation_prompt": True,
+            "chat_template_kwargs": kwargs or {},
+        }
+        response = http.request("POST", "/tokenize", body)
+        if response.status_code == 200:
+            return response.json()["tokens"]
+        if "chat template" not in _reason(response):
+            raise _refused(response, "tokenize")
+    response = http.request("POST", "/tokenize", {**base, "prompt": text})
+    if response.status_code != 200:
+        raise _refused(response, "tokenize")
+    return response.json()["tokens"]
+
+
+class RemoteGeneralist(Generalist):
+    """The generalist in a `specsteer serve` verifier service (session protocol `specsteer/1`).
+
+    Args:
+        base_url: e.g. "http://127.0.0.1:8000".
+        api_key: bearer token (default: the SPECSTEER_API_KEY environment variable).
+        timeout: seconds per HTTP request.
+        max_retries: retries after a failed attempt (connection error, timeout, 5xx, 409, 429).
+        backoff_s: first retry delay; it doubles with each retry.
+        top_m: hint size per position; the default 20 is vLLM's `max_logprobs`. Greedy
+            output equals in-process output when the in-process choice is among the top m
+            by log p_G (always with m = vocabulary size; see docs/protocol.md).
+        simulated_rtt_s: sleep this long before each request (benchmarks of network latency).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 3,
+        backoff_s: float = 0.2,
+        top_m: int = 20,
+        simulated_rtt_s: float = 0.0,
+    ):
+        if top_m < 1:
+            msg = f"top_m must be at least 1, got {top_m}"
+            raise ValueError(msg)
+        api_key = api_key or os.environ.get(API_KEY_ENV)
+        self.http = _HTTP(
+            base_url,
+            api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff_s=backoff_s,
+            simulated_rtt_s=simulated_rtt_s,
+        )
+        self.top_m = top_m
+        self._info: ServiceInfo | None = None
+
+    @property
+    def stats(self) -> TransportStats:
+        return self.http.stats
+
+    @property
+    def info(self) -> ServiceInfo:
+        """The service's description (fetched once)."""
+        if self._info is None:
+            response = self.http.request("GET", "/specsteer/v1/info")
+            if response.status_code != 200:
+                raise _refused(response, f"verifier service at {self.http.base_url}")
+            body = response.json()
+            if body.get("protocol") != PROTOCOL:
+                msg = (
+                    f"the service at {self.http.base_url} speaks {body.get('protocol')!r}; "
+                    f"this client speaks {PROTOCOL!r}"
+                )
+                raise GeneralistError(msg)
+            self._info = ServiceInfo.model_validate(body)
+        return self._info
+
+    @property
+    def name(self) -> str:
+        return self.info.model
+
+    @property
+    def vocab_size(self) -> int:
+        return self.info.vocab_size
+
+    @property
+    def vocab_signature(self) -> str:
+        return self.info.vocab_signature
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return frozenset(self.info.eos_token_ids)
+
+    @property
+    def hosts_public_specialist(self) -> bool:
+        return self.info.public_specialist is not None
+
+    def encode(
+        self, text: str, *, chat: bool, chat_template_kwargs: dict | None = None
+    ) -> list[int]:
+        return _tokenize(self.http, None, text, chat, chat_template_kwargs)
+
+    def open_session(
+        self,
+        prompt: Sequence[int],
+        *,
+        vocab_size: int,
+        temperature: float = 0.0,
+        q_gen_prompt: Sequence[int] | None = None,
+    ) -> RemoteSession:
+        if not self.hosts_public_specialist:
+            q_gen_prompt = None
+        opening = OpenSession(
+            prompt_ids=list(prompt),
+            q_gen_prompt_ids=None if q_gen_prompt is None else list(q_gen_prompt),
+            temperature=temperature,
+            top_m=self.top_m,
+            vocab_size=vocab_size,
+        )
+        return RemoteSession(self, opening)
+
+    def __repr__(self) -> str:
+        return f"RemoteGeneralist({self.http.base_url!r})"
+
+
+class RemoteSession(GeneralistSession):
+    """One generation in the verifier service; opened at the first round, reopened if lost."""
+
+    def __init__(self, client: RemoteGeneralist, opening: OpenSession):
+        self.client = client
+        self.opening = opening
+        self.vocab_size = opening.vocab_size
+        self.hosts_q_gen = opening.q_gen_prompt_ids is not None
+        self.session_id: str | None = None
+        self.committed: list[int] = []  # every generated token the device committed
+        self.held = 0  # how many of them the service holds (confirmed by an answer)
+        self._draft: list[int] = []
+
+    def _open(self) -> None:
+        http = self.client.http
+        response = http.request("POST", "/specsteer/v1/sessions", self.opening.model_dump())
+        if response.status_code != 201:
+            raise _refused(response, "opening a session")
+        opened = SessionOpened.model_validate(response.json())
+        if opened.hosts_q_gen != self.hosts_q_gen:
+            msg = "the verifier service changed: it no longer hosts the same public specialist"
+            raise GeneralistError(msg)
+        self.session_id, self.held = opened.session_id, 0
+
+    def verify(
+        self, draft: list[int], rule: Rule, gamma: float, uniforms: list[float] | None = None
+    ) -> Verdict:
+        if self.session_id is None:
+            self._open()
+        for _ in range(2):  # a lost session is reopened once per round
+            request = RoundRequest(
+                position=self.held,
+                append=self.committed[self.held :],
+                draft=draft,
+                rule=rule,
+                gamma=None if math.isinf(gamma) else gamma,
+                uniforms=uniforms,
+            )
+            path = f"/specsteer/v1/sessions/{self.session_id}/rounds"
+            response = self.client.http.request("POST", path, request.model_dump())
+            if response.status_code != 404:
+                break
+            self.client.stats.reopened += 1
+            self._open()
+        if response.status_code != 200:
+            raise _refused(response, "verifying a draft")
+        result = RoundResult.model_validate(response.json())
+        self.held = len(self.committed)
+        self._draft = list(draft)
+        return self._verdict(result, draft)
+
+    def _verdict(self, result: RoundResult, draft: list[int]) -> Verdict:
+        rows = len(draft) + 1
+        log_p_G = torch.full((rows, self.vocab_size), -math.inf)
+        log_q_gen = torch.zeros((rows, self.vocab_size)) if self.hosts_q_gen else None
+        for hint in result.hints:
+            ids = torch.tensor(hint.token_ids, dtype=torch.long)
+            log_p_G[hint.position, ids] = _values(hint.log_p_G)
+            if log_q_gen is not None and hint.log_q_gen is not None:
+                log_q_gen[hint.position, ids] = _values(hint.log_q_gen)
+        for name, table in (("draft_log_p_G", log_p_G), ("draft_log_q_gen", log_q_gen)):
+            values = getattr(result, name)
+            if values is not None and table is not None:
+                table[torch.arange(len(draft)), torch.tensor(draft)] = _values(values)
+        return Verdict(log_p_G, log_q_gen, result.accepted)
+
+    def commit(self, accepted: int, token: int) -> None:
+        self.committed.extend([*self._draft[:accepted], token])
+        self.held = len(self.committed) - 1  # the service holds all but the recovered token
+        self._draft = []
+
+    def close(self) -> None:
+        if self.session_id is None:
+            return
+        session_id, self.session_id = self.session_id, None
+        with contextlib.suppress(GeneralistError):  # else the service expires it on its own
+            path = f"/specsteer/v1/sessions/{session_id}"
+            self.client.http.request("DELETE", path, retries=False)
+
+
+class OpenAICompatibleGeneralist(Generalist):
+    """A generalist behind a vLLM-style OpenAI-compatible server (`/v1/completions`).
+
+    Each round sends the token ids so far plus the draft with `prompt_logprobs=top_logprobs`
+    and `max_tokens=1, logprobs=top_logprobs`: the draft positions' log-probs come from the
+    prompt log-probs, the position after the draft from the one generated token. q_gen is
+    computed on the device and the device decides acceptance.
+
+    Args:
+        base_url: the server, e.g. "http://gpu-box:8000" (a trailing "/v1" is accepted).
+        model: the served model name (`vllm serve ... --served-model-name`).
+        api_key: bearer token (vLLM's `--api-key`).
+        top_logprobs: candidates per position (at most the server's `--max-logprobs`, 20).
+        tokenizer: the generalist's tokenizer (e.g. `AutoTokenizer.from_pretrained(model)`):
+            prompts are encoded locally and its vocabulary is checked against the
+            specialist's. Without it prompts go through the server's `/tokenize`, and the
+            vocabularies are assumed to match.
+        eos_token_ids: extra ids that end a generation.
+        timeout, max_retries, backoff_s, simulated_rtt_s: as in `RemoteGeneralist`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        *,
+        top_logprobs: int = 20,
+        tokenizer: Any = None,
+        eos_token_ids: Sequence[int] = (),
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        backoff_s: float = 0.2,
+        simulated_rtt_s: float = 0.0,
+    ):
+        if top_logprobs < 1:
+            msg = f"top_logprobs must be at least 1, got {top_logprobs}"
+            raise ValueError(msg)
+        base_url = base_url.rstrip("/")
+        base_url = base_url.removesuffix("/v1")
+        self.http = _HTTP(
+            base_url,
+            api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff_s=backoff_s,
+            simulated_rtt_s=simulated_rtt_s,
+        )
+        self.model = model
+        self.top_logprobs = top_logprobs
+        self.tokenizer = tokenizer
+        self._eos = frozenset(eos_token_ids)
+
+    @property
+    def stats(self) -> TransportStats:
+        return self.http.stats
+
+    @property
+    def name(self) -> str:
+        return self.model
+
+    @property
+    def vocab_size(self) -> int | None:
+        return len(self.tokenizer) if self.tokenizer is not None else None
+
+    @property
+    def vocab_signature(self) -> str | None:
+        return vocab_signature(self.tokenizer) if self.tokenizer is not None else None
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        return self._eos | ({eos} if eos is not None else set())
+
+    def encode(
+        self, text: str, *, chat: bool, chat_template_kwargs: dict | None = None
+    ) -> list[int]:
+        if self.tokenizer is not None:
+            from langchain_specsteer.models import encode_prompt
+
+            return encode_prompt(
+                self.tokenizer, text, chat=chat, chat_template_kwargs=chat_template_kwargs
+            )
+        return _tokenize(self.http, self.model, text, chat, chat_template_kwargs)
+
+    def open_session(
+        self,
+        prompt: Sequence[int],
+        *,
+        vocab_size: int,
+        temperature: float = 0.0,
+        q_gen_prompt: Sequence[int] | None = None,
+    ) -> OpenAICompatibleSession:
+        return OpenAICompatibleSession(self, list(prompt), vocab_size, temperature)
+
+    def __repr__(self) -> str:
+        return f"OpenAICompatibleGeneralist({self.http.base_url!r}, model={self.model!r})"
+
+
+class OpenAICompatibleSession(GeneralistSession):
+    """One generation over a stateless completions API: the device holds the token ids."""
+
+    def __init__(
+        self, client: OpenAICompatibleGeneralist, prompt: list[int], vocab_size: int, temp: float
+    ):
+        self.client = client
+        self.tokens = prompt
+        self.vocab_size = vocab_size
+        self.temperature = temp
+        self._draft: list[int] = []
+
+    def verify(
+        self, draft: list[int], rule: Rule, gamma: float, uniforms: list[float] | None = None
+    ) -> Verdict:
+        m, k = self.client.top_logprobs, len(draft)
+        body: dict[str, Any] = {
+            "model": self.client.model,
+            "prompt": self.tokens + draft,
+            "max_tokens": 1,
+            "temperature": 0,
+            "logprobs": m,
+            "return_tokens_as_token_ids": True,
+        }
+        if k:  # the draft positions' log-probs are prompt log-probs
+            body["prompt_logprobs"] = m
+        response = self.client.http.request("POST", "/v1/completions", body)
+        if response.status_code != 200:
+            raise _refused(response, "scoring a draft")
+        try:
+            choice = response.json()["choices"][0]
+            rows = [
+                {int(t): e["logprob"] for t, e in entry.items()}
+                for entry in (choice["prompt_logprobs"][-k:] if k else [])
+            ]
+            rows.append(
+                {_token_id(t): v for t, v in choice["logprobs"]["top_logprobs"][-1].items()}
+            )
+        except (KeyError, IndexError, TypeError, ValueError) as err:
+            msg = f"unexpected /v1/completions answer from {self.client.http.base_url}: {err!r}"
+            raise GeneralistError(msg) from err
+        log_p_G = torch.full((k + 1, self.vocab_size), -math.inf)
+        for i, row in enumerate(rows):
+            ids = [t for t in row if t < self.vocab_size]
+            log_p_G[i, ids] = _values([row[t] for t in ids])
+        self._draft = list(draft)
+        return Verdict(alg.temper(log_p_G, self.temperature))
+
+    def commit(self, accepted: int, token: int) -> None:
+        self.tokens = [*self.tokens, *self._draft[:accepted], token]
+        self._draft = []
+
+
+def _token_id(key: str) -> int:
+    """Token ids from `return_tokens_as_token_ids` keys ("token_id:123")."""
+    if not key.startswith("token_id:"):
+        msg = f"expected 'token_id:N' keys (return_tokens_as_token_ids), got {key!r}"
+        raise ValueError(msg)
+    return int(key.removeprefix("token_id:"))
