@@ -131,3 +131,75 @@ def micro_pair_dir(world_dir, tmp_path_factory):
     train(config, world_dir, trained, limit=20, progress=False)
     export_pair(trained, world_dir, trained / "export", users=2)
     return trained
+
+
+class RequestRecorder:
+    """ASGI wrapper that keeps every request's method, path, query and body as received."""
+
+    def __init__(self, app):
+        self.app = app
+        self.requests: list[dict] = []
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        record = {
+            "method": scope["method"],
+            "path": scope["path"],
+            "query": scope["query_string"].decode("latin-1"),
+            "body": b"",
+        }
+        self.requests.append(record)
+
+        async def recording_receive():
+            message = await receive()
+            if message["type"] == "http.request":
+                record["body"] += message.get("body", b"")
+            return message
+
+        return await self.app(scope, recording_receive, send)
+
+
+@pytest.fixture(scope="session")
+def verifier(specialist, generalist):
+    """The verifier service on the tiny generalist, with the specialist as its public copy,
+    served on loopback with hints as large as the vocabulary; every request is recorded."""
+    from types import SimpleNamespace
+
+    from langchain_specsteer.service import (
+        BackgroundServer,
+        ServiceLimits,
+        VerifierService,
+        create_app,
+    )
+
+    vocab = min(specialist.vocab_size, generalist.vocab_size)
+    limits = ServiceLimits(max_top_m=vocab, max_logprobs=vocab)
+    service = VerifierService(generalist, specialist, limits=limits)
+    recorder = RequestRecorder(create_app(service))
+    with BackgroundServer(recorder) as server:
+        yield SimpleNamespace(
+            url=server.url, service=service, requests=recorder.requests, vocab=vocab
+        )
+
+
+@pytest.fixture
+def make_remote_llm(specialist, verifier):
+    """A `SpecSteerLLM` whose generalist is reached over HTTP: client "session" (our protocol)
+    or "openai" (vLLM's dialect); `hint` is top_m / top_logprobs (default: the vocabulary)."""
+    from langchain_specsteer import SpecSteerLLM
+    from langchain_specsteer.remote import OpenAICompatibleGeneralist, RemoteGeneralist
+
+    def make(client="session", hint=None, url=None, client_options=None, **fields):
+        hint = hint or verifier.vocab
+        url = url or verifier.url
+        options = client_options or {}
+        if client == "session":
+            generalist = RemoteGeneralist(url, top_m=hint, **options)
+        else:
+            model = verifier.service.model_name
+            generalist = OpenAICompatibleGeneralist(url, model, top_logprobs=hint, **options)
+        fields.setdefault("max_new_tokens", 24)
+        return SpecSteerLLM(specialist=specialist, generalist=generalist, **fields)
+
+    return make

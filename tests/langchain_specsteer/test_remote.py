@@ -1,0 +1,206 @@
+"""The generalist over HTTP: the same text as in-process, and faults survived.
+
+Real HTTP on loopback: the `verifier` fixture serves the tiny generalist (with the specialist
+as its public copy) from a uvicorn thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from langchain_specsteer import METHODS
+from langchain_specsteer.remote import RemoteGeneralist
+from langchain_specsteer.service import BackgroundServer, create_app
+from langchain_specsteer.verification import GeneralistError
+from tests.conftest import CONTEXT, PROMPTS
+
+COUNTS = ("new_tokens", "rounds", "drafted", "accepted", "generalist_calls", "finish_reason")
+
+
+def generate(llm, prompt=PROMPTS[0], context=CONTEXT, **kwargs):
+    result = llm.generate([prompt], private_context=context, **kwargs)
+    generation = result.generations[0][0]
+    return generation.text, generation.generation_info
+
+
+@pytest.mark.parametrize("client", ["session", "openai"])
+@pytest.mark.parametrize("method", METHODS)
+def test_remote_output_equals_in_process(make_llm, make_remote_llm, method, client):
+    """Greedy, with hints as large as the vocabulary: token for token the in-process text."""
+    local_text, local_info = generate(make_llm(method=method, gamma=0.3))
+    remote_llm = make_remote_llm(client, method=method, gamma=0.3)
+    remote_text, remote_info = generate(remote_llm)
+    assert remote_text == local_text
+    assert {k: remote_info[k] for k in COUNTS} == {k: local_info[k] for k in COUNTS}
+    assert remote_info["degraded"] is False
+    if method != "specialist":
+        assert remote_llm.generalist.stats.requests >= local_info["generalist_calls"]
+
+
+@pytest.mark.parametrize("client", ["session", "openai"])
+@pytest.mark.parametrize("method", ["generalist", "speculative"])
+def test_argmax_methods_need_only_the_top_token(make_llm, make_remote_llm, method, client):
+    """Generalist recovery reads only p_G's argmax, so a hint of one token is exact."""
+    local_text, _ = generate(make_llm(method=method, max_new_tokens=32))
+    remote_text, _ = generate(make_remote_llm(client, hint=1, method=method, max_new_tokens=32))
+    assert remote_text == local_text
+
+
+def test_default_hint_keeps_the_choice_within_the_generalists_top_m(make_llm, make_remote_llm):
+    """With m = 20 each recovered token is the best fused score among p_G's top 20 (it
+    differs from in-process only where the in-process choice falls outside them)."""
+    for prompt in PROMPTS:
+        llm = make_remote_llm(hint=20, method="light_costeer", max_new_tokens=16)
+        prompts = llm.render_prompts(prompt, CONTEXT)
+        ids = [t for r in llm._engine.run(prompts, llm.decoding_params()) for t in r.tokens]
+        replayed = _top_m_choices(make_llm()._engine, prompts, ids, m=20)
+        assert replayed == ids
+
+
+def _top_m_choices(engine, prompts, ids, m):
+    """Greedy light_costeer restricted to p_G's top m, replayed along `ids`."""
+    from langchain_specsteer import algorithms as alg
+
+    V = engine.vocab_size
+    ctx = engine.specialist.sequence(prompts.private, vocab_size=V)
+    gen = engine.specialist.sequence(prompts.public_specialist, vocab_size=V)
+    target = engine.generalist.sequence(prompts.public_generalist, vocab_size=V)
+    choices = []
+    for token in ids:
+        p, q_ctx, q_gen = (s.forward()[0, 0] for s in (target, ctx, gen))
+        hint = alg.make_hint(p, q_gen, m)
+        candidates, scores = alg.recover_from_hint(hint, q_ctx, alpha=1.0)
+        choices.append(int(candidates[scores.argmax()]))
+        if choices[-1] != token:
+            break
+        for s in (target, ctx, gen):
+            s.append([token])
+    return choices
+
+
+def test_sampling_equals_in_process_with_full_hints(make_llm, make_remote_llm):
+    """The device draws the ratio test's uniforms and the cloud applies them: same seed, same
+    text."""
+    fields = {"method": "specsteer", "temperature": 0.8, "seed": 7, "max_new_tokens": 32}
+    local, _ = generate(make_llm(**fields))
+    remote, info = generate(make_remote_llm(**fields))
+    assert remote == local
+    assert info["drafted"] > 0
+
+
+def test_eight_concurrent_clients_match_sequential_runs(make_llm, make_remote_llm):
+    jobs = [(PROMPTS[i % len(PROMPTS)], method) for i, method in enumerate(METHODS + METHODS)][:8]
+    sequential = [generate(make_llm(method=m, max_new_tokens=20), p)[0] for p, m in jobs]
+
+    def run(job):
+        prompt, method = job
+        return generate(make_remote_llm(method=method, max_new_tokens=20), prompt)[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        concurrent = list(pool.map(run, jobs))
+    assert concurrent == sequential
+
+
+def test_a_lost_session_is_reopened_and_resumed(make_llm, make_remote_llm, verifier):
+    local, _ = generate(make_llm(method="specsteer", max_new_tokens=32))
+    llm = make_remote_llm(method="specsteer", max_new_tokens=32)
+    pieces = []
+    for i, piece in enumerate(llm.stream(PROMPTS[0], private_context=CONTEXT)):
+        pieces.append(piece)
+        if i == 1:  # the service forgets every session (as after an expiry or a restart)
+            with verifier.service._sessions_lock:
+                verifier.service.sessions.clear()
+    assert "".join(pieces) == local
+    assert llm.generalist.stats.reopened == 1
+
+
+class Flaky:
+    """ASGI wrapper failing chosen round requests: a 503, or a reply slower than the timeout."""
+
+    def __init__(self, app, *, fail=(), slow=(), delay=0.0):
+        self.app, self.fail, self.slow, self.delay = app, set(fail), set(slow), delay
+        self.rounds = 0
+        self.lock = threading.Lock()
+
+    async def __call__(self, scope, receive, send):
+        import asyncio
+
+        if scope["type"] == "http" and scope["path"].endswith("/rounds"):
+            with self.lock:
+                self.rounds += 1
+                n = self.rounds
+            if n in self.fail:
+                await send({"type": "http.response.start", "status": 503, "headers": []})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            if n in self.slow:
+                await asyncio.sleep(self.delay)
+        await self.app(scope, receive, send)
+
+
+def test_retries_after_5xx_and_timeouts_give_the_same_text(make_llm, make_remote_llm, verifier):
+    """Rounds are idempotent: a retried or duplicated round changes nothing."""
+    local, _ = generate(make_llm(method="specsteer", max_new_tokens=32))
+    flaky = Flaky(create_app(verifier.service), fail={2, 3}, slow={5}, delay=1.5)
+    with BackgroundServer(flaky) as server:
+        llm = make_remote_llm(
+            url=server.url,
+            method="specsteer",
+            max_new_tokens=32,
+            client_options={"timeout": 0.5, "max_retries": 4, "backoff_s": 0.05},
+        )
+        text, info = generate(llm)
+    assert text == local
+    assert info["degraded"] is False
+    assert llm.generalist.stats.retries >= 3
+
+
+def test_an_unreachable_cloud_degrades_to_the_specialist(make_llm, make_remote_llm, verifier):
+    flaky = Flaky(create_app(verifier.service), fail=set(range(3, 1000)))
+    with BackgroundServer(flaky) as server:
+        llm = make_remote_llm(
+            url=server.url,
+            method="specsteer",
+            max_new_tokens=32,
+            client_options={"max_retries": 1, "backoff_s": 0.01},
+        )
+        text, info = generate(llm)
+        with pytest.raises(GeneralistError, match="503"):
+            generate(llm, on_generalist_error="raise")
+    assert info["degraded"] is True
+    assert "503" in info["degraded_reason"]
+    assert info["new_tokens"] == 32 and info["finish_reason"] == "length"
+    # Nothing verified is lost: the two verified rounds open the text, the specialist ends it.
+    local = make_llm(method="specsteer", max_new_tokens=32)
+    rounds = list(
+        local._engine.run(local.render_prompts(PROMPTS[0], CONTEXT), llm.decoding_params())
+    )
+    verified = local.specialist.tokenizer.decode(rounds[0].tokens + rounds[1].tokens)
+    assert text.startswith(verified)
+
+
+def test_bad_client_options_fail_at_construction():
+    with pytest.raises(ValueError, match="top_m"):
+        RemoteGeneralist("http://127.0.0.1:9", top_m=0)
+    with pytest.raises(ValueError, match="timeout"):
+        RemoteGeneralist("http://127.0.0.1:9", timeout=0)
+
+
+def test_an_unreachable_service_at_construction_is_a_clear_error(specialist):
+    from langchain_specsteer import SpecSteerLLM
+
+    generalist = RemoteGeneralist("http://127.0.0.1:9", max_retries=0)
+    with pytest.raises(GeneralistError, match=r"127\.0\.0\.1:9.*ConnectError"):
+        SpecSteerLLM(specialist=specialist, generalist=generalist)
+
+
+def test_a_service_with_another_vocabulary_is_refused(specialist, verifier, monkeypatch):
+    from langchain_specsteer import SpecSteerLLM
+
+    generalist = RemoteGeneralist(verifier.url)
+    monkeypatch.setitem(specialist.__dict__, "vocab_signature", "0" * 32)
+    with pytest.raises(ValueError, match="different vocabularies"):
+        SpecSteerLLM(specialist=specialist, generalist=generalist)
