@@ -89,12 +89,12 @@ class TokenSequence:
 
         Row i along dim 1 is the next-token distribution after position length − rows + i.
         """
-        if self.cached >= self.length:  # everything cached: re-feed the last token
-            self.rollback_cache(self.length - 1)
-        start, end = self.cached, self.length
-        if rows > end - start:
-            msg = f"asked for {rows} rows but only {end - start} positions are uncached"
+        if rows > self.length:
+            msg = f"asked for {rows} rows of a {self.length}-token sequence"
             raise ValueError(msg)
+        if self.cached > self.length - rows:  # re-feed cached positions whose rows are asked
+            self.rollback_cache(self.length - rows)
+        start, end = self.cached, self.length
         device = self._prompt_ids.device
         fresh = torch.tensor(
             self.suffix[max(0, start - self.prompt_length) :], dtype=torch.long, device=device

@@ -1,0 +1,392 @@
+"""The verifier service: its answers, its refusals (4xx with a reason) and its operations."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+
+from langchain_specsteer.service import (
+    BackgroundServer,
+    ServiceLimits,
+    VerifierService,
+    create_app,
+)
+from tests.conftest import CONTEXT, PROMPTS
+
+S = "/specsteer/v1"
+
+
+@pytest.fixture
+def http(verifier):
+    with httpx.Client(base_url=verifier.url, timeout=30) as client:
+        yield client
+
+
+def open_session(http, prompt_ids=(1, 2, 3), **fields):
+    response = http.post(f"{S}/sessions", json={"prompt_ids": list(prompt_ids), **fields})
+    assert response.status_code == 201, response.text
+    return response.json()["session_id"]
+
+
+def error(response, status, *words, param=None):
+    """The response is `status` with OpenAI's error shape and a message holding `words`."""
+    assert response.status_code == status, response.text
+    body = response.json()["error"]
+    assert body["code"] == status and body["type"]
+    for word in words:
+        assert word in body["message"], body["message"]
+    if param is not None:
+        assert body["param"] == param
+    return body
+
+
+def test_info_describes_the_models_and_limits(http, verifier, generalist, specialist):
+    info = http.get(f"{S}/info").json()
+    assert info["protocol"] == "specsteer/1"
+    assert info["vocab_signature"] == generalist.vocab_signature
+    assert info["public_specialist_vocab_signature"] == specialist.vocab_signature
+    assert info["eos_token_ids"] == sorted(generalist.eos_token_ids)
+    assert info["limits"]["max_top_m"] == verifier.vocab
+
+
+def test_a_round_equals_the_models_log_probs(http, generalist, specialist):
+    """The hint holds the top m by log p_G, with the public specialist's log q_gen."""
+    prompt, draft = [5, 6, 7], [8, 9]
+    sid = open_session(http, prompt, q_gen_prompt_ids=[5, 6], top_m=4)
+    body = {"position": 0, "draft": draft, "rule": "device"}
+    result = http.post(f"{S}/sessions/{sid}/rounds", json=body).json()
+    with torch.inference_mode():
+        p = torch.log_softmax(generalist.model(torch.tensor([prompt + draft])).logits[0], -1)
+        q = torch.log_softmax(specialist.model(torch.tensor([[5, 6] + draft])).logits[0], -1)
+    assert result["accepted"] is None and len(result["hints"]) == 3
+    for i, hint in enumerate(result["hints"]):
+        row_p, row_q = p[len(prompt) - 1 + i], q[1 + i]
+        assert hint["token_ids"] == torch.topk(row_p, 4).indices.tolist()
+        torch.testing.assert_close(torch.tensor(hint["log_p_G"]), row_p[hint["token_ids"]])
+        torch.testing.assert_close(torch.tensor(hint["log_q_gen"]), row_q[hint["token_ids"]])
+    torch.testing.assert_close(
+        torch.tensor(result["draft_log_p_G"]), p[[2, 3], draft], rtol=1e-5, atol=1e-5
+    )
+    # The ratio test decided in the cloud: one hint, at the first rejected position.
+    body = {"position": 0, "draft": draft, "rule": "ratio", "gamma": 0.0}
+    decided = http.post(f"{S}/sessions/{sid}/rounds", json=body).json()
+    assert decided["accepted"] == 2 and [h["position"] for h in decided["hints"]] == [2]
+
+
+def test_rounds_are_idempotent(http):
+    """A retried round gets the same answer (up to float rounding: the retry's forward covers
+    fewer positions, since the prompt is cached by then)."""
+    sid = open_session(http, top_m=5)
+    body = {"position": 0, "append": [4], "draft": [5, 6, 7], "rule": "device"}
+    first = http.post(f"{S}/sessions/{sid}/rounds", json=body).json()
+    again = http.post(f"{S}/sessions/{sid}/rounds", json=body).json()
+    assert first["length"] == again["length"] == 4
+    assert [h["token_ids"] for h in again["hints"]] == [h["token_ids"] for h in first["hints"]]
+    for key in ("draft_log_p_G",):
+        torch.testing.assert_close(torch.tensor(again[key]), torch.tensor(first[key]))
+    for a, b in zip(again["hints"], first["hints"], strict=True):
+        torch.testing.assert_close(torch.tensor(a["log_p_G"]), torch.tensor(b["log_p_G"]))
+
+
+BAD_ROUNDS = [
+    ({"position": "zero"}, 400, "position", ["position"]),
+    ({"position": 0, "draft": [1, "x"]}, 400, "draft.1", ["draft"]),
+    ({"position": 0, "draft": [-1]}, 400, "draft.0", ["greater than or equal to 0"]),
+    ({"position": 0, "draft": [10**6]}, 400, "draft", ["outside the vocabulary"]),
+    ({"position": 0, "append": [10**6]}, 400, "append", ["outside the vocabulary"]),
+    ({"position": 0, "draft": [1] * 65}, 413, "draft", ["max_draft_tokens"]),
+    ({"position": 9}, 409, "position", ["past the 0 tokens"]),
+    ({"position": 0, "draft": [1, 2], "uniforms": [0.5]}, 400, "uniforms", ["2 tokens"]),
+    ({"position": 0, "draft": [1], "uniforms": [1.5]}, 400, "uniforms.0", ["less than"]),
+    ({"position": 0, "rule": "vote"}, 400, "rule", ["rule"]),
+    ({"position": 0, "gamma": -1}, 400, "gamma", ["gamma"]),
+    ({"position": 0, "private_context": "x"}, 400, "private_context", ["Extra inputs"]),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "param", "words"), BAD_ROUNDS)
+def test_bad_rounds_get_4xx_naming_the_field(http, body, status, param, words):
+    sid = open_session(http)
+    response = http.post(f"{S}/sessions/{sid}/rounds", json=body)
+    error(response, status, *words, param=param)
+
+
+def test_bad_requests_get_4xx_with_a_reason(http):
+    headers = {"content-type": "application/json"}
+    error(http.post(f"{S}/sessions", content=b"{not json", headers=headers), 400, "JSON")
+    error(
+        http.post(f"{S}/sessions", json={"prompt_ids": []}), 400, "at least 1", param="prompt_ids"
+    )
+    error(http.post(f"{S}/sessions", json={"prompt_ids": [1], "top_m": 10**6}), 400, "max_top_m")
+    error(http.post(f"{S}/sessions", json={"prompt_ids": [1], "vocab_size": 10**6}), 400, "vocab")
+    error(http.post(f"{S}/sessions", json={"prompt_ids": [1], "temperature": -1}), 400, "temp")
+    error(http.post(f"{S}/sessions/nope/rounds", json={"position": 0}), 404, "no session")
+    error(http.delete(f"{S}/sessions/nope"), 404, "no session")
+    error(http.get("/no/such/path"), 404)
+    error(http.put(f"{S}/sessions"), 405)
+    long = {"prompt_ids": [1] * 9000}
+    error(http.post(f"{S}/sessions", json=long), 413, "max_prompt_tokens", param="prompt_ids")
+    huge = {"prompt_ids": [1] * 600_000}
+    error(http.post(f"{S}/sessions", json=huge), 413, "max_body_bytes")
+
+
+def test_a_chunked_body_over_the_limit_is_refused(http):
+    def chunks():
+        for _ in range(20):
+            yield b" " * 100_000
+
+    response = http.post(
+        f"{S}/sessions", content=chunks(), headers={"content-type": "application/json"}
+    )
+    error(response, 413, "max_body_bytes")
+
+
+def test_completions_subset_matches_vllm_shapes(http, verifier, generalist):
+    prompt = [3, 4, 5, 6]
+    body = {
+        "prompt": prompt,
+        "max_tokens": 1,
+        "temperature": 0,
+        "logprobs": 3,
+        "prompt_logprobs": 3,
+        "return_tokens_as_token_ids": True,
+    }
+    choice = http.post("/v1/completions", json=body).json()["choices"][0]
+    with torch.inference_mode():
+        rows = torch.log_softmax(generalist.model(torch.tensor([prompt])).logits[0], -1)
+    assert choice["prompt_logprobs"][0] is None and len(choice["prompt_logprobs"]) == 4
+    for i in range(1, 4):
+        entry = choice["prompt_logprobs"][i]
+        assert str(prompt[i]) in entry  # the actual token is always listed
+        top = torch.topk(rows[i - 1], 3).indices.tolist()
+        assert {str(t) for t in top} <= set(entry)
+        assert [entry[str(t)]["rank"] for t in top] == [1, 2, 3]
+    generated = int(torch.argmax(rows[-1]))
+    assert choice["logprobs"]["tokens"] == [f"token_id:{generated}"]
+    assert list(choice["logprobs"]["top_logprobs"][0])[0] == f"token_id:{generated}"
+    echo = {"prompt": prompt, "max_tokens": 0, "echo": True, "logprobs": 1}
+    choice = http.post("/v1/completions", json=echo).json()["choices"][0]
+    assert choice["logprobs"]["token_logprobs"][0] is None
+    assert len(choice["logprobs"]["tokens"]) == 4
+    name = verifier.service.model_name
+    assert http.get("/v1/models").json()["data"][0]["id"] == name
+    assert http.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"prompt": [1], "max_tokens": 5}, 400, "max_tokens"),
+        ({"prompt": [1], "max_tokens": 0}, 400, "max_tokens"),
+        ({"prompt": [1], "max_tokens": 1, "logprobs": 10**6}, 400, "logprobs"),
+        ({"prompt": [1], "max_tokens": 1, "prompt_logprobs": -2}, 400, "prompt_logprobs"),
+        ({"prompt": [1], "max_tokens": 1, "stream": True}, 400, "stream"),
+        ({"prompt": [1], "max_tokens": 1, "n": 2}, 400, "n"),
+        ({"prompt": [1], "max_tokens": 1, "model": "gpt-9"}, 404, "model"),
+        ({"prompt": [], "max_tokens": 1}, 400, "prompt"),
+        ({"prompt": [10**6], "max_tokens": 1}, 400, "prompt"),
+        ({"prompt": [1], "max_tokens": 1, "temperature": 3}, 400, "temperature"),
+    ],
+)
+def test_bad_completions_get_4xx(http, body, status, param):
+    error(http.post("/v1/completions", json=body), status, param=param)
+
+
+def test_tokenize_follows_the_chat_template(http, generalist, monkeypatch):
+    from langchain_specsteer.models import encode_prompt
+
+    messages = [{"role": "user", "content": PROMPTS[2]}]
+    assert not generalist.tokenizer.chat_template
+    error(http.post("/tokenize", json={"messages": messages}), 400, "no chat template")
+    template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
+    monkeypatch.setattr(generalist.tokenizer, "chat_template", template)
+    tokens = http.post("/tokenize", json={"messages": messages}).json()["tokens"]
+    assert tokens == encode_prompt(generalist.tokenizer, PROMPTS[2], chat=True)
+    plain = http.post("/tokenize", json={"prompt": PROMPTS[2]}).json()["tokens"]
+    assert plain == encode_prompt(generalist.tokenizer, PROMPTS[2], chat=False)
+    error(http.post("/tokenize", json={}), 400, "exactly one")
+
+
+@pytest.fixture
+def small_service(generalist, specialist):
+    """A service with two session slots and a short idle expiry, and an API key."""
+    limits = ServiceLimits(max_sessions=2, session_idle_seconds=0.5)
+    service = VerifierService(generalist, specialist, limits=limits)
+    with BackgroundServer(create_app(service, api_key="sesame")) as server:
+        with httpx.Client(base_url=server.url, headers={"Authorization": "Bearer sesame"}) as c:
+            yield service, server, c
+
+
+def test_api_key_is_required_except_for_health(small_service):
+    _, server, _ = small_service
+    with httpx.Client(base_url=server.url) as anonymous:
+        error(anonymous.get(f"{S}/info"), 401, "missing API key")
+        error(anonymous.post("/v1/completions", json={"prompt": [1]}), 401)
+        wrong = {"Authorization": "Bearer nope"}
+        error(
+            anonymous.post(f"{S}/sessions", json={"prompt_ids": [1]}, headers=wrong), 401, "wrong"
+        )
+        assert anonymous.get("/health").status_code == 200
+
+
+def test_sessions_stay_bounded_under_churn(small_service):
+    service, _, http = small_service
+    first = open_session(http)
+    for _ in range(20):
+        open_session(http)
+    assert len(service.sessions) == 2
+    error(http.post(f"{S}/sessions/{first}/rounds", json={"position": 0}), 404, "evicted")
+    recent = open_session(http)
+    time.sleep(0.7)
+    error(http.post(f"{S}/sessions/{recent}/rounds", json={"position": 0}), 404, "expired")
+    assert len(service.sessions) <= 1
+
+
+def test_a_concurrent_second_request_on_one_session_gets_409(small_service):
+    service, _, http = small_service
+    sid = open_session(http)
+    session = service.sessions[sid]
+    with session.busy:  # the first request is still being served
+        error(http.post(f"{S}/sessions/{sid}/rounds", json={"position": 0}), 409, "one at a time")
+        open_session(http)  # another session is unaffected (and evicts none that is busy)
+        open_session(http)
+        assert sid in service.sessions
+    assert http.post(f"{S}/sessions/{sid}/rounds", json={"position": 0}).status_code == 200
+
+
+def test_logs_carry_no_prompt_unless_asked(make_remote_llm, verifier, caplog, specialist):
+    secretive = "Zorblax"
+    with caplog.at_level(logging.INFO, logger="langchain_specsteer.service"):
+        llm = make_remote_llm(method="specsteer", max_new_tokens=8)
+        llm.invoke(f"{secretive} {PROMPTS[0]}", private_context=CONTEXT)
+    events = [json.loads(r.getMessage()) for r in caplog.records]
+    assert {"open", "round"} <= {e["event"] for e in events}
+    prompt_ids = specialist.tokenizer.encode(secretive, add_special_tokens=False)
+    for event in events:
+        assert not {"prompt_ids", "draft", "append"} & set(event)
+        assert secretive not in json.dumps(event)
+    assert all(isinstance(e.get("ms", 0), float | int) for e in events)
+    verifier.service.log_prompts = True
+    try:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="langchain_specsteer.service"):
+            llm.invoke(f"{secretive} {PROMPTS[0]}", private_context=CONTEXT)
+        logged = [json.loads(r.getMessage()) for r in caplog.records]
+        assert any("prompt_ids" in e for e in logged)
+        assert prompt_ids
+    finally:
+        verifier.service.log_prompts = False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(tiny_dir, port: int) -> subprocess.Popen:
+    command = [
+        sys.executable, "-m", "langchain_specsteer", "serve",
+        "--generalist", str(tiny_dir / "generalist"),
+        "--public-specialist", str(tiny_dir / "specialist"),
+        "--port", str(port), "--device", "cpu", "--max-top-m", "4096", "--log-level", "warning",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"specsteer serve exited: {process.stderr.read()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                return process
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    pytest.fail("specsteer serve did not start in 90 s")
+
+
+def test_service_killed_mid_generation_then_restarted(tiny_dir, make_llm, make_remote_llm):
+    """`specsteer serve` killed after the first streamed piece: the text is completed by the
+    specialist and marked degraded; after a restart the same client works again."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = start_server(tiny_dir, port)
+    try:
+        llm = make_remote_llm(
+            url=url,
+            method="specsteer",
+            max_new_tokens=40,
+            client_options={"max_retries": 1, "backoff_s": 0.05, "timeout": 5},
+        )
+        pieces, info = [], None
+        for chunk in llm._stream(PROMPTS[0], None, private_context=CONTEXT):
+            if chunk.generation_info:
+                info = chunk.generation_info
+            pieces.append(chunk.text)
+            if len(pieces) == 1:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+        assert info["degraded"] is True and "ConnectError" in info["degraded_reason"]
+        assert info["new_tokens"] == 40 and info["finish_reason"] == "length"
+        assert pieces[0] and "".join(pieces).startswith(pieces[0])
+
+        process = start_server(tiny_dir, port)
+        text = llm.invoke(PROMPTS[1], private_context=CONTEXT)
+        assert text == make_llm(method="specsteer", max_new_tokens=40).invoke(
+            PROMPTS[1], private_context=CONTEXT
+        )
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_serve_refuses_bad_limits(tiny_dir):
+    command = [sys.executable, "-m", "langchain_specsteer", "serve",
+               "--generalist", str(tiny_dir / "generalist"), "--max-sessions", "0"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "max_sessions must be positive" in result.stderr
+
+
+def test_model_work_is_serialised_across_sessions(small_service, monkeypatch):
+    """Two sessions' rounds never run the model at the same time."""
+    service, _, http = small_service
+    active, overlaps = [0], [0]
+    forward = service.generalist.model.forward
+
+    def tracking(*args, **kwargs):
+        active[0] += 1
+        overlaps[0] = max(overlaps[0], active[0])
+        time.sleep(0.01)
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            active[0] -= 1
+
+    monkeypatch.setattr(service.generalist.model, "forward", tracking)
+    sessions = [open_session(http), open_session(http)]
+
+    def rounds(sid):
+        with httpx.Client(base_url=str(http.base_url), headers=http.headers) as client:
+            for i in range(5):
+                body = {"position": i, "draft": [7, 8], "rule": "device"}
+                assert client.post(f"{S}/sessions/{sid}/rounds", json=body).status_code == 200
+
+    threads = [threading.Thread(target=rounds, args=(sid,)) for sid in sessions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps[0] == 1
