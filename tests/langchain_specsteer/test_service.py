@@ -68,7 +68,7 @@ def test_a_round_equals_the_models_log_probs(http, generalist, specialist):
     result = http.post(f"{S}/sessions/{sid}/rounds", json=body).json()
     with torch.inference_mode():
         p = torch.log_softmax(generalist.model(torch.tensor([prompt + draft])).logits[0], -1)
-        q = torch.log_softmax(specialist.model(torch.tensor([[5, 6] + draft])).logits[0], -1)
+        q = torch.log_softmax(specialist.model(torch.tensor([[5, 6, *draft]])).logits[0], -1)
     assert result["accepted"] is None and len(result["hints"]) == 3
     for i, hint in enumerate(result["hints"]):
         row_p, row_q = p[len(prompt) - 1 + i], q[1 + i]
@@ -174,7 +174,7 @@ def test_completions_subset_matches_vllm_shapes(http, verifier, generalist):
         assert [entry[str(t)]["rank"] for t in top] == [1, 2, 3]
     generated = int(torch.argmax(rows[-1]))
     assert choice["logprobs"]["tokens"] == [f"token_id:{generated}"]
-    assert list(choice["logprobs"]["top_logprobs"][0])[0] == f"token_id:{generated}"
+    assert next(iter(choice["logprobs"]["top_logprobs"][0])) == f"token_id:{generated}"
     echo = {"prompt": prompt, "max_tokens": 0, "echo": True, "logprobs": 1}
     choice = http.post("/v1/completions", json=echo).json()["choices"][0]
     assert choice["logprobs"]["token_logprobs"][0] is None
