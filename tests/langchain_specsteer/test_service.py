@@ -223,9 +223,10 @@ def small_service(generalist, specialist):
     """A service with two session slots and a short idle expiry, and an API key."""
     limits = ServiceLimits(max_sessions=2, session_idle_seconds=0.5)
     service = VerifierService(generalist, specialist, limits=limits)
-    with BackgroundServer(create_app(service, api_key="sesame")) as server:
-        with httpx.Client(base_url=server.url, headers={"Authorization": "Bearer sesame"}) as c:
-            yield service, server, c
+    key = {"Authorization": "Bearer sesame"}
+    app = create_app(service, api_key="sesame")
+    with BackgroundServer(app) as server, httpx.Client(base_url=server.url, headers=key) as c:
+        yield service, server, c
 
 
 def test_api_key_is_required_except_for_health(small_service):
