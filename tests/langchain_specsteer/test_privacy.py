@@ -168,3 +168,82 @@ def test_retrieved_memory_never_reaches_the_public_side(make_llm, recorded, tmp_
         assert all(word not in text for text in recorded["generalist_texts"])
     assert len(callbacks.seen) == 1  # on_llm_start only: retrieval ran without callbacks
     assert "Zorblax" not in callbacks.seen[0]
+
+
+SESSION_FIELDS = {
+    "prompt_ids", "q_gen_prompt_ids", "temperature", "top_m", "vocab_size",  # open
+    "position", "append", "draft", "rule", "gamma", "uniforms",  # round
+}  # fmt: skip
+OPENAI_FIELDS = {
+    "model", "prompt", "max_tokens", "temperature", "logprobs", "prompt_logprobs",
+    "return_tokens_as_token_ids",
+}  # fmt: skip
+TOKENIZE_FIELDS = {"model", "prompt", "messages", "add_generation_prompt", "chat_template_kwargs"}
+
+
+def id_lists(value) -> list[list[int]]:
+    """Every list of ints in a JSON value."""
+    if isinstance(value, list):
+        if value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return [value]
+        return [ids for v in value for ids in id_lists(v)]
+    if isinstance(value, dict):
+        return [ids for v in value.values() for ids in id_lists(v)]
+    return []
+
+
+@pytest.mark.parametrize("client", ["session", "openai"])
+@pytest.mark.parametrize("method", METHODS)
+def test_nothing_private_crosses_the_wire(make_remote_llm, verifier, tmp_path, method, client):
+    """Every request the verifier service receives (URL and body) is recorded, for a call with
+    a private context and one whose context is retrieved from private memory."""
+    from retrievers import PersonalBM25Retriever, PrivateMemory
+
+    decode = verifier.service.generalist.tokenizer.decode
+    encode = verifier.service.generalist.tokenizer.encode
+    prompt = "Tell me something about quantum things."
+    with PrivateMemory(tmp_path / "secret.db") as memory:
+        memory.add([SECRET, "I hate mornings.", "Crunchy is my favourite word."])
+        bm25 = PersonalBM25Retriever.from_memory(memory, k=2)
+        llm = make_remote_llm(client, method=method, gamma=0.3, max_new_tokens=16, retriever=bm25)
+        verifier.requests.clear()
+        explicit = llm.generate([PROMPTS[0]], private_context=[SECRET, "I hate mornings."])
+        retrieved = llm.generate([prompt])
+        context, _ = llm.private_context_for(prompt)
+    assert SECRET in context  # the specialist did get the secret
+    assert explicit.generations[0][0].generation_info["private_context"] is True
+    assert retrieved.generations[0][0].generation_info["retrieved"] == 2
+    requests = list(verifier.requests)
+    if method != "specialist":
+        assert any(r["path"].endswith(("/rounds", "/completions")) for r in requests)
+    # runs the public prompts share with the secret (" quantum") are public
+    secret_runs = runs(encode(SECRET), 5) - runs(encode(prompt), 5) - runs(encode(PROMPTS[0]), 5)
+    allowed = (SESSION_FIELDS if client == "session" else OPENAI_FIELDS) | TOKENIZE_FIELDS
+    for request in requests:
+        raw = request["path"] + request["query"] + request["body"].decode()
+        for word in ("Zorblax", "4417", "Quibble", "mornings", "Crunchy", "marmalade"):
+            assert word not in raw
+        if not request["body"]:
+            continue
+        body = json.loads(request["body"])
+        assert set(body) <= allowed, set(body) - allowed  # no field could carry q_ctx values
+        for ids in id_lists(body):
+            assert not runs(ids, 5) & secret_runs
+            assert "Zorblax" not in decode(ids) and "4417" not in decode(ids)
+
+
+def test_the_wire_recorder_catches_a_leak(make_remote_llm, verifier, monkeypatch):
+    """A deliberately leaky prompt renderer is caught in the recorded request bodies."""
+    llm = make_remote_llm(method="generalist", max_new_tokens=3)
+    encode = type(llm)._encode
+
+    def leaky(self, prompt, context):
+        prompts = encode(self, prompt, context)
+        return type(prompts)(prompts.private, prompts.public_specialist, prompts.private)
+
+    monkeypatch.setattr(type(llm), "_encode", leaky)
+    verifier.requests.clear()
+    llm.invoke(PROMPTS[0], private_context=SECRET)
+    secret_runs = runs(llm.specialist.tokenizer.encode(SECRET, add_special_tokens=False), 5)
+    sent = [ids for r in verifier.requests if r["body"] for ids in id_lists(json.loads(r["body"]))]
+    assert any(runs(ids, 5) & secret_runs for ids in sent)
