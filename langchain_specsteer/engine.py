@@ -81,12 +81,16 @@ class Prompts:
     Attributes:
         private: the specialist's prompt with the private context (c ⊕ x). Device only.
         public_specialist: the specialist's prompt without it (x), for q_gen.
-        public_generalist: the generalist's prompt (x).
+        public_generalist: the generalist's prompt (x); None when it could not be encoded
+            (a remote generalist unreachable), which a method using the generalist treats
+            like any other generalist failure.
     """
 
     private: list[int]
     public_specialist: list[int]
-    public_generalist: list[int]
+    public_generalist: list[int] | None
+    generalist_error: str | None = None
+    """Why `public_generalist` is None (the generalist could not be reached to encode it)."""
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,8 @@ class DecodeRun:
         spec, eng, prompts, V = self.spec, self.engine, self.prompts, self.engine.vocab_size
         ctx = gen = target = None
         if spec.uses_generalist:
+            if prompts.public_generalist is None:
+                raise GeneralistError(prompts.generalist_error or "no generalist prompt")
             target = eng.generalist.open_session(
                 prompts.public_generalist,
                 vocab_size=V,
@@ -204,9 +210,14 @@ class DecodeRun:
 
     def __iter__(self) -> Iterator[Round]:
         p = self.params
-        ctx, gen, target = self._sequences()
-        eos = self.engine.generalist.eos_token_ids | self.engine.specialist.eos_token_ids
         self.stats._start = time.perf_counter()
+        try:
+            ctx, gen, target = self._sequences()
+        except GeneralistError as err:
+            if p.on_generalist_error == "raise":
+                raise
+            ctx, gen, target = self._degrade(None, None, 0, err)
+        eos = self.engine.generalist.eos_token_ids | self.engine.specialist.eos_token_ids
         try:
             while self.stats.new_tokens < p.max_new_tokens:
                 spec = self.spec

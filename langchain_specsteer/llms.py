@@ -24,7 +24,7 @@ from langchain_specsteer.params import (
     template_fields,
 )
 from langchain_specsteer.text import IncrementalDetokenizer, StopStringFilter
-from langchain_specsteer.verification import Generalist
+from langchain_specsteer.verification import Generalist, GeneralistError
 
 __all__ = ["SpecSteerLLM"]
 
@@ -187,13 +187,21 @@ class SpecSteerLLM(LLM, DecodingParams):
         """Token ids of the private (specialist + context) and public prompts of a request."""
         return self._encode(prompt, self.private_context_for(prompt, private_context)[0])
 
-    def _encode(self, prompt: str, context: str) -> Prompts:
+    def _encode(self, prompt: str, context: str, on_generalist_error: str = "raise") -> Prompts:
         private = private_prompt(self.context_template, context, prompt)
         chat = {"chat": self.use_chat_template, "chat_template_kwargs": self.chat_template_kwargs}
+        public_generalist, error = None, None
+        try:  # a remote generalist encodes with its own tokenizer: the first request of a call
+            public_generalist = self.generalist.encode(prompt, **chat)
+        except GeneralistError as err:
+            if on_generalist_error == "raise":
+                raise
+            error = str(err)
         return Prompts(
             private=self.specialist.encode(private, **chat),
             public_specialist=self.specialist.encode(prompt, **chat),
-            public_generalist=self.generalist.encode(prompt, **chat),
+            public_generalist=public_generalist,
+            generalist_error=error,
         )
 
     def stream(
@@ -264,7 +272,7 @@ class SpecSteerLLM(LLM, DecodingParams):
             private_context = private_context.reveal()
         params = self.decoding_params(**kwargs)
         context, retrieved = self.private_context_for(prompt, private_context)
-        prompts = self._encode(prompt, context)
+        prompts = self._encode(prompt, context, params.on_generalist_error)
         run = self._engine.run(prompts, params)
         detokenizer = IncrementalDetokenizer(self.specialist.tokenizer)
         stops = StopStringFilter([*(self.stop or []), *(stop or [])])

@@ -52,7 +52,6 @@ from langchain_specsteer.verification import (
 __all__ = ["OpenAICompatibleGeneralist", "RemoteGeneralist", "TransportStats"]
 
 API_KEY_ENV = "SPECSTEER_API_KEY"
-_RETRYABLE = {409, 429}  # a busy session (an earlier attempt still running), no free slot
 
 
 @dataclass
@@ -108,11 +107,12 @@ class _HTTP:
         content = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         headers = {"content-type": "application/json"} if content is not None else None
         attempts = 1 + (self.max_retries if retries else 0)
-        reason = ""
+        reason, wait_s = "", 0.0
         for attempt in range(attempts):
             if attempt:
                 self.stats.retries += 1
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+                time.sleep(max(self.backoff_s * 2 ** (attempt - 1), wait_s))
+                wait_s = 0.0
             start = time.perf_counter()
             if self.simulated_rtt_s:  # benchmark only: the wire's round-trip latency
                 time.sleep(self.simulated_rtt_s)
@@ -124,9 +124,10 @@ class _HTTP:
             finally:
                 self.stats.seconds += time.perf_counter() - start
             self._count(response)
-            if response.status_code < 500 and response.status_code not in _RETRYABLE:
+            if not _retryable(response):
                 return response
             reason = f"HTTP {response.status_code}: {_reason(response)}"
+            wait_s = _retry_after(response)
         msg = f"{method} {self.base_url}{path} failed after {attempts} attempt(s): {reason}"
         raise GeneralistError(msg)
 
@@ -140,6 +141,31 @@ class _HTTP:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _retryable(response: Any) -> bool:
+    """5xx, no free session slot (429), or a session still busy with an earlier attempt."""
+    status = response.status_code
+    return (
+        status >= 500
+        or status == 429
+        or (status == 409 and _error_type(response) == "session_busy")
+    )
+
+
+def _retry_after(response: Any) -> float:
+    """The server's Retry-After in seconds (capped at 5), or 0."""
+    try:
+        return min(float(response.headers.get("retry-after", 0)), 5.0)
+    except ValueError:
+        return 0.0
+
+
+def _error_type(response: Any) -> str | None:
+    try:
+        return response.json()["error"]["type"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _reason(response: Any) -> str:

@@ -93,14 +93,19 @@ class ServiceLimits:
 class ServiceError(Exception):
     """A request the service refuses: HTTP `status` with a reason (and the field, if one)."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None):
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, type: str | None = None
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
+        self._type = type
 
     @property
     def type(self) -> str:
+        if self._type:
+            return self._type
         return {
             400: "invalid_request_error",
             401: "authentication_error",
@@ -271,7 +276,7 @@ class VerifierService:
         session = self._get(session_id)
         if not session.busy.acquire(blocking=False):
             msg = f"session {session_id} is already serving a request; send one at a time"
-            raise ServiceError(409, msg)
+            raise ServiceError(409, msg, type="session_busy")
         try:
             return self._round(session, request)
         finally:
@@ -636,7 +641,7 @@ def create_app(
 
     def error_response(status: int, message: str, type_: str, param: str | None) -> JSONResponse:
         body = {"error": {"message": message, "type": type_, "param": param, "code": status}}
-        headers = {"Retry-After": "1"} if status in (409, 429) else None
+        headers = {"Retry-After": "1"} if status == 429 else None
         return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(ServiceError)
@@ -654,6 +659,11 @@ def create_app(
             for e in problems[:5]
         )
         return error_response(400, message or "invalid request", "invalid_request_error", param)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, err: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return error_response(500, f"internal error: {type(err).__name__}", "server_error", None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, err: StarletteHTTPException) -> JSONResponse:
@@ -726,6 +736,17 @@ def create_app(
         return Response(status_code=200)
 
     app.include_router(protected)
+    openapi = app.openapi
+
+    def openapi_without_422() -> dict:
+        """FastAPI documents a 422 for bodies; this service answers 400 (as vLLM does)."""
+        schema = openapi()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        return schema
+
+    app.openapi = openapi_without_422
     return app
 
 

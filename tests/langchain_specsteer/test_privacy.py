@@ -90,8 +90,8 @@ def test_the_recorder_catches_a_leak(make_llm, recorded, monkeypatch):
     llm = make_llm(method="generalist", max_new_tokens=3)
     encode = type(llm)._encode
 
-    def leaky(self, prompt, context):
-        prompts = encode(self, prompt, context)
+    def leaky(self, prompt, context, *args):
+        prompts = encode(self, prompt, context, *args)
         return type(prompts)(prompts.private, prompts.public_specialist, prompts.private)
 
     monkeypatch.setattr(type(llm), "_encode", leaky)
@@ -237,8 +237,8 @@ def test_the_wire_recorder_catches_a_leak(make_remote_llm, verifier, monkeypatch
     llm = make_remote_llm(method="generalist", max_new_tokens=3)
     encode = type(llm)._encode
 
-    def leaky(self, prompt, context):
-        prompts = encode(self, prompt, context)
+    def leaky(self, prompt, context, *args):
+        prompts = encode(self, prompt, context, *args)
         return type(prompts)(prompts.private, prompts.public_specialist, prompts.private)
 
     monkeypatch.setattr(type(llm), "_encode", leaky)

@@ -204,3 +204,21 @@ def test_a_service_with_another_vocabulary_is_refused(specialist, verifier, monk
     monkeypatch.setitem(specialist.__dict__, "vocab_signature", "0" * 32)
     with pytest.raises(ValueError, match="different vocabularies"):
         SpecSteerLLM(specialist=specialist, generalist=generalist)
+
+
+def test_a_cloud_down_before_the_call_gives_the_specialists_text(
+    make_llm, make_remote_llm, verifier
+):
+    """Even the prompt's tokenisation fails: the specialist writes the whole text."""
+    with BackgroundServer(create_app(verifier.service)) as server:
+        llm = make_remote_llm(
+            url=server.url,
+            method="specsteer",
+            client_options={"max_retries": 1, "backoff_s": 0.01},
+        )
+        llm.generalist.info  # noqa: B018 - fetched while the service is up
+    text, info = generate(llm)
+    assert info["degraded"] is True and "ConnectError" in info["degraded_reason"]
+    assert text == generate(make_llm(method="specialist"))[0]
+    with pytest.raises(GeneralistError, match="ConnectError"):
+        generate(llm, on_generalist_error="raise")
