@@ -1,0 +1,676 @@
+#!/usr/bin/env python
+"""The network benchmark: every method in-process, over our session protocol and vLLM's dialect.
+
+    python -m eval.bench_remote                                  # the shipped demo pair
+    python -m eval.bench_remote --cases 6 --max-new-tokens 64 --latencies 0,20,50
+    python -m eval.bench_remote --pair tiny --data data/world    # the tiny random pair
+
+One process holds the models (on the CPU) and serves them on loopback: a `VerifierService`
+with the generalist and, as its public specialist, the very specialist object the device
+uses, behind `BackgroundServer(create_app(service))`. On the same held-out product reviews
+as `eval.bench` (first --cases of the split, BM25 top-k profile entries as private context),
+it measures:
+
+1. every method through three transports: in-process (`LocalGeneralist`), our session
+   protocol (`RemoteGeneralist`: KV caches and q_gen in the service) and the OpenAI dialect
+   (`OpenAICompatibleGeneralist`: stateless, q_gen on the device), both with hints of 20
+   (vLLM's `max_logprobs`). Per method and transport: tokens/s, the HTTP path's overhead per
+   generalist round over in-process, requests per token, bytes up and down per generated
+   token (bodies, and bodies + headers), requests per generation beyond the rounds, and the
+   share of outputs identical to the in-process text;
+2. the same with hints as large as the vocabulary on the first --exact-cases cases, where
+   the remote outputs must equal the in-process ones;
+3. an injected round-trip latency d (`RemoteGeneralist(simulated_rtt_s=d)`, a sleep before
+   every request) for d in --latencies: tokens/s of `generalist`, `light_costeer` and
+   `specsteer`, next to the simple model  time(d) ≈ time(0) + requests · d.
+
+The per-token methods pay one round trip per token; SpecSteer pays one per round.
+
+Timing is the wall time of `SpecSteerLLM.generate` (prompt encoding, over /tokenize for the
+remote clients, included); the decode loop's own clock is kept in the JSON. Transports
+rotate from case to case (and settings within the latency sweep), so machine noise hits all
+alike, after one short warm-up generation of each. Writes `bench_remote.json` (everything,
+every generation) and `bench_remote.md` (the tables, also printed) into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from langchain_core.documents import Document
+
+from eval.__main__ import _floats
+from eval.bench import DASH, DEMO_PAIR, METHODS, TASK, _num, machine_info, rotated
+from eval.data import load_longlamp
+from eval.prompts import retrieve_profile
+from langchain_specsteer import LocalGeneralist, LocalSpecialist, SpecSteerEngine, SpecSteerLLM
+from langchain_specsteer.remote import OpenAICompatibleGeneralist, RemoteGeneralist
+from langchain_specsteer.service import (
+    BackgroundServer,
+    ServiceLimits,
+    VerifierService,
+    create_app,
+)
+from langchain_specsteer.verification import Generalist
+from retrievers import task_templates
+
+__all__ = [
+    "SWEEP_METHODS",
+    "TRANSPORTS",
+    "Case",
+    "Generation",
+    "main",
+    "markdown_report",
+    "summarise_latency",
+    "summarise_transports",
+]
+
+LOCAL, SESSION, OPENAI = "in_process", "session", "openai"
+TRANSPORTS = (LOCAL, SESSION, OPENAI)
+SWEEP_METHODS = ("generalist", "light_costeer", "specsteer")
+HINT = 20  # top_m / top_logprobs of the main table: vLLM's default max_logprobs
+WARMUP_TOKENS = 8
+TINY = "tiny"
+
+
+# ---------------------------------------------------------------- the pair and the cases
+
+
+@dataclass(frozen=True)
+class Case:
+    """One held-out example: its public request and its private context (retrieved once)."""
+
+    id: str
+    prompt: str
+    documents: list[Document]
+
+
+def load_pair(pair: str, seed: int) -> tuple[LocalSpecialist, LocalGeneralist]:
+    """The specialist and generalist of a pair folder (specialist/, generalist/) on the CPU,
+    or the tiny random pair of `langchain_specsteer.tiny` for `pair == "tiny"`."""
+    if pair == TINY:
+        from langchain_specsteer.tiny import tiny_pair
+
+        return tiny_pair(seed)
+    folder = Path(pair)
+    return (
+        LocalSpecialist.from_pretrained(str(folder / "specialist"), device="cpu"),
+        LocalGeneralist.from_pretrained(str(folder / "generalist"), device="cpu"),
+    )
+
+
+def load_cases(data: str, split: str, cases: int, k: int) -> list[Case]:
+    """The first `cases` examples of the split, with BM25 top-k profile entries (as eval.bench)."""
+    folder = Path(data)
+    if not folder.exists():  # the default data/world: `python -m eval.world --out data/world`
+        from eval.world import write_world
+
+        print(f"[bench_remote] writing the synthetic world into {folder}", file=sys.stderr)
+        write_world(folder)
+    examples = load_longlamp(TASK, split=split, source=str(folder), limit=cases)
+    return [
+        Case(example.id, example.input, retrieve_profile(example, TASK, "bm25", k))
+        for example in examples
+    ]
+
+
+# ---------------------------------------------------------------- one generation
+
+
+@dataclass
+class Generation:
+    """One generation of one method through one transport, with what went over the wire."""
+
+    case: str
+    method: str
+    transport: str
+    hint: int | None  # top_m / top_logprobs (None in-process: the whole vocabulary)
+    rtt_ms: float
+    text: str
+    wall_seconds: float  # SpecSteerLLM.generate, end to end
+    decode_seconds: float  # the engine's clock: the decoding loop
+    new_tokens: int
+    rounds: int
+    generalist_calls: int
+    drafted: int
+    accepted: int
+    requests: int = 0
+    retries: int = 0
+    reopened: int = 0
+    body_bytes_sent: int = 0
+    body_bytes_received: int = 0
+    header_bytes_sent: int = 0
+    header_bytes_received: int = 0
+
+
+def generate(
+    llm: SpecSteerLLM,
+    case: Case,
+    method: str,
+    transport: str,
+    *,
+    hint: int | None = None,
+    rtt_ms: float = 0.0,
+    **overrides: Any,
+) -> Generation:
+    """Decode one case with `llm` (its generalist is the transport), counting its traffic."""
+    stats = getattr(llm.generalist, "stats", None)
+    if stats is not None:
+        stats.reset()
+    start = time.perf_counter()
+    result = llm.generate([case.prompt], private_context=case.documents, method=method, **overrides)
+    wall = time.perf_counter() - start
+    output = result.generations[0][0]
+    info = output.generation_info or {}
+    if info.get("degraded"):  # on_generalist_error="raise" should make this unreachable
+        msg = f"{method} over {transport} degraded: {info.get('degraded_reason')}"
+        raise RuntimeError(msg)
+    counted = {} if stats is None else asdict(stats)
+    counted.pop("seconds", None)  # time inside requests; the wall clock above covers it
+    return Generation(
+        case=case.id,
+        method=method,
+        transport=transport,
+        hint=hint,
+        rtt_ms=rtt_ms,
+        text=output.text,
+        wall_seconds=wall,
+        decode_seconds=info["seconds"],
+        new_tokens=info["new_tokens"],
+        rounds=info["rounds"],
+        generalist_calls=info["generalist_calls"],
+        drafted=info["drafted"],
+        accepted=info["accepted"],
+        **counted,
+    )
+
+
+# ---------------------------------------------------------------- the service and the clients
+
+
+def nodelay(server: BackgroundServer) -> None:
+    """TCP_NODELAY on the server's listening socket, before it accepts (Linux: inherited).
+
+    `BackgroundServer` binds `socket.socket(AF_INET, SOCK_STREAM)`, whose proto is 0, and
+    asyncio sets TCP_NODELAY only on accepted sockets whose proto is IPPROTO_TCP: without
+    this, Nagle's algorithm holds each small response body until the client's delayed ACK,
+    about 40 ms a request on Linux loopback (`specsteer serve`, via `uvicorn.run`, is fine).
+    """
+    server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def make_llm(
+    specialist: LocalSpecialist, generalist: Generalist, args: argparse.Namespace
+) -> SpecSteerLLM:
+    return SpecSteerLLM(
+        specialist=specialist,
+        generalist=generalist,
+        max_new_tokens=args.max_new_tokens,
+        gamma=args.gamma,
+        draft_tokens=args.draft_tokens,
+        on_generalist_error="raise",  # a failed request must fail the benchmark, not hide
+        **task_templates(TASK),
+    )
+
+
+def clients(url: str, model: str, hint: int) -> dict[str, Generalist]:
+    """The two remote transports with hints of `hint` candidates per position."""
+    return {
+        SESSION: RemoteGeneralist(url, top_m=hint),
+        OPENAI: OpenAICompatibleGeneralist(url, model, top_logprobs=hint),
+    }
+
+
+# ---------------------------------------------------------------- the three phases
+
+
+def warm_up(llms: dict[str, SpecSteerLLM], case: Case) -> None:
+    """One short generation of every method through every transport (not counted)."""
+    for method in METHODS:
+        for transport, llm in llms.items():
+            generate(llm, case, method, transport, max_new_tokens=WARMUP_TOKENS)
+
+
+def run_transports(
+    llms: dict[str, SpecSteerLLM], cases: Sequence[Case], hints: dict[str, int | None]
+) -> list[Generation]:
+    """Every method through every transport on every case; both orders rotate per case."""
+    runs = []
+    for index, case in enumerate(cases):
+        for method in rotated(METHODS, index):
+            for transport in rotated(list(llms), index):
+                runs.append(
+                    generate(llms[transport], case, method, transport, hint=hints[transport])
+                )
+    return runs
+
+
+def run_exact(llms: dict[str, SpecSteerLLM], cases: Sequence[Case], hint: int) -> list[Generation]:
+    """The remote transports with hints as large as the vocabulary (generalist methods only)."""
+    methods = [m for m in METHODS if m != "specialist"]
+    return [
+        generate(llm, case, method, transport, hint=hint)
+        for case in cases
+        for method in methods
+        for transport, llm in llms.items()
+    ]
+
+
+def run_latency(
+    llms: dict[float, SpecSteerLLM], cases: Sequence[Case], hint: int
+) -> list[Generation]:
+    """`SWEEP_METHODS` over the session protocol at each injected round trip (ms)."""
+    settings = [(rtt, method) for rtt in llms for method in SWEEP_METHODS]
+    return [
+        generate(llms[rtt], case, method, SESSION, hint=hint, rtt_ms=rtt)
+        for index, case in enumerate(cases)
+        for rtt, method in rotated(settings, index)
+    ]
+
+
+# ---------------------------------------------------------------- summaries
+
+
+def _sum(runs: Sequence[Generation], field: str) -> float:
+    return sum(getattr(run, field) for run in runs)
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def _same_text(runs: Sequence[Generation], reference: dict[tuple[str, str], str]) -> float:
+    same = [run.text == reference[run.case, run.method] for run in runs]
+    return sum(same) / len(same)
+
+
+def traffic(runs: Sequence[Generation]) -> dict[str, Any]:
+    """Requests and bytes of some generations: totals, per generated token, per generation."""
+    tokens = _sum(runs, "new_tokens")
+    up, down = _sum(runs, "body_bytes_sent"), _sum(runs, "body_bytes_received")
+    up_all = up + _sum(runs, "header_bytes_sent")
+    down_all = down + _sum(runs, "header_bytes_received")
+    requests = _sum(runs, "requests")
+    extra = requests - _sum(runs, "generalist_calls") if requests else 0
+    return {
+        "requests": requests,
+        "requests_per_token": _ratio(requests, tokens),
+        "extra_requests_per_generation": extra / len(runs),
+        "body_up_per_token": _ratio(up, tokens),
+        "body_down_per_token": _ratio(down, tokens),
+        "total_up_per_token": _ratio(up_all, tokens),
+        "total_down_per_token": _ratio(down_all, tokens),
+    }
+
+
+def summarise_transports(runs: Sequence[Generation]) -> list[dict[str, Any]]:
+    """One row per (method, transport), in METHODS order: speed, overhead, traffic, equality.
+
+    The overhead per round is (Σ remote seconds − Σ in-process seconds) / Σ generalist calls
+    over the same cases: wall time (`overhead_ms_per_round`) and the decode loop alone
+    (`loop_overhead_ms_per_round`, without prompt encoding and closing the session).
+    """
+    groups: dict[tuple[str, str], list[Generation]] = {}
+    for run in runs:
+        groups.setdefault((run.method, run.transport), []).append(run)
+    reference = {(r.case, r.method): r.text for r in runs if r.transport == LOCAL}
+    rows = []
+    for method in METHODS:
+        local = groups.get((method, LOCAL), [])
+        for transport in TRANSPORTS:
+            group = groups.get((method, transport))
+            if not group:
+                continue
+            tokens, wall = _sum(group, "new_tokens"), _sum(group, "wall_seconds")
+            calls = _sum(group, "generalist_calls")
+            row = {
+                "method": method,
+                "transport": transport,
+                "hint": group[0].hint,
+                "examples": len(group),
+                "new_tokens": tokens,
+                "wall_seconds": wall,
+                "decode_seconds": _sum(group, "decode_seconds"),
+                "tokens_per_second": _ratio(tokens, wall),
+                "generalist_calls": calls,
+                "generalist_calls_per_token": _ratio(calls, tokens),
+                "overhead_ms_per_round": None,
+                "loop_overhead_ms_per_round": None,
+                "same_text": _same_text(group, reference) if local and transport != LOCAL else None,
+                **traffic(group),
+            }
+            if transport != LOCAL and local and calls:
+                for key, field in (
+                    ("overhead_ms_per_round", "wall_seconds"),
+                    ("loop_overhead_ms_per_round", "decode_seconds"),
+                ):
+                    row[key] = 1e3 * (_sum(group, field) - _sum(local, field)) / calls
+            rows.append(row)
+    return rows
+
+
+def summarise_exact(
+    exact: Sequence[Generation], main_runs: Sequence[Generation]
+) -> list[dict[str, Any]]:
+    """Per remote transport with full hints: identical outputs and bytes per token."""
+    reference = {(r.case, r.method): r.text for r in main_runs if r.transport == LOCAL}
+    rows = []
+    for transport in (SESSION, OPENAI):
+        group = [run for run in exact if run.transport == transport]
+        if not group:
+            continue
+        rows.append(
+            {
+                "transport": transport,
+                "hint": group[0].hint,
+                "generations": len(group),
+                "identical": sum(r.text == reference[r.case, r.method] for r in group),
+                "different": sorted(
+                    {r.method for r in group if r.text != reference[r.case, r.method]}
+                ),
+                "seconds": _sum(group, "wall_seconds"),
+                **traffic(group),
+            }
+        )
+    return rows
+
+
+def summarise_latency(runs: Sequence[Generation]) -> list[dict[str, Any]]:
+    """Per (method, round trip): measured tokens/s and the model's, and the ratio to
+    `light_costeer` at the same round trip.
+
+    Model: a generation at round trip d takes its time at d = 0 (same case and method) plus
+    requests · d; with greedy decoding the requests at every d are the same.
+    """
+    base = {(r.case, r.method): r.wall_seconds for r in runs if r.rtt_ms == 0}
+    rows = []
+    for rtt in sorted({r.rtt_ms for r in runs}):
+        for method in SWEEP_METHODS:
+            group = [r for r in runs if r.rtt_ms == rtt and r.method == method]
+            tokens = _sum(group, "new_tokens")
+            wall = _sum(group, "wall_seconds")
+            predicted = sum(base[r.case, method] + r.requests * rtt / 1e3 for r in group)
+            rows.append(
+                {
+                    "method": method,
+                    "rtt_ms": rtt,
+                    "examples": len(group),
+                    "new_tokens": tokens,
+                    "requests": _sum(group, "requests"),
+                    "requests_per_token": _ratio(_sum(group, "requests"), tokens),
+                    "wall_seconds": wall,
+                    "predicted_seconds": predicted,
+                    "tokens_per_second": _ratio(tokens, wall),
+                    "predicted_tokens_per_second": _ratio(tokens, predicted),
+                }
+            )
+    by_key = {(row["rtt_ms"], row["method"]): row for row in rows}
+    for row in rows:
+        light = by_key[row["rtt_ms"], "light_costeer"]
+        for key in ("tokens_per_second", "predicted_tokens_per_second"):
+            row[f"{key}_vs_light_costeer"] = _ratio(row[key], light[key])
+    return rows
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1) -> str:
+    """A Markdown table: the first `text_columns` columns left-aligned, numbers right."""
+    align = ["---" if i < text_columns else "---:" for i in range(len(header))]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in (header, align, *rows))
+
+
+def _percent(fraction: float | None) -> str:
+    return DASH if fraction is None else f"{100 * fraction:.0f} %"
+
+
+def transports_table(rows: Sequence[dict[str, Any]]) -> str:
+    header = [
+        "Method", "Transport", "tokens/s", "G calls/token", "ms/round vs in-proc",
+        "req./token", "extra req./gen", "up B/token", "down B/token", "up+hdr", "down+hdr",
+        "same text",
+    ]  # fmt: skip
+    body = [
+        [
+            row["method"],
+            row["transport"],
+            _num(row["tokens_per_second"], ".1f"),
+            _num(row["generalist_calls_per_token"]),
+            _num(row["overhead_ms_per_round"], "+.2f"),
+            _num(row["requests_per_token"]) if row["transport"] != LOCAL else DASH,
+            _num(row["extra_requests_per_generation"], ".1f")
+            if row["transport"] != LOCAL
+            else DASH,
+            *(
+                _num(row[key], ".0f") if row["transport"] != LOCAL else DASH
+                for key in (
+                    "body_up_per_token",
+                    "body_down_per_token",
+                    "total_up_per_token",
+                    "total_down_per_token",
+                )
+            ),
+            _percent(row["same_text"]) if row["transport"] != LOCAL else DASH,
+        ]
+        for row in rows
+    ]
+    return _table(header, body, 2)
+
+
+def exact_table(rows: Sequence[dict[str, Any]]) -> str:
+    header = ["Transport", "hint", "identical / generations", "down B/token", "seconds"]
+    body = [
+        [
+            row["transport"],
+            str(row["hint"]),
+            f"{row['identical']} / {row['generations']}"
+            + (f" (differ: {', '.join(row['different'])})" if row["different"] else ""),
+            _num(row["body_down_per_token"], ".0f"),
+            _num(row["seconds"], ".1f"),
+        ]
+        for row in rows
+    ]
+    return _table(header, body)
+
+
+def latency_table(rows: Sequence[dict[str, Any]]) -> str:
+    header = [
+        "Method", "RTT ms", "req./token", "tokens/s", "model tokens/s",
+        "× light_costeer", "model ×",
+    ]  # fmt: skip
+    body = [
+        [
+            row["method"],
+            _num(row["rtt_ms"], "g"),
+            _num(row["requests_per_token"]),
+            _num(row["tokens_per_second"], ".1f"),
+            _num(row["predicted_tokens_per_second"], ".1f"),
+            _num(row["tokens_per_second_vs_light_costeer"], ".2f", "×"),
+            _num(row["predicted_tokens_per_second_vs_light_costeer"], ".2f", "×"),
+        ]
+        for row in rows
+    ]
+    return _table(header, body)
+
+
+def markdown_report(record: dict[str, Any]) -> str:
+    config, machine = record["config"], record["machine"]
+    exact = record["exact"]
+    lines = [
+        "# SpecSteer over HTTP: loopback overhead, bytes per token, round-trip latency",
+        "",
+        f"Pair `{config['pair']}` ({record['vocab_size']}-token vocabulary); "
+        f"{record['examples']} held-out {TASK} examples ({config['split']} of "
+        f"`{config['data']}`), BM25 top-{config['k']} profile entries as private context; "
+        f"greedy, max_new_tokens {config['max_new_tokens']}, K={config['draft_tokens']}, "
+        f"γ={config['gamma']:g}. Service on loopback in the same process "
+        f"(TCP_NODELAY {'off: Nagle as BackgroundServer leaves it' if config['nagle'] else 'on'}"
+        f"), public specialist hosted; torch {machine['torch']}, {machine['device']}, "
+        f"{config['threads']} threads.",
+        "",
+        f"## Transports (hints of {HINT})",
+        "",
+        transports_table(record["transports"]),
+        "",
+        "tokens/s: Σtokens / Σwall time of `generate` (prompt encoding included). "
+        "ms/round vs in-proc: (Σremote − Σin-process wall seconds) / Σgeneralist calls. "
+        "Bytes per generated token: bodies (+ URL path) and bodies + headers. extra req./gen: "
+        "requests beyond the generalist rounds (/tokenize, opening and closing a session). "
+        "same text: share of cases whose output equals the in-process one.",
+        "",
+    ]
+    if exact:
+        lines += [
+            "## Exact hints (top_m = top_logprobs = the vocabulary)",
+            "",
+            exact_table(exact),
+            "",
+            f"Every method but `specialist` on the first {config['exact_cases']} case(s), "
+            "compared with the in-process output.",
+            "",
+        ]
+    lines += [
+        f"## Injected round-trip latency (session protocol, hints of {HINT})",
+        "",
+        latency_table(record["latency"]),
+        "",
+        "A sleep of RTT before every request (`RemoteGeneralist(simulated_rtt_s=...)`). "
+        "Model: time = time at RTT 0 (same case and method) + requests · RTT.",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _latencies(text: str) -> list[float]:
+    values = _floats(text)
+    if any(v < 0 for v in values):
+        msg = f"expected non-negative milliseconds such as 0,20,50, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return sorted({0.0, *values})  # the model needs the time at 0
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.bench_remote",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--pair",
+        default=str(DEMO_PAIR),
+        help=f"folder with specialist/ and generalist/, or {TINY!r} (the tiny random pair)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="torch seed; the tiny pair's seed")
+    parser.add_argument(
+        "--data",
+        default="data/world",
+        help="LongLaMP-schema folder, as eval.bench's (eval.world writes it here if missing)",
+    )
+    parser.add_argument("--split", default="test", choices=("val", "test"))
+    parser.add_argument("--cases", type=int, default=6, help="held-out examples used")
+    parser.add_argument("--k", type=int, default=3, help="BM25 profile entries retrieved")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--gamma", type=float, default=0.5)
+    parser.add_argument("--draft-tokens", type=int, default=6)
+    parser.add_argument(
+        "--latencies", type=_latencies, default=[0.0, 20.0, 50.0], metavar="MS,..",
+        help="injected round trips in ms (0 is always added)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--exact-cases", type=int, default=1, help="cases run with full-vocabulary hints (0: none)"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument(
+        "--nagle",
+        action="store_true",
+        help="leave BackgroundServer's sockets without TCP_NODELAY (~40 ms stalls)",
+    )
+    parser.add_argument("--out", default="runs/bench_remote", help="output folder")
+    args = parser.parse_args(argv)
+    if args.cases < 1 or args.max_new_tokens < 1 or args.exact_cases < 0:
+        parser.error("--cases and --max-new-tokens must be positive, --exact-cases at least 0")
+    if args.pair != TINY and not (Path(args.pair) / "specialist").is_dir():
+        parser.error(f"--pair {args.pair}: no specialist/ folder there")
+    return args
+
+
+def _write(out: Path, record: dict[str, Any], report: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(record, indent=2, ensure_ascii=False, default=str)
+    (out / "bench_remote.json").write_text(text + "\n", encoding="utf-8")
+    (out / "bench_remote.md").write_text(report + "\n", encoding="utf-8")
+
+
+def _phase(name: str, start: float) -> None:
+    print(f"[bench_remote] {name} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None, *, progress: Callable[[str], None] = print) -> dict:
+    """Run the benchmark; write bench_remote.json and bench_remote.md; return the record."""
+    args = parse_args(argv)
+    start = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    specialist, generalist = load_pair(args.pair, args.seed)
+    cases = load_cases(args.data, args.split, args.cases, args.k)
+    vocab = min(specialist.vocab_size, generalist.vocab_size)
+    limits = ServiceLimits(max_top_m=vocab, max_logprobs=vocab)  # full-vocabulary hints allowed
+    service = VerifierService(generalist, public_specialist=specialist, limits=limits)
+    server = BackgroundServer(create_app(service))
+    if not args.nagle:
+        nodelay(server)
+    with server:
+        url, model = server.url, service.model_name
+        llms = {LOCAL: make_llm(specialist, generalist, args)}
+        llms |= {
+            name: make_llm(specialist, c, args) for name, c in clients(url, model, HINT).items()
+        }
+        warm_up(llms, cases[0])
+        _phase("warm-up done", start)
+        hints = {LOCAL: None, SESSION: HINT, OPENAI: HINT}
+        runs = run_transports(llms, cases, hints)
+        _phase("transports done", start)
+        exact_llms = {
+            name: make_llm(specialist, c, args) for name, c in clients(url, model, vocab).items()
+        }
+        exact = run_exact(exact_llms, cases[: args.exact_cases], vocab)
+        _phase("exact hints done", start)
+        latency_llms = {
+            rtt: make_llm(
+                specialist, RemoteGeneralist(url, top_m=HINT, simulated_rtt_s=rtt / 1e3), args
+            )
+            for rtt in args.latencies
+        }
+        latency = run_latency(latency_llms, cases, HINT)
+        _phase("latency sweep done", start)
+    record = {
+        "config": vars(args),
+        "machine": machine_info(llms[LOCAL], SpecSteerEngine(specialist, generalist)),
+        "examples": len(cases),
+        "vocab_size": vocab,
+        "transports": summarise_transports(runs),
+        "exact": summarise_exact(exact, runs),
+        "latency": summarise_latency(latency),
+        "seconds": time.perf_counter() - start,
+        "generations": [asdict(g) for g in [*runs, *exact, *latency]],
+    }
+    report = markdown_report(record)
+    _write(Path(args.out), record, report)
+    progress(report)
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""The network benchmark end to end on the tiny random pair: structure, traffic and oracles."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eval.bench import METHODS
+from eval.bench_remote import SWEEP_METHODS, TRANSPORTS, main
+from eval.world import write_world
+
+RTTS = (0.0, 20.0)
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_dir, tmp_path_factory):
+    """One small run: 1 held-out example, 3 new tokens, round trips of 0 and 20 ms."""
+    root = tmp_path_factory.mktemp("bench_remote")
+    write_world(root / "world", users=12)  # 10 % of 12 users: 1 test example
+    out = root / "out"
+    printed: list[str] = []
+    record = main(
+        [
+            *("--pair", str(tiny_dir), "--data", str(root / "world"), "--cases", "1"),
+            *("--max-new-tokens", "3", "--latencies", "20", "--exact-cases", "1"),
+            *("--threads", "1", "--out", str(out)),
+        ],
+        progress=printed.append,
+    )
+    return record, out, printed
+
+
+def _rows(record):
+    return {(row["method"], row["transport"]): row for row in record["transports"]}
+
+
+def test_every_method_through_every_transport(bench):
+    record, _, _ = bench
+    rows = _rows(record)
+    assert list(rows) == [(m, t) for m in METHODS for t in TRANSPORTS]
+    for (method, transport), row in rows.items():
+        assert row["examples"] == 1
+        assert 1 <= row["new_tokens"] <= 3
+        assert row["tokens_per_second"] > 0
+        if transport == "in_process":
+            assert row["requests"] == 0
+            assert row["same_text"] is None
+            continue
+        # every remote generation encodes its prompt over /tokenize, at least
+        assert row["requests"] >= 1
+        assert row["body_up_per_token"] > 0
+        assert row["body_down_per_token"] > 0
+        assert row["total_up_per_token"] > row["body_up_per_token"]
+        assert row["total_down_per_token"] > row["body_down_per_token"]
+        assert row["extra_requests_per_generation"] >= 1
+        assert 0 <= row["same_text"] <= 1
+        if method == "specialist":
+            assert row["generalist_calls"] == 0
+            assert row["overhead_ms_per_round"] is None
+        else:
+            assert row["requests"] > row["generalist_calls"] >= 1
+            assert row["overhead_ms_per_round"] is not None
+
+
+def test_rounds_per_token(bench):
+    rows = _rows(bench[0])
+    for transport in TRANSPORTS:
+        for method in ("generalist", "light_costeer", "costeer"):
+            assert rows[method, transport]["generalist_calls_per_token"] == 1
+        specsteer = rows["specsteer", transport]["generalist_calls_per_token"]
+        assert 0 < specsteer <= 1
+
+
+def test_outputs_that_must_match_in_process(bench):
+    """`generalist`, `specialist` and `speculative` pick from p_G's top tokens (or q_ctx
+    alone), which every hint holds; with full-vocabulary hints every method matches."""
+    record, _, _ = bench
+    rows = _rows(record)
+    for method in ("generalist", "specialist", "speculative"):
+        for transport in ("session", "openai"):
+            assert rows[method, transport]["same_text"] == 1
+    exact = {row["transport"]: row for row in record["exact"]}
+    assert set(exact) == {"session", "openai"}
+    for row in exact.values():
+        assert row["hint"] == record["vocab_size"]
+        assert row["generations"] == len(METHODS) - 1
+        assert row["identical"] == row["generations"]
+        assert row["different"] == []
+
+
+def test_the_session_protocol_sends_fewer_bytes_than_the_openai_dialect(bench):
+    """Stateless rounds resend every token and get prompt log-probs of every position back."""
+    rows = _rows(bench[0])
+    session, openai = rows["specsteer", "session"], rows["specsteer", "openai"]
+    assert session["body_up_per_token"] < openai["body_up_per_token"]
+    assert session["body_down_per_token"] < openai["body_down_per_token"]
+    assert session["total_down_per_token"] < openai["total_down_per_token"]
+
+
+def test_latency_rows_and_the_model(bench):
+    record, _, _ = bench
+    rows = {(row["rtt_ms"], row["method"]): row for row in record["latency"]}
+    assert list(rows) == [(rtt, method) for rtt in RTTS for method in SWEEP_METHODS]
+    for (rtt, _method), row in rows.items():
+        assert row["examples"] == 1
+        assert row["requests"] >= 1
+        assert row["tokens_per_second"] > 0
+        assert row["predicted_tokens_per_second"] > 0
+        # every request sleeps the round trip first
+        assert row["wall_seconds"] >= row["requests"] * rtt / 1e3
+        if rtt == 0:
+            assert row["predicted_seconds"] == pytest.approx(row["wall_seconds"])
+        assert row["tokens_per_second_vs_light_costeer"] > 0
+    for rtt in RTTS:
+        assert rows[rtt, "light_costeer"]["tokens_per_second_vs_light_costeer"] == 1
+        spec, light = rows[rtt, "specsteer"], rows[rtt, "light_costeer"]
+        assert spec["requests"] / spec["new_tokens"] <= light["requests"] / light["new_tokens"]
+
+
+def test_outputs_are_written_and_printed(bench):
+    record, out, printed = bench
+    saved = json.loads((out / "bench_remote.json").read_text(encoding="utf-8"))
+    assert saved["config"]["cases"] == 1
+    assert saved["config"]["latencies"] == list(RTTS)
+    assert saved["transports"] == record["transports"]
+    generations = saved["generations"]
+    assert len(generations) == len(METHODS) * 3 + (len(METHODS) - 1) * 2 + 2 * 3
+    assert all(g["text"] is not None and g["wall_seconds"] > 0 for g in generations)
+    report = (out / "bench_remote.md").read_text(encoding="utf-8")
+    for heading in ("## Transports", "## Exact hints", "## Injected round-trip latency"):
+        assert heading in report
+    assert "| specsteer | session |" in report
+    assert printed == [report.rstrip("\n")]
