@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -195,17 +194,6 @@ def generate(
 
 
 # ---------------------------------------------------------------- the service and the clients
-
-
-def nodelay(server: BackgroundServer) -> None:
-    """TCP_NODELAY on the server's listening socket, before it accepts (Linux: inherited).
-
-    `BackgroundServer` binds `socket.socket(AF_INET, SOCK_STREAM)`, whose proto is 0, and
-    asyncio sets TCP_NODELAY only on accepted sockets whose proto is IPPROTO_TCP: without
-    this, Nagle's algorithm holds each small response body until the client's delayed ACK,
-    about 40 ms a request on Linux loopback (`specsteer serve`, via `uvicorn.run`, is fine).
-    """
-    server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def make_llm(
@@ -513,9 +501,8 @@ def markdown_report(record: dict[str, Any]) -> str:
         f"{record['examples']} held-out {TASK} examples ({config['split']} of "
         f"`{config['data']}`), BM25 top-{config['k']} profile entries as private context; "
         f"greedy, max_new_tokens {config['max_new_tokens']}, K={config['draft_tokens']}, "
-        f"γ={config['gamma']:g}. Service on loopback in the same process "
-        f"(TCP_NODELAY {'off: Nagle as BackgroundServer leaves it' if config['nagle'] else 'on'}"
-        f"), public specialist hosted; torch {machine['torch']}, {machine['device']}, "
+        f"γ={config['gamma']:g}. Service on loopback in the same process, "
+        f"public specialist hosted; torch {machine['torch']}, {machine['device']}, "
         f"{config['threads']} threads.",
         "",
         f"## Transports (hints of {HINT})",
@@ -592,11 +579,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--exact-cases", type=int, default=1, help="cases run with full-vocabulary hints (0: none)"
     )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument(
-        "--nagle",
-        action="store_true",
-        help="leave BackgroundServer's sockets without TCP_NODELAY (~40 ms stalls)",
-    )
     parser.add_argument("--out", default="runs/bench_remote", help="output folder")
     args = parser.parse_args(argv)
     if args.cases < 1 or args.max_new_tokens < 1 or args.exact_cases < 0:
@@ -628,10 +610,7 @@ def main(argv: Sequence[str] | None = None, *, progress: Callable[[str], None] =
     vocab = min(specialist.vocab_size, generalist.vocab_size)
     limits = ServiceLimits(max_top_m=vocab, max_logprobs=vocab)  # full-vocabulary hints allowed
     service = VerifierService(generalist, public_specialist=specialist, limits=limits)
-    server = BackgroundServer(create_app(service))
-    if not args.nagle:
-        nodelay(server)
-    with server:
+    with BackgroundServer(create_app(service)) as server:
         url, model = server.url, service.model_name
         llms = {LOCAL: make_llm(specialist, generalist, args)}
         llms |= {

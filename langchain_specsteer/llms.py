@@ -15,7 +15,7 @@ from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from langchain_specsteer.context import private_prompt, render_context, retrieve_privately
-from langchain_specsteer.engine import Prompts, SpecSteerEngine
+from langchain_specsteer.engine import METHOD_SPECS, Prompts, SpecSteerEngine
 from langchain_specsteer.models import LocalGeneralist, LocalSpecialist
 from langchain_specsteer.params import (
     DEFAULT_CONTEXT_TEMPLATE,
@@ -187,16 +187,18 @@ class SpecSteerLLM(LLM, DecodingParams):
         """Token ids of the private (specialist + context) and public prompts of a request."""
         return self._encode(prompt, self.private_context_for(prompt, private_context)[0])
 
-    def _encode(self, prompt: str, context: str, on_generalist_error: str = "raise") -> Prompts:
+    def _encode(self, prompt: str, context: str, params: DecodingParams | None = None) -> Prompts:
+        """The three prompts; the generalist's only when `params.method` uses it."""
         private = private_prompt(self.context_template, context, prompt)
         chat = {"chat": self.use_chat_template, "chat_template_kwargs": self.chat_template_kwargs}
-        public_generalist, error = None, None
-        try:  # a remote generalist encodes with its own tokenizer: the first request of a call
-            public_generalist = self.generalist.encode(prompt, **chat)
-        except GeneralistError as err:
-            if on_generalist_error == "raise":
-                raise
-            error = str(err)
+        public_generalist, error = [], None
+        if params is None or METHOD_SPECS[params.method].uses_generalist:
+            try:  # a remote generalist may encode with the service's tokenizer: a request
+                public_generalist = self.generalist.encode(prompt, **chat)
+            except GeneralistError as err:
+                if params is None or params.on_generalist_error == "raise":
+                    raise
+                public_generalist, error = None, str(err)
         return Prompts(
             private=self.specialist.encode(private, **chat),
             public_specialist=self.specialist.encode(prompt, **chat),
@@ -272,7 +274,7 @@ class SpecSteerLLM(LLM, DecodingParams):
             private_context = private_context.reveal()
         params = self.decoding_params(**kwargs)
         context, retrieved = self.private_context_for(prompt, private_context)
-        prompts = self._encode(prompt, context, params.on_generalist_error)
+        prompts = self._encode(prompt, context, params)
         run = self._engine.run(prompts, params)
         detokenizer = IncrementalDetokenizer(self.specialist.tokenizer)
         stops = StopStringFilter([*(self.stop or []), *(stop or [])])

@@ -63,6 +63,8 @@ class ServiceInfo(_Body):
     vocab_signature: str
     """`verification.vocab_signature` of the generalist's tokenizer."""
     eos_token_ids: list[int]
+    chat_template: bool
+    """Whether the generalist's tokenizer has a chat template (`/tokenize` with `messages`)."""
     public_specialist: str | None
     """Name of the hosted public specialist (q_gen computed in the cloud), or null."""
     public_specialist_vocab_signature: str | None

@@ -203,6 +203,7 @@ class VerifierService:
             vocab_size=self.vocab_size,
             vocab_signature=self.generalist.vocab_signature,
             eos_token_ids=sorted(self.generalist.eos_token_ids),
+            chat_template=bool(getattr(self.generalist.tokenizer, "chat_template", None)),
             public_specialist=spec.name if spec is not None else None,
             public_specialist_vocab_signature=spec.vocab_signature if spec is not None else None,
             limits=Limits(
@@ -815,8 +816,11 @@ class BackgroundServer:
 
         import uvicorn
 
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted sockets inherit it (Linux); without it Nagle's algorithm and delayed ACKs
+        # hold each small response about 40 ms.
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.socket.bind((host, port))
         self.url = f"http://{host}:{self.socket.getsockname()[1]}"
         config = uvicorn.Config(app, log_level="warning", lifespan="off")

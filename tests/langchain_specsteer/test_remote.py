@@ -222,3 +222,29 @@ def test_a_cloud_down_before_the_call_gives_the_specialists_text(
     assert text == generate(make_llm(method="specialist"))[0]
     with pytest.raises(GeneralistError, match="ConnectError"):
         generate(llm, on_generalist_error="raise")
+
+
+def test_a_local_tokenizer_saves_the_tokenize_request(make_remote_llm, verifier, generalist):
+    plain = make_remote_llm(method="specsteer")
+    local = make_remote_llm(method="specsteer", client_options={"tokenizer": generalist.tokenizer})
+    verifier.requests.clear()
+    assert local.invoke(PROMPTS[2], private_context=CONTEXT) == plain.invoke(
+        PROMPTS[2], private_context=CONTEXT
+    )
+    tokenize_calls = [r for r in verifier.requests if r["path"] == "/tokenize"]
+    assert len(tokenize_calls) == 1  # the plain client's only
+    other = make_remote_llm(client_options={"tokenizer": _OtherVocab()})
+    with pytest.raises(ValueError, match="not the service's generalist's"):
+        other.invoke(PROMPTS[0])
+
+
+class _OtherVocab:
+    def get_vocab(self):
+        return {"a": 0}
+
+
+def test_the_specialist_method_makes_no_request(make_remote_llm, verifier):
+    llm = make_remote_llm(method="specialist")
+    verifier.requests.clear()
+    llm.invoke(PROMPTS[0], private_context=CONTEXT)
+    assert verifier.requests == []
