@@ -432,14 +432,15 @@ class VerifierService:
                 return f"token_id:{t}"
             return tokenizer.decode([t])
 
-        def top(row: torch.Tensor, actual: int | None, n: int) -> dict[int, float]:
-            entries: dict[int, float] = {}
-            if actual is not None:
-                entries[actual] = _clamp(row[actual])
+        def top(row: torch.Tensor, actual: int, n: int) -> dict[int, tuple[float, int]]:
+            """The actual token first, then the top n: id → (log-prob, vLLM's rank)."""
+            entries = {actual: (_clamp(row[actual]), int((row >= row[actual]).sum()))}
             if n:
                 values, indices = torch.topk(row, min(n, row.shape[-1]))
-                for v, t in zip(values.tolist(), indices.tolist(), strict=True):
-                    entries.setdefault(t, _clamp(v))
+                for rank, (v, t) in enumerate(
+                    zip(values.tolist(), indices.tolist(), strict=True), 1
+                ):
+                    entries.setdefault(t, (_clamp(v), rank))
             return entries
 
         choice: dict[str, Any] = {
@@ -458,12 +459,8 @@ class VerifierService:
                 entries = top(row, prompt[i], prompt_logprobs)
                 listed.append(
                     {
-                        str(t): {
-                            "logprob": v,
-                            "rank": int((row >= row[t]).sum()),
-                            "decoded_token": tokenizer.decode([t]),
-                        }
-                        for t, v in entries.items()
+                        str(t): {"logprob": v, "rank": r, "decoded_token": tokenizer.decode([t])}
+                        for t, (v, r) in entries.items()
                     }
                 )
             choice["prompt_logprobs"] = listed
@@ -484,7 +481,7 @@ class VerifierService:
                     continue
                 row = rows[pos - 1]
                 token_logprobs.append(_clamp(row[t]))
-                tops.append({name(u): v for u, v in top(row, t, request.logprobs).items()})
+                tops.append({name(u): v for u, (v, _) in top(row, t, request.logprobs).items()})
             choice["logprobs"] = {
                 "text_offset": offsets,
                 "token_logprobs": token_logprobs,
