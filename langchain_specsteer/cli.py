@@ -122,9 +122,16 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             public = LocalSpecialist.from_pretrained(args.public_specialist, **options)
     except OSError as err:
         parser.error(f"cannot load a model: {err}")
-    service = VerifierService(
-        generalist, public, model_name=args.model_name, limits=limits, log_prompts=args.log_prompts
-    )
+    try:
+        service = VerifierService(
+            generalist,
+            public,
+            model_name=args.model_name,
+            limits=limits,
+            log_prompts=args.log_prompts,
+        )
+    except ValueError as err:  # e.g. a public specialist with another vocabulary
+        parser.error(str(err))
     app = create_app(service, api_key=args.api_key)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
     return 0
