@@ -47,20 +47,19 @@ def test_every_method_through_every_transport(bench):
             assert row["requests"] == 0
             assert row["same_text"] is None
             continue
+        assert 0 <= row["same_text"] <= 1
+        if method == "specialist":  # the generalist is never needed: nothing is sent
+            assert row["requests"] == row["generalist_calls"] == 0
+            assert row["overhead_ms_per_round"] is None
+            continue
         # every remote generation encodes its prompt over /tokenize, at least
-        assert row["requests"] >= 1
         assert row["body_up_per_token"] > 0
         assert row["body_down_per_token"] > 0
         assert row["total_up_per_token"] > row["body_up_per_token"]
         assert row["total_down_per_token"] > row["body_down_per_token"]
         assert row["extra_requests_per_generation"] >= 1
-        assert 0 <= row["same_text"] <= 1
-        if method == "specialist":
-            assert row["generalist_calls"] == 0
-            assert row["overhead_ms_per_round"] is None
-        else:
-            assert row["requests"] > row["generalist_calls"] >= 1
-            assert row["overhead_ms_per_round"] is not None
+        assert row["requests"] > row["generalist_calls"] >= 1
+        assert row["overhead_ms_per_round"] is not None
 
 
 def test_rounds_per_token(bench):
