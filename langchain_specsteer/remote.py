@@ -213,7 +213,20 @@ def _tokenize(
     return response.json()["tokens"]
 
 
-class RemoteGeneralist(Generalist):
+class _HTTPGeneralist(Generalist):
+    """A generalist reached over HTTP: the client with its retries and statistics."""
+
+    def __init__(self, base_url: str, api_key: str | None, tokenizer: Any, **http: Any):
+        self.http = _HTTP(base_url, api_key, **http)
+        self.tokenizer = tokenizer
+
+    @property
+    def stats(self) -> TransportStats:
+        """Requests, retries, reopened sessions and bytes so far (`stats.reset()` zeroes)."""
+        return self.http.stats
+
+
+class RemoteGeneralist(_HTTPGeneralist):
     """The generalist in a `specsteer serve` verifier service (session protocol `specsteer/1`).
 
     Args:
@@ -246,22 +259,17 @@ class RemoteGeneralist(Generalist):
         if top_m < 1:
             msg = f"top_m must be at least 1, got {top_m}"
             raise ValueError(msg)
-        api_key = api_key or os.environ.get(API_KEY_ENV)
-        self.http = _HTTP(
+        super().__init__(
             base_url,
-            api_key,
+            api_key or os.environ.get(API_KEY_ENV),
+            tokenizer,
             timeout=timeout,
             max_retries=max_retries,
             backoff_s=backoff_s,
             simulated_rtt_s=simulated_rtt_s,
         )
         self.top_m = top_m
-        self.tokenizer = tokenizer
         self._info: ServiceInfo | None = None
-
-    @property
-    def stats(self) -> TransportStats:
-        return self.http.stats
 
     @property
     def info(self) -> ServiceInfo:
@@ -421,7 +429,7 @@ class RemoteSession(GeneralistSession):
         threading.Thread(target=delete, daemon=True).start()
 
 
-class OpenAICompatibleGeneralist(Generalist):
+class OpenAICompatibleGeneralist(_HTTPGeneralist):
     """A generalist behind a vLLM-style OpenAI-compatible server (`/v1/completions`).
 
     Each round sends the token ids so far plus the draft with `prompt_logprobs=top_logprobs`
@@ -459,11 +467,10 @@ class OpenAICompatibleGeneralist(Generalist):
         if top_logprobs < 1:
             msg = f"top_logprobs must be at least 1, got {top_logprobs}"
             raise ValueError(msg)
-        base_url = base_url.rstrip("/")
-        base_url = base_url.removesuffix("/v1")
-        self.http = _HTTP(
-            base_url,
+        super().__init__(
+            base_url.rstrip("/").removesuffix("/v1"),
             api_key,
+            tokenizer,
             timeout=timeout,
             max_retries=max_retries,
             backoff_s=backoff_s,
@@ -471,12 +478,7 @@ class OpenAICompatibleGeneralist(Generalist):
         )
         self.model = model
         self.top_logprobs = top_logprobs
-        self.tokenizer = tokenizer
         self._eos = frozenset(eos_token_ids)
-
-    @property
-    def stats(self) -> TransportStats:
-        return self.http.stats
 
     @property
     def name(self) -> str:
