@@ -95,10 +95,15 @@ class Prompts:
 
 @dataclass(frozen=True)
 class Round:
-    """Tokens one round committed; the first `accepted` are the specialist's accepted drafts."""
+    """Tokens one round committed; the first `accepted` are the specialist's accepted drafts.
+
+    On the byte-level path (`alignment="byte"`) `tokens` are the generalist's (the
+    specialist's for method "specialist") and `data` holds the bytes they spell.
+    """
 
     tokens: list[int]
     accepted: int
+    data: bytes | None = None
 
 
 @dataclass
@@ -144,6 +149,8 @@ class SpecSteerEngine:
             the draft on q_gen in a second forward. None (default): batch on CUDA, where a
             batch of two costs about one step; not on CPU, where the padded batch measured
             1.0–1.2× slower than the two passes apart (docs/index.md).
+        alignment: "token" (one shared vocabulary), "byte" (the two models share only text;
+            `byte_engine.py`), or "auto" (default): "token" when the vocabularies match.
     """
 
     def __init__(
@@ -152,16 +159,34 @@ class SpecSteerEngine:
         generalist: Generalist,
         *,
         batch_specialist: bool | None = None,
+        alignment: Literal["auto", "token", "byte"] = "auto",
     ):
         self.specialist = specialist
         self.generalist = generalist
         if batch_specialist is None:
             batch_specialist = specialist.device.type == "cuda"
         self.batch_specialist = batch_specialist
-        self.vocab_size = _shared_vocab_size(specialist, generalist)
+        if alignment == "auto":
+            shared = generalist.vocab_signature in (None, specialist.vocab_signature)
+            alignment = "token" if shared else "byte"
+        self.alignment = alignment
+        if alignment == "token":
+            self.vocab_size = _shared_vocab_size(specialist, generalist)
+        elif alignment == "byte":
+            from langchain_specsteer.byte_engine import ByteVocabularies
+
+            self.vocab_size = specialist.vocab_size
+            self.bytes = ByteVocabularies.of(specialist, generalist)
+        else:
+            msg = f"alignment must be 'auto', 'token' or 'byte', got {alignment!r}"
+            raise ValueError(msg)
 
     def run(self, prompts: Prompts, params: DecodingParams) -> DecodeRun:
         """A lazy generation: iterate it for `Round`s; its `stats` fill in as it goes."""
+        if self.alignment == "byte":
+            from langchain_specsteer.byte_engine import ByteDecodeRun
+
+            return ByteDecodeRun(self, prompts, params)
         return DecodeRun(self, prompts, params)
 
 
@@ -437,8 +462,8 @@ def _shared_vocab_size(specialist: LocalSpecialist, generalist: Generalist) -> i
             )
         msg = (
             f"The specialist and generalist tokenizers have different vocabularies{detail}. "
-            "The token-level path needs one shared vocabulary; byte-level alignment for "
-            "different tokenizers is not available yet."
+            "The token-level path needs one shared vocabulary; use alignment='byte' (or "
+            "'auto') for models with different tokenizers."
         )
         raise ValueError(msg)
     width = specialist.vocab_size

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.documents import Document
@@ -23,7 +23,7 @@ from langchain_specsteer.params import (
     check_context_template,
     template_fields,
 )
-from langchain_specsteer.text import IncrementalDetokenizer, StopStringFilter
+from langchain_specsteer.text import ByteDetokenizer, IncrementalDetokenizer, StopStringFilter
 from langchain_specsteer.verification import Generalist, GeneralistError
 
 __all__ = ["SpecSteerLLM"]
@@ -102,6 +102,9 @@ class SpecSteerLLM(LLM, DecodingParams):
     """Keep at most this many retrieved documents (None: all the retriever returns)."""
     batch_specialist: bool | None = None
     """Compute q_ctx and q_gen in one batch-of-2 specialist forward per step; None: on CUDA."""
+    alignment: Literal["auto", "token", "byte"] = "auto"
+    """"token": both models share one vocabulary; "byte": they share only text (different
+    tokenizers); "auto": "token" when the vocabularies match, else "byte"."""
 
     _engine: SpecSteerEngine = PrivateAttr()
 
@@ -119,7 +122,10 @@ class SpecSteerLLM(LLM, DecodingParams):
     @model_validator(mode="after")
     def _build_engine(self) -> SpecSteerLLM:
         self._engine = SpecSteerEngine(
-            self.specialist, self.generalist, batch_specialist=self.batch_specialist
+            self.specialist,
+            self.generalist,
+            batch_specialist=self.batch_specialist,
+            alignment=self.alignment,
         )
         return self
 
@@ -276,12 +282,15 @@ class SpecSteerLLM(LLM, DecodingParams):
         context, retrieved = self.private_context_for(prompt, private_context)
         prompts = self._encode(prompt, context, params)
         run = self._engine.run(prompts, params)
-        detokenizer = IncrementalDetokenizer(self.specialist.tokenizer)
+        byte_level = self._engine.alignment == "byte"
+        detokenizer = (
+            ByteDetokenizer() if byte_level else IncrementalDetokenizer(self.specialist.tokenizer)
+        )
         stops = StopStringFilter([*(self.stop or []), *(stop or [])])
         rounds = iter(run)
         try:
             for round_ in rounds:
-                piece = stops.push(detokenizer.push(round_.tokens))
+                piece = stops.push(detokenizer.push(round_.data if byte_level else round_.tokens))
                 if piece:
                     yield GenerationChunk(text=piece)
                 if stops.stopped:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["IncrementalDetokenizer", "StopStringFilter"]
+__all__ = ["ByteDetokenizer", "IncrementalDetokenizer", "StopStringFilter"]
 
 
 class IncrementalDetokenizer:
@@ -43,6 +43,23 @@ class IncrementalDetokenizer:
         after = self._decode(self.ids[self.prefix_offset :])
         self.prefix_offset = self.read_offset = len(self.ids)
         return after[len(before) :]
+
+
+class ByteDetokenizer:
+    """Decodes a growing byte string into text pieces that are never half a character."""
+
+    def __init__(self):
+        import codecs
+
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, data: bytes) -> str:
+        """Add bytes; return the newly completed text."""
+        return self._decoder.decode(data)
+
+    def flush(self) -> str:
+        """An unfinished character at the end decodes as U+FFFD."""
+        return self._decoder.decode(b"", final=True)
 
 
 class StopStringFilter:

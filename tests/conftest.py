@@ -203,3 +203,31 @@ def make_remote_llm(specialist, verifier):
         return SpecSteerLLM(specialist=specialist, generalist=generalist, **fields)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def cross_generalist():
+    """A tiny random generalist with its own tokenizer (400 tokens, unlike the specialist's
+    512): the pair shares only text."""
+    from langchain_specsteer.tiny import tiny_pair, train_tokenizer
+
+    tokenizer = train_tokenizer(vocab_size=400)
+    _, generalist = tiny_pair(seed=3, tokenizer=tokenizer, init=0.3)
+    return generalist
+
+
+@pytest.fixture(scope="session")
+def demo_pair():
+    """The shipped trained demo pair (one tokenizer), loaded in float32 on CPU."""
+    from pathlib import Path
+
+    import langchain_specsteer
+    from langchain_specsteer import LocalGeneralist, LocalSpecialist
+
+    root = Path(langchain_specsteer.__file__).parent / "demo_pair"
+    if not (root / "specialist").is_dir():
+        pytest.skip("the demo pair is not shipped in this checkout")
+    return (
+        LocalSpecialist.from_pretrained(str(root / "specialist"), device="cpu"),
+        LocalGeneralist.from_pretrained(str(root / "generalist"), device="cpu"),
+    )

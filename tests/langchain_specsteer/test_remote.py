@@ -203,6 +203,8 @@ def test_a_service_with_another_vocabulary_is_refused(specialist, verifier, monk
     generalist = RemoteGeneralist(verifier.url)
     monkeypatch.setitem(specialist.__dict__, "vocab_signature", "0" * 32)
     with pytest.raises(ValueError, match="different vocabularies"):
+        SpecSteerLLM(specialist=specialist, generalist=generalist, alignment="token")
+    with pytest.raises(ValueError, match="byte-level path needs the generalist's tokenizer"):
         SpecSteerLLM(specialist=specialist, generalist=generalist)
 
 

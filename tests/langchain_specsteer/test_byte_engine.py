@@ -1,0 +1,172 @@
+"""The byte-level path: a specialist and a generalist with different tokenizers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from langchain_specsteer import SpecSteerLLM
+from langchain_specsteer.bytelevel import TokenBytes
+from langchain_specsteer.engine import SpecSteerEngine
+from tests.conftest import CONTEXT, PROMPTS
+
+SECRET = "Zorblax quantum marmalade, my PIN is 4417"
+
+
+@pytest.fixture
+def make_cross_llm(specialist, cross_generalist):
+    def make(**fields):
+        fields.setdefault("max_new_tokens", 24)
+        return SpecSteerLLM(specialist=specialist, generalist=cross_generalist, **fields)
+
+    return make
+
+
+def generate(llm, prompt=PROMPTS[0], context=CONTEXT, **kwargs):
+    generation = llm.generate([prompt], private_context=context, **kwargs).generations[0][0]
+    return generation.text, generation.generation_info
+
+
+def test_different_vocabularies_pick_the_byte_path(specialist, generalist, cross_generalist):
+    assert SpecSteerEngine(specialist, cross_generalist).alignment == "byte"
+    assert SpecSteerEngine(specialist, generalist).alignment == "token"
+    assert SpecSteerEngine(specialist, generalist, alignment="byte").alignment == "byte"
+    with pytest.raises(ValueError, match="different vocabularies"):
+        SpecSteerEngine(specialist, cross_generalist, alignment="token")
+    with pytest.raises(ValueError, match="alignment"):
+        SpecSteerLLM(specialist=specialist, generalist=generalist, alignment="bits")
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+@pytest.mark.parametrize("draft_tokens", [1, 3, 6])
+def test_speculative_equals_generalist_across_tokenizers(make_cross_llm, prompt, draft_tokens):
+    """Every accepted token is the generalist's argmax, and so is every recovered one."""
+    expected, _ = generate(make_cross_llm(method="generalist", max_new_tokens=32), prompt)
+    llm = make_cross_llm(method="speculative", max_new_tokens=32, draft_tokens=draft_tokens)
+    text, info = generate(llm, prompt)
+    assert text == expected
+    assert info["drafted"] > 0 and info["generalist_calls"] == info["rounds"]
+
+
+def test_the_generalist_writes_what_generate_writes(make_cross_llm, cross_generalist):
+    ids = cross_generalist.encode(PROMPTS[2], chat=True)
+    with torch.inference_mode():
+        out = cross_generalist.model.generate(
+            torch.tensor([ids]), max_new_tokens=32, do_sample=False
+        )[0, len(ids) :].tolist()
+    spelled = TokenBytes(cross_generalist.tokenizer).spell(out)
+    text, info = generate(make_cross_llm(method="generalist", max_new_tokens=32), PROMPTS[2])
+    assert text == spelled.decode("utf-8", errors="replace")
+    assert info["new_tokens"] == len(out)
+
+
+@pytest.mark.parametrize("method", ["generalist", "specialist", "speculative"])
+def test_with_one_tokenizer_the_byte_path_writes_the_token_paths_text(demo_pair, method):
+    """On the trained demo pair, where drafts are mostly accepted."""
+    specialist, generalist = demo_pair
+    prompt = "Write a review of a phone case. Rating: 5 out of 5."
+    texts, infos = {}, {}
+    for alignment in ("token", "byte"):
+        llm = SpecSteerLLM(
+            specialist=specialist,
+            generalist=generalist,
+            method=method,
+            max_new_tokens=40,
+            alignment=alignment,
+        )
+        texts[alignment], infos[alignment] = generate(llm, prompt, "I always say crunchy.")
+    assert texts["byte"] == texts["token"]
+    # the trained specialist drafts in its tokenizer's own split, so re-spelling the draft in
+    # the (same) generalist vocabulary changes nothing: the same decisions, round by round
+    counts = ("new_tokens", "rounds", "drafted", "accepted", "generalist_calls")
+    assert {k: infos["byte"][k] for k in counts} == {k: infos["token"][k] for k in counts}
+
+
+@pytest.mark.parametrize("method", ["specsteer", "light_costeer", "costeer"])
+def test_methods_not_built_for_bytes_refuse_clearly(make_cross_llm, method):
+    with pytest.raises(ValueError, match=f"method '{method}' does not run on the byte-level"):
+        make_cross_llm(method=method).invoke(PROMPTS[0])
+    with pytest.raises(ValueError, match="speculative sampling across tokenizers"):
+        make_cross_llm(method="speculative", temperature=0.7).invoke(PROMPTS[0])
+
+
+def test_sampling_the_generalist_and_the_specialist_is_seeded(make_cross_llm):
+    for method in ("generalist", "specialist"):
+        llm = make_cross_llm(method=method, temperature=0.9, seed=5)
+        assert llm.invoke(PROMPTS[0]) == llm.invoke(PROMPTS[0])
+
+
+@pytest.mark.parametrize("method", ["generalist", "speculative"])
+def test_private_context_never_reaches_the_generalist(make_cross_llm, cross_generalist, method):
+    seen: list[list[int]] = []
+    hook = cross_generalist.model.register_forward_pre_hook(
+        lambda _m, _a, kw: seen.append(kw["input_ids"][0].tolist()), with_kwargs=True
+    )
+    try:
+        generate(make_cross_llm(method=method), PROMPTS[0], [SECRET, "I hate mornings."])
+    finally:
+        hook.remove()
+    assert seen
+    encode = cross_generalist.tokenizer.encode
+    secret = encode(SECRET, add_special_tokens=False)
+    secret_runs = {tuple(secret[i : i + 3]) for i in range(len(secret) - 2)}
+    everything = [t for fed in seen for t in fed]
+    assert not {tuple(everything[i : i + 3]) for i in range(len(everything) - 2)} & secret_runs
+    decoded = cross_generalist.tokenizer.decode(everything)
+    for word in ("Zorblax", "marmalade", "4417", "mornings"):
+        assert word not in decoded
+
+
+def test_streamed_text_is_whole_characters_and_equals_invoke(make_cross_llm):
+    llm = make_cross_llm(method="speculative", max_new_tokens=40)
+    for prompt in PROMPTS:
+        pieces = list(llm.stream(prompt, private_context=CONTEXT))
+        assert "".join(pieces) == llm.invoke(prompt, private_context=CONTEXT)
+        assert all(isinstance(p, str) for p in pieces)
+
+
+def test_stop_strings_cut_byte_path_text(make_cross_llm):
+    llm = make_cross_llm(method="speculative", max_new_tokens=40)
+    full = llm.invoke(PROMPTS[0], private_context=CONTEXT)
+    stop = full[10:13]
+    assert stop and full.index(stop) >= 0
+    cut = llm.invoke(PROMPTS[0], private_context=CONTEXT, stop=[stop])
+    assert cut == full[: full.index(stop)]
+
+
+def test_an_unreachable_generalist_falls_back_to_the_specialist(
+    make_cross_llm, cross_generalist, monkeypatch
+):
+    from langchain_specsteer.verification import GeneralistError
+
+    def unreachable(*args, **kwargs):
+        raise GeneralistError("cloud down")
+
+    expected, _ = generate(make_cross_llm(method="specialist"))
+    monkeypatch.setattr(type(cross_generalist), "open_session", unreachable)
+    text, info = generate(make_cross_llm(method="speculative"))
+    assert text == expected
+    assert info["degraded"] is True and info["degraded_reason"] == "cloud down"
+    with pytest.raises(GeneralistError, match="cloud down"):
+        generate(make_cross_llm(method="speculative"), on_generalist_error="raise")
+
+
+def test_the_byte_path_runs_through_the_verifier_service(specialist, cross_generalist):
+    from langchain_specsteer.remote import OpenAICompatibleGeneralist, RemoteGeneralist
+    from langchain_specsteer.service import BackgroundServer, VerifierService, create_app
+
+    tokenizer = cross_generalist.tokenizer
+    local = SpecSteerLLM(specialist=specialist, generalist=cross_generalist, method="speculative")
+    expected = local.invoke(PROMPTS[1], private_context=CONTEXT)
+    service = VerifierService(cross_generalist)
+    with BackgroundServer(create_app(service)) as server:
+        clients = [
+            RemoteGeneralist(server.url, tokenizer=tokenizer),
+            OpenAICompatibleGeneralist(server.url, service.model_name, tokenizer=tokenizer),
+        ]
+        for client in clients:
+            llm = SpecSteerLLM(specialist=specialist, generalist=client, method="speculative")
+            assert llm._engine.alignment == "byte"
+            assert llm.invoke(PROMPTS[1], private_context=CONTEXT) == expected
+        with pytest.raises(ValueError, match="needs the generalist's tokenizer"):
+            SpecSteerLLM(specialist=specialist, generalist=RemoteGeneralist(server.url))
