@@ -237,5 +237,5 @@ def test_different_vocabularies_are_refused(specialist):
 
     other = train_tokenizer(["completely different text " * 5, "zzz yyy xxx www"], vocab_size=300)
     _, generalist = tiny_pair(tokenizer=other)
-    with pytest.raises(ValueError, match="different vocabularies.*alignment='byte'"):
+    with pytest.raises(ValueError, match=r"different vocabularies.*alignment='byte'"):
         SpecSteerEngine(specialist, LocalGeneralist(generalist.model, other), alignment="token")
