@@ -1,18 +1,33 @@
 """The byte-level path: a specialist and a generalist that share only text (DESIGN.md §2).
 
-The committed output is bytes. The generalist writes and verifies in its own tokens; the
-specialist drafts in its own tokens and is re-synchronised to the committed bytes before
-each draft (its tokens that still spell a prefix of them are kept with their KV cache; the
-rest is re-tokenised). A draft becomes bytes, the bytes become the generalist's tokens (its
-own tokenizer's split; an unfinished UTF-8 character as single-byte tokens), and the
-generalist verifies those with the same `GeneralistSession` as the token path, in process or
-over the network.
+The committed output is bytes, always a whole number of the generalist's tokens: the
+generalist writes and verifies in its own vocabulary, with the same `GeneralistSession` as
+the token path (in process or over the network). The specialist drafts in its own tokens and
+is re-synchronised to the committed bytes before each round: its tokens that still spell a
+prefix are kept with their KV cache, the rest is re-tokenised, and the last re-tokenised
+token is held back as *pending* bytes its next token must start with (so a text cut inside
+one of its tokens does not distort its next distribution: one-token healing).
 
-Methods so far: `generalist`, `specialist`, and greedy `speculative`, whose output equals
-the generalist's greedy output token for token (each accepted token is the generalist's
-argmax, the recovered one too). The ratio test per aligned chunk and byte-level steering for
-`specsteer`, `light_costeer` and `costeer` are not built yet: those methods refuse
-`alignment="byte"` with a clear error.
+A round:
+
+1. **Draft**: the specialist proposes up to K tokens (the first one extending the pending
+   bytes); their new bytes are the draft.
+2. **Verify**: the generalist scores the draft in its own tokenization. Greedy `speculative`
+   accepts generalist tokens while each is the generalist's argmax, so its output equals the
+   generalist's greedy output exactly. `specsteer` runs the ratio test per *aligned chunk*
+   (spans whose ends are token boundaries in both tokenizations), summed log p_G against
+   summed log q_gen.
+3. **Recover**: one generalist token. Greedy `generalist`/`speculative` take p_G's argmax.
+   The steered methods score the generalist's top tokens by log p_G + α δ (`costeer`: its
+   policy), where δ = log M_ctx − log M_gen compares how likely the specialist, with and
+   without the private context, is to spell each candidate's bytes next
+   (`bytelevel.recover_token`). With α = 0 that is the generalist's own choice.
+
+What is approximate, and why (docs/bytelevel.md): the specialist's probability of a byte
+string looks one token ahead (the mass of its tokens that start with those bytes; a
+candidate longer than any of its tokens gets no vote), where Hayase et al. (2025) are exact
+with a covering tree at the cost of extra specialist forwards per candidate; and the first
+drafted token's q values are renormalised over the tokens that extend the pending bytes.
 """
 
 from __future__ import annotations
@@ -25,7 +40,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from langchain_specsteer import algorithms as alg
-from langchain_specsteer.bytelevel import TokenBytes
+from langchain_specsteer.bytelevel import TokenBytes, aligned_boundaries, chunk_accept
+from langchain_specsteer.bytelevel import recover_token as recover_bytes
 from langchain_specsteer.engine import METHOD_SPECS, DecodeRun, Round
 from langchain_specsteer.verification import GeneralistError, GeneralistSession
 
@@ -35,14 +51,12 @@ if TYPE_CHECKING:
     from langchain_specsteer.params import DecodingParams
     from langchain_specsteer.verification import Generalist
 
-__all__ = ["BYTE_METHODS", "ByteDecodeRun", "ByteVocabularies"]
-
-BYTE_METHODS = ("generalist", "specialist", "speculative")
+__all__ = ["ByteDecodeRun", "ByteVocabularies"]
 
 
 @dataclass(frozen=True)
 class ByteVocabularies:
-    """Both models' `TokenBytes` and output widths."""
+    """Both models' `TokenBytes` and the generalist's output width."""
 
     specialist: TokenBytes
     generalist: TokenBytes
@@ -65,42 +79,43 @@ class ByteDecodeRun(DecodeRun):
     """One generation on the byte-level path; iterating yields `Round`s with their bytes."""
 
     def __init__(self, engine: SpecSteerEngine, prompts: Prompts, params: DecodingParams):
-        if params.method not in BYTE_METHODS:
-            msg = (
-                f"method {params.method!r} does not run on the byte-level path yet (models with "
-                f"different tokenizers): use one of {BYTE_METHODS}, or a pair sharing a "
-                "vocabulary (alignment='token')"
-            )
-            raise ValueError(msg)
         if params.method == "speculative" and not params.greedy:
-            msg = "speculative sampling across tokenizers is not built yet: use temperature=0"
+            msg = (
+                "speculative sampling across tokenizers is not built (its residual needs both "
+                "distributions over one vocabulary): use temperature=0, or method='specsteer'"
+            )
             raise ValueError(msg)
         super().__init__(engine, prompts, params)
         self.vocabularies: ByteVocabularies = engine.bytes
         self.text = bytearray()  # the committed output
+        self.last_piece = b""  # the bytes of the last committed generalist token
 
     def __iter__(self) -> Iterator[Round]:
-        p, engine = self.params, self.engine
+        p, spec, engine = self.params, self.spec, self.engine
         self.stats._start = time.perf_counter()
-        ctx = target = None
+        ctx = gen = target = None
         try:
-            if self.spec.drafts or self.spec.recovers_with_q_ctx:
+            if spec.drafts or spec.recovers_with_q_ctx:
                 ctx = engine.specialist.sequence(self.prompts.private)
+            if spec.uses_q_gen:
+                gen = engine.specialist.sequence(self.prompts.public_specialist)
             try:
                 target = self._open()
             except GeneralistError as err:
-                ctx, target = self._fall_back(ctx, err)
+                ctx, gen, target = self._fall_back(ctx, err)
             while self.stats.new_tokens < p.max_new_tokens:
                 remaining = p.max_new_tokens - self.stats.new_tokens
-                if target is None:  # the specialist writes
-                    round_ = self._specialist_round(ctx)
-                else:
-                    try:
-                        round_ = self._generalist_round(ctx, target, remaining)
-                    except GeneralistError as err:
-                        ctx, target = self._fall_back(ctx, err)
-                        continue
+                try:
+                    if target is None:  # the specialist writes
+                        round_ = self._specialist_round(ctx)
+                    else:
+                        round_ = self._generalist_round(ctx, gen, target, remaining)
+                except GeneralistError as err:
+                    ctx, gen, target = self._fall_back(ctx, err)
+                    continue
                 self.text.extend(round_.data)
+                if round_.tokens and target is not None:
+                    self.last_piece = self.vocabularies.generalist.spell(round_.tokens[-1:])
                 yield round_
                 if self.stats.finish_reason == "eos":
                     return
@@ -123,57 +138,116 @@ class ByteDecodeRun(DecodeRun):
 
     def _fall_back(
         self, ctx: TokenSequence | None, err: GeneralistError
-    ) -> tuple[TokenSequence, None]:
+    ) -> tuple[TokenSequence, None, None]:
         """The generalist is unreachable: the specialist finishes from the committed bytes."""
         if self.params.on_generalist_error == "raise":
             raise err
         self.stats.degraded = True
         self.stats.degraded_reason = str(err)
         self.spec = METHOD_SPECS["specialist"]
-        return ctx or self.engine.specialist.sequence(self.prompts.private), None
+        return ctx or self.engine.specialist.sequence(self.prompts.private), None, None
 
-    def _sync(self, ctx: TokenSequence) -> None:
-        """Make the specialist's tokens spell the committed bytes: keep the longest run of its
-        tokens that still spells a prefix of them (and their cache), re-tokenise the rest."""
+    def _sync(self, seq: TokenSequence) -> bytes:
+        """Make the specialist's tokens spell the committed bytes; return the pending bytes.
+
+        Its tokens that still spell a prefix stay (with their cache); the rest is
+        re-tokenised. The last re-tokenised token is held back as pending bytes that the next
+        token must start with, unless it spells exactly the generalist's last token (then
+        both tokenizations end there the same way, and the cut is as natural as the
+        generalist's).
+        """
         spell, kept, covered = self.vocabularies.specialist.table, 0, 0
-        for token in ctx.suffix:
-            piece = spell[token] or b""
-            if self.text[covered : covered + len(piece)] != piece:
+        for token in seq.suffix:
+            piece = spell[token] if token < len(spell) else None
+            if not piece or self.text[covered : covered + len(piece)] != piece:
                 break
             covered += len(piece)
             kept += 1
-        ctx.rollback(ctx.prompt_length + kept)
-        ctx.append(self.vocabularies.specialist.encode(bytes(self.text[covered:])))
+        seq.rollback(seq.prompt_length + kept)
+        rest = self.vocabularies.specialist.encode(bytes(self.text[covered:]))
+        if rest and spell[rest[-1]] != self.last_piece:
+            seq.append(rest[:-1])
+            return spell[rest[-1]]
+        seq.append(rest)
+        return b""
+
+    def _constrained(self, row: torch.Tensor, pending: bytes) -> torch.Tensor:
+        """Log-probs renormalised over the tokens that extend `pending` (as is, if none)."""
+        if not pending:
+            return row
+        ids = self.vocabularies.specialist.extending(pending).to(row.device)
+        masked = torch.full_like(row, float("-inf"))
+        masked[ids] = row[ids]
+        return torch.log_softmax(masked, dim=-1)
 
     def _specialist_round(self, ctx: TokenSequence) -> Round:
-        self._sync(ctx)
+        pending = self._sync(ctx)
         q_ctx: list[torch.Tensor] = []
         self._step(ctx, q_ctx, [])
+        q_ctx[0] = self._constrained(q_ctx[0], pending)
         token = self._recover(0, 0, q_ctx, None, [])
         ctx.append([token])
         if token in self.engine.specialist.eos_token_ids:
             self.stats.finish_reason = "eos"
         self._count(0, 0, 1)
-        return Round([token], 0, self.vocabularies.specialist.spell([token]))
+        data = self.vocabularies.specialist.spell([token])[len(pending) :]
+        return Round([token], 0, data)
+
+    def _draft_tokens(
+        self, ctx: TokenSequence, k: int, pending: bytes
+    ) -> tuple[list[int], list[torch.Tensor]]:
+        """Up to k specialist tokens from q_ctx (the first extends `pending`); stops at EOS,
+        which is not kept. Returns the tokens and q_ctx before each (and after, if k ran)."""
+        eos = self.engine.specialist.eos_token_ids
+        draft: list[int] = []
+        q_ctx: list[torch.Tensor] = []
+        for i in range(k):
+            self._step(ctx, q_ctx, [])
+            if i == 0:
+                q_ctx[0] = self._constrained(q_ctx[0], pending)
+            token = alg.pick(
+                self._sampling(q_ctx[-1]), greedy=self.params.greedy, generator=self.rng
+            )
+            ctx.append([token])
+            if token in eos:
+                break
+            draft.append(token)
+        return draft, q_ctx
 
     def _generalist_round(
-        self, ctx: TokenSequence | None, target: GeneralistSession, remaining: int
+        self,
+        ctx: TokenSequence | None,
+        gen: TokenSequence | None,
+        target: GeneralistSession,
+        remaining: int,
     ) -> Round:
-        p, words = self.params, self.vocabularies
-        draft: list[int] = []
-        if self.spec.drafts:
-            self._sync(ctx)
-            k = min(p.draft_tokens, remaining - 1)
-            drafted, _, _ = self._draft(ctx, k, self.engine.specialist.eos_token_ids)
-            draft = words.generalist.encode(words.specialist.spell(drafted))[: remaining - 1]
-        verdict = target.verify(draft, "match" if draft else "none", p.gamma)
+        p, spec, words = self.params, self.spec, self.vocabularies
+        pending = self._sync(ctx) if ctx is not None else b""
+        if gen is not None:
+            self._sync(gen)
+        drafted: list[int] = []
+        q_ctx: list[torch.Tensor] = []
+        if spec.drafts:
+            drafted, q_ctx = self._draft_tokens(ctx, min(p.draft_tokens, remaining - 1), pending)
+        draft_bytes = words.specialist.spell(drafted)[len(pending) :]
+        draft = words.generalist.encode(draft_bytes)[: remaining - 1]
+        rule = "none" if not draft else "match" if spec.verify == "match" else "device"
+        verdict = target.verify(draft, rule, p.gamma)
         self.stats.generalist_calls += 1
         log_p_G = verdict.log_p_G.to(self.device)
-        n = verdict.accepted
-        if n is None:  # the device decides (an OpenAI-compatible server)
-            ids = torch.tensor(draft, dtype=torch.long, device=self.device)
-            n = alg.speculative_accept(ids, log_p_G[:-1], log_p_G[:-1]) if draft else 0
-        token = self._recover(n, len(draft), [], log_p_G, [])
+        q_gen: list[torch.Tensor] = []
+        if gen is not None:  # q_gen over the specialist's draft, on the device
+            q_gen = list(self._score(gen, drafted))
+            q_gen[0] = self._constrained(q_gen[0], pending)
+        n, s = self._accept_bytes(verdict.accepted, draft, log_p_G, drafted, q_gen, pending)
+        if spec.recovers_with_q_ctx and s == len(q_ctx):  # every drafted token accepted
+            self._step(ctx, q_ctx, [])
+            if s == 0:
+                q_ctx[0] = self._constrained(q_ctx[0], pending)
+        if spec.recover == "generalist":  # p_G's own argmax (or sample): a whole token
+            token = self._recover(n, len(draft), [], log_p_G, [])
+        else:
+            token = self._recover_bytes(n, s, log_p_G, q_ctx, q_gen, pending if s == 0 else b"")
         target.commit(n, token)
         tokens = [*draft[:n], token]
         eos = self.engine.generalist.eos_token_ids
@@ -184,3 +258,86 @@ class ByteDecodeRun(DecodeRun):
                 break
         self._count(len(draft), min(n, len(tokens)), len(tokens))
         return Round(tokens, min(n, len(tokens)), words.generalist.spell(tokens))
+
+    def _accept_bytes(
+        self,
+        decided: int | None,
+        draft: list[int],
+        log_p_G: torch.Tensor,
+        drafted: list[int],
+        q_gen: list[torch.Tensor],
+        pending: bytes,
+    ) -> tuple[int, int]:
+        """(generalist tokens, specialist tokens) of the draft that are accepted."""
+        if not draft:
+            return 0, 0
+        if self.spec.verify == "match":
+            if decided is None:  # the device decides (an OpenAI-compatible server)
+                ids = torch.tensor(draft, dtype=torch.long, device=log_p_G.device)
+                decided = alg.speculative_accept(ids, log_p_G[:-1], log_p_G[:-1])
+            return decided, 0
+        words = self.vocabularies
+        s_ends, offset = [], -len(pending)
+        for token in drafted:
+            offset += len(words.specialist.table[token] or b"")
+            s_ends.append(offset)
+        g_ends, offset = [], 0
+        for token in draft:
+            offset += len(words.generalist.table[token] or b"")
+            g_ends.append(offset)
+        boundaries = aligned_boundaries(s_ends, g_ends)
+        log_q = [float(q_gen[i][t]) for i, t in enumerate(drafted)]
+        log_p = [float(log_p_G[j][t]) for j, t in enumerate(draft)]
+        uniforms = None
+        if not self.params.greedy and boundaries:
+            uniforms = torch.rand(len(boundaries), generator=self.rng, device=self.device).tolist()
+        s, n = chunk_accept(boundaries, log_q, log_p, self.params.gamma, uniforms)
+        return n, s
+
+    def _recover_bytes(
+        self,
+        n: int,
+        s: int,
+        log_p_G: torch.Tensor,
+        q_ctx: list[torch.Tensor],
+        q_gen: list[torch.Tensor],
+        pending: bytes,
+    ) -> int:
+        """The round's last token: a generalist token, steered by the specialist's bytes."""
+        p, how = self.params, self.spec.recover
+        if how == "steer":
+
+            def fuse(P: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+                return alg.steer(P, delta, torch.zeros_like(delta), p.alpha)
+
+        elif how == "costeer":
+
+            def fuse(P: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+                return alg.costeer_policy(
+                    P,
+                    delta,
+                    steps=p.costeer_steps,
+                    a=p.costeer_a,
+                    b=p.costeer_b,
+                    lam=p.costeer_lambda,
+                    eta=p.costeer_eta,
+                )
+
+        else:
+            msg = f"no byte-level recovery for {how!r}"
+            raise ValueError(msg)
+        row = log_p_G[n]
+        if not p.greedy:
+            row = self._sampling(torch.log_softmax(row, dim=-1))
+        return recover_bytes(
+            log_p_G=row,
+            log_q_ctx=q_ctx[s],
+            log_q_gen=q_gen[s],
+            generalist=self.vocabularies.generalist,
+            specialist=self.vocabularies.specialist,
+            pending=pending,
+            fuse=fuse,
+            greedy=p.greedy,
+            generator=self.rng,
+            specialist_eos=sorted(self.engine.specialist.eos_token_ids) if not pending else (),
+        )

@@ -14,11 +14,24 @@ bytes through GPT-2's byte alphabet, and SentencePiece-style vocabularies ("▁"
 from __future__ import annotations
 
 import json
+import math
+from bisect import bisect_left
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["TokenBytes", "byte_alphabet", "split_utf8"]
+import torch
+
+__all__ = [
+    "TokenBytes",
+    "aligned_boundaries",
+    "byte_alphabet",
+    "byte_delta",
+    "chunk_accept",
+    "prefix_mass",
+    "recover_token",
+    "split_utf8",
+]
 
 
 @lru_cache(maxsize=1)
@@ -76,9 +89,15 @@ class TokenBytes:
             else:
                 self.table[index] = token.replace("▁", " ").encode()
         self.single_byte: dict[int, int] = {}
+        self.by_spelling: dict[bytes, list[int]] = {}
         for index, spelled in enumerate(self.table):
-            if spelled is not None and len(spelled) == 1:
-                self.single_byte.setdefault(spelled[0], index)
+            if spelled:
+                self.by_spelling.setdefault(spelled, []).append(index)
+                if len(spelled) == 1:
+                    self.single_byte.setdefault(spelled[0], index)
+        ordered = sorted((spelled, i) for i, spelled in enumerate(self.table) if spelled)
+        self._keys = [spelled for spelled, _ in ordered]
+        self._ids = torch.tensor([i for _, i in ordered], dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -103,6 +122,22 @@ class TokenBytes:
                 ids = self._bytewise(text_part)
         return ids + self._bytewise(tail)
 
+    def _range(self, prefix: bytes) -> tuple[int, int]:
+        """Where the spellings that start with `prefix` lie in the sorted order."""
+        if not prefix:
+            return 0, len(self._keys)
+        lo = bisect_left(self._keys, prefix)
+        upper = prefix.rstrip(b"\xff")
+        if not upper:
+            return lo, len(self._keys)
+        hi = bisect_left(self._keys, upper[:-1] + bytes([upper[-1] + 1]))
+        return lo, hi
+
+    def extending(self, prefix: bytes) -> torch.Tensor:
+        """Ids of the tokens whose spelling starts with `prefix` (every spelled token for b"")."""
+        lo, hi = self._range(prefix)
+        return self._ids[lo:hi]
+
     def _bytewise(self, data: bytes) -> list[int]:
         missing = sorted({b for b in data if b not in self.single_byte})
         if missing:
@@ -119,3 +154,183 @@ def _is_byte_level(tokenizer: Any) -> bool:
     decoder = config.get("decoder") or {}
     kinds = [decoder.get("type")] + [d.get("type") for d in decoder.get("decoders", [])]
     return "ByteLevel" in kinds
+
+
+def aligned_boundaries(first: Sequence[int], second: Sequence[int]) -> list[tuple[int, int]]:
+    """Where two tokenizations of the same bytes both have a token boundary.
+
+    Args:
+        first: end offsets (bytes) of each token of the first tokenization, non-decreasing.
+        second: the same for the second tokenization.
+
+    Returns:
+        (tokens of `first`, tokens of `second`) before each common boundary after offset 0,
+        in order; the spans between consecutive ones are the aligned chunks.
+    """
+    common, i, j = [], 0, 0
+    while i < len(first) and j < len(second):
+        if first[i] < second[j]:
+            i += 1
+        elif second[j] < first[i]:
+            j += 1
+        else:
+            offset = first[i]
+            while i < len(first) and first[i] == offset:  # tokens that add no bytes join it
+                i += 1
+            while j < len(second) and second[j] == offset:
+                j += 1
+            if offset > 0:
+                common.append((i, j))
+    return common
+
+
+def chunk_accept(
+    boundaries: Sequence[tuple[int, int]],
+    log_q: Sequence[float],
+    log_p: Sequence[float],
+    gamma: float,
+    uniforms: Sequence[float] | None = None,
+) -> tuple[int, int]:
+    """SpecSteer's ratio test per aligned chunk: summed log p_G against summed log q_gen.
+
+    Greedy: accept chunks while log p_G(chunk) − log q_gen(chunk) ≥ log γ. Sampling: accept a
+    chunk when its uniform u < p_G(chunk) / (γ q_gen(chunk)). The first failure ends
+    acceptance.
+
+    Args:
+        boundaries: `aligned_boundaries(specialist ends, generalist ends)`.
+        log_q: log q_gen of each specialist token.
+        log_p: log p_G of each generalist token.
+        gamma: γ (inf: accept nothing; 0: everything).
+        uniforms: one draw per chunk in sampling mode.
+
+    Returns:
+        (specialist tokens, generalist tokens) accepted.
+    """
+    if math.isinf(gamma):
+        return 0, 0
+    log_gamma = math.log(gamma) if gamma > 0 else -math.inf
+    accepted, previous = (0, 0), (0, 0)
+    for c, (i, j) in enumerate(boundaries):
+        margin = sum(log_p[previous[1] : j]) - sum(log_q[previous[0] : i]) - log_gamma
+        passed = margin >= 0 if uniforms is None else math.log(max(uniforms[c], 1e-300)) < margin
+        if not passed:
+            break
+        accepted = previous = (i, j)
+    return accepted
+
+
+BYTE_FLOOR = 1e-4
+"""Probability floor in δ = log(M_ctx + ε) − log(M_gen + ε): where the specialist's one-token
+lookahead gives a candidate no mass with or without the context, δ is 0."""
+
+CANDIDATES = 256
+"""Recovery considers the generalist's top tokens by log p_G (over the network: the hint)."""
+
+
+def prefix_mass(
+    log_q: torch.Tensor, vocab: TokenBytes, pending: bytes, spellings: Sequence[bytes]
+) -> torch.Tensor:
+    """log P(the specialist's next bytes start with each spelling | they start with `pending`).
+
+    Looks one token ahead: the mass of the tokens whose spelling starts with
+    `pending + spelling`, over the mass of those that start with `pending` (cumulative sums
+    over the vocabulary in byte order, so each spelling costs two binary searches).
+
+    Args:
+        log_q: (V,) the specialist's next-token log-probs.
+        vocab: its vocabulary.
+        pending: bytes its next token must start with.
+        spellings: byte strings to measure.
+
+    Returns:
+        (len(spellings),) log-probabilities (−inf where no token starts so).
+    """
+    values = log_q[vocab._ids.to(log_q.device)].double().cpu()
+    values = torch.exp(values - values.max())
+    cumulative = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(values, 0)])
+    lo, hi = vocab._range(pending)
+    norm = cumulative[hi] - cumulative[lo]
+    ranges = torch.tensor([vocab._range(pending + s) for s in spellings], dtype=torch.long)
+    if ranges.numel() == 0:
+        return torch.zeros(0)
+    mass = (cumulative[ranges[:, 1]] - cumulative[ranges[:, 0]]).clamp_min(0) / norm
+    return torch.log(mass).float()
+
+
+def byte_delta(
+    candidates: Sequence[int],
+    log_q_ctx: torch.Tensor,
+    log_q_gen: torch.Tensor,
+    generalist: TokenBytes,
+    specialist: TokenBytes,
+    pending: bytes = b"",
+    specialist_eos: Sequence[int] = (),
+) -> torch.Tensor:
+    """δ = log M_ctx − log M_gen of each generalist candidate, measured on its bytes.
+
+    M is the specialist's probability that its next bytes spell the candidate (`prefix_mass`,
+    floored at `BYTE_FLOOR`); a candidate that ends the text (no spelling) compares the
+    specialist's own end-of-text ids, when nothing is pending.
+    """
+    spellings = [generalist.table[t] if t < len(generalist.table) else None for t in candidates]
+    spelled = [i for i, s in enumerate(spellings) if s]
+    ctx = torch.full((len(candidates),), -math.inf)
+    gen = torch.full((len(candidates),), -math.inf)
+    if spelled:
+        words = [spellings[i] for i in spelled]
+        ctx[spelled] = prefix_mass(log_q_ctx, specialist, pending, words)
+        gen[spelled] = prefix_mass(log_q_gen, specialist, pending, words)
+    ends = [i for i, s in enumerate(spellings) if not s]
+    if ends and specialist_eos and not pending:  # the generalist's end of text
+        ids = torch.tensor(list(specialist_eos), device=log_q_ctx.device)
+        ctx[ends] = float(torch.logsumexp(log_q_ctx[ids].float(), -1))
+        gen[ends] = float(torch.logsumexp(log_q_gen[ids].float(), -1))
+    floor = torch.tensor(math.log(BYTE_FLOOR))
+    return torch.logaddexp(ctx, floor) - torch.logaddexp(gen, floor)
+
+
+def recover_token(
+    *,
+    log_p_G: torch.Tensor,
+    log_q_ctx: torch.Tensor,
+    log_q_gen: torch.Tensor,
+    generalist: TokenBytes,
+    specialist: TokenBytes,
+    pending: bytes = b"",
+    fuse: Any = None,
+    greedy: bool = True,
+    generator: torch.Generator | None = None,
+    specialist_eos: Sequence[int] = (),
+    candidates: int = CANDIDATES,
+) -> int:
+    """The steered recovery across tokenizers: one generalist token (DESIGN.md §2).
+
+    Candidates are the generalist's top tokens by log p_G; each is scored
+    `fuse(log p_G, δ)` with δ measured on its bytes by the specialist (`byte_delta`), and
+    the best (or a sample) is taken. With α = 0 this is the generalist's own choice.
+
+    Args:
+        log_p_G: (V_G,) the generalist's next-token log-probs (−inf where not sent).
+        log_q_ctx, log_q_gen: (V_S,) the specialist's, with and without the private context.
+        generalist, specialist: the two vocabularies.
+        pending: bytes the specialist's next token must start with.
+        fuse: `(log p_G, δ) -> scores` over the candidates (default: log p_G + δ).
+        greedy: argmax; else a sample from softmax(scores).
+        specialist_eos: the specialist's end-of-text ids.
+        candidates: how many of the generalist's top tokens are considered.
+    """
+    fuse = fuse or (lambda p, d: p + d)
+    finite = int(torch.isfinite(log_p_G).sum())
+    top = torch.topk(log_p_G.float(), max(1, min(candidates, finite)))
+    ids = top.indices.tolist()
+    delta = byte_delta(
+        ids, log_q_ctx, log_q_gen, generalist, specialist, pending, specialist_eos
+    ).to(top.values.device)
+    scores = fuse(top.values, delta)
+    if greedy:
+        return ids[int(torch.argmax(scores))]
+    probs = torch.softmax(scores, dim=-1)
+    if generator is not None:
+        probs = probs.to(generator.device)
+    return ids[int(torch.multinomial(probs, 1, generator=generator))]

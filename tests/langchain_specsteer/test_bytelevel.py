@@ -63,3 +63,85 @@ def test_stray_bytes_are_spelled_one_by_one(vocab):
 )
 def test_split_utf8(data, expected):
     assert split_utf8(data) == expected
+
+
+def test_prefix_mass_is_the_mass_of_the_tokens_that_start_so(vocab):
+    import math
+
+    import torch
+
+    from langchain_specsteer.bytelevel import prefix_mass
+
+    torch.manual_seed(0)
+    log_q = torch.log_softmax(torch.randn(len(vocab)), -1)
+    table = vocab.table
+    for pending, spellings in [(b"", [b" ", b"th", b"\xc3", b"zzzz"]), (b"Th", [b"e", b"e "])]:
+        got = prefix_mass(log_q, vocab, pending, spellings)
+        inside = [i for i, s in enumerate(table) if s and s.startswith(pending)]
+        norm = torch.logsumexp(log_q[inside], -1)
+        for value, spelled in zip(got.tolist(), spellings, strict=True):
+            ids = [i for i, s in enumerate(table) if s and s.startswith(pending + spelled)]
+            expected = float(torch.logsumexp(log_q[ids], -1) - norm) if ids else -math.inf
+            assert value == pytest.approx(expected, abs=1e-5)
+
+
+def test_aligned_boundaries_are_the_common_token_ends():
+    from langchain_specsteer.bytelevel import aligned_boundaries
+
+    # "hello world": specialist "hel|lo| wor|ld", generalist "hello| world"
+    assert aligned_boundaries([3, 5, 9, 11], [5, 11]) == [(2, 1), (4, 2)]
+    # identical tokenizations: every token is a chunk
+    assert aligned_boundaries([2, 4, 7], [2, 4, 7]) == [(1, 1), (2, 2), (3, 3)]
+    # a first token that only completes pending bytes (ends at 0) joins the first chunk
+    assert aligned_boundaries([0, 3, 6], [3, 6]) == [(2, 1), (3, 2)]
+    assert aligned_boundaries([4], [1, 2, 3]) == []
+
+
+def test_chunk_accept_with_one_token_chunks_is_the_ratio_test():
+    import torch
+
+    from langchain_specsteer.algorithms import ratio_accept
+    from langchain_specsteer.bytelevel import chunk_accept
+
+    torch.manual_seed(1)
+    for _ in range(200):
+        k = int(torch.randint(1, 7, ()))
+        log_p, log_q = -torch.rand(k) * 4, -torch.rand(k) * 4
+        gamma = float(torch.rand(())) * 2
+        boundaries = [(i + 1, i + 1) for i in range(k)]
+        s, n = chunk_accept(boundaries, log_q.tolist(), log_p.tolist(), gamma)
+        assert s == n == ratio_accept(log_p, log_q, gamma)
+        u = torch.rand(k)
+        sampled = chunk_accept(boundaries, log_q.tolist(), log_p.tolist(), gamma, u.tolist())
+        assert sampled[0] == ratio_accept(log_p, log_q, gamma, greedy=False, uniforms=u)
+
+
+def test_chunks_sum_their_tokens_log_probs():
+    import math
+
+    from langchain_specsteer.bytelevel import chunk_accept
+
+    # one chunk: specialist 2 tokens (log q −1, −1), generalist 1 token (log p −2.5)
+    boundaries = [(2, 1)]
+    assert chunk_accept(boundaries, [-1, -1], [-2.5], gamma=math.exp(-0.5)) == (2, 1)
+    assert chunk_accept(boundaries, [-1, -1], [-2.5], gamma=math.exp(-0.4)) == (0, 0)
+    assert chunk_accept(boundaries, [-1, -1], [-2.5], gamma=math.inf) == (0, 0)
+    assert chunk_accept(boundaries, [-1, -1], [-9.0], gamma=0.0) == (2, 1)
+
+
+def test_byte_delta_compares_the_specialists_mass_on_the_candidates_bytes(vocab):
+    import torch
+
+    from langchain_specsteer.bytelevel import BYTE_FLOOR, byte_delta
+
+    ids = vocab.tokenizer.encode(" the", add_special_tokens=False)
+    assert len(ids) == 1
+    log_q_gen = torch.log_softmax(torch.zeros(len(vocab)), -1)
+    log_q_ctx = log_q_gen.clone()
+    log_q_ctx[ids[0]] += 5.0  # the context makes " the" far more likely
+    log_q_ctx = torch.log_softmax(log_q_ctx, -1)
+    other = vocab.tokenizer.encode("zz", add_special_tokens=False)[:1]
+    delta = byte_delta([ids[0], other[0]], log_q_ctx, log_q_gen, vocab, vocab)
+    assert delta[0] > 1.0 and delta[1] < 0
+    same = byte_delta([ids[0]], log_q_gen, log_q_gen, vocab, vocab)
+    assert same.abs().max() < 1e-6 and BYTE_FLOOR > 0
