@@ -106,8 +106,9 @@ def test_latency_rows_and_the_model(bench):
         assert row["requests"] >= 1
         assert row["tokens_per_second"] > 0
         assert row["predicted_tokens_per_second"] > 0
-        # every request sleeps the round trip first
-        assert row["wall_seconds"] >= row["requests"] * rtt / 1e3
+        # every request sleeps the round trip first (but the session's close runs in the
+        # background, after the text is complete)
+        assert row["wall_seconds"] >= (row["requests"] - 1) * rtt / 1e3
         if rtt == 0:
             assert row["predicted_seconds"] == pytest.approx(row["wall_seconds"])
         assert row["tokens_per_second_vs_light_costeer"] > 0
