@@ -279,23 +279,49 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--export", help="then copy the pair (float16) and held-out demo users into this folder"
     )
+    parser.add_argument(
+        "--vocab-size", type=int, default=TrainConfig.vocab_size, help="tokenizer size"
+    )
+    parser.add_argument(
+        "--generalist-size",
+        default="256,16,4",
+        help="hidden,layers,heads of the generalist (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["specialist", "generalist"],
+        help="train one model (e.g. a generalist with its own tokenizer, for the byte path)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    try:
+        hidden, layers, heads = (int(x) for x in args.generalist_size.split(","))
+    except ValueError:
+        parser.error(f"--generalist-size must be hidden,layers,heads; got {args.generalist_size!r}")
     config = TrainConfig(
         seed=args.seed,
+        vocab_size=args.vocab_size,
+        generalist=ModelSize(hidden, layers, heads),
         specialist_steps=args.specialist_steps,
         generalist_steps=args.generalist_steps,
         minutes=args.minutes,
     )
-    train(config, Path(args.data), Path(args.out), limit=args.limit)
+    train(config, Path(args.data), Path(args.out), limit=args.limit, only=args.only)
     if args.export:
         export_pair(Path(args.out), Path(args.data), Path(args.export))
 
 
 def train(
-    config: TrainConfig, data: Path, out: Path, *, limit: int | None = None, progress: bool = True
+    config: TrainConfig,
+    data: Path,
+    out: Path,
+    *,
+    limit: int | None = None,
+    progress: bool = True,
+    only: str | None = None,
 ) -> None:
-    """Tokenizer, then specialist, then generalist; each saved as a HF model folder in `out`."""
+    """Tokenizer, then specialist, then generalist (or `only` one of them); each saved as a
+    HF model folder in `out`."""
     examples = load_longlamp("product_review", "user", "train", data, limit=limit)
     tokenizer_dir = out / "tokenizer"
     if tokenizer_dir.exists():
@@ -311,6 +337,8 @@ def train(
         ("specialist", config.specialist, True, config.specialist_steps),
         ("generalist", config.generalist, False, config.generalist_steps),
     ):
+        if only is not None and name != only:
+            continue
         rng = random.Random(f"{config.seed}:{name}:data")
         sequences = build_sequences(
             examples, tokenizer, context=context, k=config.k, rng=rng, share=config.no_context_share
