@@ -139,7 +139,8 @@ class DecodeStats:
 
 
 class SpecSteerEngine:
-    """Runs any method of DESIGN.md §1 on a specialist and a generalist sharing one vocabulary.
+    """Runs any method of DESIGN.md §1 on a specialist and a generalist (one vocabulary, or
+    different tokenizers on the byte-level path).
 
     Args:
         specialist: the on-device model (q_ctx, and q_gen in-process).
