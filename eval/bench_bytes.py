@@ -8,7 +8,8 @@ so machine noise hits all alike:
   machinery costs when it is not needed, and whether it decides the same;
 - `own tokenizer` (with `--cross-generalist`): the demo specialist with a generalist that
   has its own tokenizer (`python -m eval.train_pair --only generalist --vocab-size 1024`),
-  the case the byte path exists for.
+  the case the byte path exists for; its steered methods also with
+  `byte_recovery="byte"` (byte-by-byte fusion).
 
 Prints a Markdown table and writes bench_bytes.json / bench_bytes.md into --out.
 """
@@ -62,25 +63,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     pair = Path(args.pair)
     specialist = LocalSpecialist.from_pretrained(str(pair / "specialist"), device="cpu")
-    generalists = {
-        "token": ("token", LocalGeneralist.from_pretrained(str(pair / "generalist"), device="cpu"))
-    }
-    generalists["byte"] = ("byte", generalists["token"][1])
+    demo = LocalGeneralist.from_pretrained(str(pair / "generalist"), device="cpu")
+    generalists = {"token": ("token", demo, "token"), "byte": ("byte", demo, "token")}
     if args.cross_generalist:
         cross = LocalGeneralist.from_pretrained(args.cross_generalist, device="cpu")
-        generalists["own tokenizer"] = ("auto", cross)
+        generalists["own tokenizer"] = ("auto", cross, "token")
+        generalists["own tokenizer, byte-by-byte"] = ("auto", cross, "byte")
     methods = args.methods.split(",")
     llms = {
         (name, method): SpecSteerLLM(
             specialist=specialist,
             generalist=generalist,
             alignment=alignment,
+            byte_recovery=recovery,
             method=method,
             max_new_tokens=args.max_new_tokens,
             **task_templates(TASK),
         )
-        for name, (alignment, generalist) in generalists.items()
+        for name, (alignment, generalist, recovery) in generalists.items()
         for method in methods
+        if recovery == "token" or method in ("specsteer", "light_costeer", "costeer")
     }
     examples = load_longlamp(TASK, split=args.split, source=args.data, limit=args.cases)
     contexts = [retrieve_profile(e, TASK, "bm25", args.k) for e in examples]
@@ -103,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for (name, method), infos in runs.items():
         tokens = sum(i["new_tokens"] for i in infos)
         drafted = sum(i["drafted"] for i in infos)
-        token_texts = [i["text"] for i in runs["token", method]]
+        token_texts = [i["text"] for i in runs.get(("token", method), infos)]
         same = sum(i["text"] == t for i, t in zip(infos, token_texts, strict=True))
         quality = mean_rouge([i["text"] for i in infos], references)
         rows.append(

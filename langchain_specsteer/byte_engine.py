@@ -40,7 +40,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from langchain_specsteer import algorithms as alg
-from langchain_specsteer.bytelevel import TokenBytes, aligned_boundaries, chunk_accept
+from langchain_specsteer.bytelevel import (
+    TokenBytes,
+    aligned_boundaries,
+    chunk_accept,
+    recover_bytewise,
+)
 from langchain_specsteer.bytelevel import recover_token as recover_bytes
 from langchain_specsteer.engine import METHOD_SPECS, DecodeRun, Round
 from langchain_specsteer.verification import GeneralistError, GeneralistSession
@@ -329,15 +334,19 @@ class ByteDecodeRun(DecodeRun):
         row = log_p_G[n]
         if not p.greedy:
             row = self._sampling(torch.log_softmax(row, dim=-1))
-        return recover_bytes(
-            log_p_G=row,
-            log_q_ctx=q_ctx[s],
-            log_q_gen=q_gen[s],
-            generalist=self.vocabularies.generalist,
-            specialist=self.vocabularies.specialist,
-            pending=pending,
-            fuse=fuse,
-            greedy=p.greedy,
-            generator=self.rng,
-            specialist_eos=sorted(self.engine.specialist.eos_token_ids) if not pending else (),
-        )
+        common = {
+            "log_p_G": row,
+            "log_q_ctx": q_ctx[s],
+            "log_q_gen": q_gen[s],
+            "generalist": self.vocabularies.generalist,
+            "specialist": self.vocabularies.specialist,
+            "pending": pending,
+            "fuse": fuse,
+            "greedy": p.greedy,
+            "generator": self.rng,
+            "specialist_eos": sorted(self.engine.specialist.eos_token_ids) if not pending else (),
+        }
+        if p.byte_recovery == "byte":
+            eos = sorted(self.engine.generalist.eos_token_ids)
+            return recover_bytewise(**common, generalist_eos=eos)
+        return recover_bytes(**common)

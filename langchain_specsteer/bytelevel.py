@@ -29,9 +29,15 @@ __all__ = [
     "byte_delta",
     "chunk_accept",
     "prefix_mass",
+    "recover_bytewise",
     "recover_token",
     "split_utf8",
 ]
+
+END = 256
+"""Next-byte bucket: the token ends exactly here."""
+EOS = 257
+"""Next-byte bucket: the model ends the text."""
 
 
 @lru_cache(maxsize=1)
@@ -137,6 +143,38 @@ class TokenBytes:
         """Ids of the tokens whose spelling starts with `prefix` (every spelled token for b"")."""
         lo, hi = self._range(prefix)
         return self._ids[lo:hi]
+
+    def next_byte_logprobs(
+        self, logp: torch.Tensor, prefix: bytes = b"", eos_ids: Sequence[int] = ()
+    ) -> torch.Tensor:
+        """A next-token distribution as a distribution over what follows `prefix`.
+
+        Among the tokens whose spelling starts with `prefix` (and `eos_ids`), renormalised,
+        tokens are grouped by their next byte (log-sum-exp): buckets 0–255 are bytes, `END`
+        the tokens spelling exactly `prefix`, `EOS` the end-of-text ids.
+
+        Returns:
+            (258,) log-probs (−inf for buckets no token reaches).
+        """
+        lo, hi = self._range(prefix)
+        at = len(prefix)
+        buckets = [key[at] if len(key) > at else END for key in self._keys[lo:hi]]
+        ids = self._ids[lo:hi].tolist()
+        eos = [i for i in eos_ids if i < logp.shape[-1]]
+        ids, buckets = ids + eos, buckets + [EOS] * len(eos)
+        out = torch.full((EOS + 1,), -math.inf)
+        if not ids:
+            return out
+        values = logp[torch.tensor(ids, device=logp.device)].float().cpu()
+        index = torch.tensor(buckets, dtype=torch.long)
+        keep = torch.isfinite(values)
+        values, index = values[keep], index[keep]
+        if values.numel() == 0:
+            return out
+        peak = values.max()
+        mass = torch.zeros(EOS + 1).index_add_(0, index, torch.exp(values - peak))
+        out = torch.log(mass) + peak
+        return out - torch.logsumexp(out, dim=-1)
 
     def _bytewise(self, data: bytes) -> list[int]:
         missing = sorted({b for b in data if b not in self.single_byte})
@@ -334,3 +372,54 @@ def recover_token(
     if generator is not None:
         probs = probs.to(generator.device)
     return ids[int(torch.multinomial(probs, 1, generator=generator))]
+
+
+def recover_bytewise(
+    *,
+    log_p_G: torch.Tensor,
+    log_q_ctx: torch.Tensor,
+    log_q_gen: torch.Tensor,
+    generalist: TokenBytes,
+    specialist: TokenBytes,
+    pending: bytes = b"",
+    fuse: Any = None,
+    greedy: bool = True,
+    generator: torch.Generator | None = None,
+    generalist_eos: Sequence[int] = (),
+    specialist_eos: Sequence[int] = (),
+) -> int:
+    """DESIGN.md §2's byte-by-byte recovery (`byte_recovery="byte"`): fuse the two models'
+    next-byte distributions, one byte at a time, until the generalist's token ends.
+
+    Buckets are the 256 bytes, `END` (the generalist's token ends here) and `EOS`. δ per
+    bucket = log(Q_ctx + ε) − log(Q_gen + ε) from the specialist's next-byte distributions
+    (after its pending bytes); the specialist does not vote on `END`.
+
+    Returns:
+        The generalist token spelling the chosen bytes (or its end-of-text id).
+    """
+    fuse = fuse or (lambda p, d: p + d)
+    chosen = b""
+    while True:
+        P = generalist.next_byte_logprobs(log_p_G, chosen, () if chosen else generalist_eos)
+        at = pending + chosen
+        eos = () if at else specialist_eos
+        q_ctx = specialist.next_byte_logprobs(log_q_ctx, at, eos).exp()
+        q_gen = specialist.next_byte_logprobs(log_q_gen, at, eos).exp()
+        delta = torch.log(q_ctx + BYTE_FLOOR) - torch.log(q_gen + BYTE_FLOOR)
+        delta[END] = 0.0
+        support = torch.isfinite(P)
+        scores = torch.where(support, fuse(torch.where(support, P, -1e30), delta), -math.inf)
+        if greedy:
+            bucket = int(torch.argmax(scores))
+        else:
+            probs = torch.softmax(scores, dim=-1)
+            if generator is not None:
+                probs = probs.to(generator.device)
+            bucket = int(torch.multinomial(probs, 1, generator=generator))
+        if bucket == EOS:
+            ids = [i for i in generalist_eos if i < log_p_G.shape[-1]]
+            return max(ids, key=lambda i: float(log_p_G[i]))
+        if bucket == END:
+            return max(generalist.by_spelling[chosen], key=lambda i: float(log_p_G[i]))
+        chosen += bytes([bucket])

@@ -239,3 +239,18 @@ def test_the_byte_path_runs_through_the_verifier_service(specialist, cross_gener
 def test_speculative_sampling_across_tokenizers_is_refused(make_cross_llm):
     with pytest.raises(ValueError, match="speculative sampling across tokenizers"):
         make_cross_llm(method="speculative", temperature=0.7).invoke(PROMPTS[0])
+
+
+@pytest.mark.parametrize("method", ["specsteer", "light_costeer", "costeer"])
+def test_byte_by_byte_recovery_runs_and_keeps_its_oracles(make_cross_llm, method):
+    """`byte_recovery="byte"`: DESIGN.md §2's byte-by-byte fusion."""
+    bytewise = make_cross_llm(method=method, byte_recovery="byte", gamma=0.3)
+    for prompt in PROMPTS:
+        text, info = generate(bytewise, prompt)
+        assert info["new_tokens"] == 24 or info["finish_reason"] == "eos"
+        text.encode("utf-8")
+    light = make_cross_llm(method="light_costeer", byte_recovery="byte")
+    never = make_cross_llm(method="specsteer", gamma=float("inf"), byte_recovery="byte")
+    assert generate(never)[0] == generate(light)[0]
+    sampled = make_cross_llm(method=method, byte_recovery="byte", temperature=0.8, seed=2)
+    assert sampled.invoke(PROMPTS[1]) == sampled.invoke(PROMPTS[1])

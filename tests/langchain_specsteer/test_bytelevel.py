@@ -145,3 +145,29 @@ def test_byte_delta_compares_the_specialists_mass_on_the_candidates_bytes(vocab)
     assert delta[0] > 1.0 and delta[1] < 0
     same = byte_delta([ids[0]], log_q_gen, log_q_gen, vocab, vocab)
     assert same.abs().max() < 1e-6 and BYTE_FLOOR > 0
+
+
+def test_next_byte_logprobs_group_the_tokens_by_their_next_byte(vocab):
+    import math
+
+    import torch
+
+    from langchain_specsteer.bytelevel import END, EOS
+
+    torch.manual_seed(2)
+    logp = torch.log_softmax(torch.randn(len(vocab)), -1)
+    eos = vocab.tokenizer.eos_token_id
+    for prefix, eos_ids in [(b"", [eos]), (b"Th", []), (b" b", [])]:
+        got = vocab.next_byte_logprobs(logp, prefix, eos_ids)
+        inside = [i for i, s in enumerate(vocab.table) if s and s.startswith(prefix)]
+        total = torch.logsumexp(logp[inside + list(eos_ids)], -1)
+        for bucket in range(EOS + 1):
+            if bucket == EOS:
+                ids = list(eos_ids)
+            elif bucket == END:
+                ids = [i for i in inside if vocab.table[i] == prefix]
+            else:
+                ids = [i for i in inside if vocab.table[i][len(prefix) :][:1] == bytes([bucket])]
+            expected = float(torch.logsumexp(logp[ids], -1) - total) if ids else -math.inf
+            assert float(got[bucket]) == pytest.approx(expected, abs=1e-5)
+        assert float(torch.logsumexp(got, -1)) == pytest.approx(0.0, abs=1e-5)
