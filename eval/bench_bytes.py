@@ -9,7 +9,7 @@ so machine noise hits all alike:
 - `own tokenizer` (with `--cross-generalist`): the demo specialist with a generalist that
   has its own tokenizer (`python -m eval.train_pair --only generalist --vocab-size 1024`),
   the case the byte path exists for; its steered methods also with
-  `byte_recovery="byte"` (byte-by-byte fusion).
+  `byte_recovery="token"` (token candidates instead of byte-by-byte fusion).
 
 Prints a Markdown table and writes bench_bytes.json / bench_bytes.md into --out.
 """
@@ -64,11 +64,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     pair = Path(args.pair)
     specialist = LocalSpecialist.from_pretrained(str(pair / "specialist"), device="cpu")
     demo = LocalGeneralist.from_pretrained(str(pair / "generalist"), device="cpu")
-    generalists = {"token": ("token", demo, "token"), "byte": ("byte", demo, "token")}
+    generalists = {"token": ("token", demo, "byte"), "byte": ("byte", demo, "byte")}
     if args.cross_generalist:
         cross = LocalGeneralist.from_pretrained(args.cross_generalist, device="cpu")
-        generalists["own tokenizer"] = ("auto", cross, "token")
-        generalists["own tokenizer, byte-by-byte"] = ("auto", cross, "byte")
+        generalists["own tokenizer"] = ("auto", cross, "byte")
+        generalists["own tokenizer, token candidates"] = ("auto", cross, "token")
     methods = args.methods.split(",")
     llms = {
         (name, method): SpecSteerLLM(
@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
         for name, (alignment, generalist, recovery) in generalists.items()
         for method in methods
-        if recovery == "token" or method in ("specsteer", "light_costeer", "costeer")
+        if recovery == "byte" or method in ("specsteer", "light_costeer", "costeer")
     }
     examples = load_longlamp(TASK, split=args.split, source=args.data, limit=args.cases)
     contexts = [retrieve_profile(e, TASK, "bm25", args.k) for e in examples]

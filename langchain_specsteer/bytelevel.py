@@ -342,7 +342,7 @@ def recover_token(
     specialist_eos: Sequence[int] = (),
     candidates: int = CANDIDATES,
 ) -> int:
-    """The steered recovery across tokenizers: one generalist token (DESIGN.md §2).
+    """Token-candidate recovery across tokenizers (`byte_recovery="token"`).
 
     Candidates are the generalist's top tokens by log p_G; each is scored
     `fuse(log p_G, δ)` with δ measured on its bytes by the specialist (`byte_delta`), and
@@ -388,8 +388,9 @@ def recover_bytewise(
     generalist_eos: Sequence[int] = (),
     specialist_eos: Sequence[int] = (),
 ) -> int:
-    """DESIGN.md §2's byte-by-byte recovery (`byte_recovery="byte"`): fuse the two models'
-    next-byte distributions, one byte at a time, until the generalist's token ends.
+    """DESIGN.md §2's byte-by-byte recovery (`byte_recovery="byte"`, the default): fuse the
+    two models' next-byte distributions, one byte at a time, until the generalist's token
+    ends.
 
     Buckets are the 256 bytes, `END` (the generalist's token ends here) and `EOS`. δ per
     bucket = log(Q_ctx + ε) − log(Q_gen + ε) from the specialist's next-byte distributions
@@ -408,8 +409,7 @@ def recover_bytewise(
         q_gen = specialist.next_byte_logprobs(log_q_gen, at, eos).exp()
         delta = torch.log(q_ctx + BYTE_FLOOR) - torch.log(q_gen + BYTE_FLOOR)
         delta[END] = 0.0
-        support = torch.isfinite(P)
-        scores = torch.where(support, fuse(torch.where(support, P, -1e30), delta), -math.inf)
+        scores = torch.where(torch.isfinite(P), fuse(P, delta), -math.inf)
         if greedy:
             bucket = int(torch.argmax(scores))
         else:

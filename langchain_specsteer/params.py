@@ -40,10 +40,11 @@ class DecodingParams(BaseModel):
     """Nucleus sampling mass for drafts and recoveries (sampling mode only)."""
     seed: int | None = None
     """Seed of the sampling RNG; the same seed reproduces the same text."""
-    byte_recovery: Literal["token", "byte"] = "token"
-    """Byte-level path only (different tokenizers): "token" scores the generalist's top
-    tokens by the specialist's mass on their bytes; "byte" fuses next-byte distributions one
-    byte at a time until the generalist's token ends (docs/bytelevel.md)."""
+    byte_recovery: Literal["byte", "token"] = "byte"
+    """Byte-level path only (different tokenizers): "byte" fuses the two models' next-byte
+    distributions one byte at a time until the generalist's token ends; "token" scores the
+    generalist's top tokens by the specialist's mass on their bytes (then α = 0 is exactly
+    the generalist). docs/bytelevel.md compares them."""
     on_generalist_error: Literal["fallback", "raise"] = "fallback"
     """When the generalist stays unreachable (after the client's retries): "fallback" finishes
     the text with the specialist alone and reports `degraded` in the statistics; "raise"
