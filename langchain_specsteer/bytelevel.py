@@ -104,6 +104,7 @@ class TokenBytes:
         ordered = sorted((spelled, i) for i, spelled in enumerate(self.table) if spelled)
         self._keys = [spelled for spelled, _ in ordered]
         self._ids = torch.tensor([i for _, i in ordered], dtype=torch.long)
+        self._first = torch.tensor([spelled[0] for spelled, _ in ordered], dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -157,16 +158,23 @@ class TokenBytes:
             (258,) log-probs (−inf for buckets no token reaches).
         """
         lo, hi = self._range(prefix)
-        at = len(prefix)
-        buckets = [key[at] if len(key) > at else END for key in self._keys[lo:hi]]
-        ids = self._ids[lo:hi].tolist()
+        ids = self._ids[lo:hi]
+        if prefix:  # a narrow range: the byte after the prefix, or END
+            at = len(prefix)
+            index = torch.tensor(
+                [key[at] if len(key) > at else END for key in self._keys[lo:hi]],
+                dtype=torch.long,
+            )
+        else:  # the whole vocabulary: first bytes, precomputed
+            index = self._first
         eos = [i for i in eos_ids if i < logp.shape[-1]]
-        ids, buckets = ids + eos, buckets + [EOS] * len(eos)
+        if eos:
+            ids = torch.cat([ids, torch.tensor(eos, dtype=torch.long)])
+            index = torch.cat([index, torch.full((len(eos),), EOS, dtype=torch.long)])
         out = torch.full((EOS + 1,), -math.inf)
-        if not ids:
+        if ids.numel() == 0:
             return out
-        values = logp[torch.tensor(ids, device=logp.device)].float().cpu()
-        index = torch.tensor(buckets, dtype=torch.long)
+        values = logp[ids.to(logp.device)].float().cpu()
         keep = torch.isfinite(values)
         values, index = values[keep], index[keep]
         if values.numel() == 0:
