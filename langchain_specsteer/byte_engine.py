@@ -18,16 +18,15 @@ A round:
    (spans whose ends are token boundaries in both tokenizations), summed log p_G against
    summed log q_gen.
 3. **Recover**: one generalist token. Greedy `generalist`/`speculative` take p_G's argmax.
-   The steered methods score the generalist's top tokens by log p_G + α δ (`costeer`: its
-   policy), where δ = log M_ctx − log M_gen compares how likely the specialist, with and
-   without the private context, is to spell each candidate's bytes next
-   (`bytelevel.recover_token`). With α = 0 that is the generalist's own choice.
+   The steered methods fuse the two models' next-byte distributions one byte at a time until
+   the generalist's token ends (`bytelevel.recover_bytewise`, the default), or score the
+   generalist's top tokens by how likely the specialist is to spell them
+   (`byte_recovery="token"`, `bytelevel.recover_token`).
 
-What is approximate, and why (docs/bytelevel.md): the specialist's probability of a byte
-string looks one token ahead (the mass of its tokens that start with those bytes; a
-candidate longer than any of its tokens gets no vote), where Hayase et al. (2025) are exact
-with a covering tree at the cost of extra specialist forwards per candidate; and the first
-drafted token's q values are renormalised over the tokens that extend the pending bytes.
+What is approximate, and why (docs/bytelevel.md): byte distributions look one token ahead
+(the tokens that start with the bytes so far), where Hayase et al. (2025) are exact with a
+covering tree at the cost of extra forwards; and the first drafted token's q values are
+renormalised over the tokens that extend the pending bytes.
 """
 
 from __future__ import annotations
