@@ -63,6 +63,8 @@ def pick(scores: torch.Tensor, *, greedy: bool, generator: torch.Generator | Non
     if greedy:
         return int(torch.argmax(scores))
     probs = torch.softmax(scores.float(), dim=-1)
+    if generator is not None:
+        probs = probs.to(generator.device)
     return int(torch.multinomial(probs, 1, generator=generator))
 
 

@@ -253,13 +253,7 @@ class ByteDecodeRun(DecodeRun):
         else:
             token = self._recover_bytes(n, s, log_p_G, q_ctx, q_gen, pending if s == 0 else b"")
         target.commit(n, token)
-        tokens = [*draft[:n], token]
-        eos = self.engine.generalist.eos_token_ids
-        for i, t in enumerate(tokens):
-            if t in eos:
-                tokens = tokens[: i + 1]
-                self.stats.finish_reason = "eos"
-                break
+        tokens = self._cut_at_eos([*draft[:n], token], self.engine.generalist.eos_token_ids)
         self._count(len(draft), min(n, len(tokens)), len(tokens))
         return Round(tokens, min(n, len(tokens)), words.generalist.spell(tokens))
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from langchain_specsteer.algorithms import pick
+
 __all__ = [
     "TokenBytes",
     "aligned_boundaries",
@@ -373,13 +375,7 @@ def recover_token(
     delta = byte_delta(
         ids, log_q_ctx, log_q_gen, generalist, specialist, pending, specialist_eos
     ).to(top.values.device)
-    scores = fuse(top.values, delta)
-    if greedy:
-        return ids[int(torch.argmax(scores))]
-    probs = torch.softmax(scores, dim=-1)
-    if generator is not None:
-        probs = probs.to(generator.device)
-    return ids[int(torch.multinomial(probs, 1, generator=generator))]
+    return ids[pick(fuse(top.values, delta), greedy=greedy, generator=generator)]
 
 
 def recover_bytewise(
@@ -418,13 +414,7 @@ def recover_bytewise(
         delta = torch.log(q_ctx + BYTE_FLOOR) - torch.log(q_gen + BYTE_FLOOR)
         delta[END] = 0.0
         scores = torch.where(torch.isfinite(P), fuse(P, delta), -math.inf)
-        if greedy:
-            bucket = int(torch.argmax(scores))
-        else:
-            probs = torch.softmax(scores, dim=-1)
-            if generator is not None:
-                probs = probs.to(generator.device)
-            bucket = int(torch.multinomial(probs, 1, generator=generator))
+        bucket = pick(scores, greedy=greedy, generator=generator)
         if bucket == EOS:
             ids = [i for i in generalist_eos if i < log_p_G.shape[-1]]
             return max(ids, key=lambda i: float(log_p_G[i]))

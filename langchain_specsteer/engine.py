@@ -280,12 +280,7 @@ class DecodeRun:
                         seq.append([token])
                 if target is not None:
                     target.commit(n, token)
-                tokens = [*draft[:n], token]
-                for i, t in enumerate(tokens):
-                    if t in eos:
-                        tokens = tokens[: i + 1]
-                        self.stats.finish_reason = "eos"
-                        break
+                tokens = self._cut_at_eos([*draft[:n], token], eos)
                 self.committed.extend(tokens)
                 self._count(len(draft), min(n, len(tokens)), len(tokens))
                 yield Round(tokens=tokens, accepted=min(n, len(tokens)))
@@ -296,6 +291,14 @@ class DecodeRun:
             self.stats.seconds = time.perf_counter() - self.stats._start
             if target is not None:
                 target.close()
+
+    def _cut_at_eos(self, tokens: list[int], eos: frozenset[int]) -> list[int]:
+        """The tokens up to and including the first end-of-text one (which ends the run)."""
+        for i, t in enumerate(tokens):
+            if t in eos:
+                self.stats.finish_reason = "eos"
+                return tokens[: i + 1]
+        return tokens
 
     def _uniforms(self, k: int) -> list[float] | None:
         """The sampled ratio test's draws: made on the device, applied wherever it is verified."""
