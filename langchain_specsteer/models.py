@@ -16,7 +16,15 @@ import torch
 
 from langchain_specsteer.verification import Generalist, LocalSession, vocab_signature
 
-__all__ = ["LocalGeneralist", "LocalModel", "LocalSpecialist", "TokenSequence", "encode_prompt"]
+__all__ = [
+    "LocalGeneralist",
+    "LocalModel",
+    "LocalSpecialist",
+    "Message",
+    "TokenSequence",
+    "encode_messages",
+    "encode_prompt",
+]
 
 
 def _default_device() -> str:
@@ -138,19 +146,45 @@ class TokenSequence:
             self.cached = length
 
 
-def encode_prompt(
-    tokenizer: Any, text: str, *, chat: bool = True, chat_template_kwargs: dict | None = None
+Message = dict[str, str]
+"""A chat turn as chat templates take it: {"role": ..., "content": ...}."""
+
+
+def encode_messages(
+    tokenizer: Any,
+    messages: Sequence[Message],
+    *,
+    chat: bool = True,
+    chat_template_kwargs: dict | None = None,
 ) -> list[int]:
-    """Token ids of a user turn: its chat template when asked and the tokenizer has one."""
+    """Token ids of a conversation ending in a user turn, ready for the assistant's reply.
+
+    With `chat` and a tokenizer that has a chat template: the template with the generation
+    prompt. Otherwise the turns' contents joined by blank lines (a single user turn is its
+    text) with the tokenizer's special tokens.
+    """
     if chat and getattr(tokenizer, "chat_template", None):
         rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}],
+            list(messages),
             tokenize=False,
             add_generation_prompt=True,
             **(chat_template_kwargs or {}),
         )
         return tokenizer.encode(rendered, add_special_tokens=False)
+    text = "\n\n".join(message["content"] for message in messages)
     return tokenizer.encode(text, add_special_tokens=True)
+
+
+def encode_prompt(
+    tokenizer: Any, text: str, *, chat: bool = True, chat_template_kwargs: dict | None = None
+) -> list[int]:
+    """Token ids of a user turn: its chat template when asked and the tokenizer has one."""
+    return encode_messages(
+        tokenizer,
+        [{"role": "user", "content": text}],
+        chat=chat,
+        chat_template_kwargs=chat_template_kwargs,
+    )
 
 
 class LocalModel:
@@ -231,6 +265,18 @@ class LocalModel:
         """Token ids for a user turn: through the chat template when asked and available."""
         return encode_prompt(
             self.tokenizer, text, chat=chat, chat_template_kwargs=chat_template_kwargs
+        )
+
+    def encode_messages(
+        self,
+        messages: Sequence[Message],
+        *,
+        chat: bool,
+        chat_template_kwargs: dict | None = None,
+    ) -> list[int]:
+        """Token ids for a conversation (`encode_messages`)."""
+        return encode_messages(
+            self.tokenizer, messages, chat=chat, chat_template_kwargs=chat_template_kwargs
         )
 
     def sequence(self, *prompts: Sequence[int], vocab_size: int | None = None) -> TokenSequence:

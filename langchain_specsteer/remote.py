@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from langchain_specsteer import algorithms as alg
-from langchain_specsteer.models import encode_prompt
+from langchain_specsteer.models import encode_messages
 from langchain_specsteer.protocol import (
     PROTOCOL,
     OpenSession,
@@ -190,15 +190,15 @@ def _values(values: Sequence[float | None]) -> torch.Tensor:
 
 
 def _tokenize(
-    http: _HTTP, model: str | None, text: str, chat: bool | None, kwargs: dict | None
+    http: _HTTP, model: str | None, messages: Sequence[dict], chat: bool | None, kwargs: dict | None
 ) -> list:
     """Token ids from the server's vLLM-style `/tokenize`: through the chat template when `chat`
-    (None: when asked, if the server has one, else as a plain prompt)."""
+    (None: when asked, if the server has one, else the turns' text as a plain prompt)."""
     base = {"model": model} if model else {}
     if chat is not False:
         body = {
             **base,
-            "messages": [{"role": "user", "content": text}],
+            "messages": list(messages),
             "add_generation_prompt": True,
             "chat_template_kwargs": kwargs or {},
         }
@@ -207,6 +207,7 @@ def _tokenize(
             return response.json()["tokens"]
         if chat or "chat template" not in _reason(response):
             raise _refused(response, "tokenize")
+    text = "\n\n".join(message["content"] for message in messages)
     response = http.request("POST", "/tokenize", {**base, "prompt": text})
     if response.status_code != 200:
         raise _refused(response, "tokenize")
@@ -308,18 +309,18 @@ class RemoteGeneralist(_HTTPGeneralist):
     def hosts_public_specialist(self) -> bool:
         return self.info.public_specialist is not None
 
-    def encode(
-        self, text: str, *, chat: bool, chat_template_kwargs: dict | None = None
+    def encode_messages(
+        self, messages: Sequence[dict], *, chat: bool, chat_template_kwargs: dict | None = None
     ) -> list[int]:
         if self.tokenizer is not None:
             if vocab_signature(self.tokenizer) != self.vocab_signature:
                 msg = "the tokenizer given to RemoteGeneralist is not the service's generalist's"
                 raise ValueError(msg)
-            return encode_prompt(
-                self.tokenizer, text, chat=chat, chat_template_kwargs=chat_template_kwargs
+            return encode_messages(
+                self.tokenizer, messages, chat=chat, chat_template_kwargs=chat_template_kwargs
             )
         chat = chat and self.info.chat_template
-        return _tokenize(self.http, None, text, chat, chat_template_kwargs)
+        return _tokenize(self.http, None, messages, chat, chat_template_kwargs)
 
     def open_session(
         self,
@@ -497,14 +498,15 @@ class OpenAICompatibleGeneralist(_HTTPGeneralist):
         eos = getattr(self.tokenizer, "eos_token_id", None)
         return self._eos | ({eos} if eos is not None else set())
 
-    def encode(
-        self, text: str, *, chat: bool, chat_template_kwargs: dict | None = None
+    def encode_messages(
+        self, messages: Sequence[dict], *, chat: bool, chat_template_kwargs: dict | None = None
     ) -> list[int]:
         if self.tokenizer is not None:
-            return encode_prompt(
-                self.tokenizer, text, chat=chat, chat_template_kwargs=chat_template_kwargs
+            return encode_messages(
+                self.tokenizer, messages, chat=chat, chat_template_kwargs=chat_template_kwargs
             )
-        return _tokenize(self.http, self.model, text, None if chat else False, chat_template_kwargs)
+        chat_mode = None if chat else False
+        return _tokenize(self.http, self.model, messages, chat_mode, chat_template_kwargs)
 
     def open_session(
         self,

@@ -116,10 +116,24 @@ class Generalist(ABC):
         """Token ids that end a generation."""
 
     @abstractmethod
+    def encode_messages(
+        self,
+        messages: Sequence[dict[str, str]],
+        *,
+        chat: bool,
+        chat_template_kwargs: dict | None = None,
+    ) -> list[int]:
+        """The generalist's prompt ids for a (public) conversation ending in a user turn."""
+
     def encode(
         self, text: str, *, chat: bool, chat_template_kwargs: dict | None = None
     ) -> list[int]:
         """The generalist's prompt ids for a (public) user turn."""
+        return self.encode_messages(
+            [{"role": "user", "content": text}],
+            chat=chat,
+            chat_template_kwargs=chat_template_kwargs,
+        )
 
     @abstractmethod
     def open_session(
