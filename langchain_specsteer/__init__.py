@@ -1,5 +1,6 @@
 """SpecSteer for LangChain: a private on-device specialist and a remote generalist, one text."""
 
+from langchain_specsteer.chat_models import ChatSpecSteer
 from langchain_specsteer.engine import SpecSteerEngine
 from langchain_specsteer.llms import SpecSteerLLM
 from langchain_specsteer.models import LocalGeneralist, LocalSpecialist
@@ -7,6 +8,7 @@ from langchain_specsteer.params import METHODS, DecodingParams
 
 __all__ = [
     "METHODS",
+    "ChatSpecSteer",
     "DecodingParams",
     "LocalGeneralist",
     "LocalSpecialist",
