@@ -50,6 +50,10 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
     `usage_metadata` counts the specialist's prompt tokens in and the generated tokens out.
     """
 
+    streaming: bool = False
+    """Stream by default inside `invoke` (LangChain's convention): tokens reach callbacks as
+    rounds commit them. Decoding is incremental either way."""
+
     @model_validator(mode="before")
     @classmethod
     def _standard_names(cls, values: Any) -> Any:
@@ -72,7 +76,7 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
         params = self.decoding_params(**_call_options(kwargs))
         ls_params = {
             "ls_provider": "specsteer",
-            "ls_model_name": self.generalist.name,
+            "ls_model_name": kwargs.get("model", self.generalist.name),
             "ls_model_type": "chat",
             "ls_temperature": params.temperature,
             "ls_max_tokens": params.max_new_tokens,

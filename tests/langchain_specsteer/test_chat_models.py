@@ -1,0 +1,152 @@
+"""`ChatSpecSteer`: the engine behind LangChain's chat-model interface."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+
+from langchain_specsteer import ChatSpecSteer
+from tests.conftest import CONTEXT, PROMPTS
+
+SECRET = "Zorblax quantum marmalade, my PIN is 4417"
+
+
+@pytest.fixture
+def make_chat(specialist, generalist):
+    def make(**fields):
+        fields.setdefault("max_tokens", 16)
+        return ChatSpecSteer(specialist=specialist, generalist=generalist, **fields)
+
+    return make
+
+
+@pytest.mark.parametrize("method", ["specsteer", "generalist", "specialist"])
+def test_one_user_turn_answers_what_the_llm_writes(make_chat, make_llm, method):
+    chat = make_chat(method=method)
+    for prompt in PROMPTS:
+        message = chat.invoke(prompt, private_context=CONTEXT)
+        expected = make_llm(method=method, max_new_tokens=16).invoke(
+            prompt, private_context=CONTEXT
+        )
+        assert message.content == expected
+
+
+def test_messages_are_rendered_with_each_models_chat_template(make_chat, specialist):
+    chat = make_chat()
+    turns = chat.render_messages(
+        [SystemMessage("Be brief."), HumanMessage("Hi"), AIMessage("Hello!"), HumanMessage("Gift?")]
+    )
+    assert [t["role"] for t in turns] == ["system", "user", "assistant", "user"]
+    prompts = chat._prompts(turns, "She climbs.")
+    decoded = specialist.tokenizer.decode(prompts.private)
+    assert "She climbs." in decoded and "Be brief." in decoded and "Hello!" in decoded
+    public = specialist.tokenizer.decode(prompts.public_specialist)
+    assert "She climbs." not in public and "Gift?" in public
+    assert "She climbs." not in chat.generalist.tokenizer.decode(prompts.public_generalist)
+
+
+def test_usage_and_response_metadata(make_chat):
+    chat = make_chat(method="specsteer", max_tokens=20)
+    message = chat.invoke(PROMPTS[0], private_context=CONTEXT)
+    info = message.response_metadata
+    prompts = chat._prompts([{"role": "user", "content": PROMPTS[0]}], CONTEXT)
+    assert message.usage_metadata["input_tokens"] == len(prompts.private)
+    assert message.usage_metadata["output_tokens"] == info["new_tokens"] == 20
+    assert info["finish_reason"] == "length" and info["private_context"] is True
+    assert 0 <= info["acceptance_rate"] <= 1 and info["model_name"] == chat.generalist.name
+    chunks = list(chat.stream(PROMPTS[0], private_context=CONTEXT))
+    assert "".join(c.content for c in chunks) == message.content
+    assert sum(c.usage_metadata["output_tokens"] for c in chunks if c.usage_metadata) == 20
+
+
+def test_max_tokens_is_max_new_tokens(make_chat):
+    chat = make_chat(max_tokens=7)
+    assert chat.max_new_tokens == chat.max_tokens == 7
+    assert chat.invoke(PROMPTS[0]).usage_metadata["output_tokens"] == 7
+    assert chat.invoke(PROMPTS[0], max_tokens=3).usage_metadata["output_tokens"] == 3
+    with pytest.raises(ValueError, match="max_tokens and max_new_tokens"):
+        make_chat(max_tokens=5, max_new_tokens=6)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        make_chat(max_tokens=0)
+
+
+def test_unsupported_input_is_refused_clearly(make_chat):
+    chat = make_chat()
+    with pytest.raises(ValueError, match="tool calling is not supported"):
+        chat.invoke([HumanMessage("hi"), ToolMessage("42", tool_call_id="x")])
+    image = {"type": "image", "url": "https://example.com/x.png"}
+    with pytest.raises(ValueError, match="text only"):
+        chat.invoke([HumanMessage(content=[{"type": "text", "text": "hi"}, image])])
+    with pytest.raises(ValueError, match="no user turn"):
+        chat.invoke([SystemMessage("only a system prompt")])
+    with pytest.raises(NotImplementedError):
+        chat.bind_tools([])
+
+
+class StartRecorder(BaseCallbackHandler):
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def on_chat_model_start(self, serialized, messages, **kwargs):
+        self.seen.append(json.dumps([serialized, kwargs], default=repr))
+
+
+def test_private_context_stays_out_of_callbacks_and_cache_keys(make_chat):
+    chat = make_chat(max_tokens=4)
+    recorder = StartRecorder()
+    config = {"callbacks": [recorder]}
+    chat.invoke(PROMPTS[0], config, private_context=SECRET)
+    list(chat.stream(PROMPTS[0], config, private_context=SECRET))
+    chat.batch([PROMPTS[0], PROMPTS[1]], config, private_context=SECRET)
+    chat.bind(private_context=SECRET).invoke(PROMPTS[0], config)
+
+    async def consume():
+        await chat.ainvoke(PROMPTS[0], config, private_context=SECRET)
+        return [c async for c in chat.astream(PROMPTS[0], config, private_context=SECRET)]
+
+    asyncio.run(consume())
+    assert len(recorder.seen) == 7
+    for event in recorder.seen:
+        assert "Zorblax" not in event and "4417" not in event
+    key = chat._get_llm_string(private_context=SECRET)
+    assert "Zorblax" not in key and key != chat._get_llm_string(private_context="other")
+    # ...while the specialist did read it
+    plain = chat.invoke(PROMPTS[0], method="specialist").content
+    assert chat.invoke(PROMPTS[0], method="specialist", private_context=SECRET).content != plain
+
+
+def test_standard_params_for_tracing(make_chat):
+    chat = make_chat(temperature=0.5, stop=["\n"])
+    params = chat._get_ls_params(max_tokens=9)
+    assert params["ls_provider"] == "specsteer" and params["ls_model_type"] == "chat"
+    assert params["ls_max_tokens"] == 9 and params["ls_temperature"] == 0.5
+    assert params["ls_stop"] == ["\n"] and params["ls_model_name"] == chat.generalist.name
+
+
+def test_async_does_not_block_the_event_loop(make_chat):
+    """Model work runs off the loop: a ticker keeps ticking during ainvoke."""
+    chat = make_chat(max_tokens=40, method="generalist")
+
+    async def main():
+        ticks = 0
+        done = asyncio.Event()
+
+        async def ticker():
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        task = asyncio.create_task(ticker())
+        message = await chat.ainvoke(PROMPTS[0])
+        done.set()
+        await task
+        return ticks, message
+
+    ticks, message = asyncio.run(main())
+    assert message.usage_metadata["output_tokens"] == 40
+    assert ticks > 5
