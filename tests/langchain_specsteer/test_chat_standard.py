@@ -23,7 +23,6 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-import pytest
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
