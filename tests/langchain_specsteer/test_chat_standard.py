@@ -1,18 +1,18 @@
 """LangChain's standard chat-model tests (`langchain-tests`) on ChatSpecSteer.
 
 Unit tests run on the tiny random pair; integration tests on the shipped trained demo pair,
-which writes real text. No test is marked xfail. The 35 skips, all decided by langchain-tests
-from the capabilities declared below, and why each capability is declared absent:
+which writes real text. No test is marked xfail. Every skip (35 with langchain-tests 1.1.9)
+is decided by langchain-tests from the capabilities declared below; why each is absent:
 
-- tool calling (15: test_bind_tool_pydantic, test_tool_calling[_async], ..._with_no_arguments,
+- tool calling (test_bind_tool_pydantic, test_tool_calling[_async], ..._with_no_arguments,
   test_tool_choice, test_tool_message_*, test_bind_runnables_as_tools, test_agent_loop,
   test_unicode_tool_call_integration, test_structured_few_shot_examples): the generalist
   verifies free text drafted by a specialist; there is no tool-call grammar to verify.
-- structured output and JSON mode (9: test_with_structured_output, test_structured_output*,
+- structured output and JSON mode (test_with_structured_output, test_structured_output*,
   test_json_mode): they are built on tool calling / constrained decoding, neither of which
   the draft-verify loop provides.
-- image, audio, PDF and Anthropic-format inputs (6): both models are text-only.
-- per-call `model=` override (4): the models are objects loaded at construction.
+- image, audio, PDF and Anthropic-format inputs: both models are text-only.
+- per-call `model=` override: the models are objects loaded at construction.
 - test_serdes: a model holding loaded weights is not LangChain-serialisable.
 - test_init_from_env: no environment configuration (no API key for in-process models).
 - test_stream_time: langchain-tests runs it only with VCR cassettes (HTTP recordings).
