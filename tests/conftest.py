@@ -231,3 +231,29 @@ def demo_pair():
         LocalSpecialist.from_pretrained(str(root / "specialist"), device="cpu"),
         LocalGeneralist.from_pretrained(str(root / "generalist"), device="cpu"),
     )
+
+
+def ticks_while(work):
+    """Run the coroutine function `work` beside a 1 ms ticker; (its result, ticks counted).
+
+    Many ticks mean the event loop stayed free while `work` ran.
+    """
+    import asyncio
+
+    async def main():
+        ticks = 0
+        done = asyncio.Event()
+
+        async def ticker():
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        task = asyncio.create_task(ticker())
+        result = await work()
+        done.set()
+        await task
+        return result, ticks
+
+    return asyncio.run(main())

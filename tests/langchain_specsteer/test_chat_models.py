@@ -10,7 +10,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
 from langchain_specsteer import ChatSpecSteer
-from tests.conftest import CONTEXT, PROMPTS
+from tests.conftest import CONTEXT, PROMPTS, ticks_while
 
 SECRET = "Zorblax quantum marmalade, my PIN is 4417"
 
@@ -130,23 +130,6 @@ def test_standard_params_for_tracing(make_chat):
 def test_async_does_not_block_the_event_loop(make_chat):
     """Model work runs off the loop: a ticker keeps ticking during ainvoke."""
     chat = make_chat(max_tokens=40, method="generalist")
-
-    async def main():
-        ticks = 0
-        done = asyncio.Event()
-
-        async def ticker():
-            nonlocal ticks
-            while not done.is_set():
-                ticks += 1
-                await asyncio.sleep(0.001)
-
-        task = asyncio.create_task(ticker())
-        message = await chat.ainvoke(PROMPTS[0])
-        done.set()
-        await task
-        return ticks, message
-
-    ticks, message = asyncio.run(main())
+    message, ticks = ticks_while(lambda: chat.ainvoke(PROMPTS[0]))
     assert message.usage_metadata["output_tokens"] == 40
     assert ticks > 5

@@ -13,7 +13,7 @@ from langchain_core.prompts import PromptTemplate
 from pydantic import ValidationError
 
 from langchain_specsteer import METHODS, LocalSpecialist, SpecSteerLLM
-from tests.conftest import CONTEXT, PROMPTS
+from tests.conftest import CONTEXT, PROMPTS, ticks_while
 
 
 class TokenRecorder(BaseCallbackHandler):
@@ -199,28 +199,12 @@ def test_from_pretrained_loads_both_models_and_sets_fields(tiny_dir, make_llm):
 
 def test_async_calls_run_off_the_event_loop(make_llm):
     """ainvoke and astream: a ticker keeps ticking while the models work."""
-    import asyncio
-
     llm = make_llm(method="generalist", max_new_tokens=40)
 
-    async def main():
-        ticks = 0
-        done = asyncio.Event()
+    async def collect():
+        return [piece async for piece in llm.astream(PROMPTS[0])]
 
-        async def ticker():
-            nonlocal ticks
-            while not done.is_set():
-                ticks += 1
-                await asyncio.sleep(0.001)
-
-        task = asyncio.create_task(ticker())
-        text = await llm.ainvoke(PROMPTS[0])
-        during_invoke = ticks
-        pieces = [piece async for piece in llm.astream(PROMPTS[0])]
-        done.set()
-        await task
-        return text, pieces, during_invoke, ticks - during_invoke
-
-    text, pieces, invoke_ticks, stream_ticks = asyncio.run(main())
+    text, invoke_ticks = ticks_while(lambda: llm.ainvoke(PROMPTS[0]))
+    pieces, stream_ticks = ticks_while(collect)
     assert "".join(pieces) == text == llm.invoke(PROMPTS[0])
     assert invoke_ticks > 5 and stream_ticks > 5
