@@ -1,0 +1,29 @@
+"""The personal-assistant example: memories are stored, and they steer the answer."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_example():
+    path = ROOT / "examples" / "personal_assistant.py"
+    spec = importlib.util.spec_from_file_location("personal_assistant", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_scripted_conversation(tmp_path, demo_pair):
+    example = load_example()
+    memory = tmp_path / "memory.db"
+    results = example.main(["--script", "--memory", str(memory), "--max-tokens", "24"])
+    stored = [r for r in results if r["answer"] is None]
+    assert [r["stored"] for r in stored] == [1, 2, 3, 4]
+    steered, plain = results[-2], results[-1]
+    assert steered["metadata"]["retrieved"] == 3 and plain["without_memory"]
+    assert steered["answer"] and plain["answer"]
+    assert steered["answer"] != plain["answer"]  # the memories changed the text
+    assert memory.exists() and (memory.stat().st_mode & 0o777) == 0o600
