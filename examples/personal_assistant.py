@@ -44,8 +44,13 @@ def assistant(chat: ChatSpecSteer, memory: PrivateMemory) -> Any:
     """One agent step: store a memory, or answer a request steered by the memories."""
 
     def remember(turn: str) -> dict[str, Any]:
-        fact = json.loads(turn[len(PREFIX) :])  # {"reviewText": ..., "summary": ..., ...}
-        memory.add(fact.pop("reviewText"), fact)
+        text = turn[len(PREFIX) :].strip()
+        try:  # a past review as JSON: {"reviewText": ..., "summary": ..., ...}
+            fact = json.loads(text)
+            memory.add(fact.pop("reviewText"), fact)
+        except (json.JSONDecodeError, AttributeError, KeyError, TypeError):
+            # a plain note; the review template renders every memory with these fields
+            memory.add(text, {"overall": "?", "description": "a note", "summary": "note"})
         return {"stored": len(memory), "answer": None}
 
     def answer(turn: str) -> dict[str, Any]:

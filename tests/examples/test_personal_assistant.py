@@ -27,3 +27,14 @@ def test_the_scripted_conversation(tmp_path, demo_pair):
     assert steered["answer"] and plain["answer"]
     assert steered["answer"] != plain["answer"]  # the memories changed the text
     assert memory.exists() and (memory.stat().st_mode & 0o777) == 0o600
+
+
+def test_plain_notes_are_remembered_too(tmp_path, demo_pair, monkeypatch):
+    import io
+
+    example = load_example()
+    turns = "remember: I always start with Full review:\nWrite a review of a red kettle.\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(turns))
+    results = example.main(["--memory", str(tmp_path / "m.db"), "--max-tokens", "8"])
+    assert results[0]["stored"] == 1
+    assert results[1]["answer"] and results[1]["metadata"]["retrieved"] == 1
