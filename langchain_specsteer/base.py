@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Literal, Self
 
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from langchain_specsteer.context import private_prompt, render_context, retrieve_privately
-from langchain_specsteer.engine import METHOD_SPECS, Prompts, SpecSteerEngine
+from langchain_specsteer.context import (
+    aretrieve_privately,
+    private_prompt,
+    render_context,
+    retrieve_privately,
+)
+from langchain_specsteer.engine import METHOD_SPECS, DecodeRun, Prompts, Round, SpecSteerEngine
 from langchain_specsteer.models import LocalGeneralist, LocalSpecialist, Message
 from langchain_specsteer.params import (
     DEFAULT_CONTEXT_TEMPLATE,
@@ -45,6 +51,18 @@ class RedactedContext:
         return "<private context redacted>"
 
     __str__ = __repr__
+
+
+def redact(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A call's keyword arguments with its `private_context` wrapped in `RedactedContext`."""
+    if kwargs.get("private_context") is not None:
+        kwargs = {**kwargs, "private_context": RedactedContext(kwargs["private_context"])}
+    return kwargs
+
+
+def unredact(context: PrivateContext | RedactedContext) -> PrivateContext:
+    """The context a call passed (unwrapped from its redaction)."""
+    return context.reveal() if isinstance(context, RedactedContext) else context
 
 
 class SpecSteerBase(DecodingParams):
@@ -152,8 +170,22 @@ class SpecSteerBase(DecodingParams):
         An explicit `private_context` wins; without one, the `retriever` (if any) is asked.
         """
         if private_context is None and self.retriever is not None:
-            documents = retrieve_privately(self.retriever, prompt)[: self.retrieval_k]
-            return self._render_context(documents), len(documents)
+            return self._retrieved(retrieve_privately(self.retriever, prompt))
+        return self._given(private_context)
+
+    async def aprivate_context_for(
+        self, prompt: str, private_context: PrivateContext = None
+    ) -> tuple[str, int]:
+        """`private_context_for` from a coroutine (the retriever's async hook)."""
+        if private_context is None and self.retriever is not None:
+            return self._retrieved(await aretrieve_privately(self.retriever, prompt))
+        return self._given(private_context)
+
+    def _retrieved(self, documents: list[Document]) -> tuple[str, int]:
+        documents = documents[: self.retrieval_k]
+        return self._render_context(documents), len(documents)
+
+    def _given(self, private_context: PrivateContext) -> tuple[str, int]:
         if isinstance(private_context, str | Document):
             private_context = [private_context]
         return self._render_context(private_context or []), 0
@@ -161,12 +193,15 @@ class SpecSteerBase(DecodingParams):
     def _render_context(self, pieces: Sequence[str | Document]) -> str:
         return render_context(pieces, self.document_template, self.context_separator)
 
-    def _prompts(
-        self, messages: Sequence[Message], context: str, params: DecodingParams | None = None
-    ) -> Prompts:
-        """The three prompts of a conversation ending in a user turn; the private context goes
-        into the specialist's last user turn (`context_template`). The generalist's prompt is
-        encoded only when `params.method` uses it."""
+    @property
+    def _chat(self) -> dict[str, Any]:
+        return {"chat": self.use_chat_template, "chat_template_kwargs": self.chat_template_kwargs}
+
+    def _turns(
+        self, messages: Sequence[Message], context: str
+    ) -> tuple[list[Message], list[Message]]:
+        """(public, private) turns: the private context goes into the specialist's last user
+        turn (`context_template`)."""
         public = [dict(m) for m in messages]
         private = [dict(m) for m in messages]
         last = max((i for i, m in enumerate(private) if m["role"] == "user"), default=None)
@@ -176,18 +211,48 @@ class SpecSteerBase(DecodingParams):
         private[last]["content"] = private_prompt(
             self.context_template, context, private[last]["content"]
         )
-        chat = {"chat": self.use_chat_template, "chat_template_kwargs": self.chat_template_kwargs}
+        return public, private
+
+    def _prompts(
+        self, messages: Sequence[Message], context: str, params: DecodingParams | None = None
+    ) -> Prompts:
+        """The three prompts of a conversation ending in a user turn. The generalist's prompt
+        is encoded only when `params.method` uses it (a remote one may ask its service)."""
+        public, private = self._turns(messages, context)
         public_generalist, error = [], None
-        if params is None or METHOD_SPECS[params.method].uses_generalist:
-            try:  # a remote generalist may encode with the service's tokenizer: a request
-                public_generalist = self.generalist.encode_messages(public, **chat)
+        if _uses_generalist(params):
+            try:
+                public_generalist = self.generalist.encode_messages(public, **self._chat)
             except GeneralistError as err:
-                if params is None or params.on_generalist_error == "raise":
-                    raise
-                public_generalist, error = None, str(err)
+                public_generalist, error = _unencoded(err, params)
+        return self._specialist_prompts(public, private, public_generalist, error)
+
+    async def _aprompts(
+        self, messages: Sequence[Message], context: str, params: DecodingParams | None = None
+    ) -> Prompts:
+        """`_prompts` from a coroutine: the generalist's encoding awaited (asynchronous HTTP
+        for a remote one), the specialist's tokenizing in a worker thread."""
+        public, private = self._turns(messages, context)
+        public_generalist, error = [], None
+        if _uses_generalist(params):
+            try:
+                public_generalist = await self.generalist.aencode_messages(public, **self._chat)
+            except GeneralistError as err:
+                public_generalist, error = _unencoded(err, params)
+        return await asyncio.to_thread(
+            self._specialist_prompts, public, private, public_generalist, error
+        )
+
+    def _specialist_prompts(
+        self,
+        public: list[Message],
+        private: list[Message],
+        public_generalist: list[int] | None,
+        error: str | None,
+    ) -> Prompts:
         return Prompts(
-            private=self.specialist.encode_messages(private, **chat),
-            public_specialist=self.specialist.encode_messages(public, **chat),
+            private=self.specialist.encode_messages(private, **self._chat),
+            public_specialist=self.specialist.encode_messages(public, **self._chat),
             public_generalist=public_generalist,
             generalist_error=error,
         )
@@ -196,28 +261,92 @@ class SpecSteerBase(DecodingParams):
         self, prompts: Prompts, params: DecodingParams, stop: Sequence[str] | None
     ) -> Iterator[tuple[str, dict[str, Any] | None]]:
         """(text piece, None) as rounds commit tokens, then ("", statistics)."""
-        run = self._engine.run(prompts, params)
-        byte_level = self._engine.alignment == "byte"
-        detokenizer = (
-            ByteDetokenizer() if byte_level else IncrementalDetokenizer(self.specialist.tokenizer)
-        )
-        stops = StopStringFilter([*(self.stop or []), *(stop or [])])
+        run, text = self._engine.run(prompts, params), self._text(stop)
         rounds = iter(run)
         try:
             for round_ in rounds:
-                piece = stops.push(detokenizer.push(round_.data if byte_level else round_.tokens))
-                if piece:
+                if piece := text.push(round_):
                     yield piece, None
-                if stops.stopped:
+                if text.stopped:
                     break
-            if not stops.stopped:
-                piece = stops.push(detokenizer.flush()) + stops.flush()
-                if piece:
-                    yield piece, None
         finally:
             rounds.close()  # stops the clock; frees the KV caches
-        if stops.stopped:
+        if piece := text.flush():
+            yield piece, None
+        yield "", text.info(run, prompts)
+
+    async def _adecode(
+        self, prompts: Prompts, params: DecodingParams, stop: Sequence[str] | None
+    ) -> AsyncIterator[tuple[str, dict[str, Any] | None]]:
+        """`_decode` without blocking the event loop (`async for` over the run)."""
+        run, text = self._engine.run(prompts, params), self._text(stop)
+        rounds = aiter(run)
+        try:
+            async for round_ in rounds:
+                if piece := text.push(round_):
+                    yield piece, None
+                if text.stopped:
+                    break
+        finally:
+            await rounds.aclose()
+        if piece := text.flush():
+            yield piece, None
+        yield "", text.info(run, prompts)
+
+    def _text(self, stop: Sequence[str] | None) -> RoundText:
+        byte_level = self._engine.alignment == "byte"
+        return RoundText(
+            ByteDetokenizer() if byte_level else IncrementalDetokenizer(self.specialist.tokenizer),
+            StopStringFilter([*(self.stop or []), *(stop or [])]),
+            byte_level=byte_level,
+        )
+
+
+class RoundText:
+    """A run's rounds as text: detokenised incrementally, cut at the first stop string."""
+
+    def __init__(
+        self,
+        detokenizer: IncrementalDetokenizer | ByteDetokenizer,
+        stops: StopStringFilter,
+        *,
+        byte_level: bool,
+    ):
+        self.detokenizer = detokenizer
+        self.stops = stops
+        self.byte_level = byte_level
+
+    @property
+    def stopped(self) -> bool:
+        return self.stops.stopped
+
+    def push(self, round_: Round) -> str:
+        """The text this round adds (held back while it may begin a stop string)."""
+        return self.stops.push(
+            self.detokenizer.push(round_.data if self.byte_level else round_.tokens)
+        )
+
+    def flush(self) -> str:
+        """What is held back, once the run ends (nothing after a stop string)."""
+        if self.stopped:
+            return ""
+        return self.stops.push(self.detokenizer.flush()) + self.stops.flush()
+
+    def info(self, run: DecodeRun, prompts: Prompts) -> dict[str, Any]:
+        """The run's statistics, as `generation_info`."""
+        if self.stopped:
             run.stats.finish_reason = "stop"
         info = run.stats.as_dict()
         info["prompt_tokens"] = len(prompts.private)
-        yield "", info
+        return info
+
+
+def _uses_generalist(params: DecodingParams | None) -> bool:
+    return params is None or METHOD_SPECS[params.method].uses_generalist
+
+
+def _unencoded(err: GeneralistError, params: DecodingParams | None) -> tuple[None, str]:
+    """No generalist prompt: raise, or carry the reason to the run (which falls back)."""
+    if params is None or params.on_generalist_error == "raise":
+        raise err
+    return None, str(err)

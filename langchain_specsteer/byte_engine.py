@@ -32,7 +32,7 @@ renormalised over the tokens that extend the pending bytes.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -47,7 +47,12 @@ from langchain_specsteer.bytelevel import (
 )
 from langchain_specsteer.bytelevel import recover_token as recover_bytes
 from langchain_specsteer.engine import METHOD_SPECS, DecodeRun, Round
-from langchain_specsteer.verification import GeneralistError, GeneralistSession
+from langchain_specsteer.verification import (
+    GeneralistError,
+    GeneralistSession,
+    Verdict,
+    VerifyCall,
+)
 
 if TYPE_CHECKING:
     from langchain_specsteer.engine import Prompts, SpecSteerEngine
@@ -94,7 +99,7 @@ class ByteDecodeRun(DecodeRun):
         self.text = bytearray()  # the committed output
         self.last_piece = b""  # the bytes of the last committed generalist token
 
-    def __iter__(self) -> Iterator[Round]:
+    def _steps(self) -> Generator[Round | VerifyCall, Verdict | None, None]:
         p, spec, engine = self.params, self.spec, self.engine
         self.stats._start = time.perf_counter()
         ctx = gen = target = None
@@ -113,7 +118,7 @@ class ByteDecodeRun(DecodeRun):
                     if target is None:  # the specialist writes
                         round_ = self._specialist_round(ctx)
                     else:
-                        round_ = self._generalist_round(ctx, gen, target, remaining)
+                        round_ = yield from self._generalist_round(ctx, gen, target, remaining)
                 except GeneralistError as err:
                     ctx, gen, target = self._fall_back(ctx, err)
                     continue
@@ -126,15 +131,13 @@ class ByteDecodeRun(DecodeRun):
             self.stats.finish_reason = "length"
         finally:
             self.stats.seconds = time.perf_counter() - self.stats._start
-            if target is not None:
-                target.close()
 
     def _open(self) -> GeneralistSession | None:
         if not self.spec.uses_generalist:
             return None
         if self.prompts.public_generalist is None:
             raise GeneralistError(self.prompts.generalist_error or "no generalist prompt")
-        return self.engine.generalist.open_session(
+        return self._open_session(
             self.prompts.public_generalist,
             vocab_size=self.vocabularies.generalist_width,
             temperature=self.params.temperature,
@@ -224,7 +227,7 @@ class ByteDecodeRun(DecodeRun):
         gen: TokenSequence | None,
         target: GeneralistSession,
         remaining: int,
-    ) -> Round:
+    ) -> Generator[VerifyCall, Verdict, Round]:
         p, spec, words = self.params, self.spec, self.vocabularies
         pending = self._sync(ctx) if ctx is not None else b""
         if gen is not None:
@@ -236,7 +239,7 @@ class ByteDecodeRun(DecodeRun):
         draft_bytes = words.specialist.spell(drafted)[len(pending) :]
         draft = words.generalist.encode(draft_bytes)[: remaining - 1]
         rule = "none" if not draft else "match" if spec.verify == "match" else "device"
-        verdict = target.verify(draft, rule, p.gamma)
+        verdict = yield VerifyCall(target, draft, rule, p.gamma)
         self.stats.generalist_calls += 1
         log_p_G = verdict.log_p_G.to(self.device)
         q_gen: list[torch.Tensor] = []

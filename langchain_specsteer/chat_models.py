@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import model_validator
 
-from langchain_specsteer.base import PrivateContext, RedactedContext, SpecSteerBase
+from langchain_specsteer.base import (
+    PrivateContext,
+    RedactedContext,
+    SpecSteerBase,
+    redact,
+    unredact,
+)
 from langchain_specsteer.models import Message
 from langchain_specsteer.params import DecodingParams
 
@@ -87,7 +93,7 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
 
     def _get_invocation_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict:
         # Callbacks and tracers receive these: never the private context itself.
-        return super()._get_invocation_params(stop=stop, **_redact(kwargs))
+        return super()._get_invocation_params(stop=stop, **redact(kwargs))
 
     def _get_llm_string(self, stop: list[str] | None = None, **kwargs: Any) -> str:
         # LangChain's cache key: a digest of the private context, so different contexts
@@ -120,31 +126,53 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
         private_context: PrivateContext = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        if isinstance(private_context, RedactedContext):
-            private_context = private_context.reveal()
         params = self.decoding_params(**kwargs)
         turns = self.render_messages(messages)
-        query = next((t["content"] for t in reversed(turns) if t["role"] == "user"), "")
-        context, retrieved = self.private_context_for(query, private_context)
+        context, retrieved = self.private_context_for(_query(turns), unredact(private_context))
         prompts = self._prompts(turns, context, params)
         for piece, info in self._decode(prompts, params, stop):
-            if info is None:
-                chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
-                if run_manager:
-                    run_manager.on_llm_new_token(piece, chunk=chunk)
-                yield chunk
-                continue
-            info.update(private_context=bool(context), retrieved=retrieved)
-            info["model_name"] = self.generalist.name
-            usage = UsageMetadata(
-                input_tokens=info["prompt_tokens"],
-                output_tokens=info["new_tokens"],
-                total_tokens=info["prompt_tokens"] + info["new_tokens"],
-            )
-            last = AIMessageChunk(
-                content="", usage_metadata=usage, response_metadata=info, chunk_position="last"
-            )
-            yield ChatGenerationChunk(message=last, generation_info=info)
+            chunk = self._chunk(piece, info, context, retrieved)
+            if run_manager and info is None:
+                run_manager.on_llm_new_token(piece, chunk=chunk)
+            yield chunk
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        private_context: PrivateContext = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        params = self.decoding_params(**kwargs)
+        turns = self.render_messages(messages)
+        context, retrieved = await self.aprivate_context_for(
+            _query(turns), unredact(private_context)
+        )
+        prompts = await self._aprompts(turns, context, params)
+        async for piece, info in self._adecode(prompts, params, stop):
+            chunk = self._chunk(piece, info, context, retrieved)
+            if run_manager and info is None:
+                await run_manager.on_llm_new_token(piece, chunk=chunk)
+            yield chunk
+
+    def _chunk(
+        self, piece: str, info: dict[str, Any] | None, context: str, retrieved: int
+    ) -> ChatGenerationChunk:
+        """A text piece, or the last (empty) chunk with usage and statistics."""
+        if info is None:
+            return ChatGenerationChunk(message=AIMessageChunk(content=piece))
+        info.update(private_context=bool(context), retrieved=retrieved)
+        info["model_name"] = self.generalist.name
+        usage = UsageMetadata(
+            input_tokens=info["prompt_tokens"],
+            output_tokens=info["new_tokens"],
+            total_tokens=info["prompt_tokens"] + info["new_tokens"],
+        )
+        last = AIMessageChunk(
+            content="", usage_metadata=usage, response_metadata=info, chunk_position="last"
+        )
+        return ChatGenerationChunk(message=last, generation_info=info)
 
     def _generate(
         self,
@@ -153,17 +181,37 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        final: ChatGenerationChunk | None = None
-        for chunk in self._stream(messages, stop, run_manager, **kwargs):
-            final = chunk if final is None else final + chunk
-        message = AIMessage(
-            content=final.message.content,
-            usage_metadata=final.message.usage_metadata,
-            response_metadata=final.message.response_metadata,
-        )
-        return ChatResult(
-            generations=[ChatGeneration(message=message, generation_info=final.generation_info)]
-        )
+        return _result(list(self._stream(messages, stop, run_manager, **kwargs)))
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        chunks = [c async for c in self._astream(messages, stop, run_manager, **kwargs)]
+        return _result(chunks)
+
+
+def _query(turns: list[Message]) -> str:
+    """What a retriever is asked: the last user turn."""
+    return next((t["content"] for t in reversed(turns) if t["role"] == "user"), "")
+
+
+def _result(chunks: list[ChatGenerationChunk]) -> ChatResult:
+    """One message from the streamed chunks."""
+    final = chunks[0]
+    for chunk in chunks[1:]:
+        final += chunk
+    message = AIMessage(
+        content=final.message.content,
+        usage_metadata=final.message.usage_metadata,
+        response_metadata=final.message.response_metadata,
+    )
+    return ChatResult(
+        generations=[ChatGeneration(message=message, generation_info=final.generation_info)]
+    )
 
 
 def _text(message: BaseMessage) -> str:
@@ -202,12 +250,6 @@ def _call_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The decoding fields among a call's keyword arguments."""
     names = {*DecodingParams.model_fields, "max_tokens"}
     return {k: v for k, v in kwargs.items() if k in names}
-
-
-def _redact(kwargs: dict[str, Any]) -> dict[str, Any]:
-    if kwargs.get("private_context") is not None:
-        kwargs = {**kwargs, "private_context": RedactedContext(kwargs["private_context"])}
-    return kwargs
 
 
 def _digest(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -8,13 +8,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForRetrieverRun,
+    CallbackManagerForRetrieverRun,
+)
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
 from langchain_specsteer.params import template_fields
 
-__all__ = ["private_prompt", "render_context", "render_document", "retrieve_privately"]
+__all__ = [
+    "aretrieve_privately",
+    "private_prompt",
+    "render_context",
+    "render_document",
+    "retrieve_privately",
+]
 
 
 def render_document(document: Document, template: str) -> str:
@@ -42,6 +51,15 @@ def retrieve_privately(retriever: BaseRetriever, query: str) -> list[Document]:
     if retriever._new_arg_supported:
         return retriever._get_relevant_documents(query, run_manager=noop)
     return retriever._get_relevant_documents(query)
+
+
+async def aretrieve_privately(retriever: BaseRetriever, query: str) -> list[Document]:
+    """`retrieve_privately` from a coroutine (the retriever's async hook: by default its sync
+    one in a worker thread)."""
+    noop = AsyncCallbackManagerForRetrieverRun.get_noop_manager()
+    if retriever._new_arg_supported:
+        return await retriever._aget_relevant_documents(query, run_manager=noop)
+    return await retriever._aget_relevant_documents(query)
 
 
 def private_prompt(context_template: str, context: str, prompt: str) -> str:

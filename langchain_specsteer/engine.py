@@ -7,11 +7,12 @@ the math lives in `algorithms`, the models behind `TokenSequence`.
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -23,6 +24,7 @@ from langchain_specsteer.verification import (
     GeneralistError,
     GeneralistSession,
     Verdict,
+    VerifyCall,
 )
 
 __all__ = [
@@ -192,7 +194,11 @@ class SpecSteerEngine:
 
 
 class DecodeRun:
-    """One generation in progress. Iterating yields each round's committed tokens."""
+    """One generation in progress: `for` or `async for` yields each round's committed tokens.
+
+    The loop itself is `_steps`, a generator that yields `Round`s and, when the generalist
+    must answer, `VerifyCall`s; the two drivers differ only in how they perform those.
+    """
 
     def __init__(self, engine: SpecSteerEngine, prompts: Prompts, params: DecodingParams):
         self.engine = engine
@@ -203,6 +209,8 @@ class DecodeRun:
         self.device = engine.specialist.device
         self.rng: torch.Generator | None = None
         self.committed: list[int] = []
+        self.sessions: list[GeneralistSession] = []  # opened by the steps, closed by the driver
+        self._stepping = threading.Lock()  # one step at a time, then closing
         if not params.greedy:
             self.rng = torch.Generator(device=self.device)
             self.rng.manual_seed(params.seed if params.seed is not None else torch.seed())
@@ -216,7 +224,7 @@ class DecodeRun:
         if spec.uses_generalist:
             if prompts.public_generalist is None:
                 raise GeneralistError(prompts.generalist_error or "no generalist prompt")
-            target = eng.generalist.open_session(
+            target = self._open_session(
                 prompts.public_generalist,
                 vocab_size=V,
                 temperature=self.params.temperature,
@@ -235,6 +243,76 @@ class DecodeRun:
         return ctx, gen, target
 
     def __iter__(self) -> Iterator[Round]:
+        """Run the steps here, blocking on the generalist's answers."""
+        steps = self._steps()
+        try:
+            done, item = self._advance(steps)
+            while not done:
+                if isinstance(item, VerifyCall):
+                    try:
+                        verdict = item.perform()
+                    except GeneralistError as err:
+                        done, item = self._advance(steps, error=err)
+                        continue
+                    done, item = self._advance(steps, verdict)
+                else:
+                    yield item
+                    done, item = self._advance(steps)
+        finally:
+            self._finish(steps)
+            for session in self.sessions:
+                session.close()
+
+    async def __aiter__(self) -> AsyncIterator[Round]:
+        """Run the steps without blocking the event loop: model work in a worker thread, the
+        generalist's answers awaited on the loop (asynchronous HTTP for network generalists)."""
+        steps = self._steps()
+        try:
+            done, item = await asyncio.to_thread(self._advance, steps)
+            while not done:
+                if isinstance(item, VerifyCall):
+                    try:
+                        verdict = await item.aperform()
+                    except GeneralistError as err:
+                        done, item = await asyncio.to_thread(self._advance, steps, error=err)
+                        continue
+                    done, item = await asyncio.to_thread(self._advance, steps, verdict)
+                else:
+                    yield item
+                    done, item = await asyncio.to_thread(self._advance, steps)
+        finally:
+            # A cancelled caller may leave a step running in its thread: finish after it.
+            await asyncio.to_thread(self._finish, steps)
+            for session in self.sessions:
+                await session.aclose()
+
+    def _advance(
+        self,
+        steps: Generator[Round | VerifyCall, Verdict | None, None],
+        reply: Verdict | None = None,
+        error: GeneralistError | None = None,
+    ) -> tuple[bool, Round | VerifyCall | None]:
+        """Resume the steps with a verdict (or the generalist's failure): (done, next item)."""
+        with self._stepping:
+            try:
+                return False, steps.throw(error) if error is not None else steps.send(reply)
+            except StopIteration:
+                return True, None
+
+    def _finish(self, steps: Generator) -> None:
+        """Close the steps (stops the clock; frees the specialist's caches)."""
+        with self._stepping:
+            steps.close()
+
+    def _open_session(self, prompt: list[int], **options: Any) -> GeneralistSession:
+        """A generalist session for this run (the driver closes it at the end)."""
+        session = self.engine.generalist.open_session(prompt, **options)
+        self.sessions.append(session)
+        return session
+
+    def _steps(self) -> Generator[Round | VerifyCall, Verdict | None, None]:
+        """The loop: yields each `Round`, and a `VerifyCall` whenever the generalist must
+        answer (the driver sends the `Verdict` back, or throws `GeneralistError` in)."""
         p = self.params
         self.stats._start = time.perf_counter()
         try:
@@ -242,7 +320,7 @@ class DecodeRun:
         except GeneralistError as err:
             if p.on_generalist_error == "raise":
                 raise
-            ctx, gen, target = self._degrade(None, None, 0, err)
+            ctx, gen, target = self._degrade(None, 0, err)
         eos = self.engine.generalist.eos_token_ids | self.engine.specialist.eos_token_ids
         try:
             while self.stats.new_tokens < p.max_new_tokens:
@@ -255,11 +333,11 @@ class DecodeRun:
                 # token + draft. If it stays unreachable, the specialist finishes alone.
                 uniforms = self._uniforms(len(draft))
                 try:
-                    verdict = self._verify(target, draft, uniforms)
+                    verdict = yield from self._verify(target, draft, uniforms)
                 except GeneralistError as err:
                     if p.on_generalist_error == "raise":
                         raise
-                    ctx, gen, target = self._degrade(ctx, target, len(draft), err)
+                    ctx, gen, target = self._degrade(ctx, len(draft), err)
                     continue
                 log_p_G = verdict.log_p_G if verdict is not None else None
                 if gen is not None:
@@ -289,8 +367,6 @@ class DecodeRun:
             self.stats.finish_reason = "length"
         finally:
             self.stats.seconds = time.perf_counter() - self.stats._start
-            if target is not None:
-                target.close()
 
     def _cut_at_eos(self, tokens: list[int], eos: frozenset[int]) -> list[int]:
         """The tokens up to and including the first end-of-text one (which ends the run)."""
@@ -308,14 +384,14 @@ class DecodeRun:
 
     def _verify(
         self, target: GeneralistSession | None, draft: list[int], uniforms: list[float] | None
-    ) -> Verdict | None:
+    ) -> Generator[VerifyCall, Verdict, Verdict | None]:
         """Ask the generalist side to score the draft (None: the method does not use it)."""
         if target is None:
             return None
         p, rule = self.params, self.spec.verify
         if rule == "match" and not p.greedy:  # needs q_ctx(d_i): only the device may decide
             rule = "device"
-        verdict = target.verify(draft, rule, p.gamma, uniforms)
+        verdict = yield VerifyCall(target, draft, rule, p.gamma, uniforms)
         self.stats.generalist_calls += 1
         verdict.log_p_G = verdict.log_p_G.to(self.device)
         if verdict.log_q_gen is not None:
@@ -323,19 +399,15 @@ class DecodeRun:
         return verdict
 
     def _degrade(
-        self,
-        ctx: TokenSequence | None,
-        target: GeneralistSession | None,
-        n_draft: int,
-        err: GeneralistError,
+        self, ctx: TokenSequence | None, n_draft: int, err: GeneralistError
     ) -> tuple[TokenSequence, None, None]:
-        """Finish with the specialist alone: drop the unverified draft, keep what is committed."""
+        """Finish with the specialist alone: drop the unverified draft, keep what is committed.
+
+        The failed session is still closed by the driver at the end (its service may return).
+        """
         self.stats.degraded = True
         self.stats.degraded_reason = str(err)
         self.spec = METHOD_SPECS["specialist"]
-        if target is not None:
-            with contextlib.suppress(Exception):  # the generalist side is already gone
-                target.close()
         if ctx is None:
             ctx = self.engine.specialist.sequence(
                 self.prompts.private, vocab_size=self.engine.vocab_size

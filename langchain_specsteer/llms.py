@@ -5,13 +5,21 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForLLMRun,
+    CallbackManagerForLLMRun,
+)
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from langchain_core.runnables import RunnableConfig
 
-from langchain_specsteer.base import PrivateContext, RedactedContext, SpecSteerBase
+from langchain_specsteer.base import (
+    PrivateContext,
+    SpecSteerBase,
+    redact,
+    unredact,
+)
 from langchain_specsteer.engine import Prompts
 from langchain_specsteer.params import DecodingParams
 
@@ -64,7 +72,7 @@ class SpecSteerLLM(LLM, SpecSteerBase):
         stop: list[str] | None = None,
         **kwargs: Any,
     ) -> Iterator[str]:
-        return super().stream(input, config, stop=stop, **_redact(kwargs))
+        return super().stream(input, config, stop=stop, **redact(kwargs))
 
     def astream(
         self,
@@ -74,7 +82,7 @@ class SpecSteerLLM(LLM, SpecSteerBase):
         stop: list[str] | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[str]:
-        return super().astream(input, config, stop=stop, **_redact(kwargs))
+        return super().astream(input, config, stop=stop, **redact(kwargs))
 
     def _stream(
         self,
@@ -86,6 +94,18 @@ class SpecSteerLLM(LLM, SpecSteerBase):
         for chunk in self._chunks(prompt, stop, **kwargs):
             if run_manager and chunk.text:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+    async def _astream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[GenerationChunk]:
+        async for chunk in self._achunks(prompt, stop, **kwargs):
+            if run_manager and chunk.text:
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk
 
     def _call(
@@ -112,6 +132,21 @@ class SpecSteerLLM(LLM, SpecSteerBase):
             generations.append([Generation(text=final.text, generation_info=final.generation_info)])
         return LLMResult(generations=generations)
 
+    async def _agenerate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        generations = []
+        for prompt in prompts:
+            final: GenerationChunk | None = None
+            async for chunk in self._astream(prompt, stop, run_manager, **kwargs):
+                final = chunk if final is None else final + chunk
+            generations.append([Generation(text=final.text, generation_info=final.generation_info)])
+        return LLMResult(generations=generations)
+
     def _chunks(
         self,
         prompt: str,
@@ -120,21 +155,32 @@ class SpecSteerLLM(LLM, SpecSteerBase):
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
         """Text pieces as rounds commit tokens, then one empty chunk carrying the statistics."""
-        if isinstance(private_context, RedactedContext):
-            private_context = private_context.reveal()
         params = self.decoding_params(**kwargs)
-        context, retrieved = self.private_context_for(prompt, private_context)
+        context, retrieved = self.private_context_for(prompt, unredact(private_context))
         prompts = self._encode(prompt, context, params)
         for piece, info in self._decode(prompts, params, stop):
-            if info is None:
-                yield GenerationChunk(text=piece)
-            else:
-                info["private_context"] = bool(context)
-                info["retrieved"] = retrieved
-                yield GenerationChunk(text="", generation_info=info)
+            yield _chunk(piece, info, context, retrieved)
+
+    async def _achunks(
+        self,
+        prompt: str,
+        stop: list[str] | None,
+        private_context: PrivateContext = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[GenerationChunk]:
+        """`_chunks` without blocking the event loop."""
+        params = self.decoding_params(**kwargs)
+        context, retrieved = await self.aprivate_context_for(prompt, unredact(private_context))
+        prompts = await self._aprompts([{"role": "user", "content": prompt}], context, params)
+        async for piece, info in self._adecode(prompts, params, stop):
+            yield _chunk(piece, info, context, retrieved)
 
 
-def _redact(kwargs: dict[str, Any]) -> dict[str, Any]:
-    if kwargs.get("private_context") is not None:
-        kwargs = {**kwargs, "private_context": RedactedContext(kwargs["private_context"])}
-    return kwargs
+def _chunk(
+    piece: str, info: dict[str, Any] | None, context: str, retrieved: int
+) -> GenerationChunk:
+    """A text piece, or the last (empty) chunk with the statistics."""
+    if info is None:
+        return GenerationChunk(text=piece)
+    info.update(private_context=bool(context), retrieved=retrieved)
+    return GenerationChunk(text="", generation_info=info)

@@ -20,13 +20,15 @@ engine turns into a specialist-only finish (`on_generalist_error="fallback"`) or
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from abc import abstractmethod
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +76,23 @@ class TransportStats:
             setattr(self, name, type(getattr(self, name))())
 
 
+@dataclass(frozen=True)
+class _Send:
+    """One HTTP request for a driver to perform."""
+
+    method: str
+    path: str
+    content: bytes | None
+    headers: dict[str, str] | None
+
+
+Exchange = Generator["_Send | float", Any, Any]
+"""An HTTP conversation written once for both drivers: it yields a `_Send` to perform (the
+response is sent back, a transport error thrown in) or a delay in seconds to wait, and
+returns its result. `_HTTP.run` performs it with a blocking client, `_HTTP.arun` with an
+asynchronous one on the running event loop."""
+
+
 class _HTTP:
     """httpx with retries, backoff, byte counting and an optional simulated round trip."""
 
@@ -95,17 +114,33 @@ class _HTTP:
                 f"non-negative (got {timeout}, {max_retries}, {backoff_s}, {simulated_rtt_s})"
             )
             raise ValueError(msg)
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
-        self.client = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
+        self._options = {
+            "base_url": self.base_url,
+            "timeout": timeout,
+            "headers": {"Authorization": f"Bearer {api_key}"} if api_key else {},
+        }
+        self.client = httpx.Client(**self._options)
+        self._async: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.simulated_rtt_s = simulated_rtt_s
         self.stats = TransportStats()
         self._httpx = httpx
 
-    def request(self, method: str, path: str, body: Any = None, *, retries: bool = True) -> Any:
-        """The response (2xx or a 4xx the caller handles); GeneralistError once retries run out."""
+    @property
+    def aclient(self) -> Any:
+        """The `httpx.AsyncClient` of the running event loop (its connections belong to it)."""
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            self._async = (loop, self._httpx.AsyncClient(**self._options))
+        return self._async[1]
+
+    def exchange(
+        self, method: str, path: str, body: Any = None, *, retries: bool = True
+    ) -> Exchange:
+        """One request with the retry policy: returns the response (2xx or a 4xx the caller
+        handles); raises GeneralistError once retries run out."""
         content = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         headers = {"content-type": "application/json"} if content is not None else None
         attempts = 1 + (self.max_retries if retries else 0)
@@ -113,13 +148,13 @@ class _HTTP:
         for attempt in range(attempts):
             if attempt:
                 self.stats.retries += 1
-                time.sleep(max(self.backoff_s * 2 ** (attempt - 1), wait_s))
+                yield max(self.backoff_s * 2 ** (attempt - 1), wait_s)
                 wait_s = 0.0
             start = time.perf_counter()
             if self.simulated_rtt_s:  # benchmark only: the wire's round-trip latency
-                time.sleep(self.simulated_rtt_s)
+                yield self.simulated_rtt_s
             try:
-                response = self.client.request(method, path, content=content, headers=headers)
+                response = yield _Send(method, path, content, headers)
             except self._httpx.TransportError as err:  # connection refused, reset, timeout
                 reason = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
                 continue
@@ -133,6 +168,46 @@ class _HTTP:
         msg = f"{method} {self.base_url}{path} failed after {attempts} attempt(s): {reason}"
         raise GeneralistError(msg)
 
+    def run(self, steps: Exchange) -> Any:
+        """Perform an exchange with the blocking client; its result."""
+        try:
+            op = next(steps)
+            while True:
+                if isinstance(op, _Send):
+                    try:
+                        response = self.client.request(
+                            op.method, op.path, content=op.content, headers=op.headers
+                        )
+                    except self._httpx.TransportError as err:
+                        op = steps.throw(err)
+                        continue
+                    op = steps.send(response)
+                else:
+                    time.sleep(op)
+                    op = steps.send(None)
+        except StopIteration as stop:
+            return stop.value
+
+    async def arun(self, steps: Exchange) -> Any:
+        """Perform an exchange with the event loop's asynchronous client; its result."""
+        try:
+            op = next(steps)
+            while True:
+                if isinstance(op, _Send):
+                    try:
+                        response = await self.aclient.request(
+                            op.method, op.path, content=op.content, headers=op.headers
+                        )
+                    except self._httpx.TransportError as err:
+                        op = steps.throw(err)
+                        continue
+                    op = steps.send(response)
+                else:
+                    await asyncio.sleep(op)
+                    op = steps.send(None)
+        except StopIteration as stop:
+            return stop.value
+
     def _count(self, response: Any) -> None:
         request, s = response.request, self.stats
         s.requests += 1
@@ -143,6 +218,13 @@ class _HTTP:
 
     def close(self) -> None:
         self.client.close()
+
+    async def aclose(self) -> None:
+        """Close the clients (the asynchronous one, if this loop made it)."""
+        self.client.close()
+        if self._async is not None and self._async[0] is asyncio.get_running_loop():
+            await self._async[1].aclose()
+        self._async = None
 
 
 def _retryable(response: Any) -> bool:
@@ -191,7 +273,7 @@ def _values(values: Sequence[float | None]) -> torch.Tensor:
 
 def _tokenize(
     http: _HTTP, model: str | None, messages: Sequence[dict], chat: bool | None, kwargs: dict | None
-) -> list:
+) -> Exchange:
     """Token ids from the server's vLLM-style `/tokenize`: through the chat template when `chat`
     (None: when asked, if the server has one, else the turns' text as a plain prompt)."""
     base = {"model": model} if model else {}
@@ -202,20 +284,24 @@ def _tokenize(
             "add_generation_prompt": True,
             "chat_template_kwargs": kwargs or {},
         }
-        response = http.request("POST", "/tokenize", body)
+        response = yield from http.exchange("POST", "/tokenize", body)
         if response.status_code == 200:
             return response.json()["tokens"]
         if chat or "chat template" not in _reason(response):
             raise _refused(response, "tokenize")
     text = "\n\n".join(message["content"] for message in messages)
-    response = http.request("POST", "/tokenize", {**base, "prompt": text})
+    response = yield from http.exchange("POST", "/tokenize", {**base, "prompt": text})
     if response.status_code != 200:
         raise _refused(response, "tokenize")
     return response.json()["tokens"]
 
 
 class _HTTPGeneralist(Generalist):
-    """A generalist reached over HTTP: the client with its retries and statistics."""
+    """A generalist reached over HTTP: the client with its retries and statistics.
+
+    Subclasses write each conversation once, as an `Exchange` (`_encode_steps`); the blocking
+    and asynchronous methods perform it.
+    """
 
     def __init__(self, base_url: str, api_key: str | None, tokenizer: Any, **http: Any):
         self.http = _HTTP(base_url, api_key, **http)
@@ -225,6 +311,30 @@ class _HTTPGeneralist(Generalist):
     def stats(self) -> TransportStats:
         """Requests, retries, reopened sessions and bytes so far (`stats.reset()` zeroes)."""
         return self.http.stats
+
+    @abstractmethod
+    def _encode_steps(
+        self, messages: Sequence[dict], chat: bool, chat_template_kwargs: dict | None
+    ) -> Exchange:
+        """The prompt ids of a conversation (locally with `tokenizer`, else via `/tokenize`)."""
+
+    def encode_messages(
+        self, messages: Sequence[dict], *, chat: bool, chat_template_kwargs: dict | None = None
+    ) -> list[int]:
+        return self.http.run(self._encode_steps(messages, chat, chat_template_kwargs))
+
+    async def aencode_messages(
+        self, messages: Sequence[dict], *, chat: bool, chat_template_kwargs: dict | None = None
+    ) -> list[int]:
+        return await self.http.arun(self._encode_steps(messages, chat, chat_template_kwargs))
+
+    def close(self) -> None:
+        """Close the HTTP connections (the client stays usable: they reopen on demand)."""
+        self.http.close()
+
+    async def aclose(self) -> None:
+        """`close` for the asynchronous connections of the running event loop too."""
+        await self.http.aclose()
 
 
 class RemoteGeneralist(_HTTPGeneralist):
@@ -275,18 +385,22 @@ class RemoteGeneralist(_HTTPGeneralist):
     @property
     def info(self) -> ServiceInfo:
         """The service's description (fetched once)."""
-        if self._info is None:
-            response = self.http.request("GET", "/specsteer/v1/info")
-            if response.status_code != 200:
-                raise _refused(response, f"verifier service at {self.http.base_url}")
-            body = response.json()
-            if body.get("protocol") != PROTOCOL:
-                msg = (
-                    f"the service at {self.http.base_url} speaks {body.get('protocol')!r}; "
-                    f"this client speaks {PROTOCOL!r}"
-                )
-                raise GeneralistError(msg)
-            self._info = ServiceInfo.model_validate(body)
+        return self._info or self.http.run(self._info_steps())
+
+    def _info_steps(self) -> Exchange:
+        if self._info is not None:
+            return self._info
+        response = yield from self.http.exchange("GET", "/specsteer/v1/info")
+        if response.status_code != 200:
+            raise _refused(response, f"verifier service at {self.http.base_url}")
+        body = response.json()
+        if body.get("protocol") != PROTOCOL:
+            msg = (
+                f"the service at {self.http.base_url} speaks {body.get('protocol')!r}; "
+                f"this client speaks {PROTOCOL!r}"
+            )
+            raise GeneralistError(msg)
+        self._info = ServiceInfo.model_validate(body)
         return self._info
 
     @property
@@ -309,18 +423,19 @@ class RemoteGeneralist(_HTTPGeneralist):
     def hosts_public_specialist(self) -> bool:
         return self.info.public_specialist is not None
 
-    def encode_messages(
-        self, messages: Sequence[dict], *, chat: bool, chat_template_kwargs: dict | None = None
-    ) -> list[int]:
+    def _encode_steps(
+        self, messages: Sequence[dict], chat: bool, chat_template_kwargs: dict | None
+    ) -> Exchange:
+        info = yield from self._info_steps()
         if self.tokenizer is not None:
-            if vocab_signature(self.tokenizer) != self.vocab_signature:
+            if vocab_signature(self.tokenizer) != info.vocab_signature:
                 msg = "the tokenizer given to RemoteGeneralist is not the service's generalist's"
                 raise ValueError(msg)
             return encode_messages(
                 self.tokenizer, messages, chat=chat, chat_template_kwargs=chat_template_kwargs
             )
-        chat = chat and self.info.chat_template
-        return _tokenize(self.http, None, messages, chat, chat_template_kwargs)
+        chat = chat and info.chat_template
+        return (yield from _tokenize(self.http, None, messages, chat, chat_template_kwargs))
 
     def open_session(
         self,
@@ -358,9 +473,11 @@ class RemoteSession(GeneralistSession):
         self.held = 0  # how many of them the service holds (confirmed by an answer)
         self._draft: list[int] = []
 
-    def _open(self) -> None:
+    def _open(self) -> Exchange:
         http = self.client.http
-        response = http.request("POST", "/specsteer/v1/sessions", self.opening.model_dump())
+        response = yield from http.exchange(
+            "POST", "/specsteer/v1/sessions", self.opening.model_dump()
+        )
         if response.status_code != 201:
             raise _refused(response, "opening a session")
         opened = SessionOpened.model_validate(response.json())
@@ -372,9 +489,20 @@ class RemoteSession(GeneralistSession):
     def verify(
         self, draft: list[int], rule: Rule, gamma: float, uniforms: list[float] | None = None
     ) -> Verdict:
+        return self.client.http.run(self._round(draft, rule, gamma, uniforms))
+
+    async def averify(
+        self, draft: list[int], rule: Rule, gamma: float, uniforms: list[float] | None = None
+    ) -> Verdict:
+        return await self.client.http.arun(self._round(draft, rule, gamma, uniforms))
+
+    def _round(
+        self, draft: list[int], rule: Rule, gamma: float, uniforms: list[float] | None
+    ) -> Exchange:
+        """One round: the tokens the service lacks, the draft; reopens a lost session once."""
         if self.session_id is None:
-            self._open()
-        for _ in range(2):  # a lost session is reopened once per round
+            yield from self._open()
+        for _ in range(2):
             request = RoundRequest(
                 position=self.held,
                 append=self.committed[self.held :],
@@ -384,11 +512,11 @@ class RemoteSession(GeneralistSession):
                 uniforms=uniforms,
             )
             path = f"/specsteer/v1/sessions/{self.session_id}/rounds"
-            response = self.client.http.request("POST", path, request.model_dump())
+            response = yield from self.client.http.exchange("POST", path, request.model_dump())
             if response.status_code != 404:
                 break
             self.client.stats.reopened += 1
-            self._open()
+            yield from self._open()
         if response.status_code != 200:
             raise _refused(response, "verifying a draft")
         result = RoundResult.model_validate(response.json())
@@ -416,18 +544,43 @@ class RemoteSession(GeneralistSession):
         self.held = len(self.committed) - 1  # the service holds all but the recovered token
         self._draft = []
 
-    def close(self) -> None:
+    def _release(self) -> Exchange | None:
+        """The DELETE of this session, once (None: nothing to release)."""
         if self.session_id is None:
+            return None
+        path = f"/specsteer/v1/sessions/{self.session_id}"
+        self.session_id = None
+        return self.client.http.exchange("DELETE", path, retries=False)
+
+    def close(self) -> None:
+        release = self._release()
+        if release is None:
             return
-        session_id, self.session_id = self.session_id, None
 
         def delete() -> None:
             with contextlib.suppress(GeneralistError):  # else the service expires it itself
-                path = f"/specsteer/v1/sessions/{session_id}"
-                self.client.http.request("DELETE", path, retries=False)
+                self.client.http.run(release)
 
         # In the background: the text is complete, so the caller need not wait a round trip.
         threading.Thread(target=delete, daemon=True).start()
+
+    async def aclose(self) -> None:
+        release = self._release()
+        if release is None:
+            return
+
+        async def delete() -> None:
+            with contextlib.suppress(GeneralistError):
+                await self.client.http.arun(release)
+
+        # A task on the loop: the caller need not wait; held until done (asyncio keeps
+        # only weak references to tasks).
+        task = asyncio.get_running_loop().create_task(delete())
+        _RELEASING.add(task)
+        task.add_done_callback(_RELEASING.discard)
+
+
+_RELEASING: set[asyncio.Task] = set()
 
 
 class OpenAICompatibleGeneralist(_HTTPGeneralist):
@@ -498,15 +651,17 @@ class OpenAICompatibleGeneralist(_HTTPGeneralist):
         eos = getattr(self.tokenizer, "eos_token_id", None)
         return self._eos | ({eos} if eos is not None else set())
 
-    def encode_messages(
-        self, messages: Sequence[dict], *, chat: bool, chat_template_kwargs: dict | None = None
-    ) -> list[int]:
+    def _encode_steps(
+        self, messages: Sequence[dict], chat: bool, chat_template_kwargs: dict | None
+    ) -> Exchange:
         if self.tokenizer is not None:
             return encode_messages(
                 self.tokenizer, messages, chat=chat, chat_template_kwargs=chat_template_kwargs
             )
         chat_mode = None if chat else False
-        return _tokenize(self.http, self.model, messages, chat_mode, chat_template_kwargs)
+        return (
+            yield from _tokenize(self.http, self.model, messages, chat_mode, chat_template_kwargs)
+        )
 
     def open_session(
         self,
@@ -537,6 +692,15 @@ class OpenAICompatibleSession(GeneralistSession):
     def verify(
         self, draft: list[int], rule: Rule, gamma: float, uniforms: list[float] | None = None
     ) -> Verdict:
+        return self.client.http.run(self._score(draft))
+
+    async def averify(
+        self, draft: list[int], rule: Rule, gamma: float, uniforms: list[float] | None = None
+    ) -> Verdict:
+        return await self.client.http.arun(self._score(draft))
+
+    def _score(self, draft: list[int]) -> Exchange:
+        """The generalist's rows at the draft positions and after (the device decides)."""
         m, k = self.client.top_logprobs, len(draft)
         body: dict[str, Any] = {
             "model": self.client.model,
@@ -548,7 +712,7 @@ class OpenAICompatibleSession(GeneralistSession):
         }
         if k:  # the draft positions' log-probs are prompt log-probs
             body["prompt_logprobs"] = m
-        response = self.client.http.request("POST", "/v1/completions", body)
+        response = yield from self.client.http.exchange("POST", "/v1/completions", body)
         if response.status_code != 200:
             raise _refused(response, "scoring a draft")
         try:

@@ -11,6 +11,7 @@ accepted count when the generalist side could decide it without anything private
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from abc import ABC, abstractmethod
@@ -32,6 +33,7 @@ __all__ = [
     "LocalSession",
     "Rule",
     "Verdict",
+    "VerifyCall",
     "decide",
     "vocab_signature",
 ]
@@ -84,12 +86,45 @@ class GeneralistSession(ABC):
                 None in greedy mode.
         """
 
+    async def averify(
+        self, draft: list[int], rule: Rule, gamma: float, uniforms: list[float] | None = None
+    ) -> Verdict:
+        """`verify` without blocking the event loop (here: in a worker thread; network
+        sessions override it with asynchronous requests)."""
+        return await asyncio.to_thread(self.verify, draft, rule, gamma, uniforms)
+
     @abstractmethod
     def commit(self, accepted: int, token: int) -> None:
         """Keep the first `accepted` drafts of the last `verify`, then the recovered `token`."""
 
     def close(self) -> None:  # noqa: B027 - optional for sessions that hold nothing
         """Free what the session holds (idempotent)."""
+
+    async def aclose(self) -> None:
+        """`close` from a coroutine (network sessions release themselves asynchronously)."""
+        self.close()
+
+
+@dataclass(frozen=True)
+class VerifyCall:
+    """A round's request to the generalist side, as a run's steps hand it to their driver.
+
+    The engine's loop is written once, as steps that yield these; the blocking driver
+    performs them with `perform`, the asynchronous one awaits `aperform` (so a network
+    generalist is awaited on the event loop while no thread waits for it).
+    """
+
+    session: GeneralistSession
+    draft: list[int]
+    rule: Rule
+    gamma: float
+    uniforms: list[float] | None = None
+
+    def perform(self) -> Verdict:
+        return self.session.verify(self.draft, self.rule, self.gamma, self.uniforms)
+
+    async def aperform(self) -> Verdict:
+        return await self.session.averify(self.draft, self.rule, self.gamma, self.uniforms)
 
 
 class Generalist(ABC):
@@ -133,6 +168,18 @@ class Generalist(ABC):
             [{"role": "user", "content": text}],
             chat=chat,
             chat_template_kwargs=chat_template_kwargs,
+        )
+
+    async def aencode_messages(
+        self,
+        messages: Sequence[dict[str, str]],
+        *,
+        chat: bool,
+        chat_template_kwargs: dict | None = None,
+    ) -> list[int]:
+        """`encode_messages` without blocking the event loop."""
+        return await asyncio.to_thread(
+            self.encode_messages, messages, chat=chat, chat_template_kwargs=chat_template_kwargs
         )
 
     @abstractmethod
