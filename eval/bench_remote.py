@@ -24,6 +24,12 @@ it measures:
    every request) for d in --latencies: tokens/s of `generalist`, `light_costeer` and
    `specsteer`, next to the simple model  time(d) ≈ time(0) + requests · d.
 
+4. concurrent users (`--users` generations of `specsteer` over the session protocol at a
+   round trip of `--concurrency-rtt` ms): one after another with `generate`, at once from a
+   thread pool (blocking HTTP), and at once with `agenerate` on one event loop
+   (asynchronous HTTP, model work in worker threads): aggregate tokens/s of each, and
+   whether every mode wrote the same texts.
+
 The per-token methods pay one round trip per token; SpecSteer pays one per round.
 
 Timing is the wall time of `SpecSteerLLM.generate` (prompt encoding, over /tokenize for the
@@ -36,10 +42,12 @@ every generation) and `bench_remote.md` (the tables, also printed) into --out.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -63,12 +71,14 @@ from langchain_specsteer.verification import Generalist
 from retrievers import task_templates
 
 __all__ = [
+    "CONCURRENCY_MODES",
     "SWEEP_METHODS",
     "TRANSPORTS",
     "Case",
     "Generation",
     "main",
     "markdown_report",
+    "summarise_concurrency",
     "summarise_latency",
     "summarise_transports",
 ]
@@ -78,6 +88,7 @@ TRANSPORTS = (LOCAL, SESSION, OPENAI)
 SWEEP_METHODS = ("generalist", "light_costeer", "specsteer")
 HINT = 20  # top_m / top_logprobs of the main table: vLLM's default max_logprobs
 WARMUP_TOKENS = 8
+CONCURRENCY_MODES = ("sequential", "threads", "async")
 TINY = "tiny"
 
 
@@ -265,6 +276,62 @@ def run_latency(
     ]
 
 
+@dataclass
+class Burst:
+    """`users` generations started together (or one after another), timed as a whole."""
+
+    mode: str
+    repeat: int
+    users: int
+    rtt_ms: float
+    wall_seconds: float
+    new_tokens: int
+    texts: list[str]
+
+
+def burst(llm: SpecSteerLLM, cases: Sequence[Case], mode: str) -> tuple[float, list[Any]]:
+    """Generate every case: one after another, from a thread pool, or as coroutines on one
+    event loop; (wall seconds, generations)."""
+
+    def one(case: Case) -> Any:
+        return llm.generate([case.prompt], private_context=case.documents)
+
+    async def together() -> list[Any]:
+        calls = [llm.agenerate([c.prompt], private_context=c.documents) for c in cases]
+        results = await asyncio.gather(*calls)
+        await llm.generalist.aclose()  # sessions released before the loop ends
+        return results
+
+    start = time.perf_counter()
+    if mode == "sequential":
+        results = [one(case) for case in cases]
+    elif mode == "threads":
+        with ThreadPoolExecutor(len(cases)) as pool:
+            results = list(pool.map(one, cases))
+    else:
+        results = asyncio.run(together())
+    return time.perf_counter() - start, [r.generations[0][0] for r in results]
+
+
+def run_concurrency(
+    llm: SpecSteerLLM, cases: Sequence[Case], users: int, repeats: int, rtt_ms: float
+) -> list[Burst]:
+    """Each mode `repeats` times on `users` cases (cycling through `cases`), orders rotating."""
+    chosen = [cases[i % len(cases)] for i in range(users)]
+    bursts = []
+    for repeat in range(repeats):
+        for mode in rotated(CONCURRENCY_MODES, repeat):
+            wall, generations = burst(llm, chosen, mode)
+            for g in generations:
+                if g.generation_info.get("degraded"):
+                    msg = f"a {mode} generation degraded: {g.generation_info['degraded_reason']}"
+                    raise RuntimeError(msg)
+            tokens = sum(g.generation_info["new_tokens"] for g in generations)
+            texts = [g.text for g in generations]
+            bursts.append(Burst(mode, repeat, users, rtt_ms, wall, tokens, texts))
+    return bursts
+
+
 # ---------------------------------------------------------------- summaries
 
 
@@ -409,6 +476,34 @@ def summarise_latency(runs: Sequence[Generation]) -> list[dict[str, Any]]:
     return rows
 
 
+def summarise_concurrency(bursts: Sequence[Burst]) -> list[dict[str, Any]]:
+    """Per mode: aggregate tokens/s over its bursts, the ratio to `sequential`, and whether
+    its texts equal the sequential ones."""
+    if not bursts:
+        return []
+    reference = {b.repeat: b.texts for b in bursts if b.mode == "sequential"}
+    rows = []
+    for mode in CONCURRENCY_MODES:
+        group = [b for b in bursts if b.mode == mode]
+        tokens, wall = sum(b.new_tokens for b in group), sum(b.wall_seconds for b in group)
+        rows.append(
+            {
+                "mode": mode,
+                "users": group[0].users,
+                "rtt_ms": group[0].rtt_ms,
+                "bursts": len(group),
+                "new_tokens": tokens,
+                "wall_seconds": wall,
+                "tokens_per_second": _ratio(tokens, wall),
+                "same_texts": all(b.texts == reference[b.repeat] for b in group),
+            }
+        )
+    sequential = rows[0]["tokens_per_second"]
+    for row in rows:
+        row["vs_sequential"] = _ratio(row["tokens_per_second"], sequential)
+    return rows
+
+
 # ---------------------------------------------------------------- rendering
 
 
@@ -491,6 +586,22 @@ def latency_table(rows: Sequence[dict[str, Any]]) -> str:
     return _table(header, body)
 
 
+def concurrency_table(rows: Sequence[dict[str, Any]]) -> str:
+    header = ["Mode", "users", "RTT ms", "tokens/s (all users)", "× sequential", "same texts"]
+    body = [
+        [
+            row["mode"],
+            str(row["users"]),
+            _num(row["rtt_ms"], "g"),
+            _num(row["tokens_per_second"], ".1f"),
+            _num(row["vs_sequential"], ".2f", "×"),
+            "yes" if row["same_texts"] else "no",
+        ]
+        for row in rows
+    ]
+    return _table(header, body)
+
+
 def markdown_report(record: dict[str, Any]) -> str:
     config, machine = record["config"], record["machine"]
     exact = record["exact"]
@@ -534,6 +645,18 @@ def markdown_report(record: dict[str, Any]) -> str:
         "A sleep of RTT before every request (`RemoteGeneralist(simulated_rtt_s=...)`). "
         "Model: time = time at RTT 0 (same case and method) + requests · RTT.",
     ]
+    if record["concurrency"]:
+        lines += [
+            "",
+            "## Concurrent users (specsteer, session protocol)",
+            "",
+            concurrency_table(record["concurrency"]),
+            "",
+            "sequential: `generate` one user after another; threads: every user at once from "
+            "a thread pool (blocking HTTP); async: every user at once with `agenerate` on one "
+            "event loop (asynchronous HTTP; model work in worker threads). One client, one "
+            f"specialist, {config['threads']} torch threads; the service serialises model work.",
+        ]
     return "\n".join(lines)
 
 
@@ -578,11 +701,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--exact-cases", type=int, default=1, help="cases run with full-vocabulary hints (0: none)"
     )
+    parser.add_argument(
+        "--users", type=int, default=4, help="concurrent generations in phase 4 (0: skip it)"
+    )
+    parser.add_argument(
+        "--concurrency-rtt", type=float, default=50.0, metavar="MS",
+        help="injected round trip of phase 4",
+    )  # fmt: skip
+    parser.add_argument(
+        "--concurrency-repeats", type=int, default=2, help="bursts per mode in phase 4"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--out", default="runs/bench_remote", help="output folder")
     args = parser.parse_args(argv)
     if args.cases < 1 or args.max_new_tokens < 1 or args.exact_cases < 0:
         parser.error("--cases and --max-new-tokens must be positive, --exact-cases at least 0")
+    if args.users < 0 or args.concurrency_repeats < 1 or args.concurrency_rtt < 0:
+        parser.error(
+            "--users must be at least 0, --concurrency-repeats positive and "
+            "--concurrency-rtt non-negative"
+        )
     if args.pair != TINY and not (Path(args.pair) / "specialist").is_dir():
         parser.error(f"--pair {args.pair}: no specialist/ folder there")
     return args
@@ -634,6 +772,13 @@ def main(argv: Sequence[str] | None = None, *, progress: Callable[[str], None] =
         }
         latency = run_latency(latency_llms, cases, HINT)
         _phase("latency sweep done", start)
+        bursts = []
+        if args.users:
+            rtt = args.concurrency_rtt
+            client = RemoteGeneralist(url, top_m=HINT, simulated_rtt_s=rtt / 1e3)
+            concurrent = make_llm(specialist, client, args)  # method: specsteer, the default
+            bursts = run_concurrency(concurrent, cases, args.users, args.concurrency_repeats, rtt)
+            _phase("concurrent users done", start)
     record = {
         "config": vars(args),
         "machine": machine_info(llms[LOCAL], SpecSteerEngine(specialist, generalist)),
@@ -642,6 +787,8 @@ def main(argv: Sequence[str] | None = None, *, progress: Callable[[str], None] =
         "transports": summarise_transports(runs),
         "exact": summarise_exact(exact, runs),
         "latency": summarise_latency(latency),
+        "concurrency": summarise_concurrency(bursts),
+        "bursts": [asdict(b) for b in bursts],
         "seconds": time.perf_counter() - start,
         "generations": [asdict(g) for g in [*runs, *exact, *latency]],
     }

@@ -306,6 +306,7 @@ class _HTTPGeneralist(Generalist):
     def __init__(self, base_url: str, api_key: str | None, tokenizer: Any, **http: Any):
         self.http = _HTTP(base_url, api_key, **http)
         self.tokenizer = tokenizer
+        self._releasing: set[asyncio.Task] = set()  # sessions being released asynchronously
 
     @property
     def stats(self) -> TransportStats:
@@ -333,7 +334,12 @@ class _HTTPGeneralist(Generalist):
         self.http.close()
 
     async def aclose(self) -> None:
-        """`close` for the asynchronous connections of the running event loop too."""
+        """Wait for sessions still being released, then close the connections (those of the
+        running event loop too). Without it, a loop that ends at once leaves its last
+        sessions to the service's idle expiry."""
+        loop = asyncio.get_running_loop()
+        pending = [t for t in self._releasing if t.get_loop() is loop]
+        await asyncio.gather(*pending, return_exceptions=True)
         await self.http.aclose()
 
 
@@ -573,14 +579,11 @@ class RemoteSession(GeneralistSession):
             with contextlib.suppress(GeneralistError):
                 await self.client.http.arun(release)
 
-        # A task on the loop: the caller need not wait; held until done (asyncio keeps
-        # only weak references to tasks).
+        # A task on the loop, so the caller need not wait a round trip; the client holds it
+        # (asyncio keeps only weak references) and `await client.aclose()` waits for it.
         task = asyncio.get_running_loop().create_task(delete())
-        _RELEASING.add(task)
-        task.add_done_callback(_RELEASING.discard)
-
-
-_RELEASING: set[asyncio.Task] = set()
+        self.client._releasing.add(task)
+        task.add_done_callback(self.client._releasing.discard)
 
 
 class OpenAICompatibleGeneralist(_HTTPGeneralist):

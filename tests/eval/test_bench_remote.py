@@ -7,7 +7,7 @@ import json
 import pytest
 
 from eval.bench import METHODS
-from eval.bench_remote import SWEEP_METHODS, TRANSPORTS, main
+from eval.bench_remote import CONCURRENCY_MODES, SWEEP_METHODS, TRANSPORTS, main
 from eval.world import write_world
 
 RTTS = (0.0, 20.0)
@@ -24,6 +24,7 @@ def bench(tiny_dir, tmp_path_factory):
         [
             *("--pair", str(tiny_dir), "--data", str(root / "world"), "--cases", "1"),
             *("--max-new-tokens", "3", "--latencies", "20", "--exact-cases", "1"),
+            *("--users", "3", "--concurrency-rtt", "20", "--concurrency-repeats", "1"),
             *("--threads", "1", "--out", str(out)),
         ],
         progress=printed.append,
@@ -118,6 +119,22 @@ def test_latency_rows_and_the_model(bench):
         assert spec["requests"] / spec["new_tokens"] <= light["requests"] / light["new_tokens"]
 
 
+def test_concurrent_users_write_the_same_texts_in_every_mode(bench):
+    """Greedy decoding: sequential, thread-pool and async bursts give the same three texts."""
+    record, _, _ = bench
+    rows = record["concurrency"]
+    assert [row["mode"] for row in rows] == list(CONCURRENCY_MODES)
+    assert rows[0]["vs_sequential"] == 1
+    for row in rows:
+        assert row["users"] == 3 and row["rtt_ms"] == 20 and row["bursts"] == 1
+        assert row["same_texts"] is True
+        assert row["new_tokens"] == rows[0]["new_tokens"]
+        # every generation opens with at least /tokenize and one round, each after the RTT
+        assert row["wall_seconds"] >= (1 if row["mode"] != "sequential" else 3) * 2 * 0.02
+    bursts = record["bursts"]
+    assert len(bursts) == 3 and all(len(b["texts"]) == 3 for b in bursts)
+
+
 def test_outputs_are_written_and_printed(bench):
     record, out, printed = bench
     saved = json.loads((out / "bench_remote.json").read_text(encoding="utf-8"))
@@ -128,7 +145,12 @@ def test_outputs_are_written_and_printed(bench):
     assert len(generations) == len(METHODS) * 3 + (len(METHODS) - 1) * 2 + 2 * 3
     assert all(g["text"] is not None and g["wall_seconds"] > 0 for g in generations)
     report = (out / "bench_remote.md").read_text(encoding="utf-8")
-    for heading in ("## Transports", "## Exact hints", "## Injected round-trip latency"):
+    for heading in (
+        "## Transports",
+        "## Exact hints",
+        "## Injected round-trip latency",
+        "## Concurrent users",
+    ):
         assert heading in report
     assert "| specsteer | session |" in report
     assert printed == [report.rstrip("\n")]

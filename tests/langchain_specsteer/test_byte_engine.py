@@ -256,3 +256,22 @@ def test_token_candidate_recovery_runs(make_cross_llm, method):
         text.encode("utf-8")
     sampled = make_cross_llm(method=method, byte_recovery="token", temperature=0.8, seed=2)
     assert sampled.invoke(PROMPTS[1]) == sampled.invoke(PROMPTS[1])
+
+
+@pytest.mark.parametrize("method", ["speculative", "specsteer", "light_costeer", "specialist"])
+def test_async_equals_sync_across_tokenizers(make_cross_llm, method):
+    """ainvoke and astream drive the byte path's steps like invoke: same text and counts."""
+    import asyncio
+
+    llm = make_cross_llm(method=method, gamma=0.3)
+    text, info = generate(llm)
+
+    async def both():
+        result = await llm.agenerate([PROMPTS[0]], private_context=CONTEXT)
+        pieces = [p async for p in llm.astream(PROMPTS[0], private_context=CONTEXT)]
+        return result.generations[0][0], "".join(pieces)
+
+    generation, streamed = asyncio.run(both())
+    assert generation.text == streamed == text
+    for name in ("new_tokens", "rounds", "drafted", "accepted", "generalist_calls"):
+        assert generation.generation_info[name] == info[name]

@@ -133,3 +133,26 @@ def test_async_does_not_block_the_event_loop(make_chat):
     message, ticks = ticks_while(lambda: chat.ainvoke(PROMPTS[0]))
     assert message.usage_metadata["output_tokens"] == 40
     assert ticks > 5
+
+
+def test_async_chat_with_a_remote_generalist_answers_like_the_sync_call(
+    specialist, make_remote_llm
+):
+    """ainvoke/astream of the chat model, the generalist over async HTTP (its `/tokenize`
+    with `messages` too): the same message, usage and statistics as invoke."""
+    generalist = make_remote_llm().generalist
+    chat = ChatSpecSteer(specialist=specialist, generalist=generalist, max_tokens=20)
+    turns = [("system", "Be brief."), ("human", PROMPTS[1])]
+    expected = chat.invoke(turns, private_context=CONTEXT)
+
+    async def both():
+        message = await chat.ainvoke(turns, private_context=CONTEXT)
+        chunks = [c async for c in chat.astream(turns, private_context=CONTEXT)]
+        await generalist.aclose()
+        return message, chunks
+
+    message, chunks = asyncio.run(both())
+    assert message.content == "".join(c.content for c in chunks) == expected.content
+    assert message.usage_metadata == expected.usage_metadata
+    for name in ("new_tokens", "rounds", "accepted", "generalist_calls"):
+        assert message.response_metadata[name] == expected.response_metadata[name]

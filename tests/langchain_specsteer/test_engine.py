@@ -239,3 +239,77 @@ def test_different_vocabularies_are_refused(specialist):
     _, generalist = tiny_pair(tokenizer=other)
     with pytest.raises(ValueError, match=r"different vocabularies.*alignment='byte'"):
         SpecSteerEngine(specialist, LocalGeneralist(generalist.model, other), alignment="token")
+
+
+async def _async_rounds(run):
+    return [round_ async for round_ in run]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_async_iteration_equals_sync(make_llm, method, temperature):
+    """`async for` drives the same steps as `for`: same rounds, same statistics."""
+    import asyncio
+
+    llm = make_llm(max_new_tokens=24, gamma=0.4, temperature=temperature, seed=7)
+    prompts, params = llm.render_prompts(PROMPTS[1], CONTEXT), llm.decoding_params(method=method)
+    sync_run, async_run = llm._engine.run(prompts, params), llm._engine.run(prompts, params)
+    expected = list(sync_run)
+    assert asyncio.run(_async_rounds(async_run)) == expected
+    counts = ("new_tokens", "rounds", "drafted", "accepted", "generalist_calls", "finish_reason")
+    for name in counts:
+        assert getattr(async_run.stats, name) == getattr(sync_run.stats, name)
+    assert all(s.target.cache is None for s in async_run.sessions)  # closed by the driver
+
+
+def test_an_abandoned_async_run_closes_its_session_and_steps(make_llm):
+    import asyncio
+
+    llm = make_llm(method="specsteer", max_new_tokens=40)
+    run = llm._engine.run(llm.render_prompts(PROMPTS[0], CONTEXT), llm.decoding_params())
+
+    async def first_round():
+        rounds = aiter(run)
+        first = await anext(rounds)
+        await rounds.aclose()
+        return first
+
+    assert asyncio.run(first_round()).tokens
+    assert run.stats.rounds == 1 and run.stats.seconds > 0  # the steps' finally ran
+    assert run.sessions and run.sessions[0].target.cache is None
+
+
+def test_a_cancelled_async_run_lets_its_running_step_finish_then_closes(make_llm, monkeypatch):
+    """Cancelled while a step runs in its worker thread, the run waits for that step before
+    closing the steps (closing a generator mid-step would raise)."""
+    import asyncio
+    import threading
+
+    llm = make_llm(method="specsteer", max_new_tokens=40)
+    run = llm._engine.run(llm.render_prompts(PROMPTS[0], CONTEXT), llm.decoding_params())
+    in_step, release = threading.Event(), threading.Event()
+    step = type(run)._step
+
+    def slow_step(self, *args):
+        if self.stats.rounds == 1 and not in_step.is_set():
+            in_step.set()
+            release.wait(5)
+        return step(self, *args)
+
+    monkeypatch.setattr(type(run), "_step", slow_step)
+
+    async def main():
+        async def consume():
+            return [round_ async for round_ in run]
+
+        task = asyncio.create_task(consume())
+        await asyncio.to_thread(in_step.wait, 5)
+        task.cancel()
+        threading.Timer(0.2, release.set).start()  # the step ends after the cancellation
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert in_step.is_set()
+    assert run.stats.rounds == 1 and run.stats.seconds > 0
+    assert run.sessions[0].target.cache is None

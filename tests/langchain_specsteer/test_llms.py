@@ -7,10 +7,12 @@ import math
 
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.documents import Document
 from langchain_core.language_models.llms import LLM
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import PromptTemplate
-from pydantic import ValidationError
+from langchain_core.retrievers import BaseRetriever
+from pydantic import Field, ValidationError
 
 from langchain_specsteer import METHODS, LocalSpecialist, SpecSteerLLM
 from tests.conftest import CONTEXT, PROMPTS, ticks_while
@@ -208,3 +210,49 @@ def test_async_calls_run_off_the_event_loop(make_llm):
     pieces, stream_ticks = ticks_while(collect)
     assert "".join(pieces) == text == llm.invoke(PROMPTS[0])
     assert invoke_ticks > 5 and stream_ticks > 5
+
+
+class AsyncOnlyRetriever(BaseRetriever):
+    """A retriever with a native async hook; its blocking hook must not be used."""
+
+    documents: list[str]
+    queries: list[str] = Field(default_factory=list)
+
+    def _get_relevant_documents(self, query, *, run_manager):
+        raise AssertionError("the blocking retriever hook was used in an async call")
+
+    async def _aget_relevant_documents(self, query, *, run_manager):
+        self.queries.append(query)
+        return [Document(page_content=text) for text in self.documents]
+
+
+def test_async_calls_retrieve_with_the_retrievers_async_hook(make_llm):
+    import asyncio
+
+    retriever = AsyncOnlyRetriever(documents=[CONTEXT])
+    llm = make_llm(method="specialist", retriever=retriever)
+
+    async def both():
+        text = await llm.ainvoke(PROMPTS[0])
+        streamed = "".join([piece async for piece in llm.astream(PROMPTS[0])])
+        return text, streamed
+
+    text, streamed = asyncio.run(both())
+    expected = make_llm(method="specialist").invoke(PROMPTS[0], private_context=CONTEXT)
+    assert text == streamed == expected
+    assert retriever.queries == [PROMPTS[0], PROMPTS[0]]
+
+
+def test_abatch_equals_batch(make_llm):
+    import asyncio
+
+    llm = make_llm(method="specsteer", max_new_tokens=16)
+    contexts = [CONTEXT, None, "I only drink tea."]
+    sync = [llm.invoke(p, private_context=c) for p, c in zip(PROMPTS, contexts, strict=False)]
+
+    async def run_all():
+        calls = [llm.ainvoke(p, private_context=c) for p, c in zip(PROMPTS, contexts, strict=False)]
+        return await asyncio.gather(*calls)
+
+    assert asyncio.run(run_all()) == sync
+    assert asyncio.run(llm.abatch(list(PROMPTS))) == llm.batch(list(PROMPTS))

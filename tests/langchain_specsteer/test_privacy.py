@@ -210,6 +210,15 @@ def test_nothing_private_crosses_the_wire(make_remote_llm, verifier, tmp_path, m
         explicit = llm.generate([PROMPTS[0]], private_context=[SECRET, "I hate mornings."])
         retrieved = llm.generate([prompt])
         context, _ = llm.private_context_for(prompt)
+
+        async def async_calls():  # the async path: its own retrieval, encoding and HTTP
+            explicit = await llm.ainvoke(PROMPTS[0], private_context=[SECRET, "I hate mornings."])
+            retrieved = "".join([piece async for piece in llm.astream(prompt)])
+            await llm.generalist.aclose()
+            return explicit, retrieved
+
+        async_texts = asyncio.run(async_calls())
+    assert async_texts == (explicit.generations[0][0].text, retrieved.generations[0][0].text)
     assert SECRET in context  # the specialist did get the secret
     assert explicit.generations[0][0].generation_info["private_context"] is True
     assert retrieved.generations[0][0].generation_info["retrieved"] == 2

@@ -250,3 +250,143 @@ def test_the_specialist_method_makes_no_request(make_remote_llm, verifier):
     verifier.requests.clear()
     llm.invoke(PROMPTS[0], private_context=CONTEXT)
     assert verifier.requests == []
+
+
+# --- Async: ainvoke / astream speak HTTP on the event loop --------------------------------
+
+
+class _BlockingClientForbidden:
+    """Stands in for the blocking httpx client: any use fails the test."""
+
+    def request(self, *args, **kwargs):
+        raise AssertionError("the blocking HTTP client was used inside an async call")
+
+    def close(self):
+        pass
+
+
+def _async_only(llm, monkeypatch):
+    """Forbid the blocking client; return the threads the async client's requests ran on."""
+    import httpx
+
+    monkeypatch.setattr(llm.generalist.http, "client", _BlockingClientForbidden())
+    threads = []
+    send = httpx.AsyncClient.send
+
+    async def recording_send(self, *args, **kwargs):
+        threads.append(threading.get_ident())
+        return await send(self, *args, **kwargs)
+
+    monkeypatch.setattr(httpx.AsyncClient, "send", recording_send)
+    return threads
+
+
+@pytest.mark.parametrize("client", ["session", "openai"])
+@pytest.mark.parametrize("method", ["specsteer", "light_costeer", "speculative"])
+def test_async_calls_use_async_http_on_the_event_loop(
+    make_llm, make_remote_llm, verifier, monkeypatch, method, client
+):
+    """ainvoke and astream give the in-process text; every request goes through
+    `httpx.AsyncClient` on the loop's own thread (none blocks a worker thread), from one
+    event loop and then another; `aclose` releases the session on the service."""
+    import asyncio
+
+    local, local_info = generate(make_llm(method=method, max_new_tokens=24))
+    llm = make_remote_llm(client, method=method, max_new_tokens=24)
+    threads = _async_only(llm, monkeypatch)
+    loop_threads = []
+
+    async def invoke():
+        loop_threads.append(threading.get_ident())
+        result = await llm.agenerate([PROMPTS[0]], private_context=CONTEXT)
+        await llm.generalist.aclose()
+        return result.generations[0][0]
+
+    async def stream():
+        loop_threads.append(threading.get_ident())
+        pieces = [p async for p in llm.astream(PROMPTS[0], private_context=CONTEXT)]
+        await llm.generalist.aclose()
+        return "".join(pieces)
+
+    llm.generalist.stats.reset()
+    verifier.requests.clear()
+    generation = asyncio.run(invoke())
+    assert asyncio.run(stream()) == generation.text == local
+    for name in COUNTS:
+        assert generation.generation_info[name] == local_info[name]
+    assert threads and set(threads) <= set(loop_threads)
+    assert len(threads) == llm.generalist.stats.requests
+    if client == "session":  # both sessions released before each loop ended
+        assert sum(r["method"] == "DELETE" for r in verifier.requests) == 2
+        assert not verifier.service.sessions
+
+
+def test_concurrent_async_calls_match_sequential_runs(make_llm, make_remote_llm):
+    """Six generations at once on one client (one AsyncClient, one specialist)."""
+    import asyncio
+
+    jobs = [(PROMPTS[i % len(PROMPTS)], method) for i, method in enumerate(METHODS)]
+    sequential = [generate(make_llm(method=m, max_new_tokens=20), p)[0] for p, m in jobs]
+    llm = make_remote_llm(max_new_tokens=20)
+
+    async def run_all():
+        calls = [llm.ainvoke(p, private_context=CONTEXT, method=m) for p, m in jobs]
+        return await asyncio.gather(*calls)
+
+    assert asyncio.run(run_all()) == sequential
+
+
+def test_async_retries_and_timeouts_give_the_same_text(make_llm, make_remote_llm, verifier):
+    import asyncio
+
+    local, _ = generate(make_llm(method="specsteer", max_new_tokens=32))
+    flaky = Flaky(create_app(verifier.service), fail={2, 3}, slow={5}, delay=1.5)
+    with BackgroundServer(flaky) as server:
+        llm = make_remote_llm(
+            url=server.url,
+            method="specsteer",
+            max_new_tokens=32,
+            client_options={"timeout": 0.5, "max_retries": 4, "backoff_s": 0.05},
+        )
+        text = asyncio.run(llm.ainvoke(PROMPTS[0], private_context=CONTEXT))
+    assert text == local
+    assert llm.generalist.stats.retries >= 3
+
+
+def test_async_an_unreachable_cloud_degrades_or_raises(make_llm, make_remote_llm, verifier):
+    import asyncio
+
+    flaky = Flaky(create_app(verifier.service), fail=set(range(3, 1000)))
+    with BackgroundServer(flaky) as server:
+        llm = make_remote_llm(
+            url=server.url,
+            method="specsteer",
+            max_new_tokens=32,
+            client_options={"max_retries": 1, "backoff_s": 0.01},
+        )
+        result = asyncio.run(llm.agenerate([PROMPTS[0]], private_context=CONTEXT))
+        with pytest.raises(GeneralistError, match="503"):
+            asyncio.run(llm.ainvoke(PROMPTS[0], on_generalist_error="raise"))
+    generation = result.generations[0][0]
+    assert generation.generation_info["degraded"] is True
+    assert "503" in generation.generation_info["degraded_reason"]
+    assert generation.generation_info["new_tokens"] == 32
+
+
+def test_async_a_lost_session_is_reopened(make_llm, make_remote_llm, verifier):
+    import asyncio
+
+    local, _ = generate(make_llm(method="specsteer", max_new_tokens=32))
+    llm = make_remote_llm(method="specsteer", max_new_tokens=32)
+
+    async def stream():
+        pieces = []
+        async for piece in llm.astream(PROMPTS[0], private_context=CONTEXT):
+            pieces.append(piece)
+            if len(pieces) == 2:
+                with verifier.service._sessions_lock:
+                    verifier.service.sessions.clear()
+        return "".join(pieces)
+
+    assert asyncio.run(stream()) == local
+    assert llm.generalist.stats.reopened == 1
