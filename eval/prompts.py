@@ -62,5 +62,6 @@ def rendered_prompts(
 ) -> tuple[str, str]:
     """(the specialist's private prompt, the generalist's public prompt) as text."""
     templates = task_templates(task)
-    context = render_context(documents, templates["document_template"], separator)
+    # strict: a profile entry without a template field is a schema error, not a note
+    context = render_context(documents, templates["document_template"], separator, strict=True)
     return private_prompt(templates["context_template"], context, example.input), example.input

@@ -49,8 +49,8 @@ def assistant(chat: ChatSpecSteer, memory: PrivateMemory) -> Any:
             fact = json.loads(text)
             memory.add(fact.pop("reviewText"), fact)
         except (json.JSONDecodeError, AttributeError, KeyError, TypeError):
-            # a plain note; the review template renders every memory with these fields
-            memory.add(text, {"overall": "?", "description": "a note", "summary": "note"})
+            memory.add(text)  # a plain note: rendered as its text alone
+
         return {"stored": len(memory), "answer": None}
 
     def answer(turn: str) -> dict[str, Any]:

@@ -26,21 +26,32 @@ __all__ = [
 ]
 
 
-def render_document(document: Document, template: str) -> str:
-    """One document through `template` (its `page_content` and metadata fields)."""
+def render_document(document: Document, template: str, *, strict: bool = False) -> str:
+    """One document through `template` (its `page_content` and metadata fields).
+
+    A document without every field the template names (a plain note in a memory of
+    reviews) is rendered as its `page_content` alone, so it still reaches the specialist and
+    one such memory does not fail every later request; with `strict` (datasets, where a
+    missing field is a schema error) it is a ValueError naming the fields.
+    """
     values: dict[str, Any] = {**document.metadata, "page_content": document.page_content}
     missing = template_fields(template) - values.keys()
-    if missing:
+    if missing and strict:
         msg = (
             f"document_template needs {sorted(missing)} but the document has only {sorted(values)}"
         )
         raise ValueError(msg)
-    return template.format(**values)
+    return document.page_content if missing else template.format(**values)
 
 
-def render_context(pieces: Sequence[str | Document], template: str, separator: str) -> str:
+def render_context(
+    pieces: Sequence[str | Document], template: str, separator: str, *, strict: bool = False
+) -> str:
     """Private context from strings (as they are) and documents (through `template`)."""
-    rendered = (render_document(p, template) if isinstance(p, Document) else p for p in pieces)
+    rendered = (
+        render_document(p, template, strict=strict) if isinstance(p, Document) else p
+        for p in pieces
+    )
     return separator.join(text.strip() for text in rendered if text and text.strip())
 
 

@@ -72,10 +72,29 @@ def test_an_empty_memory_runs_without_context_and_says_so(make_llm, tmp_path):
     assert result.generations[0][0].text == make_llm().invoke(PROMPTS[0], method="specialist")
 
 
-def test_a_document_template_field_the_documents_lack_is_named(make_llm):
-    llm = make_llm(**task_templates("abstract_generation"))
-    with pytest.raises(ValueError, match=r"needs \['title'\]"):
-        llm.invoke("q", private_context=[Document(page_content="an abstract")])
+def test_a_note_without_the_templates_fields_is_given_as_its_text(make_llm, tmp_path):
+    """A plain note stored among reviews reaches the specialist as its text; it does not fail
+    the requests that retrieve it. Datasets render strictly: a missing field is named."""
+    from langchain_specsteer.context import render_context
+
+    review = {"overall": "5", "description": "a tent", "summary": "Dry at last"}
+    with PrivateMemory(tmp_path / "m.db") as memory:
+        memory.add("Kept me dry in a storm, tent review.", review)
+        memory.add("I camp in Wales every autumn, tent notes.")
+        llm = make_llm(
+            retriever=PersonalBM25Retriever.from_memory(memory, k=2),
+            **task_templates("product_review"),
+        )
+        context, retrieved = llm.private_context_for("Review my tent.")
+        assert llm.invoke("Review my tent.", method="specialist")
+    assert retrieved == 2
+    assert '- 5-star review of "a tent", titled "Dry at last": Kept me dry' in context
+    assert "\n\nI camp in Wales every autumn, tent notes." in "\n\n" + context
+    note = Document(page_content="an abstract")
+    template = task_templates("abstract_generation")["document_template"]
+    assert render_context([note], template, "\n") == "an abstract"
+    with pytest.raises(ValueError, match=r"needs \['title'\] but the document has only"):
+        render_context([note], template, "\n", strict=True)
     with pytest.raises(ValidationError, match="document_template"):
         make_llm(document_template="{0}")
     with pytest.raises(ValueError, match="unknown task 'poetry'; known tasks: default"):
