@@ -120,13 +120,24 @@ class _HTTP:
             "timeout": timeout,
             "headers": {"Authorization": f"Bearer {api_key}"} if api_key else {},
         }
-        self.client = httpx.Client(**self._options)
+        self._client = httpx.Client(**self._options)
         self._async: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.simulated_rtt_s = simulated_rtt_s
         self.stats = TransportStats()
         self._httpx = httpx
+
+    @property
+    def client(self) -> Any:
+        """The blocking `httpx.Client` (a new one after `close`)."""
+        if self._client.is_closed:
+            self._client = self._httpx.Client(**self._options)
+        return self._client
+
+    @client.setter
+    def client(self, client: Any) -> None:
+        self._client = client
 
     @property
     def aclient(self) -> Any:
@@ -217,11 +228,11 @@ class _HTTP:
         s.header_bytes_received += sum(len(k) + len(v) + 4 for k, v in response.headers.raw)
 
     def close(self) -> None:
-        self.client.close()
+        """Close the blocking client's connections (a later request opens new ones)."""
+        self._client.close()
 
     async def aclose(self) -> None:
-        """Close the clients (the asynchronous one, if this loop made it)."""
-        self.client.close()
+        """Close the running loop's asynchronous client (a later request opens a new one)."""
         if self._async is not None and self._async[0] is asyncio.get_running_loop():
             await self._async[1].aclose()
         self._async = None
@@ -330,13 +341,13 @@ class _HTTPGeneralist(Generalist):
         return await self.http.arun(self._encode_steps(messages, chat, chat_template_kwargs))
 
     def close(self) -> None:
-        """Close the HTTP connections (the client stays usable: they reopen on demand)."""
+        """Close the blocking HTTP connections (the generalist stays usable: they reopen)."""
         self.http.close()
 
     async def aclose(self) -> None:
-        """Wait for sessions still being released, then close the connections (those of the
-        running event loop too). Without it, a loop that ends at once leaves its last
-        sessions to the service's idle expiry."""
+        """Wait for sessions still being released, then close the running event loop's
+        connections (they reopen on demand). Without it, a loop that ends at once leaves its
+        last sessions to the service's idle expiry."""
         loop = asyncio.get_running_loop()
         pending = [t for t in self._releasing if t.get_loop() is loop]
         await asyncio.gather(*pending, return_exceptions=True)

@@ -258,6 +258,8 @@ def test_the_specialist_method_makes_no_request(make_remote_llm, verifier):
 class _BlockingClientForbidden:
     """Stands in for the blocking httpx client: any use fails the test."""
 
+    is_closed = False
+
     def request(self, *args, **kwargs):
         raise AssertionError("the blocking HTTP client was used inside an async call")
 
@@ -319,6 +321,26 @@ def test_async_calls_use_async_http_on_the_event_loop(
     if client == "session":  # both sessions released before each loop ended
         assert sum(r["method"] == "DELETE" for r in verifier.requests) == 2
         assert not verifier.service.sessions
+
+
+def test_a_closed_client_reopens_its_connections_on_demand(make_remote_llm, verifier):
+    """`close` and `aclose` release connections; sync and async calls still work after."""
+    import asyncio
+
+    llm = make_remote_llm(method="specsteer", max_new_tokens=8)
+    expected = llm.invoke(PROMPTS[0])
+
+    async def closed_then_async():
+        await llm.generalist.aclose()
+        text = await llm.ainvoke(PROMPTS[0])
+        await llm.generalist.aclose()
+        return text
+
+    llm.generalist.close()
+    assert asyncio.run(closed_then_async()) == expected
+    assert llm.invoke(PROMPTS[0]) == expected
+    llm.generalist.close()
+    assert llm.invoke(PROMPTS[0]) == expected
 
 
 def test_concurrent_async_calls_match_sequential_runs(make_llm, make_remote_llm):
