@@ -185,7 +185,8 @@ class SpecSteerEngine:
             raise ValueError(msg)
 
     def run(self, prompts: Prompts, params: DecodingParams) -> DecodeRun:
-        """A lazy generation: iterate it for `Round`s; its `stats` fill in as it goes."""
+        """A lazy generation: `for` (or `async for`) over it gives `Round`s; its `stats` fill
+        in as it goes."""
         if self.alignment == "byte":
             from langchain_specsteer.byte_engine import ByteDecodeRun
 
