@@ -24,11 +24,11 @@ it measures:
    every request) for d in --latencies: tokens/s of `generalist`, `light_costeer` and
    `specsteer`, next to the simple model  time(d) ≈ time(0) + requests · d.
 
-4. concurrent users (`--users` generations of `specsteer` over the session protocol at a
-   round trip of `--concurrency-rtt` ms): one after another with `generate`, at once from a
-   thread pool (blocking HTTP), and at once with `agenerate` on one event loop
-   (asynchronous HTTP, model work in worker threads): aggregate tokens/s of each, and
-   whether every mode wrote the same texts.
+4. concurrent users (for each N in `--users`, N generations of `specsteer` over the session
+   protocol at a round trip of `--concurrency-rtt` ms): one after another with `generate`,
+   at once from a thread pool (blocking HTTP), and at once with `agenerate` on one event
+   loop (asynchronous HTTP, model work in worker threads): aggregate tokens/s of each, and
+   whether every mode wrote the same texts. N = 1 is what each path costs one caller.
 
 The per-token methods pay one round trip per token; SpecSteer pays one per round.
 
@@ -316,7 +316,8 @@ def burst(llm: SpecSteerLLM, cases: Sequence[Case], mode: str) -> tuple[float, l
 def run_concurrency(
     llm: SpecSteerLLM, cases: Sequence[Case], users: int, repeats: int, rtt_ms: float
 ) -> list[Burst]:
-    """Each mode `repeats` times on `users` cases (cycling through `cases`), orders rotating."""
+    """Each mode `repeats` times on `users` cases (cycling through `cases`), orders rotating;
+    with one user, `threads` and `async` measure what each path costs a single caller."""
     chosen = [cases[i % len(cases)] for i in range(users)]
     bursts = []
     for repeat in range(repeats):
@@ -481,26 +482,27 @@ def summarise_concurrency(bursts: Sequence[Burst]) -> list[dict[str, Any]]:
     its texts equal the sequential ones."""
     if not bursts:
         return []
-    reference = {b.repeat: b.texts for b in bursts if b.mode == "sequential"}
+    reference = {(b.users, b.repeat): b.texts for b in bursts if b.mode == "sequential"}
     rows = []
-    for mode in CONCURRENCY_MODES:
-        group = [b for b in bursts if b.mode == mode]
-        tokens, wall = sum(b.new_tokens for b in group), sum(b.wall_seconds for b in group)
-        rows.append(
-            {
-                "mode": mode,
-                "users": group[0].users,
-                "rtt_ms": group[0].rtt_ms,
-                "bursts": len(group),
-                "new_tokens": tokens,
-                "wall_seconds": wall,
-                "tokens_per_second": _ratio(tokens, wall),
-                "same_texts": all(b.texts == reference[b.repeat] for b in group),
-            }
-        )
-    sequential = rows[0]["tokens_per_second"]
+    for users in sorted({b.users for b in bursts}):
+        for mode in CONCURRENCY_MODES:
+            group = [b for b in bursts if b.mode == mode and b.users == users]
+            tokens, wall = sum(b.new_tokens for b in group), sum(b.wall_seconds for b in group)
+            rows.append(
+                {
+                    "mode": mode,
+                    "users": users,
+                    "rtt_ms": group[0].rtt_ms,
+                    "bursts": len(group),
+                    "new_tokens": tokens,
+                    "wall_seconds": wall,
+                    "tokens_per_second": _ratio(tokens, wall),
+                    "same_texts": all(b.texts == reference[users, b.repeat] for b in group),
+                }
+            )
+    sequential = {r["users"]: r["tokens_per_second"] for r in rows if r["mode"] == "sequential"}
     for row in rows:
-        row["vs_sequential"] = _ratio(row["tokens_per_second"], sequential)
+        row["vs_sequential"] = _ratio(row["tokens_per_second"], sequential[row["users"]])
     return rows
 
 
@@ -671,6 +673,18 @@ def _latencies(text: str) -> list[float]:
     return sorted({0.0, *values})  # the model needs the time at 0
 
 
+def _counts(text: str) -> list[int]:
+    """Burst sizes such as "1,4"; "0" (or nothing) skips the phase."""
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        values = [-1]
+    if any(v < 0 for v in values):
+        msg = f"expected non-negative user counts such as 1,4, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return [v for v in values if v]
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m eval.bench_remote",
@@ -702,8 +716,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--exact-cases", type=int, default=1, help="cases run with full-vocabulary hints (0: none)"
     )
     parser.add_argument(
-        "--users", type=int, default=4, help="concurrent generations in phase 4 (0: skip it)"
-    )
+        "--users", type=_counts, default=[1, 4], metavar="N,..",
+        help="concurrent generations in phase 4, one burst size each (0: skip the phase)",
+    )  # fmt: skip
     parser.add_argument(
         "--concurrency-rtt", type=float, default=50.0, metavar="MS",
         help="injected round trip of phase 4",
@@ -716,11 +731,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.cases < 1 or args.max_new_tokens < 1 or args.exact_cases < 0:
         parser.error("--cases and --max-new-tokens must be positive, --exact-cases at least 0")
-    if args.users < 0 or args.concurrency_repeats < 1 or args.concurrency_rtt < 0:
-        parser.error(
-            "--users must be at least 0, --concurrency-repeats positive and "
-            "--concurrency-rtt non-negative"
-        )
+    if args.concurrency_repeats < 1 or args.concurrency_rtt < 0:
+        parser.error("--concurrency-repeats must be positive and --concurrency-rtt non-negative")
     if args.pair != TINY and not (Path(args.pair) / "specialist").is_dir():
         parser.error(f"--pair {args.pair}: no specialist/ folder there")
     return args
@@ -777,7 +789,9 @@ def main(argv: Sequence[str] | None = None, *, progress: Callable[[str], None] =
             rtt = args.concurrency_rtt
             client = RemoteGeneralist(url, top_m=HINT, simulated_rtt_s=rtt / 1e3)
             concurrent = make_llm(specialist, client, args)  # method: specsteer, the default
-            bursts = run_concurrency(concurrent, cases, args.users, args.concurrency_repeats, rtt)
+            for users in args.users:
+                repeats = args.concurrency_repeats
+                bursts += run_concurrency(concurrent, cases, users, repeats, rtt)
             _phase("concurrent users done", start)
     record = {
         "config": vars(args),

@@ -24,7 +24,7 @@ def bench(tiny_dir, tmp_path_factory):
         [
             *("--pair", str(tiny_dir), "--data", str(root / "world"), "--cases", "1"),
             *("--max-new-tokens", "3", "--latencies", "20", "--exact-cases", "1"),
-            *("--users", "3", "--concurrency-rtt", "20", "--concurrency-repeats", "1"),
+            *("--users", "1,3", "--concurrency-rtt", "20", "--concurrency-repeats", "1"),
             *("--threads", "1", "--out", str(out)),
         ],
         progress=printed.append,
@@ -120,19 +120,34 @@ def test_latency_rows_and_the_model(bench):
 
 
 def test_concurrent_users_write_the_same_texts_in_every_mode(bench):
-    """Greedy decoding: sequential, thread-pool and async bursts give the same three texts."""
+    """Greedy decoding: sequential, thread-pool and async bursts give the same texts."""
     record, _, _ = bench
     rows = record["concurrency"]
-    assert [row["mode"] for row in rows] == list(CONCURRENCY_MODES)
-    assert rows[0]["vs_sequential"] == 1
+    assert [(row["users"], row["mode"]) for row in rows] == [
+        (users, mode) for users in (1, 3) for mode in CONCURRENCY_MODES
+    ]
     for row in rows:
-        assert row["users"] == 3 and row["rtt_ms"] == 20 and row["bursts"] == 1
+        assert row["rtt_ms"] == 20 and row["bursts"] == 1
         assert row["same_texts"] is True
-        assert row["new_tokens"] == rows[0]["new_tokens"]
+        sequential = next(r for r in rows if r["users"] == row["users"])
+        assert row["new_tokens"] == sequential["new_tokens"]
+        assert sequential["vs_sequential"] == 1
         # every generation opens with at least /tokenize and one round, each after the RTT
-        assert row["wall_seconds"] >= (1 if row["mode"] != "sequential" else 3) * 2 * 0.02
+        at_once = 1 if row["mode"] != "sequential" else row["users"]
+        assert row["wall_seconds"] >= at_once * 2 * 0.02
     bursts = record["bursts"]
-    assert len(bursts) == 3 and all(len(b["texts"]) == 3 for b in bursts)
+    assert [len(b["texts"]) for b in bursts] == [1, 1, 1, 3, 3, 3]
+
+
+def test_bad_user_counts_are_refused(capsys):
+    from eval.bench_remote import parse_args
+
+    assert parse_args(["--users", "4,1,0"]).users == [1, 4]
+    assert parse_args(["--users", "0"]).users == []
+    for bad in ("-1", "two"):
+        with pytest.raises(SystemExit):
+            parse_args(["--users", bad])
+        assert "user counts such as 1,4" in capsys.readouterr().err
 
 
 def test_outputs_are_written_and_printed(bench):
