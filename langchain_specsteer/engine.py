@@ -8,9 +8,11 @@ the math lives in `algorithms`, the models behind `TokenSequence`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -265,25 +267,36 @@ class DecodeRun:
                 session.close()
 
     async def __aiter__(self) -> AsyncIterator[Round]:
-        """Run the steps without blocking the event loop: model work in a worker thread, the
+        """Run the steps without blocking the event loop: model work on this run's own worker
+        thread (as a thread-per-request server would: torch keeps per-thread state), the
         generalist's answers awaited on the loop (asynchronous HTTP for network generalists)."""
+        loop = asyncio.get_running_loop()
+        worker = ThreadPoolExecutor(1, thread_name_prefix="specsteer-run")
+
+        def on_worker(fn: Callable[..., Any], *args: Any) -> asyncio.Future:
+            return loop.run_in_executor(worker, functools.partial(fn, *args))
+
         steps = self._steps()
         try:
-            done, item = await asyncio.to_thread(self._advance, steps)
+            done, item = await on_worker(self._advance, steps)
             while not done:
                 if isinstance(item, VerifyCall):
                     try:
-                        verdict = await item.aperform()
+                        if item.session.awaits_io:
+                            verdict = await item.aperform()
+                        else:  # a model in this process: its forward runs on the worker too
+                            verdict = await on_worker(item.perform)
                     except GeneralistError as err:
-                        done, item = await asyncio.to_thread(self._advance, steps, error=err)
+                        done, item = await on_worker(self._advance, steps, None, err)
                         continue
-                    done, item = await asyncio.to_thread(self._advance, steps, verdict)
+                    done, item = await on_worker(self._advance, steps, verdict)
                 else:
                     yield item
-                    done, item = await asyncio.to_thread(self._advance, steps)
+                    done, item = await on_worker(self._advance, steps)
         finally:
-            # A cancelled caller may leave a step running in its thread: finish after it.
-            await asyncio.to_thread(self._finish, steps)
+            # A cancelled caller may leave a step running on the worker: finish after it.
+            await on_worker(self._finish, steps)
+            worker.shutdown(wait=False)
             for session in self.sessions:
                 await session.aclose()
 

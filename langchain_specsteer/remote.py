@@ -480,6 +480,8 @@ class RemoteGeneralist(_HTTPGeneralist):
 class RemoteSession(GeneralistSession):
     """One generation in the verifier service; opened at the first round, reopened if lost."""
 
+    awaits_io = True
+
     def __init__(self, client: RemoteGeneralist, opening: OpenSession):
         self.client = client
         self.opening = opening
@@ -693,6 +695,8 @@ class OpenAICompatibleGeneralist(_HTTPGeneralist):
 
 class OpenAICompatibleSession(GeneralistSession):
     """One generation over a stateless completions API: the device holds the token ids."""
+
+    awaits_io = True
 
     def __init__(
         self, client: OpenAICompatibleGeneralist, prompt: list[int], vocab_size: int, temp: float

@@ -71,6 +71,9 @@ class GeneralistSession(ABC):
 
     hosts_q_gen: bool = False
     """Whether verdicts carry q_gen (a public copy of the specialist next to the generalist)."""
+    awaits_io: bool = False
+    """Whether `averify` awaits I/O on the event loop (a network session). Otherwise the
+    async engine runs `verify` on the generation's own worker thread."""
 
     @abstractmethod
     def verify(
