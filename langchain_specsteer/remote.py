@@ -16,6 +16,10 @@ backoff (a round is idempotent: it names the position it continues from); a lost
 (404: the service restarted, or expired the session) is reopened and resumed from the
 tokens the device holds. Past `max_retries` the call raises `GeneralistError`, which the
 engine turns into a specialist-only finish (`on_generalist_error="fallback"`) or raises.
+
+Sync and async: each exchange (the retry policy, a round with its reopen, `/tokenize`) is
+written once as an `Exchange` generator; sync calls perform it with `httpx.Client`, async
+calls (`ainvoke`, `astream`, ...) with an `httpx.AsyncClient` on the running event loop.
 """
 
 from __future__ import annotations
