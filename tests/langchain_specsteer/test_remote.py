@@ -6,6 +6,7 @@ as its public copy) from a uvicorn thread.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,10 +21,33 @@ from tests.conftest import CONTEXT, PROMPTS
 COUNTS = ("new_tokens", "rounds", "drafted", "accepted", "generalist_calls", "finish_reason")
 
 
-def generate(llm, prompt=PROMPTS[0], context=CONTEXT, **kwargs):
-    result = llm.generate([prompt], private_context=context, **kwargs)
+def generate(llm, prompt=PROMPTS[0], context=CONTEXT, api="sync", **kwargs):
+    """(text, generation_info) from `generate`, or from `agenerate` with api="async"."""
+    if api == "async":
+        result = asyncio.run(llm.agenerate([prompt], private_context=context, **kwargs))
+    else:
+        result = llm.generate([prompt], private_context=context, **kwargs)
     generation = result.generations[0][0]
     return generation.text, generation.generation_info
+
+
+def stream(llm, each, api="sync", prompt=PROMPTS[0], context=CONTEXT):
+    """The streamed text (`stream` or `astream`); `each(i)` runs after the i-th piece."""
+    if api == "sync":
+        pieces = []
+        for i, piece in enumerate(llm.stream(prompt, private_context=context)):
+            pieces.append(piece)
+            each(i)
+        return "".join(pieces)
+
+    async def collect():
+        pieces = []
+        async for piece in llm.astream(prompt, private_context=context):
+            pieces.append(piece)
+            each(len(pieces) - 1)
+        return "".join(pieces)
+
+    return asyncio.run(collect())
 
 
 @pytest.mark.parametrize("client", ["session", "openai"])
@@ -104,16 +128,17 @@ def test_eight_concurrent_clients_match_sequential_runs(make_llm, make_remote_ll
     assert concurrent == sequential
 
 
-def test_a_lost_session_is_reopened_and_resumed(make_llm, make_remote_llm, verifier):
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_lost_session_is_reopened_and_resumed(make_llm, make_remote_llm, verifier, api):
     local, _ = generate(make_llm(method="specsteer", max_new_tokens=32))
     llm = make_remote_llm(method="specsteer", max_new_tokens=32)
-    pieces = []
-    for i, piece in enumerate(llm.stream(PROMPTS[0], private_context=CONTEXT)):
-        pieces.append(piece)
+
+    def forget(i):
         if i == 1:  # the service forgets every session (as after an expiry or a restart)
             with verifier.service._sessions_lock:
                 verifier.service.sessions.clear()
-    assert "".join(pieces) == local
+
+    assert stream(llm, forget, api) == local
     assert llm.generalist.stats.reopened == 1
 
 
@@ -126,8 +151,6 @@ class Flaky:
         self.lock = threading.Lock()
 
     async def __call__(self, scope, receive, send):
-        import asyncio
-
         if scope["type"] == "http" and scope["path"].endswith("/rounds"):
             with self.lock:
                 self.rounds += 1
@@ -141,8 +164,12 @@ class Flaky:
         await self.app(scope, receive, send)
 
 
-def test_retries_after_5xx_and_timeouts_give_the_same_text(make_llm, make_remote_llm, verifier):
-    """Rounds are idempotent: a retried or duplicated round changes nothing."""
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_retries_after_5xx_and_timeouts_give_the_same_text(
+    make_llm, make_remote_llm, verifier, api
+):
+    """Rounds are idempotent: a retried or duplicated round changes nothing (the async client
+    backs off with asyncio.sleep and times out on the loop)."""
     local, _ = generate(make_llm(method="specsteer", max_new_tokens=32))
     flaky = Flaky(create_app(verifier.service), fail={2, 3}, slow={5}, delay=1.5)
     with BackgroundServer(flaky) as server:
@@ -152,13 +179,14 @@ def test_retries_after_5xx_and_timeouts_give_the_same_text(make_llm, make_remote
             max_new_tokens=32,
             client_options={"timeout": 0.5, "max_retries": 4, "backoff_s": 0.05},
         )
-        text, info = generate(llm)
+        text, info = generate(llm, api=api)
     assert text == local
     assert info["degraded"] is False
     assert llm.generalist.stats.retries >= 3
 
 
-def test_an_unreachable_cloud_degrades_to_the_specialist(make_llm, make_remote_llm, verifier):
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_an_unreachable_cloud_degrades_to_the_specialist(make_llm, make_remote_llm, verifier, api):
     flaky = Flaky(create_app(verifier.service), fail=set(range(3, 1000)))
     with BackgroundServer(flaky) as server:
         llm = make_remote_llm(
@@ -167,9 +195,9 @@ def test_an_unreachable_cloud_degrades_to_the_specialist(make_llm, make_remote_l
             max_new_tokens=32,
             client_options={"max_retries": 1, "backoff_s": 0.01},
         )
-        text, info = generate(llm)
+        text, info = generate(llm, api=api)
         with pytest.raises(GeneralistError, match="503"):
-            generate(llm, on_generalist_error="raise")
+            generate(llm, api=api, on_generalist_error="raise")
     assert info["degraded"] is True
     assert "503" in info["degraded_reason"]
     assert info["new_tokens"] == 32 and info["finish_reason"] == "length"
@@ -291,8 +319,6 @@ def test_async_calls_use_async_http_on_the_event_loop(
     """ainvoke and astream give the in-process text; every request goes through
     `httpx.AsyncClient` on the loop's own thread (none blocks a worker thread), from one
     event loop and then another; `aclose` releases the session on the service."""
-    import asyncio
-
     local, local_info = generate(make_llm(method=method, max_new_tokens=24))
     llm = make_remote_llm(client, method=method, max_new_tokens=24)
     threads = _async_only(llm, monkeypatch)
@@ -325,8 +351,6 @@ def test_async_calls_use_async_http_on_the_event_loop(
 
 def test_a_closed_client_reopens_its_connections_on_demand(make_remote_llm, verifier):
     """`close` and `aclose` release connections; sync and async calls still work after."""
-    import asyncio
-
     llm = make_remote_llm(method="specsteer", max_new_tokens=8)
     expected = llm.invoke(PROMPTS[0])
 
@@ -345,8 +369,6 @@ def test_a_closed_client_reopens_its_connections_on_demand(make_remote_llm, veri
 
 def test_concurrent_async_calls_match_sequential_runs(make_llm, make_remote_llm):
     """Six generations at once on one client (one AsyncClient, one specialist)."""
-    import asyncio
-
     jobs = [(PROMPTS[i % len(PROMPTS)], method) for i, method in enumerate(METHODS)]
     sequential = [generate(make_llm(method=m, max_new_tokens=20), p)[0] for p, m in jobs]
     llm = make_remote_llm(max_new_tokens=20)
@@ -356,59 +378,3 @@ def test_concurrent_async_calls_match_sequential_runs(make_llm, make_remote_llm)
         return await asyncio.gather(*calls)
 
     assert asyncio.run(run_all()) == sequential
-
-
-def test_async_retries_and_timeouts_give_the_same_text(make_llm, make_remote_llm, verifier):
-    import asyncio
-
-    local, _ = generate(make_llm(method="specsteer", max_new_tokens=32))
-    flaky = Flaky(create_app(verifier.service), fail={2, 3}, slow={5}, delay=1.5)
-    with BackgroundServer(flaky) as server:
-        llm = make_remote_llm(
-            url=server.url,
-            method="specsteer",
-            max_new_tokens=32,
-            client_options={"timeout": 0.5, "max_retries": 4, "backoff_s": 0.05},
-        )
-        text = asyncio.run(llm.ainvoke(PROMPTS[0], private_context=CONTEXT))
-    assert text == local
-    assert llm.generalist.stats.retries >= 3
-
-
-def test_async_an_unreachable_cloud_degrades_or_raises(make_llm, make_remote_llm, verifier):
-    import asyncio
-
-    flaky = Flaky(create_app(verifier.service), fail=set(range(3, 1000)))
-    with BackgroundServer(flaky) as server:
-        llm = make_remote_llm(
-            url=server.url,
-            method="specsteer",
-            max_new_tokens=32,
-            client_options={"max_retries": 1, "backoff_s": 0.01},
-        )
-        result = asyncio.run(llm.agenerate([PROMPTS[0]], private_context=CONTEXT))
-        with pytest.raises(GeneralistError, match="503"):
-            asyncio.run(llm.ainvoke(PROMPTS[0], on_generalist_error="raise"))
-    generation = result.generations[0][0]
-    assert generation.generation_info["degraded"] is True
-    assert "503" in generation.generation_info["degraded_reason"]
-    assert generation.generation_info["new_tokens"] == 32
-
-
-def test_async_a_lost_session_is_reopened(make_llm, make_remote_llm, verifier):
-    import asyncio
-
-    local, _ = generate(make_llm(method="specsteer", max_new_tokens=32))
-    llm = make_remote_llm(method="specsteer", max_new_tokens=32)
-
-    async def stream():
-        pieces = []
-        async for piece in llm.astream(PROMPTS[0], private_context=CONTEXT):
-            pieces.append(piece)
-            if len(pieces) == 2:
-                with verifier.service._sessions_lock:
-                    verifier.service.sessions.clear()
-        return "".join(pieces)
-
-    assert asyncio.run(stream()) == local
-    assert llm.generalist.stats.reopened == 1
