@@ -18,6 +18,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "MIN_TEMPERATURE",
     "PROTOCOL",
     "Candidates",
     "ErrorBody",
@@ -32,6 +33,10 @@ __all__ = [
 
 PROTOCOL = "specsteer/1"
 """Bumped on any incompatible change; the client refuses a service that speaks another."""
+
+MIN_TEMPERATURE = 1e-4
+"""The smallest temperature above 0 that is accepted anywhere (0 decodes greedily): at smaller
+ones the tempered log-probabilities overflow float32 and sampling breaks."""
 
 TokenId = Annotated[int, Field(ge=0, strict=True)]
 LogProb = float | None
