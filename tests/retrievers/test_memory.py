@@ -14,8 +14,9 @@ import urllib.parse
 import numpy as np
 import pytest
 
+from retrievers import PersonalBM25Retriever, PersonalDenseRetriever
 from retrievers import memory as memory_module
-from retrievers.memory import MemoryEntry, PrivateMemory, PrivateMemoryError
+from retrievers.memory import MAX_METADATA_DEPTH, MemoryEntry, PrivateMemory, PrivateMemoryError
 
 # Child processes load memory.py by path: no package imports, so they start fast.
 LOAD = r"""
@@ -86,7 +87,7 @@ def test_list_limit_offset(mem):
     assert [e.text for e in mem.list(limit=2, offset=3)] == ["t3", "t4"]
     assert [e.text for e in mem.list(offset=4)] == ["t4"]
     assert mem.list(limit=0) == []
-    with pytest.raises(PrivateMemoryError, match="limit and offset"):
+    with pytest.raises(PrivateMemoryError, match=r"limit must be an integer from 0 .*got -1"):
         mem.list(limit=-1)
 
 
@@ -223,6 +224,162 @@ def test_reopening_tightens_a_loose_file_mode(tmp_path):
     os.chmod(path, 0o644)
     with PrivateMemory(path):
         assert mode(path) == 0o600
+
+
+# ---------------------------------------------------------------- symbolic links
+
+
+@pytest.mark.parametrize("read_only", [False, True], ids=["read-write", "read-only"])
+def test_symlink_to_an_existing_file_is_refused_and_the_file_untouched(tmp_path, read_only):
+    victim = tmp_path / "bob" / "notes"  # someone else's empty, world-writable file
+    victim.parent.mkdir()
+    victim.write_bytes(b"")
+    os.chmod(victim, 0o666)
+    link = tmp_path / "alice" / "alice.db"
+    link.parent.mkdir()
+    link.symlink_to(victim)
+    with pytest.raises(PrivateMemoryError, match="is a symbolic link") as info:
+        PrivateMemory(link, read_only=read_only)
+    assert str(link) in str(info.value) and "refusing to follow it" in str(info.value)
+    assert victim.read_bytes() == b"" and mode(victim) == 0o666
+    assert os.listdir(victim.parent) == ["notes"]
+    assert os.listdir(link.parent) == ["alice.db"] and link.is_symlink()
+
+
+def test_dangling_symlink_is_refused_and_its_target_not_created(tmp_path):
+    target = tmp_path / "bob" / "made-by-alice.db"
+    target.parent.mkdir()
+    link = tmp_path / "alice.db"
+    link.symlink_to(target)
+    with pytest.raises(PrivateMemoryError, match="is a symbolic link") as info:
+        PrivateMemory.for_user("alice", root=tmp_path)
+    assert str(link) in str(info.value)
+    assert os.listdir(target.parent) == []
+
+
+@pytest.mark.parametrize("read_only", [False, True], ids=["read-write", "read-only"])
+@pytest.mark.parametrize("sidecar", ["-wal", "-shm", "-journal"])
+def test_symlinked_sidecar_is_refused_and_its_target_untouched(tmp_path, sidecar, read_only):
+    path = tmp_path / "m.db"
+    with PrivateMemory(path) as mem:
+        mem.add("private")
+    digest = sha256(path)
+    victim, dangling = tmp_path / "victim", tmp_path / "dangling"
+    victim.write_bytes(b"keep me")
+    os.chmod(victim, 0o666)
+    link = tmp_path / f"m.db{sidecar}"
+    for target in (victim, dangling):
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+        with pytest.raises(PrivateMemoryError, match="is a symbolic link") as info:
+            PrivateMemory(path, read_only=read_only)
+        assert str(link) in str(info.value)
+    assert victim.read_bytes() == b"keep me" and mode(victim) == 0o666
+    assert not dangling.exists() and sha256(path) == digest
+    assert sorted(os.listdir(tmp_path)) == sorted(["m.db", "victim", link.name])
+
+
+# ---------------------------------------------------------------- read-only mode
+
+
+TEXTS = ["fresh coffee beans", "a tent in the rain", "a loud blender"]
+VOCABULARY = sorted({word for text in TEXTS for word in text.split()})
+
+
+class WordEncoder:
+    """A stand-in sentence encoder: bag of the words of TEXTS, unit-norm."""
+
+    def encode(self, texts, **kwargs):
+        out = np.zeros((len(texts), len(VOCABULARY)), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in text.split():
+                out[row, VOCABULARY.index(word)] += 1.0
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def make_store(path) -> None:
+    with PrivateMemory(path) as mem:
+        mem.add(TEXTS, [{"i": i} for i in range(3)])
+
+
+def test_read_only_store_reads_and_searches_but_refuses_writes(tmp_path):
+    path = tmp_path / "m.db"
+    make_store(path)
+    os.chmod(path, 0o444)
+    digest = sha256(path)
+    with PrivateMemory(path, read_only=True) as mem:
+        assert mem.read_only
+        assert [e.text for e in mem] == TEXTS and len(mem) == 3 and mem.revision == 1
+        assert [e.metadata for e in mem.get([3, 1])] == [{"i": 2}, {"i": 0}]
+        bm25 = PersonalBM25Retriever.from_memory(mem, k=1)
+        assert [d.page_content for d in bm25.invoke("blender")] == ["a loud blender"]
+        dense = PersonalDenseRetriever.from_memory(mem, model=WordEncoder(), model_name="w", k=1)
+        assert [d.page_content for d in dense.invoke("tent")] == ["a tent in the rain"]
+        assert mem.cached_embeddings("w", [1, 2, 3]) == {}  # the cache keeps nothing
+        writes = [lambda: mem.add("x"), lambda: mem.delete(1), mem.clear, lambda: mem.delete([])]
+        for write in writes:
+            with pytest.raises(PrivateMemoryError, match=r"is open read-only \(read_only=True\)"):
+                write()
+        # SQLite refuses too (mode=ro): what protects the file from root, whom 0444 does not stop.
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            mem._conn.execute("INSERT INTO meta VALUES ('x', 1)")
+        assert len(mem) == 3 and mem.revision == 1
+    assert sha256(path) == digest and mode(path) == 0o444
+
+
+def test_read_only_file_is_refused_for_writing_and_untouched(tmp_path):
+    path = tmp_path / "m.db"
+    make_store(path)
+    os.chmod(path, 0o444)
+    digest = sha256(path)
+    # Running as root, a read-write open would succeed (and chmod the file to 0600), so the
+    # refusal must come from the file's mode bits, not from a failed write.
+    with pytest.raises(
+        PrivateMemoryError, match=r"read-only \(mode 444\): open it with read_only"
+    ) as info:
+        PrivateMemory(path)
+    assert str(path) in str(info.value)
+    assert sha256(path) == digest and mode(path) == 0o444
+
+
+def test_read_only_store_sees_a_writer_and_leaves_the_mode_alone(tmp_path):
+    path = tmp_path / "m.db"
+    with PrivateMemory(path) as writer, PrivateMemory.for_user("m", tmp_path, read_only=True) as ro:
+        writer.add("a")
+        assert ro.revision == 1 and [e.text for e in ro] == ["a"]
+        writer.delete(1)
+        assert ro.revision == 2 and len(ro) == 0
+        with pytest.raises(PrivateMemoryError, match="open read-only"):
+            ro.add("b")
+    assert mode(path) == 0o600
+
+
+def test_read_only_never_creates_a_store(tmp_path):
+    path = tmp_path / "new" / "m.db"
+    with pytest.raises(PrivateMemoryError, match=r"does not exist \(read_only=True never creates"):
+        PrivateMemory(path, read_only=True)
+    assert not (tmp_path / "new").exists()
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    os.chmod(empty, 0o644)
+    with pytest.raises(PrivateMemoryError, match="is empty, not yet a memory database") as info:
+        PrivateMemory(empty, read_only=True)
+    assert str(empty) in str(info.value)
+    assert empty.read_bytes() == b"" and mode(empty) == 0o644
+    with pytest.raises(PrivateMemoryError, match="read_only=True needs the path"):
+        PrivateMemory(":memory:", read_only=True)
+    with pytest.raises(PrivateMemoryError, match="read_only must be True or False"):
+        PrivateMemory(tmp_path / "x.db", read_only="yes")
+    assert sorted(os.listdir(tmp_path)) == ["empty.db"]
+
+
+def test_read_only_refuses_a_foreign_file_untouched(tmp_path):
+    path = tmp_path / "other.db"
+    make_db(path, "CREATE TABLE notes (body TEXT)")
+    digest = sha256(path)
+    with pytest.raises(PrivateMemoryError, match="not a valid memory database"):
+        PrivateMemory(path, read_only=True)
+    assert sha256(path) == digest
 
 
 # ---------------------------------------------------------------- concurrency
@@ -395,6 +552,108 @@ def test_bad_ids_are_rejected(mem):
         mem.get(["1"])
     with pytest.raises(PrivateMemoryError, match="ids must be integers"):
         mem.delete(1.5)
+
+
+def nested(depth: int) -> dict:
+    """A dict holding dicts `depth` levels below it."""
+    value: dict = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def self_referencing() -> dict:
+    value: dict = {"x": 1}
+    value["self"] = value
+    return value
+
+
+@pytest.mark.parametrize(
+    ("texts", "metadata", "match"),
+    [
+        (None, None, r"texts must be a str or a list of str, got NoneType"),
+        (5, None, r"texts must be a str or a list of str, got int"),
+        (b"bytes", None, r"texts must be a str or a list of str, got bytes"),
+        (["t"], "meta", r"metadata must be a dict or a list of dicts \(one per text\), got str"),
+        (["t"], b"m", r"metadata must be a dict or a list of dicts \(one per text\), got bytes"),
+        (["t"], 5, r"metadata must be a dict or a list of dicts \(one per text\), got int"),
+        (["fine", "bad \ud800"], None, r"texts\[1\] is not valid Unicode text: .*surrogate"),
+        (["a", "b"], [{}, {"k": "x\ud800"}], r"metadata\[1\] is not valid Unicode text"),
+        (["a"], [{"\udfff": 1}], r"metadata\[0\] is not valid Unicode text"),
+        (["a", "b"], [{}, nested(2000)], rf"metadata\[1\] nests .* {MAX_METADATA_DEPTH} levels"),
+        (["a"], [{"k": [nested(MAX_METADATA_DEPTH)]}], r"metadata\[0\] nests"),
+        (["a"], [self_referencing()], r"metadata\[0\] nests .*contains itself"),
+    ],
+    ids=[
+        "texts-none",
+        "texts-int",
+        "texts-bytes",
+        "metadata-str",
+        "metadata-bytes",
+        "metadata-int",
+        "surrogate-text",
+        "surrogate-value",
+        "surrogate-key",
+        "nested-2000",
+        "nested-in-list",
+        "self-reference",
+    ],
+)
+def test_bad_add_input_is_a_clear_error_and_nothing_is_stored(mem, texts, metadata, match):
+    with pytest.raises(PrivateMemoryError, match=match):
+        mem.add(texts, metadata)
+    assert len(mem) == 0 and mem.revision == 0
+
+
+def test_metadata_up_to_the_depth_limit_round_trips(mem):
+    deep = nested(MAX_METADATA_DEPTH - 1)  # MAX_METADATA_DEPTH levels of dicts in all
+    (entry_id,) = mem.add("deep", deep)
+    assert mem.get([entry_id])[0].metadata == deep
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: m.get([2**63]),
+        lambda m: m.get([1, -(2**63) - 1]),
+        lambda m: m.delete(2**63),
+        lambda m: m.delete([2**70]),
+        lambda m: m.cached_embeddings("m", [2**63]),
+        lambda m: m.cache_embeddings("m", {2**63: np.ones(2)}),
+    ],
+    ids=["get", "get-negative", "delete-one", "delete-list", "cached", "cache"],
+)
+def test_ids_beyond_64_bits_are_a_clear_error(mem, call):
+    mem.add("a")
+    with pytest.raises(PrivateMemoryError, match=r"id -?\d+ is out of range: .*below 2\*\*63"):
+        call(mem)
+    assert mem.get([2**63 - 1, 1])[0].text == "a"  # the largest id SQLite holds is fine
+    assert mem.delete([-(2**63)]) == 0 and len(mem) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"limit": 2**63}, "limit"),
+        ({"offset": 2**63}, "offset"),
+        ({"limit": 1.5}, "limit"),
+        ({"limit": "3"}, "limit"),
+        ({"offset": -1}, "offset"),
+    ],
+)
+def test_limits_beyond_64_bits_or_not_integers_are_a_clear_error(mem, kwargs, name):
+    mem.add(["a", "b"])
+    with pytest.raises(PrivateMemoryError, match=rf"{name} must be an integer from 0 to 2\*\*63"):
+        mem.list(**kwargs)
+    assert [e.text for e in mem.list(limit=2**63 - 1, offset=1)] == ["b"]
+
+
+def test_model_name_with_a_lone_surrogate_is_a_clear_error(mem):
+    mem.add("a")
+    with pytest.raises(PrivateMemoryError, match="model is not valid Unicode text"):
+        mem.cache_embeddings("m\ud800", {1: np.ones(2)})
+    with pytest.raises(PrivateMemoryError, match="model is not valid Unicode text"):
+        mem.cached_embeddings("m\ud800", [1])
 
 
 def test_closed_store_raises(tmp_path):
