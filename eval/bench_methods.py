@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from langchain_specsteer import SpecSteerLLM
+from langchain_specsteer.models import cache_keyword
 from langchain_specsteer.tiny import tiny_pair
 
 LABEL = "tiny random pair"
@@ -155,15 +156,16 @@ def forward_seconds(
         }
 
     cache = DynamicCache()
+    keyword = cache_keyword(model)  # "cache", or "past_key_values" on older transformers
     with torch.inference_mode():
-        model(input_ids=prompt, past_key_values=cache, logits_to_keep=1, **masked(0, prefix))
+        model(input_ids=prompt, logits_to_keep=1, **{keyword: cache}, **masked(0, prefix))
 
     def forward() -> None:
         with torch.inference_mode():
             out = model(
                 input_ids=step,
-                past_key_values=cache,
                 logits_to_keep=new,
+                **{keyword: cache},
                 **masked(prefix, prefix + new),
             )
             torch.log_softmax(out.logits.float(), dim=-1)  # as the engine does

@@ -8,13 +8,15 @@ round never re-prefills the committed text.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
 import torch
 
-from langchain_specsteer.verification import Generalist, LocalSession, vocab_signature
+from langchain_specsteer.local import LocalSession
+from langchain_specsteer.verification import Generalist, vocab_signature
 
 __all__ = [
     "LocalGeneralist",
@@ -22,6 +24,7 @@ __all__ = [
     "LocalSpecialist",
     "Message",
     "TokenSequence",
+    "cache_keyword",
     "encode_messages",
     "encode_prompt",
 ]
@@ -37,6 +40,15 @@ def _resolve_dtype(torch_dtype: Any, device: str) -> Any:
     if isinstance(torch_dtype, str) and torch_dtype != "auto":
         return getattr(torch, torch_dtype)
     return torch_dtype
+
+
+def cache_keyword(model: Any) -> str:
+    """The KV-cache keyword of a model's forward: "cache" (transformers ≥ 5.2x) or the older one."""
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (AttributeError, TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 class TokenSequence:
@@ -116,15 +128,11 @@ class TokenSequence:
             positions = torch.arange(end, device=device)
             extra["attention_mask"] = (positions >= self._pads).long()  # (B, end)
             extra["position_ids"] = (positions[start:] - self._pads).clamp_min(0)  # (B, fresh)
+        keyword = self.lm.cache_keyword
+        extra[keyword] = self.cache
         with torch.inference_mode():
-            out = self.lm.model(
-                input_ids=input_ids,
-                past_key_values=self.cache,
-                use_cache=True,
-                logits_to_keep=rows,
-                **extra,
-            )
-        self.cache = out.past_key_values
+            out = self.lm.model(input_ids=input_ids, use_cache=True, logits_to_keep=rows, **extra)
+        self.cache = getattr(out, keyword)
         self.cached = end
         self.lm.forward_calls += 1
         logits = out.logits[:, -rows:, : self.vocab_size]  # (B, rows, V)
@@ -235,6 +243,11 @@ class LocalModel:
     def vocab_size(self) -> int:
         """Width of the model's output layer (may exceed the tokenizer's length)."""
         return self.model.get_output_embeddings().weight.shape[0]
+
+    @cached_property
+    def cache_keyword(self) -> str:
+        """The forward's KV-cache keyword (`cache_keyword`), looked up once per model."""
+        return cache_keyword(self.model)
 
     @cached_property
     def vocab_signature(self) -> str:

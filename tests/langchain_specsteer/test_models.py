@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from langchain_specsteer import LocalGeneralist, LocalSpecialist
+from langchain_specsteer.models import cache_keyword
+from tests.conftest import PROMPTS
+
+PROMPT = PROMPTS[0]
 
 
 def full_forward(lm, ids):
@@ -95,3 +101,107 @@ def test_encode_without_a_chat_template_adds_bos(specialist):
     ids = specialist.encode("hi", chat=True)
     assert ids[0] == specialist.tokenizer.bos_token_id
     assert specialist.tokenizer.decode(ids[1:]) == "hi"
+
+
+def test_a_generation_uses_the_current_cache_keyword_without_deprecations(make_llm):
+    """transformers warns once per process of `past_key_values` (a FutureWarning from the
+    forward's kwarg and a `logger.warning_once`): neither may come from a generation."""
+    import logging
+    import warnings
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    logging.Logger.warning_once.cache_clear()  # transformers' once-per-process memo
+    handler, logger = Records(), logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            text = make_llm(max_new_tokens=8, gamma=0.0).invoke(PROMPT, private_context="x y")
+    finally:
+        logger.removeHandler(handler)
+    assert text
+    said = [str(w.message) for w in caught] + handler.messages
+    assert not [m for m in said if "past_key_values" in m or "deprecated" in m], said
+
+
+class OldCacheKeyword(torch.nn.Module):
+    """A model whose forward takes the KV cache as `past_key_values` (transformers 4.x)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    @property
+    def device(self):
+        return self.inner.device
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings()
+
+    def forward(self, input_ids, past_key_values=None, use_cache=None, logits_to_keep=0, **extra):
+        keyword = cache_keyword(self.inner)
+        out = self.inner(
+            input_ids=input_ids,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **{keyword: past_key_values},
+            **extra,
+        )
+        return SimpleNamespace(logits=out.logits, past_key_values=getattr(out, keyword))
+
+
+def test_the_cache_keyword_is_read_from_the_forward_signature(generalist):
+    class Bare(torch.nn.Module):
+        def forward(self, *args, **kwargs):
+            return None
+
+    assert cache_keyword(generalist.model) == "cache"  # transformers ≥ 5.2x
+    assert cache_keyword(OldCacheKeyword(generalist.model)) == "past_key_values"
+    assert cache_keyword(Bare()) == "past_key_values"  # unknown: the long-supported name
+
+
+def test_a_model_with_the_old_cache_keyword_decodes_alike(generalist):
+    """Older transformers (≥ 4.56, as pyproject allows) still get their KV cache."""
+    old = LocalGeneralist(OldCacheKeyword(generalist.model), generalist.tokenizer)
+    assert old.cache_keyword == "past_key_values"
+    ids = generalist.tokenizer.encode("The blender crushes ice in seconds.")
+    new_seq, old_seq = generalist.sequence(ids[:4]), old.sequence(ids[:4])
+    for seq in (new_seq, old_seq):
+        seq.forward(2)
+        seq.append(ids[4:7])
+    expected = new_seq.forward(3)
+    assert torch.allclose(old_seq.forward(3), expected, atol=1e-5)
+    assert old_seq.cached == 7 == old_seq.cache.get_seq_length()  # fed incrementally, cached
+
+
+@pytest.mark.parametrize(
+    ("module", "category", "message", "fails"),
+    [
+        ("langchain_specsteer.models", DeprecationWarning, "old api", True),
+        ("retrievers.memory", FutureWarning, "old api", True),
+        ("eval.runner", DeprecationWarning, "old api", True),
+        ("torch.nn.modules.module", FutureWarning, "`past_key_values` is deprecated", True),
+        ("evaluate.loading", DeprecationWarning, "old api", False),  # not ours
+        ("torch.nn.modules.module", UserWarning, "`x` is deprecated", False),
+    ],
+)
+def test_the_suite_fails_on_deprecations_from_our_calls(module, category, message, fails):
+    """pyproject's filterwarnings: a deprecation our code triggers is an error in the tests."""
+    import warnings
+
+    def warn():
+        warnings.warn_explicit(message, category, "f.py", 1, module=module)
+
+    if fails:
+        with pytest.raises(category, match=message.strip("`")):
+            warn()
+    else:
+        with pytest.warns(category):
+            warn()
