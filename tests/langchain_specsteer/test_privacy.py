@@ -27,18 +27,32 @@ def runs(ids: list[int], n: int) -> set[tuple[int, ...]]:
 
 @pytest.fixture
 def recorded(generalist, monkeypatch):
-    """Everything that reaches the generalist, and every sequence started on either model."""
-    seen = {"generalist_inputs": [], "generalist_texts": [], "sequences": []}
+    """Everything that reaches the generalist (the texts it is asked to encode, the prompts
+    its sessions open on, the ids its model is fed), and every sequence started on either
+    model."""
+    seen = {"generalist_inputs": [], "generalist_texts": [], "session_prompts": [], "sequences": []}
     hook = generalist.model.register_forward_pre_hook(
         lambda _m, _a, kw: seen["generalist_inputs"].append(kw["input_ids"][0].tolist()),
         with_kwargs=True,
     )
-    original_encode = type(generalist).encode
+    cls = type(generalist)
+    original_encode, original_encode_messages = cls.encode, cls.encode_messages
+    original_open_session = cls.open_session
 
     def encode(self, text, **kwargs):
         if self is generalist:
             seen["generalist_texts"].append(text)
         return original_encode(self, text, **kwargs)
+
+    def encode_messages(self, messages, **kwargs):  # also what `aencode_messages` calls
+        if self is generalist:
+            seen["generalist_texts"].append(json.dumps(list(messages), ensure_ascii=False))
+        return original_encode_messages(self, messages, **kwargs)
+
+    def open_session(self, prompt, **kwargs):
+        if self is generalist:
+            seen["session_prompts"].append(list(prompt))
+        return original_open_session(self, prompt, **kwargs)
 
     original_init = TokenSequence.__init__
 
@@ -46,10 +60,29 @@ def recorded(generalist, monkeypatch):
         original_init(self, lm, prompts, vocab_size)
         seen["sequences"].append(self)
 
-    monkeypatch.setattr(type(generalist), "encode", encode)
+    monkeypatch.setattr(cls, "encode", encode)
+    monkeypatch.setattr(cls, "encode_messages", encode_messages)
+    monkeypatch.setattr(cls, "open_session", open_session)
     monkeypatch.setattr(TokenSequence, "__init__", init)
     yield seen
     hook.remove()
+
+
+PRIVATE_WORDS = ("Zorblax", "marmalade", "4417", "Quibble", "mornings", "Crunchy")
+
+
+def assert_generalist_saw_only_public(recorded, llm, prompt, secret_runs, n):
+    """The generalist was asked for `prompt` (so the recording is live), and nothing it got
+    (texts, session prompts, model inputs) holds a private word or a secret run of `n` ids."""
+    texts = recorded["generalist_texts"]
+    assert texts and all(prompt in text for text in texts), texts
+    assert recorded["session_prompts"] and recorded["generalist_inputs"]
+    fed = recorded["session_prompts"] + recorded["generalist_inputs"]
+    for ids in fed:
+        assert not runs(ids, n) & secret_runs
+    decoded = [llm.generalist.tokenizer.decode(ids) for ids in fed]
+    for word in PRIVATE_WORDS:
+        assert all(word not in text for text in texts + decoded), word
 
 
 @pytest.mark.parametrize("batch_specialist", [False, True])
@@ -61,9 +94,10 @@ def test_private_context_never_reaches_the_public_side(
     context_ids = llm.specialist.tokenizer.encode(SECRET, add_special_tokens=False)
     secret_runs = runs(context_ids, 3)
     context = [SECRET, "Also: I hate mornings."]
-    output = llm.invoke(PROMPTS[0], private_context=context)
-
     prompts = llm.render_prompts(PROMPTS[0], context)
+    recorded["generalist_texts"].clear()  # rendering asks the generalist to encode the prompt
+    result = llm.generate([PROMPTS[0]], private_context=context)
+
     private_seqs = [
         s for s in recorded["sequences"] if s.tokens[: len(prompts.private)] == prompts.private
     ]
@@ -73,16 +107,41 @@ def test_private_context_never_reaches_the_public_side(
     for seq in public_seqs:
         assert not runs(seq.tokens, 3) & secret_runs
         assert "Zorblax" not in llm.specialist.tokenizer.decode(seq.tokens)
-    for fed in recorded["generalist_inputs"]:
-        assert not runs(fed, 3) & secret_runs
     everything = [t for fed in recorded["generalist_inputs"] for t in fed]
     assert not runs(everything, 3) & secret_runs
-    for word in ("Zorblax", "marmalade", "4417", "Quibble", "mornings"):
-        assert word not in llm.generalist.tokenizer.decode(everything)
-        assert all(word not in text for text in recorded["generalist_texts"])
-    if method != "specialist":
-        assert recorded["generalist_inputs"], "the generalist was used"
-    assert output is not None
+    if method == "specialist":  # the generalist is not even asked to encode
+        assert recorded["generalist_texts"] == recorded["generalist_inputs"] == []
+    else:
+        assert_generalist_saw_only_public(recorded, llm, PROMPTS[0], secret_runs, 3)
+        assert [s.lm for s in public_seqs].count(llm.generalist) >= 1
+    info = result.generations[0][0].generation_info
+    assert info["private_context"] is True and info["new_tokens"] > 0
+
+
+def test_the_async_path_sends_the_generalist_public_text_only(make_llm, recorded):
+    llm = make_llm(method="specsteer", max_new_tokens=6, gamma=0.3)
+    secret_runs = runs(llm.specialist.tokenizer.encode(SECRET, add_special_tokens=False), 3)
+    asyncio.run(llm.ainvoke(PROMPTS[0], private_context=[SECRET, "I hate mornings."]))
+    assert_generalist_saw_only_public(recorded, llm, PROMPTS[0], secret_runs, 3)
+
+
+def test_the_recorder_catches_a_text_leak(make_llm, recorded, monkeypatch):
+    """Giving the generalist the specialist's private turns is caught by the text recording
+    and the session prompts: the checks above can fail."""
+    llm = make_llm(method="generalist", max_new_tokens=3)
+    turns = type(llm)._turns
+
+    def leaky(self, messages, context):
+        _public, private = turns(self, messages, context)
+        return private, private
+
+    monkeypatch.setattr(type(llm), "_turns", leaky)
+    llm.invoke(PROMPTS[0], private_context=SECRET)
+    secret_runs = runs(llm.specialist.tokenizer.encode(SECRET, add_special_tokens=False), 3)
+    assert any("Zorblax" in text for text in recorded["generalist_texts"])
+    assert any(runs(ids, 3) & secret_runs for ids in recorded["session_prompts"])
+    with pytest.raises(AssertionError):
+        assert_generalist_saw_only_public(recorded, llm, PROMPTS[0], secret_runs, 3)
 
 
 def test_the_recorder_catches_a_leak(make_llm, recorded, monkeypatch):
@@ -163,9 +222,10 @@ def test_retrieved_memory_never_reaches_the_public_side(make_llm, recorded, tmp_
     secret_runs = runs(encode(SECRET), 5) - runs(encode(prompt), 5)
     everything = [t for fed in recorded["generalist_inputs"] for t in fed]
     assert not runs(everything, 5) & secret_runs  # ...and never reached the generalist
-    for word in ("Zorblax", "4417", "Quibble", "mornings", "Crunchy"):
-        assert word not in llm.generalist.tokenizer.decode(everything)
-        assert all(word not in text for text in recorded["generalist_texts"])
+    if method == "specialist":
+        assert recorded["generalist_texts"] == recorded["generalist_inputs"] == []
+    else:
+        assert_generalist_saw_only_public(recorded, llm, prompt, secret_runs, 5)
     assert len(callbacks.seen) == 1  # on_llm_start only: retrieval ran without callbacks
     assert "Zorblax" not in callbacks.seen[0]
 
