@@ -53,7 +53,8 @@ def top_p_filter(logp: torch.Tensor, top_p: float) -> torch.Tensor:
         return logp
     sorted_logp, order = torch.sort(logp, descending=True, dim=-1)
     mass_before = torch.cumsum(sorted_logp.exp(), dim=-1) - sorted_logp.exp()
-    drop_sorted = mass_before >= top_p  # the top token always stays
+    drop_sorted = mass_before >= top_p
+    drop_sorted[..., 0] = False  # the top token always stays (top_p below float32's 1e-45 is 0)
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return torch.log_softmax(logp.masked_fill(drop, -math.inf), dim=-1)
 

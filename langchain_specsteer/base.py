@@ -12,6 +12,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_vali
 
 from langchain_specsteer.context import (
     aretrieve_privately,
+    context_pieces,
     private_prompt,
     render_context,
     retrieve_privately,
@@ -27,7 +28,7 @@ from langchain_specsteer.params import (
 from langchain_specsteer.text import ByteDetokenizer, IncrementalDetokenizer, StopStringFilter
 from langchain_specsteer.verification import Generalist, GeneralistError
 
-__all__ = ["PrivateContext", "RedactedContext", "SpecSteerBase"]
+__all__ = ["PrivateContext", "RedactedContext", "SpecSteerBase", "stop_strings"]
 
 PrivateContext = str | Document | Sequence[str | Document] | None
 
@@ -78,7 +79,8 @@ class SpecSteerBase(DecodingParams):
     """The large model: `LocalGeneralist` in this process, `RemoteGeneralist` (our verifier
     service) or `OpenAICompatibleGeneralist` (e.g. vLLM). It receives public token ids only."""
     stop: list[str] | None = None
-    """Stop strings: output ends just before the first one (added to per-call `stop`)."""
+    """Stop strings: output ends just before the first one (added to per-call `stop`). A single
+    string is one stop string, here and per call."""
     use_chat_template: bool = True
     """Render prompts with each model's own chat template, when its tokenizer has one."""
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -101,6 +103,11 @@ class SpecSteerBase(DecodingParams):
     tokenizers); "auto": "token" when the vocabularies match, else "byte"."""
 
     _engine: SpecSteerEngine = PrivateAttr()
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop_string(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
     @field_validator("context_template")
     @classmethod
@@ -186,9 +193,7 @@ class SpecSteerBase(DecodingParams):
         return self._render_context(documents), len(documents)
 
     def _given(self, private_context: PrivateContext) -> tuple[str, int]:
-        if isinstance(private_context, str | Document):
-            private_context = [private_context]
-        return self._render_context(private_context or []), 0
+        return self._render_context(context_pieces(private_context)), 0
 
     def _render_context(self, pieces: Sequence[str | Document]) -> str:
         return render_context(pieces, self.document_template, self.context_separator)
@@ -257,11 +262,22 @@ class SpecSteerBase(DecodingParams):
             generalist_error=error,
         )
 
+    def _fit_draft(self, params: DecodingParams, prompts: Prompts) -> tuple[DecodingParams, int]:
+        """`params` with `draft_tokens` lowered to the generalist's longest draft per round (a
+        verifier service's `max_draft_tokens`), and the draft length the run may use."""
+        limit = None
+        if prompts.public_generalist is not None and METHOD_SPECS[params.method].drafts:
+            limit = self.generalist.max_draft_tokens  # a remote one read it when encoding
+        if limit is None or params.draft_tokens <= limit:
+            return params, params.draft_tokens
+        return params.model_copy(update={"draft_tokens": limit}), limit
+
     def _decode(
         self, prompts: Prompts, params: DecodingParams, stop: Sequence[str] | None
     ) -> Iterator[tuple[str, dict[str, Any] | None]]:
         """(text piece, None) as rounds commit tokens, then ("", statistics)."""
-        run, text = self._engine.run(prompts, params), self._text(stop)
+        fitted, draft_tokens = self._fit_draft(params, prompts)
+        run, text = self._engine.run(prompts, fitted), self._text(stop)
         rounds = iter(run)
         try:
             for round_ in rounds:
@@ -273,13 +289,14 @@ class SpecSteerBase(DecodingParams):
             rounds.close()  # stops the clock; frees the KV caches
         if piece := text.flush():
             yield piece, None
-        yield "", text.info(run, prompts)
+        yield "", text.info(run, prompts, params, draft_tokens)
 
     async def _adecode(
         self, prompts: Prompts, params: DecodingParams, stop: Sequence[str] | None
     ) -> AsyncIterator[tuple[str, dict[str, Any] | None]]:
         """`_decode` without blocking the event loop (`async for` over the run)."""
-        run, text = self._engine.run(prompts, params), self._text(stop)
+        fitted, draft_tokens = self._fit_draft(params, prompts)
+        run, text = self._engine.run(prompts, fitted), self._text(stop)
         rounds = aiter(run)
         try:
             async for round_ in rounds:
@@ -291,13 +308,13 @@ class SpecSteerBase(DecodingParams):
             await rounds.aclose()
         if piece := text.flush():
             yield piece, None
-        yield "", text.info(run, prompts)
+        yield "", text.info(run, prompts, params, draft_tokens)
 
     def _text(self, stop: Sequence[str] | None) -> RoundText:
         byte_level = self._engine.alignment == "byte"
         return RoundText(
             ByteDetokenizer() if byte_level else IncrementalDetokenizer(self.specialist.tokenizer),
-            StopStringFilter([*(self.stop or []), *(stop or [])]),
+            StopStringFilter([*stop_strings(self.stop), *stop_strings(stop)]),
             byte_level=byte_level,
         )
 
@@ -332,13 +349,26 @@ class RoundText:
             return ""
         return self.stops.push(self.detokenizer.flush()) + self.stops.flush()
 
-    def info(self, run: DecodeRun, prompts: Prompts) -> dict[str, Any]:
-        """The run's statistics, as `generation_info`."""
+    def info(
+        self, run: DecodeRun, prompts: Prompts, params: DecodingParams, draft_tokens: int
+    ) -> dict[str, Any]:
+        """The run's statistics, as `generation_info` (with `draft_tokens_clamped_to` when the
+        generalist's limit shortened the asked `draft_tokens`)."""
         if self.stopped:
             run.stats.finish_reason = "stop"
         info = run.stats.as_dict()
         info["prompt_tokens"] = len(prompts.private)
+        if draft_tokens < params.draft_tokens:
+            info["draft_tokens_clamped_to"] = draft_tokens
         return info
+
+
+def stop_strings(stop: str | Sequence[str] | None) -> list[str]:
+    """Stop strings as a list: a single string is one stop string (as LangChain's models
+    treat it), never its characters."""
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else list(stop)
 
 
 def _uses_generalist(params: DecodingParams | None) -> bool:

@@ -18,6 +18,7 @@ from langchain_specsteer.base import (
     RedactedContext,
     SpecSteerBase,
     redact,
+    stop_strings,
     unredact,
 )
 from langchain_specsteer.models import Message
@@ -88,7 +89,7 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
             "ls_max_tokens": params.max_new_tokens,
         }
         if stop or self.stop:
-            ls_params["ls_stop"] = [*(self.stop or []), *(stop or [])]
+            ls_params["ls_stop"] = [*stop_strings(self.stop), *stop_strings(stop)]
         return ls_params
 
     def _get_invocation_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict:

@@ -19,11 +19,30 @@ from langchain_specsteer.params import template_fields
 
 __all__ = [
     "aretrieve_privately",
+    "context_pieces",
     "private_prompt",
     "render_context",
     "render_document",
     "retrieve_privately",
 ]
+
+
+def context_pieces(private_context: Any) -> list[str | Document]:
+    """A call's `private_context` as a list of pieces: a str, a Document, or a list or tuple
+    of them (None: no pieces); anything else is a TypeError naming the field."""
+    if private_context is None:
+        return []
+    if isinstance(private_context, str | Document):
+        return [private_context]
+    if isinstance(private_context, list | tuple):
+        wrong = [p for p in private_context if not isinstance(p, str | Document)]
+        if not wrong:
+            return list(private_context)
+        found = f"{type(private_context).__name__} holding {type(wrong[0]).__name__}"
+    else:
+        found = type(private_context).__name__
+    msg = f"private_context must be a str, a Document, or a list of them (or None); got {found}"
+    raise TypeError(msg)
 
 
 def render_document(document: Document, template: str, *, strict: bool = False) -> str:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import string
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["DEFAULT_CONTEXT_TEMPLATE", "METHODS", "DecodingParams", "MethodName"]
+from langchain_specsteer.protocol import MIN_TEMPERATURE
+
+__all__ = [
+    "DEFAULT_CONTEXT_TEMPLATE",
+    "MAX_COSTEER_COEFFICIENT",
+    "METHODS",
+    "MIN_TEMPERATURE",
+    "DecodingParams",
+    "MethodName",
+]
 
 MethodName = Literal[
     "specsteer", "generalist", "specialist", "speculative", "light_costeer", "costeer"
@@ -15,6 +25,18 @@ MethodName = Literal[
 METHODS: tuple[str, ...] = MethodName.__args__
 
 DEFAULT_CONTEXT_TEMPLATE = "Here is what we know about the user:\n{context}\n\n{prompt}"
+
+MAX_COSTEER_COEFFICIENT = 1e8
+"""The largest |c_t| CoSteer's knobs may give the coefficient of the specialist's delta
+(`algorithms.costeer_coefficient`); far past it the steered scores overflow float32 (and at it
+the policy is already the argmax of delta)."""
+
+COSTEER_BOUND = 1e6
+"""|costeer_a|, |costeer_b| and costeer_lambda at most this, costeer_eta at least its inverse,
+so CoSteer's float32 iteration stays finite."""
+
+SEED_RANGE = (-(2**63), 2**64)
+"""Seeds torch's generators accept: [-2**63, 2**64)."""
 
 
 class DecodingParams(BaseModel):
@@ -31,15 +53,20 @@ class DecodingParams(BaseModel):
     """Steering strength α: weight of log q_ctx − log q_gen in recovery."""
     draft_tokens: int = Field(default=6, ge=1)
     """K: tokens the specialist drafts per round (6: fastest-quality trade-off measured on the
-    demo pair, docs/results.md; sweep it with `python -m eval.bench` for your pair)."""
+    demo pair, docs/results.md; sweep it with `python -m eval.bench` for your pair). A verifier
+    service (`RemoteGeneralist`) takes at most its `max_draft_tokens` per round: a larger K is
+    clamped to that limit, and `generation_info["draft_tokens_clamped_to"]` reports it."""
     max_new_tokens: int = Field(default=256, ge=1)
     """Most tokens to generate."""
     temperature: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-    """0 decodes greedily; > 0 samples every choice at this temperature."""
+    """0 decodes greedily; otherwise at least `MIN_TEMPERATURE` (1e-4), sampling every choice
+    at this temperature."""
     top_p: float = Field(default=1.0, gt=0, le=1)
-    """Nucleus sampling mass for drafts and recoveries (sampling mode only)."""
-    seed: int | None = None
-    """Seed of the sampling RNG; the same seed reproduces the same text."""
+    """Nucleus sampling mass for drafts and recoveries (sampling mode only); the most likely
+    token is always kept."""
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], lt=SEED_RANGE[1])
+    """Seed of the sampling RNG (an integer in [-2**63, 2**64), torch's range); the same seed
+    reproduces the same text."""
     byte_recovery: Literal["byte", "token"] = "byte"
     """Byte-level path only (different tokenizers): "byte" fuses the two models' next-byte
     distributions one byte at a time until the generalist's token ends; "token" scores the
@@ -49,20 +76,65 @@ class DecodingParams(BaseModel):
     """When the generalist stays unreachable (after the client's retries): "fallback" finishes
     the text with the specialist alone and reports `degraded` in the statistics; "raise"
     raises `GeneralistError`. Tokens already generated are kept either way."""
-    costeer_steps: int = Field(default=20, ge=1)
+    costeer_steps: int = Field(default=20, ge=1, le=10_000)
     """CoSteer: iterations T of the fusion per token."""
-    costeer_a: float = Field(default=2.0, allow_inf_nan=False)
-    """CoSteer: weight a of the policy drift in Q_t."""
-    costeer_b: float = Field(default=1.0, allow_inf_nan=False)
-    """CoSteer: weight b of the specialist's delta in Q_t."""
-    costeer_lambda: float = Field(default=2.0, gt=0, allow_inf_nan=False)
-    """CoSteer: pull λ towards the generalist's policy."""
-    costeer_eta: float = Field(default=10.0, gt=0, allow_inf_nan=False)
-    """CoSteer: step size η."""
+    costeer_a: float = Field(default=2.0, ge=-COSTEER_BOUND, le=COSTEER_BOUND, allow_inf_nan=False)
+    """CoSteer: weight a of the policy drift in Q_t (|a| ≤ 1e6)."""
+    costeer_b: float = Field(default=1.0, ge=-COSTEER_BOUND, le=COSTEER_BOUND, allow_inf_nan=False)
+    """CoSteer: weight b of the specialist's delta in Q_t (|b| ≤ 1e6)."""
+    costeer_lambda: float = Field(default=2.0, gt=0, le=COSTEER_BOUND, allow_inf_nan=False)
+    """CoSteer: pull λ towards the generalist's policy (at most 1e6)."""
+    costeer_eta: float = Field(default=10.0, ge=1 / COSTEER_BOUND, allow_inf_nan=False)
+    """CoSteer: step size η (at least 1e-6). Together the CoSteer knobs must keep the
+    coefficient c_t of the specialist's delta within ±`MAX_COSTEER_COEFFICIENT` (1e8)."""
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @field_validator("temperature")
+    @classmethod
+    def _check_temperature(cls, value: float) -> float:
+        if 0 < value < MIN_TEMPERATURE:
+            msg = (
+                f"temperature {value!r} is too small to sample at: use 0 to decode greedily, "
+                f"or at least {MIN_TEMPERATURE}"
+            )
+            raise ValueError(msg)
+        return value
+
+    @model_validator(mode="after")
+    def _check_costeer(self) -> DecodingParams:
+        peak = costeer_peak(
+            steps=self.costeer_steps,
+            a=self.costeer_a,
+            b=self.costeer_b,
+            lam=self.costeer_lambda,
+            eta=self.costeer_eta,
+        )
+        if not peak <= MAX_COSTEER_COEFFICIENT:
+            msg = (
+                f"costeer_a={self.costeer_a}, costeer_b={self.costeer_b}, "
+                f"costeer_lambda={self.costeer_lambda}, costeer_eta={self.costeer_eta} and "
+                f"costeer_steps={self.costeer_steps} scale the specialist's delta by up to "
+                f"{peak:.3g}, past {MAX_COSTEER_COEFFICIENT:g} (CoSteer's scores would overflow); "
+                "lower costeer_a or costeer_b, or raise costeer_lambda"
+            )
+            raise ValueError(msg)
+        return self
+
+
+def costeer_peak(*, steps: int, a: float, b: float, lam: float, eta: float) -> float:
+    """The largest |c_t|, t ≤ steps, of CoSteer's coefficient on delta (the recurrence of
+    `algorithms.costeer_coefficient`); inf when it overflows."""
+    c, c_sum, peak = 0.0, 0.0, 0.0
+    for t in range(1, steps + 1):
+        c_sum += a * c + b
+        c = (c_sum + c / eta) / (t * lam + 1 / eta)
+        peak = max(peak, abs(c)) if math.isfinite(c) else math.inf
+        if peak > MAX_COSTEER_COEFFICIENT:
+            break
+    return peak
 
 
 def template_fields(template: str) -> set[str]:

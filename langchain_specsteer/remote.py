@@ -279,10 +279,12 @@ def _refused(response: Any, what: str) -> GeneralistError:
     return GeneralistError(f"{what}: HTTP {response.status_code}: {_reason(response)}")
 
 
-def _values(values: Sequence[float | None]) -> torch.Tensor:
-    """JSON log-probs to a tensor: null and vLLM's −9999.0 are −inf."""
+def _values(values: Sequence[float | None], *, vllm: bool = False) -> torch.Tensor:
+    """JSON log-probs to a tensor: null is −inf, and so is vLLM's −9999.0 with `vllm` (our
+    session protocol sends tempered values, which fall below −9999 at low temperatures)."""
+    floor = -9999.0 if vllm else -math.inf
     return torch.tensor(
-        [-math.inf if v is None or v <= -9999.0 else float(v) for v in values], dtype=torch.float32
+        [-math.inf if v is None or v <= floor else float(v) for v in values], dtype=torch.float32
     )
 
 
@@ -443,6 +445,12 @@ class RemoteGeneralist(_HTTPGeneralist):
     @property
     def hosts_public_specialist(self) -> bool:
         return self.info.public_specialist is not None
+
+    @property
+    def max_draft_tokens(self) -> int:
+        """The service's `max_draft_tokens`: a longer `draft_tokens` is clamped to it (and
+        `generation_info["draft_tokens_clamped_to"]` says so) instead of being refused."""
+        return self.info.limits.max_draft_tokens
 
     def _encode_steps(
         self, messages: Sequence[dict], chat: bool, chat_template_kwargs: dict | None
@@ -752,7 +760,7 @@ class OpenAICompatibleSession(GeneralistSession):
         log_p_G = torch.full((k + 1, self.vocab_size), -math.inf)
         for i, row in enumerate(rows):
             ids = [t for t in row if t < self.vocab_size]
-            log_p_G[i, ids] = _values([row[t] for t in ids])
+            log_p_G[i, ids] = _values([row[t] for t in ids], vllm=True)
         self._draft = list(draft)
         return Verdict(alg.temper(log_p_G, self.temperature))
 

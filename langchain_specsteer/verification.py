@@ -153,6 +153,11 @@ class Generalist(ABC):
     def eos_token_ids(self) -> frozenset[int]:
         """Token ids that end a generation."""
 
+    @property
+    def max_draft_tokens(self) -> int | None:
+        """The longest draft one round may carry (a service's limit); None: no limit."""
+        return None
+
     @abstractmethod
     def encode_messages(
         self,

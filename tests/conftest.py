@@ -233,27 +233,34 @@ def demo_pair():
     )
 
 
-def ticks_while(work):
-    """Run the coroutine function `work` beside a 1 ms ticker; (its result, ticks counted).
+def off_the_loop(work, monkeypatch):
+    """Run the coroutine function `work`, checking that every model forward runs off the event
+    loop while the loop is free: each forward first waits for the loop to run a callback.
 
-    Many ticks mean the event loop stayed free while `work` ran.
+    Returns (its result, forwards checked). A forward on the loop's thread fails at once; one
+    while the loop is blocked elsewhere fails after a generous timeout (never when all is well).
     """
     import asyncio
+    import threading
+
+    from langchain_specsteer.models import TokenSequence
+
+    forward, checked = TokenSequence.forward, 0
 
     async def main():
-        ticks = 0
-        done = asyncio.Event()
+        loop, loop_thread = asyncio.get_running_loop(), threading.get_ident()
 
-        async def ticker():
-            nonlocal ticks
-            while not done.is_set():
-                ticks += 1
-                await asyncio.sleep(0.001)
+        def checked_forward(self, *args, **kwargs):
+            nonlocal checked
+            assert threading.get_ident() != loop_thread, "a model forward ran on the event loop"
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(timeout=60)
+            checked += 1
+            return forward(self, *args, **kwargs)
 
-        task = asyncio.create_task(ticker())
-        result = await work()
-        done.set()
-        await task
-        return result, ticks
+        monkeypatch.setattr(TokenSequence, "forward", checked_forward)
+        try:
+            return await work()
+        finally:
+            monkeypatch.setattr(TokenSequence, "forward", forward)
 
-    return asyncio.run(main())
+    return asyncio.run(main()), checked

@@ -366,6 +366,47 @@ def test_costeer_coefficient_defaults_is_about_1_78():
     assert costeer_coefficient(steps=0) == 0.0
 
 
+def test_every_accepted_costeer_setting_gives_finite_scores():
+    """Extreme knobs that DecodingParams accepts never overflow the float32 iteration (full
+    rows and sparse hints, log-probs down to −200); the ones it refuses would."""
+    import itertools
+
+    from pydantic import ValidationError
+
+    from langchain_specsteer.params import DecodingParams, costeer_peak
+
+    torch.manual_seed(5)
+    log_p_G = torch.log_softmax(torch.randn(300) * 30, -1)
+    delta = torch.log_softmax(torch.randn(300) * 30, -1) - torch.log_softmax(torch.randn(300), -1)
+    sparse = log_p_G.clone()
+    sparse[40:] = -math.inf
+    grid = {
+        "a": [-1e6, -3.0, 0.0, 2.0, 1e6],
+        "b": [-1e6, -1.0, 1.0, 1e6],
+        "lam": [1e-30, 2.0, 1e6],
+        "eta": [1e-6, 10.0, 1e30],
+        "steps": [1, 20, 200],
+    }
+    accepted = refused = 0
+    for a, b, lam, eta, steps in itertools.product(*grid.values()):
+        knobs = {"steps": steps, "a": a, "b": b, "lam": lam, "eta": eta}
+        try:
+            DecodingParams(
+                costeer_steps=steps, costeer_a=a, costeer_b=b, costeer_lambda=lam, costeer_eta=eta
+            )
+        except ValidationError:
+            refused += 1
+            assert costeer_peak(**knobs) > 1e8
+            continue
+        accepted += 1
+        assert costeer_peak(**knobs) >= abs(costeer_coefficient(**knobs))
+        for row in (log_p_G, sparse):
+            pi = costeer_policy(row, delta, **knobs)
+            assert not torch.isnan(pi).any() and torch.isfinite(pi.max()), knobs
+    assert accepted > 100 and refused > 10
+    assert math.isnan(float(costeer_policy(log_p_G, delta, b=-1e308).max()))  # why b is bounded
+
+
 def test_costeer_policy_without_delta_is_the_generalist():
     log_p_G = torch.tensor([1.0, 2.0, -3.0, 0.5])
     out = costeer_policy(log_p_G, torch.zeros(4))
@@ -501,6 +542,15 @@ def test_top_p_filter_always_keeps_top_token_and_top_p_one_is_identity():
     out = top_p_filter(log_p, 1e-9)
     assert out[1] == 0.0 and torch.isneginf(out[[0, 2, 3]]).all()
     assert top_p_filter(log_p, 1.0) is log_p
+
+
+@pytest.mark.parametrize("top_p", [1e-46, 1e-300, 5e-324])
+def test_top_p_filter_below_float32_keeps_the_top_token(top_p):
+    """top_p rounds to 0 in float32: every row still keeps its most likely token alone."""
+    rows = torch.log_softmax(torch.tensor([[0.1, 3.0, 0.2], [2.0, 0.0, -1.0]]), -1)
+    out = top_p_filter(rows, top_p)
+    assert torch.isfinite(out).tolist() == [[False, True, False], [True, False, False]]
+    assert out[0, 1] == 0.0 and out[1, 0] == 0.0
 
 
 def test_top_p_filter_rows_are_independent():

@@ -10,7 +10,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
 from langchain_specsteer import ChatSpecSteer
-from tests.conftest import CONTEXT, PROMPTS, ticks_while
+from tests.conftest import CONTEXT, PROMPTS, off_the_loop
 
 SECRET = "Zorblax quantum marmalade, my PIN is 4417"
 
@@ -127,12 +127,45 @@ def test_standard_params_for_tracing(make_chat):
     assert params["ls_stop"] == ["\n"] and params["ls_model_name"] == chat.generalist.name
 
 
-def test_async_does_not_block_the_event_loop(make_chat):
-    """Model work runs off the loop: a ticker keeps ticking during ainvoke."""
+def test_a_single_stop_string_is_one_stop_not_its_characters(make_chat):
+    """stop="xyz" is one stop string in invoke and stream, sync and async, and in tracing."""
+    chat = make_chat(method="generalist", max_tokens=40, streaming=False)
+    full = chat.invoke(PROMPTS[0]).content
+    never = full[0] + "\u2603\u2603"  # its first character starts the text; the whole never
+    cut = full[10:13]
+
+    async def astreamed(**kwargs):
+        return "".join([chunk.content async for chunk in chat.astream(PROMPTS[0], **kwargs)])
+
+    for stop, text in ((never, full), (cut, full[: full.find(cut)])):
+        assert chat.invoke(PROMPTS[0], stop=stop).content == text
+        assert "".join(chunk.content for chunk in chat.stream(PROMPTS[0], stop=stop)) == text
+        assert asyncio.run(chat.ainvoke(PROMPTS[0], stop=stop)).content == text
+        assert asyncio.run(astreamed(stop=stop)) == text
+    assert chat._get_ls_params(stop=never)["ls_stop"] == [never]
+    field = make_chat(method="generalist", max_tokens=40, stop=never)
+    assert field.invoke(PROMPTS[0]).content == full
+    assert field._get_ls_params(stop=cut)["ls_stop"] == [never, cut]
+
+
+@pytest.mark.parametrize("context", [5, [1, 2], b"PIN 4417", [["x"]], {SECRET: 1}])
+def test_a_private_context_of_another_type_is_refused_naming_the_field(make_chat, context):
+    chat = make_chat(method="specialist", max_tokens=4)
+    for call in (
+        lambda: chat.invoke(PROMPTS[0], private_context=context),
+        lambda: asyncio.run(chat.ainvoke(PROMPTS[0], private_context=context)),
+    ):
+        with pytest.raises(TypeError, match="private_context must be a str, a Document") as err:
+            call()
+        assert "4417" not in str(err.value)
+
+
+def test_async_does_not_block_the_event_loop(make_chat, monkeypatch):
+    """Model work runs off the loop: every forward of ainvoke runs while the loop is free."""
     chat = make_chat(max_tokens=40, method="generalist")
-    message, ticks = ticks_while(lambda: chat.ainvoke(PROMPTS[0]))
+    message, forwards = off_the_loop(lambda: chat.ainvoke(PROMPTS[0]), monkeypatch)
     assert message.usage_metadata["output_tokens"] == 40
-    assert ticks > 5
+    assert forwards == 40
 
 
 def test_async_chat_with_a_remote_generalist_answers_like_the_sync_call(

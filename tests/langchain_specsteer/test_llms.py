@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import math
 
@@ -15,7 +16,8 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import Field, ValidationError
 
 from langchain_specsteer import METHODS, LocalSpecialist, SpecSteerLLM
-from tests.conftest import CONTEXT, PROMPTS, ticks_while
+from langchain_specsteer.params import MIN_TEMPERATURE
+from tests.conftest import CONTEXT, PROMPTS, off_the_loop
 
 
 class TokenRecorder(BaseCallbackHandler):
@@ -98,11 +100,67 @@ def test_stop_field_and_call_stop_combine(make_llm):
     )
 
 
+def test_a_single_stop_string_is_one_stop_not_its_characters(make_llm):
+    """stop="xyz" stops at "xyz" (as LangChain's other models read it), at the field too."""
+    llm = make_llm(method="generalist", max_new_tokens=40)
+    full = llm.invoke(PROMPTS[0])
+    never = full[0] + "\u2603\u2603"  # its first character starts the text; the whole never
+    cut = full[10:13]
+    expected = full[: full.find(cut)]
+
+    async def astreamed(**kwargs):
+        return "".join([piece async for piece in llm.astream(PROMPTS[0], **kwargs)])
+
+    for stop, text in ((never, full), (cut, expected)):
+        assert llm.invoke(PROMPTS[0], stop=stop) == text
+        assert "".join(llm.stream(PROMPTS[0], stop=stop)) == text
+        assert asyncio.run(llm.ainvoke(PROMPTS[0], stop=stop)) == text
+        assert asyncio.run(astreamed(stop=stop)) == text
+    field = make_llm(method="generalist", max_new_tokens=40, stop=never)
+    assert field.stop == [never]
+    assert field.invoke(PROMPTS[0]) == full
+
+
 def test_private_context_as_list_equals_joined_string(make_llm):
     llm = make_llm(method="specialist")
     parts = ["I love crunchy things.", "  ", "Five stars, always."]
     assert llm.invoke(PROMPTS[0], private_context=parts) == llm.invoke(
         PROMPTS[0], private_context="I love crunchy things.\n\nFive stars, always."
+    )
+
+
+@pytest.mark.parametrize(
+    ("context", "found"),
+    [
+        (5, "got int"),
+        ([1, 2], "got list holding int"),
+        (b"my diary", "got bytes"),
+        ([["x"]], "got list holding list"),
+        ({"diary": "private"}, "got dict"),
+        ((CONTEXT, 3.5), "got tuple holding float"),
+    ],
+)
+def test_a_private_context_of_another_type_is_refused_naming_the_field(make_llm, context, found):
+    """str, Document or a list of them; a dict is refused, not read as its keys. The message
+    names the types, never the private text."""
+    llm = make_llm(method="specialist", max_new_tokens=4)
+    message = "private_context must be a str, a Document, or a list of them"
+    for call in (
+        lambda: llm.invoke(PROMPTS[0], private_context=context),
+        lambda: list(llm.stream(PROMPTS[0], private_context=context)),
+        lambda: asyncio.run(llm.ainvoke(PROMPTS[0], private_context=context)),
+    ):
+        with pytest.raises(TypeError, match=message) as err:
+            call()
+        assert found in str(err.value)
+        assert "diary" not in str(err.value) and "Zorblax" not in str(err.value)
+
+
+def test_a_tuple_of_strings_and_documents_is_a_private_context(make_llm):
+    llm = make_llm(method="specialist", max_new_tokens=8)
+    pieces = ("I love crunchy things.", Document(page_content="Five stars, always."))
+    assert llm.invoke(PROMPTS[0], private_context=pieces) == llm.invoke(
+        PROMPTS[0], private_context=list(pieces)
     )
 
 
@@ -160,6 +218,15 @@ def test_chat_template_is_used_when_present(specialist, generalist):
         ({"top_p": 0.0}, "top_p", "greater than 0"),
         ({"top_p": 1.5}, "top_p", "less than or equal to 1"),
         ({"costeer_steps": 0}, "costeer_steps", "greater than or equal to 1"),
+        ({"temperature": 1e-40}, "temperature", "use 0 to decode greedily, or at least 0.0001"),
+        ({"temperature": 5e-5}, "temperature", "at least 0.0001"),
+        ({"seed": 2**70}, "seed", "less than 18446744073709551616"),
+        ({"seed": -(2**63) - 1}, "seed", "greater than or equal to -9223372036854775808"),
+        ({"costeer_b": -1e308}, "costeer_b", "greater than or equal to -1000000"),
+        ({"costeer_a": 1e300}, "costeer_a", "less than or equal to 1000000"),
+        ({"costeer_lambda": 1e40}, "costeer_lambda", "less than or equal to 1000000"),
+        ({"costeer_eta": 1e-300}, "costeer_eta", "greater than or equal to 0.000001"),
+        ({"costeer_a": 1e6}, "costeer_a", "lower costeer_a or costeer_b"),
         ({"method": "beam"}, "method", "'specsteer', 'generalist', 'specialist', 'speculative'"),
         ({"context_template": "{prompt} only"}, "context_template", "{context} and {prompt}"),
         ({"context_template": "{context} {prompt} {user}"}, "context_template", "'user'"),
@@ -173,6 +240,52 @@ def test_invalid_fields_fail_at_construction_naming_the_field(
         make_llm(**fields)
     assert field_name in str(err.value)
     assert message in str(err.value)
+
+
+def test_tiny_temperatures_are_refused_per_call_and_the_minimum_samples(make_llm):
+    llm = make_llm(max_new_tokens=6)
+    for call in (
+        lambda: llm.invoke(PROMPTS[0], temperature=1e-40),
+        lambda: asyncio.run(llm.ainvoke(PROMPTS[0], temperature=1e-40)),
+    ):
+        with pytest.raises(ValidationError, match="temperature"):
+            call()
+    info = llm.generate([PROMPTS[0]], temperature=MIN_TEMPERATURE, seed=1)
+    assert info.generations[0][0].generation_info["new_tokens"] == 6
+
+
+@pytest.mark.parametrize("top_p", [1e-300, 1e-46])
+def test_a_tiny_top_p_samples_the_top_token(make_llm, top_p):
+    """A nucleus below float32's smallest number keeps the most likely token: sampling the
+    generalist then writes its greedy text; SpecSteer samples a whole text."""
+    greedy = make_llm(method="generalist").invoke(PROMPTS[0])
+    llm = make_llm(method="generalist", temperature=1.0, top_p=top_p, seed=3)
+    assert llm.invoke(PROMPTS[0]) == greedy
+    info = make_llm(temperature=1.0, top_p=top_p, seed=3).generate([PROMPTS[0]])
+    assert info.generations[0][0].generation_info["new_tokens"] == 24
+
+
+@pytest.mark.parametrize("seed", [0, 2**64 - 1, -(2**63)])
+def test_seeds_across_torchs_range_reproduce_the_text(make_llm, seed):
+    llm = make_llm(temperature=1.0, seed=seed, max_new_tokens=8)
+    assert llm.invoke(PROMPTS[0]) == llm.invoke(PROMPTS[0])
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"costeer_b": -1e6},
+        {"costeer_a": 1e6, "costeer_b": 1e6, "costeer_lambda": 1e6},
+        {"costeer_lambda": 1e6, "costeer_eta": 1e-6},
+        {"costeer_a": 30.0},  # c_T ≈ 4.5e7, near the limit
+    ],
+)
+def test_costeer_at_the_edge_of_its_knobs_writes_text(make_llm, knobs):
+    """Every accepted CoSteer setting keeps the fused scores finite, so text comes out."""
+    llm = make_llm(method="costeer", max_new_tokens=8, **knobs)
+    info = llm.generate([PROMPTS[0]], private_context=CONTEXT).generations[0][0]
+    assert info.generation_info["new_tokens"] == 8
+    assert info.text
 
 
 def test_invalid_per_call_override_names_the_field(make_llm):
@@ -199,17 +312,17 @@ def test_from_pretrained_loads_both_models_and_sets_fields(tiny_dir, make_llm):
     )
 
 
-def test_async_calls_run_off_the_event_loop(make_llm):
-    """ainvoke and astream: a ticker keeps ticking while the models work."""
+def test_async_calls_run_off_the_event_loop(make_llm, monkeypatch):
+    """ainvoke and astream: every model forward runs off the loop while the loop stays free."""
     llm = make_llm(method="generalist", max_new_tokens=40)
 
     async def collect():
         return [piece async for piece in llm.astream(PROMPTS[0])]
 
-    text, invoke_ticks = ticks_while(lambda: llm.ainvoke(PROMPTS[0]))
-    pieces, stream_ticks = ticks_while(collect)
+    text, invoke_forwards = off_the_loop(lambda: llm.ainvoke(PROMPTS[0]), monkeypatch)
+    pieces, stream_forwards = off_the_loop(collect, monkeypatch)
     assert "".join(pieces) == text == llm.invoke(PROMPTS[0])
-    assert invoke_ticks > 5 and stream_ticks > 5
+    assert invoke_forwards == stream_forwards == 40  # one generalist forward per token
 
 
 class AsyncOnlyRetriever(BaseRetriever):

@@ -11,10 +11,17 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from pydantic import ValidationError
 
 from langchain_specsteer import METHODS
+from langchain_specsteer.params import MIN_TEMPERATURE
 from langchain_specsteer.remote import RemoteGeneralist
-from langchain_specsteer.service import BackgroundServer, create_app
+from langchain_specsteer.service import (
+    BackgroundServer,
+    ServiceLimits,
+    VerifierService,
+    create_app,
+)
 from langchain_specsteer.verification import GeneralistError
 from tests.conftest import CONTEXT, PROMPTS
 
@@ -271,6 +278,54 @@ def test_a_local_tokenizer_saves_the_tokenize_request(make_remote_llm, verifier,
 class _OtherVocab:
     def get_vocab(self):
         return {"a": 0}
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_draft_longer_than_the_services_limit_is_clamped(
+    make_llm, make_remote_llm, specialist, generalist, verifier, monkeypatch, api
+):
+    """draft_tokens above the service's max_draft_tokens: rounds draft the service's limit
+    (no 413 turning the text into the specialist's), and generation_info says so. The async
+    call reads the limit without a blocking request."""
+    limits = ServiceLimits(max_draft_tokens=2, max_top_m=verifier.vocab, max_logprobs=20)
+    service = VerifierService(generalist, specialist, limits=limits)
+    local_text, local_info = generate(make_llm(method="specsteer", gamma=0.3, draft_tokens=2))
+    with BackgroundServer(create_app(service)) as server:
+        llm = make_remote_llm(url=server.url, method="specsteer", gamma=0.3, draft_tokens=5)
+        if api == "async":
+            _async_only(llm, monkeypatch)
+        text, info = generate(llm, api=api)
+        within, within_info = generate(llm, api=api, draft_tokens=2)
+    assert info["degraded"] is False and info["draft_tokens_clamped_to"] == 2
+    assert text == local_text
+    assert {k: info[k] for k in COUNTS} == {k: local_info[k] for k in COUNTS}
+    assert within == local_text and "draft_tokens_clamped_to" not in within_info
+    assert llm.draft_tokens == 5  # the field keeps what was asked
+
+
+def test_tiny_temperatures_are_refused_before_any_request(make_remote_llm, verifier):
+    llm = make_remote_llm(method="specsteer", max_new_tokens=6)
+    verifier.requests.clear()
+    for call in (
+        lambda: llm.invoke(PROMPTS[0], private_context=CONTEXT, temperature=1e-40),
+        lambda: asyncio.run(llm.ainvoke(PROMPTS[0], temperature=1e-40)),
+    ):
+        with pytest.raises(ValidationError, match="temperature"):
+            call()
+    assert verifier.requests == []
+
+
+@pytest.mark.parametrize("client", ["session", "openai"])
+def test_remote_sampling_at_the_smallest_temperature_and_top_p(make_llm, make_remote_llm, client):
+    """MIN_TEMPERATURE and a top_p below float32 work over the network: sampling the
+    generalist with a nucleus of one token writes its greedy text."""
+    greedy, _ = generate(make_llm(method="generalist", max_new_tokens=16))
+    tiny = {"temperature": 1.0, "top_p": 1e-300, "seed": 5, "max_new_tokens": 16}
+    text, info = generate(make_remote_llm(client, method="generalist", **tiny))
+    assert text == greedy and info["degraded"] is False
+    coldest = {"temperature": MIN_TEMPERATURE, "seed": 5, "max_new_tokens": 16}
+    _, info = generate(make_remote_llm(client, method="specsteer", **coldest))
+    assert info["degraded"] is False and info["new_tokens"] == 16
 
 
 def test_the_specialist_method_makes_no_request(make_remote_llm, verifier):
