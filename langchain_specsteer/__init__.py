@@ -1,6 +1,7 @@
 """SpecSteer for LangChain: a private on-device specialist and a remote generalist, one text."""
 
 from langchain_specsteer.chat_models import ChatSpecSteer
+from langchain_specsteer.demo import demo_pair
 from langchain_specsteer.engine import SpecSteerEngine
 from langchain_specsteer.llms import SpecSteerLLM
 from langchain_specsteer.models import LocalGeneralist, LocalSpecialist
@@ -14,5 +15,6 @@ __all__ = [
     "LocalSpecialist",
     "SpecSteerEngine",
     "SpecSteerLLM",
+    "demo_pair",
 ]
 __version__ = "0.1.0"

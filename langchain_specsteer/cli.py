@@ -7,6 +7,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -35,7 +36,12 @@ def _parser() -> argparse.ArgumentParser:
         "--context",
         help="private context (only the specialist sees it; default: from the user's memory)",
     )
-    demo.add_argument("--user", type=int, default=0, help="which held-out demo user (0-4)")
+    demo.add_argument(
+        "--user",
+        type=int,
+        default=0,
+        help="which held-out user of the pair (the shipped pair has 5: 0 to 4; default: 0)",
+    )
     demo.add_argument("--max-new-tokens", type=int, default=96, help="default: %(default)s")
     demo.add_argument(
         "--gamma", type=float, help="verification gate γ (default 0.5; inf accepts no draft)"
@@ -44,10 +50,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--draft-tokens", type=int, help="K, drafts per round (default 6)")
     demo.add_argument("--temperature", type=float, help="0 (default) decodes greedily")
     demo.add_argument(
-        "--seed", type=int, default=0, help="seed of the random weights and of sampling"
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of sampling when --temperature > 0 (default: 0)",
     )
     demo.add_argument("--no-color", action="store_true", help="brackets instead of ANSI colours")
     demo.add_argument("--html", metavar="FILE", help="also write the report as an HTML page")
+    demo.add_argument(
+        "--verbose", action="store_true", help="show transformers' model-loading progress bars"
+    )
     demo.set_defaults(handler=_demo)
     _add_serve(commands)
     return parser
@@ -140,7 +152,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from pydantic import ValidationError
 
-    from langchain_specsteer.demo import run_demo, use_color
+    from langchain_specsteer.demo import DEMO_PAIR, demo_users, pick_user, run_demo, use_color
     from langchain_specsteer.params import DecodingParams
 
     knobs = {
@@ -158,6 +170,12 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ValidationError as err:
         problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in err.errors())
         parser.error(problems)
+    users = Path(args.pair or DEMO_PAIR) / "users.jsonl"
+    if users.is_file():  # (without a pair the tiny random one stands in: no users)
+        try:
+            pick_user(demo_users(users.parent), args.user)
+        except ValueError as err:
+            parser.error(f"--{err}")
     try:
         run_demo(
             prompt=args.prompt,
@@ -168,6 +186,7 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             color=use_color(args.no_color, sys.stdout),
             pair_dir=args.pair,
             html_path=args.html,
+            verbose=args.verbose,
         )
     except FileNotFoundError as err:
         parser.error(str(err))

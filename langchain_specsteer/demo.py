@@ -1,7 +1,9 @@
 """`specsteer demo`: three methods one after the other, SpecSteer's drafts and recoveries marked.
 
-The demo runs on the tiny randomly initialised pair of `langchain_specsteer.tiny`, so it needs
-no downloads and finishes in seconds; its texts are noise. It shows the shape of the output:
+The demo runs on the shipped demo pair (`demo_pair()`: a small specialist and a larger
+generalist trained on eval.world's synthetic reviews), so it needs no downloads; a held-out
+user's past reviews are the private memory. Without the shipped pair, the tiny randomly
+initialised pair of `langchain_specsteer.tiny` stands in, and its texts are noise. It shows
 which spans of a SpecSteer text are the specialist's accepted drafts and which are the
 recovered tokens, one per round, chosen from p_G + α (log q_ctx − log q_gen).
 """
@@ -9,13 +11,15 @@ recovered tokens, one per round, chosen from p_G + α (log q_ctx − log q_gen).
 from __future__ import annotations
 
 import html
+import json
 import os
 import sys
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, NamedTuple, TextIO
 
 from langchain_specsteer.engine import METHOD_SPECS
 from langchain_specsteer.params import DecodingParams
@@ -25,8 +29,12 @@ __all__ = [
     "DEFAULT_CONTEXT",
     "DEFAULT_PROMPT",
     "DEMO_METHODS",
+    "DemoPair",
     "MethodRun",
     "Span",
+    "demo_pair",
+    "demo_users",
+    "quiet_loading",
     "render_html",
     "render_terminal",
     "run_demo",
@@ -66,6 +74,55 @@ LEGEND = {
     "accepted": "a specialist draft that passed verification (p_G/q_gen against γ)",
     "recovered": "a recovered token, picked from log p_G + α(log q_ctx − log q_gen)",
 }
+
+
+class DemoPair(NamedTuple):
+    """The folders of a demo pair's two models, in `from_pretrained`'s order."""
+
+    specialist: str
+    generalist: str
+
+
+def demo_pair(folder: str | os.PathLike[str] | None = None) -> DemoPair:
+    """The shipped demo pair's model folders: `SpecSteerLLM.from_pretrained(*demo_pair())`.
+
+    `folder` is another pair written by `python -m eval.train_pair --export`. The pair was
+    trained with `retrievers.task_templates("product_review")`, so pass those templates too.
+    """
+    root = Path(folder) if folder is not None else DEMO_PAIR
+    if not (root / "specialist").is_dir() or not (root / "generalist").is_dir():
+        msg = (
+            f"{root} holds no demo pair (expected specialist/, generalist/, users.jsonl); "
+            "reinstall the package or export one with `python -m eval.train_pair --export`"
+        )
+        raise FileNotFoundError(msg)
+    return DemoPair(str(root / "specialist"), str(root / "generalist"))
+
+
+def demo_users(folder: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """The pair's held-out users: `user`, `input` (a request), `output`, `profile` (reviews)."""
+    root = Path(folder) if folder is not None else DEMO_PAIR
+    lines = (root / "users.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+@contextmanager
+def quiet_loading(quiet: bool = True) -> Iterator[None]:
+    """Hide transformers' progress bars ("Loading weights") inside the block; restored after."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    if not quiet or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hub_was_off = are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+        if hub_was_off:
+            disable_progress_bars()
 
 
 @dataclass
@@ -271,9 +328,10 @@ def render_html(
         "<style>",
         "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;"
         "line-height:1.5;color:#222}",
-        "pre{white-space:pre-wrap;word-break:break-all;background:#f5f5f5;padding:.6rem;"
+        "pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f5f5f5;padding:.6rem;"
         "border-radius:4px;font-family:ui-monospace,Menlo,monospace}",
-        ".acc{background:#b9ecb9}.rec{background:#ffd966}.note{color:#a40000}",
+        ".acc{background:#b9ecb9}.rec{background:#ffd966}",
+        ".note{color:#444;background:#eef3f8;border-left:4px solid #9bb5cc;padding:.4rem .8rem}",
         ".stats{color:#555;font-size:.9em}",
         "table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:.2rem .6rem}",
         "td{text-align:right}td:first-child{text-align:left}",
@@ -344,27 +402,35 @@ class DemoSetup:
     reference: str | None = None
 
 
-def trained_setup(pair_dir: Path, user: int, prompt: str | None) -> DemoSetup:
-    """The shipped pair, with a held-out user's reviews as the private memory (BM25, k=3)."""
-    import json
+def pick_user(users: Sequence[dict[str, Any]], user: int) -> dict[str, Any]:
+    """The held-out user at index `user`; out of range is an error, not a wrap-around."""
+    if not 0 <= user < len(users):
+        known = f"pick one from 0 to {len(users) - 1}" if users else "it has none"
+        msg = f"user={user} is out of range of the demo pair's held-out users: {known}"
+        raise ValueError(msg)
+    return users[user]
 
+
+def trained_setup(
+    pair_dir: Path, user: int, prompt: str | None, *, verbose: bool = False
+) -> DemoSetup:
+    """The shipped pair, with a held-out user's reviews as the private memory (BM25, k=3)."""
     from langchain_specsteer.llms import SpecSteerLLM
     from retrievers import PersonalBM25Retriever, PrivateMemory, task_templates
 
-    users = [json.loads(line) for line in (pair_dir / "users.jsonl").read_text().splitlines()]
-    row = users[user % len(users)]
+    row = pick_user(demo_users(pair_dir), user)
     memory = PrivateMemory(":memory:")
     memory.add(
         [entry["reviewText"] for entry in row["profile"]],
         [{k: v for k, v in entry.items() if k != "reviewText"} for entry in row["profile"]],
     )
-    llm = SpecSteerLLM.from_pretrained(
-        str(pair_dir / "specialist"),
-        str(pair_dir / "generalist"),
-        device="cpu",
-        retriever=PersonalBM25Retriever.from_memory(memory, k=3),
-        **task_templates("product_review"),
-    )
+    with quiet_loading(not verbose):
+        llm = SpecSteerLLM.from_pretrained(
+            *demo_pair(pair_dir),
+            device="cpu",
+            retriever=PersonalBM25Retriever.from_memory(memory, k=3),
+            **task_templates("product_review"),
+        )
     note = "speeds of the small demo pair on this machine; see docs/results.md for benchmarks"
     reference = row["output"] if prompt is None else None
     return DemoSetup(
@@ -393,12 +459,14 @@ def run_demo(
     color: bool = False,
     html_path: str | os.PathLike[str] | None = None,
     stream: TextIO | None = None,
+    verbose: bool = False,
 ) -> list[MethodRun]:
     """Decode one request with each demo method on the shipped pair and print the report.
 
     `pair_dir` (default: the shipped pair) is a folder written by `eval.train_pair --export`;
     if the shipped pair is missing, a tiny random pair stands in, labelled as such. An
-    explicit `private_context` replaces the one retrieved from the user's memory.
+    explicit `private_context` replaces the one retrieved from the user's memory. `user`
+    picks a held-out user (out of range: ValueError); `verbose` shows the loading bars.
     """
     stream = stream or sys.stdout
     params = params or DecodingParams(max_new_tokens=96)
@@ -407,7 +475,7 @@ def run_demo(
         raise FileNotFoundError(msg)
     pair = Path(pair_dir) if pair_dir is not None else DEMO_PAIR
     if (pair / "specialist").is_dir():
-        setup = trained_setup(pair, user, prompt)
+        setup = trained_setup(pair, user, prompt, verbose=verbose)
     else:
         setup = tiny_setup(seed, prompt)
         private_context = private_context or DEFAULT_CONTEXT

@@ -5,18 +5,27 @@ from __future__ import annotations
 import pytest
 
 from langchain_specsteer.cli import main
-from langchain_specsteer.demo import TINY_LABEL, TRAINED_LABEL, trace
+from langchain_specsteer.demo import (
+    TINY_LABEL,
+    TRAINED_LABEL,
+    demo_pair,
+    quiet_loading,
+    run_demo,
+    trace,
+)
 from tests.conftest import CONTEXT, PROMPTS
 
 
-def test_demo_runs_the_trained_pair_with_a_held_out_users_memory(capsys, micro_pair_dir):
+def test_demo_runs_the_trained_pair_with_a_held_out_users_memory(capfd, micro_pair_dir):
     import json
 
     pair = micro_pair_dir / "export"
     [first, *_] = [json.loads(line) for line in (pair / "users.jsonl").read_text().splitlines()]
     status = main(["demo", "--pair", str(pair), "--no-color", "--max-new-tokens", "6"])
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()
     assert status == 0
+    assert "Loading weights" not in out + err  # no loading bars unless --verbose
+    assert "deprecated" not in out + err
     assert TRAINED_LABEL in out and first["user"] in out
     assert first["input"] in out  # the user's held-out request
     assert first["profile"][0]["reviewText"][:40] in out or "- " in out  # retrieved memory
@@ -70,6 +79,8 @@ def test_trace_spans_match_the_llm_output_and_rounds(make_llm, gamma):
         (["demo", "--gamma", "-1"], "gamma"),
         (["demo", "--draft-tokens", "0"], "draft_tokens"),
         (["demo", "--max-new-tokens", "zero"], "invalid int value"),
+        (["demo", "--user", "5"], "--user=5 is out of range of the demo pair's held-out users"),
+        (["demo", "--user", "-1"], "pick one from 0 to 4"),
     ],
 )
 def test_bad_arguments_exit_2_naming_the_option(capsys, argv, message):
@@ -94,3 +105,79 @@ def test_the_readme_demo_runs_the_shipped_pair(capsys):
     for method in ("generalist", "specialist", "specsteer"):
         assert f"── {method}:" in out
     assert "«" in out and "⟦" in out  # accepted drafts and recoveries are marked
+
+
+def test_a_user_outside_an_exported_pair_is_refused_before_loading(capsys, micro_pair_dir):
+    pair = micro_pair_dir / "export"  # one held-out user
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--pair", str(pair), "--user", "1"])
+    assert exit_.value.code == 2
+    assert "--user=1 is out of range" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="pick one from 0 to 0"):
+        run_demo(pair_dir=pair, user=7)
+
+
+def test_verbose_demo_shows_the_loading_bars(capfd, micro_pair_dir):
+    argv = ["demo", "--pair", str(micro_pair_dir / "export"), "--no-color"]
+    assert main([*argv, "--max-new-tokens", "2", "--verbose"]) == 0
+    assert "Loading weights" in capfd.readouterr().err
+
+
+def test_quiet_loading_hides_the_bars_and_restores_them(capfd, tiny_dir):
+    from transformers.utils import logging as hf_logging
+
+    from langchain_specsteer import LocalSpecialist
+
+    with quiet_loading():
+        LocalSpecialist.from_pretrained(str(tiny_dir / "specialist"), device="cpu")
+    assert "Loading weights" not in "".join(capfd.readouterr())
+    assert hf_logging.is_progress_bar_enabled()
+    with quiet_loading(False):
+        LocalSpecialist.from_pretrained(str(tiny_dir / "specialist"), device="cpu")
+    assert "Loading weights" in capfd.readouterr().err
+
+
+def test_the_demo_pair_loads_from_python():
+    from pathlib import Path
+
+    import langchain_specsteer
+    from langchain_specsteer import SpecSteerLLM, demo_pair
+
+    assert "demo_pair" in langchain_specsteer.__all__
+    specialist, generalist = demo_pair()
+    assert Path(specialist, "config.json").is_file() and Path(generalist, "config.json").is_file()
+    llm = SpecSteerLLM.from_pretrained(*demo_pair(), device="cpu", max_new_tokens=4)
+    assert llm.invoke("Write a short review of a kettle.", private_context="I love tea.")
+
+
+def test_a_missing_demo_pair_says_how_to_get_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"holds no demo pair.*eval\.train_pair --export"):
+        demo_pair(tmp_path)
+
+
+def test_demo_help_describes_each_option_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "random weights" not in text
+    assert "--user USER which held-out user of the pair (the shipped pair has 5: 0 to 4" in text
+    assert "--verbose" in text
+
+
+def test_the_html_report_wraps_at_word_boundaries_and_its_note_is_neutral():
+    import re
+
+    from langchain_specsteer.demo import MethodRun, Span, render_html
+    from langchain_specsteer.params import DecodingParams
+
+    stats = dict(new_tokens=3, tokens_per_second=9.0, acceptance_rate=0.5, generalist_calls=2)
+    run = MethodRun("specsteer", [Span("accepted", "Solid "), Span("recovered", "kettle")])
+    run.stats = {**stats, "drafted": 2, "accepted": 1, "rounds": 2}
+    page = render_html([run], prompt="p", private_context="c", params=DecodingParams(), pair="pair")
+    assert "break-all" not in page  # that splits words mid-word
+    assert "overflow-wrap:anywhere" in page  # only unbreakable runs are split
+    [note] = re.findall(r"\.note\{([^}]*)\}", page)
+    [color] = re.findall(r"(?:^|;)color:#([0-9a-f]{3}|[0-9a-f]{6})\b", note)
+    digits = color if len(color) == 6 else "".join(c * 2 for c in color)
+    red, green, blue = (int(digits[i : i + 2], 16) for i in (0, 2, 4))
+    assert max(red, green, blue) - min(red, green, blue) < 40  # grey text, not an alarm red
