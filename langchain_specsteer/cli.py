@@ -75,7 +75,8 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         description=(
             "Serve the generalist over HTTP: the SpecSteer session protocol under "
             "/specsteer/v1 (docs/protocol.md) and vLLM's OpenAI-compatible scoring subset "
-            "(/v1/completions, /v1/models, /tokenize, /health). OpenAPI at /docs."
+            "(/v1/completions, /v1/models, /tokenize, /health). OpenAPI at /docs (with the key "
+            "unless --public-docs)."
         ),
     )
     serve.add_argument("--generalist", required=True, help="hub id or folder of the generalist")
@@ -93,14 +94,27 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when present)")
     serve.add_argument("--dtype", help="e.g. bfloat16 (default: float32 on CPU, auto on CUDA)")
-    serve.add_argument("--model-name", help="name served in /v1/models (default: the path)")
+    serve.add_argument(
+        "--served-model-name",
+        "--model-name",
+        dest="model_name",
+        help="the model's name in /v1/models, /specsteer/v1/info and completions (default: the "
+        "--generalist folder's name, or its hub id)",
+    )
+    serve.add_argument(
+        "--public-docs",
+        action="store_true",
+        help="serve /openapi.json, /docs and /redoc without the API key",
+    )
+    capped = {"max_prompt_tokens", "max_session_tokens"}
     for field in dataclasses.fields(ServiceLimits):
         flag = "--" + field.name.replace("_", "-")
         serve.add_argument(
             flag,
             type=float if field.type == "float" else int,
             default=getattr(defaults, field.name),
-            help="default: %(default)s",
+            help="default: %(default)s"
+            + (", lowered to the models' maximum length" if field.name in capped else ""),
         )
     serve.add_argument(
         "--log-prompts",
@@ -117,7 +131,12 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import uvicorn
 
     from langchain_specsteer.models import LocalGeneralist, LocalSpecialist
-    from langchain_specsteer.service import ServiceLimits, VerifierService, create_app
+    from langchain_specsteer.service import (
+        ServiceLimits,
+        VerifierService,
+        bounded_h11,
+        create_app,
+    )
 
     try:
         limits = ServiceLimits(
@@ -144,8 +163,14 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         )
     except ValueError as err:  # e.g. a public specialist with another vocabulary
         parser.error(str(err))
-    app = create_app(service, api_key=args.api_key)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
+    app = create_app(service, api_key=args.api_key, public_docs=args.public_docs)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level.lower(),
+        http=bounded_h11(limits.max_body_chunks),
+    )
     return 0
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "MIN_TEMPERATURE",
@@ -84,11 +84,23 @@ class OpenSession(_Body):
     q_gen_prompt_ids: list[TokenId] | None = Field(default=None, min_length=1)
     """The specialist's public prompt, for q_gen; ignored without a hosted public specialist."""
     temperature: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-    """Rows are tempered at this temperature before ranking and the ratio test (0, 1: raw)."""
+    """Rows are tempered at this temperature before ranking and the ratio test (0, 1: raw);
+    0 or at least `MIN_TEMPERATURE` (1e-4)."""
     top_m: int = Field(default=20, ge=1)
     """Hint size: candidates per position, ranked by log p_G."""
     vocab_size: int | None = Field(default=None, ge=1)
     """Rows cover token ids below this (the device's shared width); null: the model's width."""
+
+    @field_validator("temperature")
+    @classmethod
+    def temperature_is_usable(cls, value: float) -> float:
+        if 0 < value < MIN_TEMPERATURE:
+            msg = (
+                f"temperature {value} is too small to temper with: send 0 (raw rows) or at "
+                f"least {MIN_TEMPERATURE}"
+            )
+            raise ValueError(msg)
+        return value
 
 
 class SessionOpened(_Body):

@@ -14,10 +14,15 @@ Model work is serialised across sessions by one lock; each session takes one req
 time (a concurrent second one gets 409). Sessions idle for `session_idle_seconds` are
 dropped, and at `max_sessions` the least recently used idle session makes room, so memory
 stays bounded under churn. Every bad request gets a 4xx with a reason.
+
+In front of the routes, `Gate` checks the API key from the headers alone and then reads the
+body within its byte and time limits; `bounded_h11` makes the HTTP server refuse a chunked body
+of too many chunks while it parses them (see `ServiceLimits`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -25,16 +30,19 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from langchain_specsteer import algorithms as alg
+from langchain_specsteer.local import LocalSession
 from langchain_specsteer.models import LocalGeneralist, LocalSpecialist
 from langchain_specsteer.protocol import (
+    MIN_TEMPERATURE,
     Candidates,
     Limits,
     OpenSession,
@@ -43,15 +51,18 @@ from langchain_specsteer.protocol import (
     ServiceInfo,
     SessionOpened,
 )
-from langchain_specsteer.verification import LocalSession, decide
 
 __all__ = [
+    "BackgroundServer",
     "CompletionRequest",
+    "Gate",
     "ServiceError",
     "ServiceLimits",
     "TokenizeRequest",
     "VerifierService",
+    "bounded_h11",
     "create_app",
+    "served_name",
 ]
 
 log = logging.getLogger("langchain_specsteer.service")
@@ -64,14 +75,19 @@ class ServiceLimits:
     """Bounds on what one service accepts and holds.
 
     Attributes:
-        max_prompt_tokens: longest prompt (session open, completions, tokenize).
-        max_session_tokens: longest prompt + generated + draft in one session.
+        max_prompt_tokens: longest prompt (session open, completions, tokenize); a service
+            lowers it to its models' maximum length (`max_position_embeddings`).
+        max_session_tokens: longest prompt + generated + draft in one session; lowered to the
+            models' maximum length too.
         max_draft_tokens: longest draft per round.
         max_top_m: largest hint per position.
         max_logprobs: largest `logprobs` / `prompt_logprobs` on /v1/completions (vLLM: 20).
         max_sessions: sessions held at once; the least recently used idle one makes room.
         session_idle_seconds: a session without requests this long is dropped.
         max_body_bytes: largest request body.
+        max_body_chunks: most chunks in a chunked request body (the HTTP server parses each
+            one; see `bounded_h11`).
+        body_timeout_seconds: a request body must arrive within this long (else 408).
     """
 
     max_prompt_tokens: int = 8192
@@ -82,6 +98,8 @@ class ServiceLimits:
     max_sessions: int = 256
     session_idle_seconds: float = 300.0
     max_body_bytes: int = 1 << 20
+    max_body_chunks: int = 1024
+    body_timeout_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -110,10 +128,33 @@ class ServiceError(Exception):
             400: "invalid_request_error",
             401: "authentication_error",
             404: "not_found_error",
+            408: "request_timeout",
             409: "conflict_error",
             413: "request_too_large",
             429: "rate_limit_error",
         }.get(self.status, "server_error")
+
+
+def _unicode(value: Any, field: str) -> Any:
+    """`value` as it is, if every string in it is Unicode text (JSON's "\\ud800" is not)."""
+    pending = [(field, value)]
+    while pending:
+        where, item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend((f"{where}[{k!r}]", v) for k, v in item.items())
+            pending.extend((f"a key of {where}", k) for k in item)
+        elif isinstance(item, list):
+            pending.extend((f"{where}[{i}]", v) for i, v in enumerate(item))
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as err:
+                msg = (
+                    f"{where} holds a lone surrogate ({item[err.start]!r} at character "
+                    f"{err.start}), which is not Unicode text; send valid UTF-8"
+                )
+                raise ValueError(msg) from None
+    return value
 
 
 class CompletionRequest(BaseModel):
@@ -132,6 +173,11 @@ class CompletionRequest(BaseModel):
     stream: bool = False
     return_tokens_as_token_ids: bool = False
 
+    @field_validator("prompt")
+    @classmethod
+    def text_is_unicode(cls, value: Any, info: ValidationInfo) -> Any:
+        return _unicode(value, info.field_name)
+
 
 class TokenizeRequest(BaseModel):
     """vLLM's `/tokenize`: a `prompt`, or chat `messages` rendered with the chat template."""
@@ -144,6 +190,11 @@ class TokenizeRequest(BaseModel):
     add_special_tokens: bool | None = None
     add_generation_prompt: bool = True
     chat_template_kwargs: dict[str, Any] | None = None
+
+    @field_validator("prompt", "messages", "chat_template_kwargs")
+    @classmethod
+    def text_is_unicode(cls, value: Any, info: ValidationInfo) -> Any:
+        return _unicode(value, info.field_name)
 
 
 @dataclass
@@ -164,9 +215,12 @@ class VerifierService:
         generalist: the model that verifies.
         public_specialist: a public copy of the device's specialist, so q_gen is computed
             here and the ratio test is decided here (DESIGN.md §3).
-        model_name: the name `/v1/models` and `ServiceInfo.model` report.
-        limits: see `ServiceLimits`.
+        model_name: the name `/v1/models`, `ServiceInfo.model` and completions report (vLLM's
+            served model name); default `served_name` of the generalist's.
+        limits: see `ServiceLimits`; prompt and session lengths are lowered to the models'
+            maximum.
         log_prompts: include prompt ids in the logs (off: logs carry sizes and timings only).
+        clock: seconds, for session expiry (tests inject one).
     """
 
     def __init__(
@@ -177,12 +231,14 @@ class VerifierService:
         model_name: str | None = None,
         limits: ServiceLimits | None = None,
         log_prompts: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.generalist = generalist
         self.public_specialist = public_specialist
-        self.model_name = model_name or generalist.name
-        self.limits = limits or ServiceLimits()
+        self.model_name = model_name or served_name(generalist.name)
+        self.limits = _fit_to_models(limits or ServiceLimits(), generalist, public_specialist)
         self.log_prompts = log_prompts
+        self.clock = clock
         self.vocab_size = generalist.vocab_size
         if public_specialist is not None:
             if public_specialist.vocab_signature != generalist.vocab_signature:
@@ -251,10 +307,10 @@ class VerifierService:
             top_m=request.top_m,
             vocab_size=vocab_size,
             busy=threading.Lock(),
-            last_used=time.monotonic(),
+            last_used=self.clock(),
         )
         with self._sessions_lock:
-            self._expire(time.monotonic())
+            self._expire(self.clock())
             if len(self.sessions) >= limits.max_sessions and not self._evict_one():
                 msg = f"all {limits.max_sessions} sessions are busy; retry shortly"
                 raise ServiceError(429, msg)
@@ -281,7 +337,7 @@ class VerifierService:
         try:
             return self._round(session, request)
         finally:
-            session.last_used = time.monotonic()
+            session.last_used = self.clock()
             session.busy.release()
 
     def _round(self, session: _Session, request: RoundRequest) -> RoundResult:
@@ -303,7 +359,7 @@ class VerifierService:
             )
             raise ServiceError(409, msg, param="position")
         length = request.position + len(request.append) + k
-        total = local.target.prompt_length + length
+        total = max(seq.prompt_length for seq in local.sequences) + length
         if total > limits.max_session_tokens:
             msg = f"the session would hold {total} tokens; over max_session_tokens"
             msg += f" ({limits.max_session_tokens})"
@@ -313,7 +369,9 @@ class VerifierService:
             local.truncate(request.position)
             local.extend(request.append)
             log_p_G, log_q_gen = local.rows(request.draft)
-        accepted = decide(request.rule, request.draft, log_p_G, log_q_gen, gamma, request.uniforms)
+        accepted = alg.accept(
+            request.rule, request.draft, log_p_G, log_q_gen, gamma, request.uniforms
+        )
         positions = range(k + 1) if accepted is None else [accepted]
         hints = [_candidates(i, log_p_G, log_q_gen, session.top_m) for i in positions]
         result = RoundResult(accepted=accepted, hints=hints, length=length)
@@ -348,7 +406,7 @@ class VerifierService:
 
     def _get(self, session_id: str) -> _Session:
         with self._sessions_lock:
-            self._expire(time.monotonic())
+            self._expire(self.clock())
             session = self.sessions.get(session_id)
             if session is None:
                 msg = (
@@ -398,8 +456,11 @@ class VerifierService:
                 msg = f"{name} must be in [0, {limits.max_logprobs}] (max_logprobs), got {value}"
                 raise ServiceError(400, msg, param=name)
         temperature = 1.0 if request.temperature is None else request.temperature
-        if not (math.isfinite(temperature) and 0 <= temperature <= 2):
-            raise ServiceError(400, "temperature must be in [0, 2]", param="temperature")
+        if not (math.isfinite(temperature) and 0 <= temperature <= 2) or (
+            0 < temperature < MIN_TEMPERATURE
+        ):
+            msg = f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE}, 2], got {temperature}"
+            raise ServiceError(400, msg, param="temperature")
         tokenizer = self.generalist.tokenizer
         if isinstance(request.prompt, str):
             prompt = tokenizer.encode(request.prompt, add_special_tokens=True)
@@ -531,8 +592,8 @@ class VerifierService:
 
     @property
     def max_model_len(self) -> int:
-        config = self.generalist.model.config
-        return int(getattr(config, "max_position_embeddings", self.limits.max_session_tokens))
+        """The generalist's maximum length (its config's), else `max_session_tokens`."""
+        return _max_positions(self.generalist) or self.limits.max_session_tokens
 
     def models(self) -> dict[str, Any]:
         return {
@@ -555,6 +616,39 @@ class VerifierService:
     def _log(self, event: str, **fields: Any) -> None:
         if log.isEnabledFor(logging.INFO):
             log.info(json.dumps({"event": event, **fields}, default=str))
+
+
+def served_name(name: str) -> str:
+    """The name to serve for a model loaded from `name`: a folder's own name, a hub id as is."""
+    path = Path(name)
+    if path.is_absolute() or path.exists():
+        return path.resolve().name or name
+    return name
+
+
+def _max_positions(model: LocalGeneralist | LocalSpecialist) -> int | None:
+    """The longest sequence the model's config allows, if it says."""
+    config = model.model.config
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _fit_to_models(
+    limits: ServiceLimits, *models: LocalGeneralist | LocalSpecialist | None
+) -> ServiceLimits:
+    """`limits` with prompt and session lengths no longer than the models can take."""
+    lengths = [n for n in (_max_positions(m) for m in models if m is not None) if n]
+    if not lengths:
+        return limits
+    longest = min(lengths)
+    return replace(
+        limits,
+        max_prompt_tokens=min(limits.max_prompt_tokens, longest),
+        max_session_tokens=min(limits.max_session_tokens, longest),
+    )
 
 
 def _check_ids(ids: Sequence[int], vocab_size: int, field: str) -> None:
@@ -592,13 +686,20 @@ def _zeros_if_none(rows: torch.Tensor | None, like: torch.Tensor) -> torch.Tenso
 
 
 def create_app(
-    service: VerifierService, *, api_key: str | None = None, title: str = "SpecSteer verifier"
+    service: VerifierService,
+    *,
+    api_key: str | None = None,
+    title: str = "SpecSteer verifier",
+    public_docs: bool = False,
 ) -> Any:
     """The FastAPI app serving `service` (see docs/protocol.md).
 
     Args:
         service: the models and sessions.
-        api_key: require `Authorization: Bearer <api_key>` on every route but /health.
+        api_key: require `Authorization: Bearer <api_key>` on every path but /health (checked
+            before the body is read).
+        title: the OpenAPI document's title.
+        public_docs: serve /openapi.json, /docs and /redoc without the key.
     """
     from fastapi import APIRouter, Depends, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
@@ -612,12 +713,8 @@ def create_app(
     bearer = Depends(HTTPBearer(auto_error=False))
 
     def authorize(credentials: HTTPAuthorizationCredentials | None = bearer) -> None:
-        if api_key is None:
-            return
-        if credentials is None:
-            raise ServiceError(401, "missing API key: send Authorization: Bearer <key>")
-        if not secrets.compare_digest(credentials.credentials.encode(), api_key.encode()):
-            raise ServiceError(401, "wrong API key")
+        """The key again, after `Gate`; this dependency puts the scheme in the OpenAPI document."""
+        _check_key(api_key, None if credentials is None else credentials.credentials)
 
     errors = {
         status: {"model": ErrorBody, "description": reason}
@@ -638,9 +735,10 @@ def create_app(
     app.state.service = service
 
     def error_response(status: int, message: str, type_: str, param: str | None) -> JSONResponse:
-        body = {"error": {"message": message, "type": type_, "param": param, "code": status}}
-        headers = {"Retry-After": "1"} if status == 429 else None
-        return JSONResponse(body, status_code=status, headers=headers)
+        headers = {"Retry-After": "1"} if status == 429 else {}
+        if status >= 500:  # the server drops the connection after an unexpected error: say so
+            headers["Connection"] = "close"
+        return JSONResponse(_error(status, message, type_, param), status, headers=headers)
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, err: ServiceError) -> JSONResponse:
@@ -667,7 +765,14 @@ def create_app(
     async def _http(_: Request, err: StarletteHTTPException) -> JSONResponse:
         return error_response(err.status_code, str(err.detail), "invalid_request_error", None)
 
-    app.add_middleware(BodyLimit, limit=service.limits.max_body_bytes)
+    docs = (app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url)
+    app.add_middleware(
+        Gate,
+        api_key=api_key,
+        public_paths={"/health", *(docs if public_docs else ())},
+        limits=service.limits,
+        clock=service.clock,
+    )
     protected = APIRouter(dependencies=[Depends(authorize)], responses=errors)
     prefix = "/specsteer/v1"
 
@@ -729,6 +834,7 @@ def create_app(
         return service.tokenize(body)
 
     @app.get("/health", tags=["operations"], response_class=Response, response_model=None)
+    @app.head("/health", tags=["operations"], response_class=Response, response_model=None)
     def health() -> Response:
         """200 while the service runs (no key needed, as in vLLM)."""
         return Response(status_code=200)
@@ -748,56 +854,188 @@ def create_app(
     return app
 
 
-class BodyLimit:
-    """ASGI middleware: a request body over `limit` bytes gets 413 before anything parses it."""
+def _error(status: int, message: str, type_: str, param: str | None = None) -> dict:
+    """OpenAI's error shape (`protocol.ErrorBody`)."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": status}}
 
-    def __init__(self, app: Any, limit: int):
+
+def _check_key(api_key: str | None, sent: str | None) -> None:
+    """Refuse (401) a request whose bearer token is not `api_key` (None: no key needed)."""
+    if api_key is None:
+        return
+    if sent is None:
+        raise ServiceError(401, "missing API key: send Authorization: Bearer <key>")
+    if not secrets.compare_digest(sent.encode(), api_key.encode()):
+        raise ServiceError(401, "wrong API key")
+
+
+def _bearer(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, if there is one."""
+    value = dict(headers).get(b"authorization", b"").decode("latin-1")
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+class Gate:
+    """ASGI middleware: what is checked before any route runs, in this order.
+
+    1. The API key, from the headers alone (every path but `public_paths`): 401 before a byte
+       of the body is read.
+    2. The body: at most `max_body_bytes` (413), arriving within `body_timeout_seconds` (408).
+       It is read whole here and handed to the app.
+
+    Refusals carry `Connection: close`, so the server parses no more of an unread body.
+
+    Args:
+        app: the ASGI app behind the gate.
+        api_key: the bearer token to require; None: none.
+        public_paths: paths served without the key.
+        limits: `max_body_bytes` and `body_timeout_seconds` apply.
+        clock: seconds, for the body's deadline (tests inject one).
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        api_key: str | None,
+        public_paths: Collection[str],
+        limits: ServiceLimits,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.app = app
-        self.limit = limit
+        self.api_key = api_key
+        self.public_paths = frozenset(public_paths)
+        self.limits = limits
+        self.clock = clock
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await self._refuse(send)
+        headers = dict(scope["headers"])
+        try:
+            if scope["path"] not in self.public_paths:
+                _check_key(self.api_key, _bearer(scope["headers"]))
+            if b"content-length" not in headers and b"transfer-encoding" not in headers:
+                await self.app(scope, receive, send)  # no body
+                return
+            body = await self._read(headers.get(b"content-length"), receive)
+        except ServiceError as err:
+            await _refuse(send, err)
             return
-        if declared is None:  # chunked: read it all (up to the limit) before the app runs
-            body, more = b"", True
-            while more:
-                message = await receive()
-                if message["type"] != "http.request":
-                    break
-                body += message.get("body", b"")
-                more = message.get("more_body", False)
-                if len(body) > self.limit:
-                    await self._refuse(send)
-                    return
-            replayed = False
-
-            async def replay() -> dict:
-                nonlocal replayed
-                if replayed:
-                    return await receive()
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-
-            await self.app(scope, replay, send)
+        if body is None:  # the client went away
             return
-        await self.app(scope, receive, send)
+        replayed = False
 
-    async def _refuse(self, send: Any) -> None:
-        message = f"request body over max_body_bytes ({self.limit})"
-        body = json.dumps(
-            {"error": {"message": message, "type": "request_too_large", "param": None, "code": 413}}
-        ).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _read(self, declared: bytes | None, receive: Any) -> bytes | None:
+        """The whole body within the limits (None if the client disconnects)."""
+        limit, timeout = self.limits.max_body_bytes, self.limits.body_timeout_seconds
+        too_large = ServiceError(413, f"request body over max_body_bytes ({limit})")
+        late = ServiceError(
+            408, f"request body not received within body_timeout_seconds ({timeout})"
+        )
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise too_large
+        deadline = self.clock() + timeout
+        parts, size, more = [], 0, True
+        while more:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                raise late
+            try:
+                message = await asyncio.wait_for(receive(), remaining)
+            except asyncio.TimeoutError:
+                raise late from None
+            if message["type"] != "http.request":
+                return None
+            parts.append(message.get("body", b""))
+            size += len(parts[-1])
+            if size > limit:
+                raise too_large
+            more = message.get("more_body", False)
+        return b"".join(parts)
+
+
+async def _refuse(send: Any, err: ServiceError) -> None:
+    """Answer `err` from ASGI middleware, closing the connection."""
+    body = json.dumps(_error(err.status, err.message, err.type, err.param)).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def bounded_h11(max_body_chunks: int) -> type:
+    """uvicorn's h11 HTTP protocol, refusing (413) a body of more than `max_body_chunks` chunks.
+
+    The server parses a chunked body before any app code sees it, a few microseconds a chunk
+    (a million one-byte chunks: seconds of the event loop). This stops parsing at the first
+    chunk over the bound; pass it as `uvicorn.run(..., http=bounded_h11(n))`.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    message = f"request body over max_body_chunks ({max_body_chunks} chunks)"
+
+    class ChunkCounting(h11.Connection):
+        """h11's server side, counting the chunks of the request body it parses."""
+
+        chunks = 0
+        over = False
+
+        def next_event(self) -> Any:
+            event = super().next_event()
+            if isinstance(event, h11.Request):
+                self.chunks = 0
+            elif isinstance(event, h11.Data) and event.chunk_start:
+                self.chunks += 1
+                if self.chunks > max_body_chunks:
+                    self.over = True
+                    raise h11.RemoteProtocolError(message, error_status_hint=413)
+            return event
+
+    class ChunkBoundedH11(H11Protocol):
+        max_chunks = max_body_chunks
+
+        def __init__(self, *args: Any, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            size = self.config.h11_max_incomplete_event_size
+            options = {} if size is None else {"max_incomplete_event_size": size}
+            self.conn = ChunkCounting(h11.SERVER, **options)
+
+        def send_400_response(self, msg: str) -> None:
+            if not self.conn.over:
+                super().send_400_response(msg)
+                return
+            if self.conn.our_state is h11.SEND_RESPONSE:  # nothing answered yet
+                body = json.dumps(_error(413, message, "request_too_large")).encode()
+                headers = [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ]
+                for event in (
+                    h11.Response(status_code=413, headers=headers, reason=b"Content Too Large"),
+                    h11.Data(data=body),
+                    h11.EndOfMessage(),
+                ):
+                    self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return ChunkBoundedH11
 
 
 class BackgroundServer:
@@ -806,9 +1044,18 @@ class BackgroundServer:
     Args:
         app: e.g. `create_app(service)`.
         host: interface to bind; port 0 picks a free port (see `url`).
+        max_body_chunks: see `bounded_h11`; default: the limit of the app's service, else
+            `ServiceLimits`'s.
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self,
+        app: Any,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        max_body_chunks: int | None = None,
+    ):
         import socket
 
         import uvicorn
@@ -820,7 +1067,13 @@ class BackgroundServer:
         self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.socket.bind((host, port))
         self.url = f"http://{host}:{self.socket.getsockname()[1]}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="off")
+        if max_body_chunks is None:
+            service = getattr(getattr(app, "state", None), "service", None)
+            limits = service.limits if isinstance(service, VerifierService) else ServiceLimits()
+            max_body_chunks = limits.max_body_chunks
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="off", http=bounded_h11(max_body_chunks)
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True

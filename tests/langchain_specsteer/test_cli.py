@@ -181,3 +181,30 @@ def test_the_html_report_wraps_at_word_boundaries_and_its_note_is_neutral():
     digits = color if len(color) == 6 else "".join(c * 2 for c in color)
     red, green, blue = (int(digits[i : i + 2], 16) for i in (0, 2, 4))
     assert max(red, green, blue) - min(red, green, blue) < 40  # grey text, not an alarm red
+
+
+def test_serve_builds_the_service_its_flags_describe(tiny_dir, monkeypatch):
+    """`specsteer serve` (uvicorn not started): the served name (default: the folder's, not
+    its path), the docs behind the key unless --public-docs, lengths lowered to the model's
+    4096 positions, and the HTTP protocol bounding chunks."""
+    import uvicorn
+    from starlette.testclient import TestClient
+
+    runs = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: runs.append((app, options)))
+    serve = ["serve", "--generalist", str(tiny_dir / "generalist"), "--device", "cpu"]
+    assert main([*serve, "--api-key", "sesame"]) == 0
+    assert (
+        main([*serve, "--api-key", "sesame", "--served-model-name", "gen-x", "--public-docs"]) == 0
+    )
+    assert main([*serve, "--max-prompt-tokens", "100", "--max-body-chunks", "7"]) == 0
+    (closed, options), (public, _), (lower, lower_options) = runs
+    assert closed.state.service.model_name == "generalist"
+    assert public.state.service.model_name == "gen-x"
+    assert TestClient(closed).get("/openapi.json").status_code == 401
+    assert TestClient(public).get("/openapi.json").status_code == 200
+    assert TestClient(public).get("/v1/models").status_code == 401
+    limits = closed.state.service.limits
+    assert (limits.max_prompt_tokens, limits.max_session_tokens) == (4096, 4096)
+    assert lower.state.service.limits.max_prompt_tokens == 100
+    assert options["http"].max_chunks == 1024 and lower_options["http"].max_chunks == 7

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -16,11 +18,14 @@ import httpx
 import pytest
 import torch
 
+from langchain_specsteer.protocol import MIN_TEMPERATURE
 from langchain_specsteer.service import (
     BackgroundServer,
+    Gate,
     ServiceLimits,
     VerifierService,
     create_app,
+    served_name,
 )
 from tests.conftest import CONTEXT, PROMPTS
 
@@ -131,6 +136,8 @@ def test_bad_requests_get_4xx_with_a_reason(http):
     error(http.post(f"{S}/sessions", json={"prompt_ids": [1], "top_m": 10**6}), 400, "max_top_m")
     error(http.post(f"{S}/sessions", json={"prompt_ids": [1], "vocab_size": 10**6}), 400, "vocab")
     error(http.post(f"{S}/sessions", json={"prompt_ids": [1], "temperature": -1}), 400, "temp")
+    tiny = {"prompt_ids": [1], "temperature": 1e-300}
+    error(http.post(f"{S}/sessions", json=tiny), 400, "at least", param="temperature")
     error(http.post(f"{S}/sessions/nope/rounds", json={"position": 0}), 404, "no session")
     error(http.delete(f"{S}/sessions/nope"), 404, "no session")
     error(http.get("/no/such/path"), 404)
@@ -150,6 +157,200 @@ def test_a_chunked_body_over_the_limit_is_refused(http):
         f"{S}/sessions", content=chunks(), headers={"content-type": "application/json"}
     )
     error(response, 413, "max_body_bytes")
+
+
+def test_the_least_temperature_gives_finite_hints(http):
+    """A session at `MIN_TEMPERATURE` tempers its rows without overflowing."""
+    sid = open_session(http, temperature=MIN_TEMPERATURE, top_m=3)
+    body = {"position": 0, "draft": [4, 5], "rule": "device"}
+    result = http.post(f"{S}/sessions/{sid}/rounds", json=body).json()
+    assert all(hint["log_p_G"][0] is not None for hint in result["hints"])
+    greedy = http.post("/v1/completions", json={"prompt": [3, 4], "max_tokens": 1})
+    at_least = {"prompt": [3, 4], "max_tokens": 1, "temperature": MIN_TEMPERATURE}
+    assert http.post("/v1/completions", json=at_least).status_code == greedy.status_code == 200
+
+
+LONE = "caf\ud800e"  # JSON "\ud800": a lone surrogate, not Unicode text
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param", "where"),
+    [
+        ("/tokenize", {"prompt": LONE}, "prompt", "prompt"),
+        ("/tokenize", {"messages": [{"role": "user", "content": LONE}]}, "messages", "[0]"),
+        ("/v1/completions", {"prompt": LONE, "max_tokens": 1}, "prompt", "prompt"),
+    ],
+)
+def test_a_lone_surrogate_gets_400_naming_where(http, path, body, param, where):
+    content = json.dumps(body)  # ASCII: the surrogate travels as the escape \ud800
+    response = http.post(path, content=content, headers={"content-type": "application/json"})
+    error(response, 400, "lone surrogate", "character 3", where, param=param)
+
+
+def test_a_lone_surrogate_in_chat_template_kwargs_gets_400(http, generalist, monkeypatch):
+    monkeypatch.setattr(
+        generalist.tokenizer, "chat_template", "{{ name }}: {{ messages[0].content }}"
+    )
+    body = {"messages": [{"role": "user", "content": "hi"}], "chat_template_kwargs": {"name": LONE}}
+    content, headers = json.dumps(body), {"content-type": "application/json"}
+    response = http.post("/tokenize", content=content, headers=headers)
+    error(response, 400, "['name']", param="chat_template_kwargs")
+
+
+def refused_and_closed(url: str, head: bytes, body: bytes = b"") -> bytes:
+    """Send `head` (and, from another thread, `body`) on a new connection; the whole answer,
+    read until the server ends the connection (a socket timeout fails the test). Closing with
+    the body unread, the server's end is a reset, which comes after the answer."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head)
+
+        def send_body():
+            with contextlib.suppress(OSError):  # the server stopped reading and closed
+                sock.sendall(body)
+
+        sender = threading.Thread(target=send_body, daemon=True)
+        sender.start()
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while data := sock.recv(65536):
+                received += data
+        sender.join(timeout=30)
+    return received
+
+
+CHUNKED = (
+    f"POST {S}/sessions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+    "Transfer-Encoding: chunked\r\n"
+).encode()
+
+
+def test_no_key_gets_401_before_the_body_is_read(small_service):
+    """The key is checked from the headers: the body (never finished here) is not awaited,
+    and the connection is closed, so the server parses no more of it."""
+    _, server, _ = small_service
+    answer = refused_and_closed(server.url, CHUNKED + b"\r\n" + b"1\r\nx\r\n" * 3)
+    assert answer.startswith(b"HTTP/1.1 401") and b"connection: close" in answer.lower()
+    assert b"missing API key" in answer
+
+
+def test_a_million_one_byte_chunks_are_refused_at_the_chunk_bound(small_service):
+    """The issue's reproducer, with the key: 413 after `max_body_chunks` chunks, not a read
+    (and seconds of parsing) of all of them; the server serves others after it."""
+    service, server, http = small_service
+    key = f"Authorization: {http.headers['Authorization']}\r\n\r\n".encode()
+    answer = refused_and_closed(server.url, CHUNKED + key, b"1\r\nx\r\n" * 10**6 + b"0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 413") and b"connection: close" in answer.lower()
+    assert f"max_body_chunks ({service.limits.max_body_chunks} chunks)".encode() in answer
+    assert http.get("/health").status_code == 200
+
+
+def test_a_body_of_max_body_chunks_chunks_is_served(generalist, specialist):
+    limits = ServiceLimits(max_body_chunks=8)
+    service = VerifierService(generalist, specialist, limits=limits)
+    body = json.dumps({"prompt_ids": [1, 2, 3]}).encode()
+
+    def chunks(n):  # one byte each, then the rest
+        yield from (body[i : i + 1] for i in range(n - 1))
+        yield body[n - 1 :]
+
+    json_ = {"content-type": "application/json"}
+    with BackgroundServer(create_app(service)) as server, httpx.Client(base_url=server.url) as c:
+        assert c.post(f"{S}/sessions", content=chunks(8), headers=json_).status_code == 201
+        refused = c.post(f"{S}/sessions", content=chunks(9), headers=json_)
+        error(refused, 413, "max_body_chunks (8 chunks)")
+        assert refused.headers["connection"] == "close"
+        assert c.get("/health").status_code == 200
+
+
+def run_gate(gate_options, headers, messages, *, clock=None, seconds_per_read=0.0, path=None):
+    """Call `Gate` in front of an app that takes the body: (status, response body, reads of
+    the request body, the body the app got). Each read moves `clock` by `seconds_per_read`."""
+    reads, got, sent = [0], [None], []
+
+    async def receive():
+        reads[0] += 1
+        if clock is not None:
+            clock.advance(seconds_per_read)
+        if not messages:
+            await asyncio.Event().wait()  # a client that sends nothing more
+        return messages.pop(0)
+
+    async def app(scope, receive, send):
+        got[0] = (await receive())["body"]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send(message):
+        sent.append(message)
+
+    options = {"api_key": None, "public_paths": {"/health"}, "limits": ServiceLimits()}
+    if clock is not None:
+        options["clock"] = clock
+    gate = Gate(app, **{**options, **gate_options})
+    scope = {"type": "http", "method": "POST", "path": path or f"{S}/sessions", "headers": headers}
+    asyncio.run(gate(scope, receive, send))
+    start, body = sent[0], sent[1]["body"]
+    if start["status"] != 200:
+        assert (b"connection", b"close") in start["headers"]
+    return start["status"], body, reads[0], got[0]
+
+
+def chunk(data: bytes, more: bool = True) -> dict:
+    return {"type": "http.request", "body": data, "more_body": more}
+
+
+CHUNKED_HEADERS = [(b"transfer-encoding", b"chunked")]
+
+
+def test_gate_checks_the_key_before_reading_the_body():
+    key = {"api_key": "sesame"}
+    status, body, reads, _ = run_gate(key, CHUNKED_HEADERS, [chunk(b"x")] * 5)
+    assert (status, reads) == (401, 0) and b"missing API key" in body
+    wrong = [*CHUNKED_HEADERS, (b"authorization", b"Bearer nope")]
+    status, body, reads, _ = run_gate(key, wrong, [chunk(b"x")])
+    assert (status, reads) == (401, 0) and b"wrong API key" in body
+    health = run_gate(key, CHUNKED_HEADERS, [chunk(b"x", more=False)], path="/health")
+    assert health[0] == 200
+    right = [*CHUNKED_HEADERS, (b"authorization", b"Bearer sesame")]
+    status, _, reads, got = run_gate(key, right, [chunk(b"a"), chunk(b"b", more=False)])
+    assert (status, reads, got) == (200, 2, b"ab")
+
+
+def test_gate_refuses_a_body_over_the_byte_limit_without_reading_it_all():
+    limits = {"limits": ServiceLimits(max_body_bytes=10)}
+    declared = [(b"content-length", b"11")]
+    status, _, reads, _ = run_gate(limits, declared, [chunk(b"x" * 11, more=False)])
+    assert (status, reads) == (413, 0)
+    status, body, reads, _ = run_gate(limits, CHUNKED_HEADERS, [chunk(b"x" * 6)] * 5)
+    assert (status, reads) == (413, 2) and b"max_body_bytes (10)" in body
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_gate_refuses_a_body_arriving_after_body_timeout_seconds_with_408():
+    """A body trickling in (4 s a chunk on the test's clock) is refused at its deadline; so
+    is one that stops arriving (the deadline's timer)."""
+    limits = {"limits": ServiceLimits(body_timeout_seconds=10)}
+    trickle = [chunk(b"x")] * 100
+    status, body, reads, _ = run_gate(
+        limits, CHUNKED_HEADERS, trickle, clock=Clock(), seconds_per_read=4
+    )
+    assert (status, reads) == (408, 3) and b"body_timeout_seconds (10" in body
+    stalled = {"limits": ServiceLimits(body_timeout_seconds=0.01)}
+    status, _, reads, _ = run_gate(stalled, CHUNKED_HEADERS, [chunk(b"x")])
+    assert (status, reads) == (408, 2)
 
 
 def test_completions_subset_matches_vllm_shapes(http, verifier, generalist):
@@ -197,6 +398,8 @@ def test_completions_subset_matches_vllm_shapes(http, verifier, generalist):
         ({"prompt": [], "max_tokens": 1}, 400, "prompt"),
         ({"prompt": [10**6], "max_tokens": 1}, 400, "prompt"),
         ({"prompt": [1], "max_tokens": 1, "temperature": 3}, 400, "temperature"),
+        ({"prompt": [1], "max_tokens": 1, "temperature": 1e-39}, 400, "temperature"),
+        ({"prompt": [1], "max_tokens": 1, "temperature": MIN_TEMPERATURE / 2}, 400, "temperature"),
     ],
 )
 def test_bad_completions_get_4xx(http, body, status, param):
@@ -220,9 +423,10 @@ def test_tokenize_follows_the_chat_template(http, generalist, monkeypatch):
 
 @pytest.fixture
 def small_service(generalist, specialist):
-    """A service with two session slots and a short idle expiry, and an API key."""
+    """A service with two session slots, a 0.5 s idle expiry on a `Clock` the test moves
+    (`service.clock`), and an API key."""
     limits = ServiceLimits(max_sessions=2, session_idle_seconds=0.5)
-    service = VerifierService(generalist, specialist, limits=limits)
+    service = VerifierService(generalist, specialist, limits=limits, clock=Clock())
     key = {"Authorization": "Bearer sesame"}
     app = create_app(service, api_key="sesame")
     with BackgroundServer(app) as server, httpx.Client(base_url=server.url, headers=key) as c:
@@ -249,9 +453,13 @@ def test_sessions_stay_bounded_under_churn(small_service):
     assert len(service.sessions) == 2
     error(http.post(f"{S}/sessions/{first}/rounds", json={"position": 0}), 404, "evicted")
     recent = open_session(http)
-    time.sleep(0.7)
+    service.clock.advance(0.4)  # used within session_idle_seconds: kept, and its idle time resets
+    assert http.post(f"{S}/sessions/{recent}/rounds", json={"position": 0}).status_code == 200
+    service.clock.advance(0.4)
+    assert http.post(f"{S}/sessions/{recent}/rounds", json={"position": 0}).status_code == 200
+    service.clock.advance(0.6)
     error(http.post(f"{S}/sessions/{recent}/rounds", json={"position": 0}), 404, "expired")
-    assert len(service.sessions) <= 1
+    assert not service.sessions
 
 
 def test_a_concurrent_second_request_on_one_session_gets_409(small_service):
@@ -361,33 +569,130 @@ def test_serve_refuses_bad_limits(tiny_dir):
     assert "max_sessions must be positive" in result.stderr
 
 
+class WatchedLock:
+    """The service's model lock, announcing a thread that has to wait for it."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.contended = threading.Event()
+
+    def __enter__(self):
+        if self.lock.locked():
+            self.contended.set()
+        self.lock.acquire()
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+
 def test_model_work_is_serialised_across_sessions(small_service, monkeypatch):
-    """Two sessions' rounds never run the model at the same time."""
+    """Session A's round holds the model; session B's round, sent meanwhile, waits for the
+    lock and runs the model only after A's forward returns."""
     service, _, http = small_service
-    active, overlaps = [0], [0]
+    lock, inside_a, finish_a = WatchedLock(), threading.Event(), threading.Event()
+    active, overlaps, calls = [0], [0], [0]
     forward = service.generalist.model.forward
 
     def tracking(*args, **kwargs):
+        calls[0] += 1
         active[0] += 1
         overlaps[0] = max(overlaps[0], active[0])
-        time.sleep(0.01)
         try:
+            if calls[0] == 1:  # A's first forward: hold the model until B is waiting
+                inside_a.set()
+                assert finish_a.wait(timeout=30)
             return forward(*args, **kwargs)
         finally:
             active[0] -= 1
 
+    monkeypatch.setattr(service, "_model_lock", lock)
     monkeypatch.setattr(service.generalist.model, "forward", tracking)
-    sessions = [open_session(http), open_session(http)]
+    sessions = {"A": open_session(http), "B": open_session(http)}
+    codes = {}
 
-    def rounds(sid):
+    def round_of(name):
         with httpx.Client(base_url=str(http.base_url), headers=http.headers) as client:
-            for i in range(5):
-                body = {"position": i, "draft": [7, 8], "rule": "device"}
-                assert client.post(f"{S}/sessions/{sid}/rounds", json=body).status_code == 200
+            body = {"position": 0, "draft": [7, 8], "rule": "device"}
+            codes[name] = client.post(f"{S}/sessions/{sessions[name]}/rounds", json=body)
 
-    threads = [threading.Thread(target=rounds, args=(sid,)) for sid in sessions]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert overlaps[0] == 1
+    threads = {name: threading.Thread(target=round_of, args=(name,)) for name in "AB"}
+    threads["A"].start()
+    assert inside_a.wait(timeout=30)
+    threads["B"].start()
+    assert lock.contended.wait(timeout=30), "B's round did not wait for the model lock"
+    assert calls[0] == 1  # B waits while A is inside the model
+    finish_a.set()
+    for thread in threads.values():
+        thread.join(timeout=30)
+    assert overlaps[0] == 1 and calls[0] >= 2
+    assert codes["A"].status_code == codes["B"].status_code == 200
+
+
+def test_an_internal_error_closes_its_connection_and_the_next_request_works(
+    http, verifier, monkeypatch
+):
+    """The server drops a connection after a 500; the answer says so (`Connection: close`),
+    so a keep-alive client reconnects instead of reading an empty reply."""
+
+    def broken():
+        raise RuntimeError("boom")
+
+    assert http.get("/v1/models").status_code == 200  # the connection is open
+    monkeypatch.setattr(verifier.service, "models", broken)
+    failed = http.get("/v1/models")
+    error(failed, 500, "internal error: RuntimeError")
+    assert failed.headers["connection"] == "close"
+    monkeypatch.undo()
+    assert http.get("/v1/models").status_code == 200
+
+
+def test_lengths_are_capped_at_what_the_model_takes(generalist, specialist, monkeypatch):
+    """A model of 64 positions: prompts and sessions over 64 tokens get 413, also when a
+    session grows past it in a round; a lower configured limit stays."""
+    monkeypatch.setattr(generalist.model.config, "max_position_embeddings", 64)
+    service = VerifierService(generalist, specialist)
+    assert (service.limits.max_prompt_tokens, service.limits.max_session_tokens) == (64, 64)
+    lower = VerifierService(generalist, specialist, limits=ServiceLimits(max_prompt_tokens=32))
+    assert (lower.limits.max_prompt_tokens, lower.limits.max_session_tokens) == (32, 64)
+    with BackgroundServer(create_app(service)) as server, httpx.Client(base_url=server.url) as c:
+        assert c.get(f"{S}/info").json()["limits"]["max_session_tokens"] == 64
+        assert c.get("/v1/models").json()["data"][0]["max_model_len"] == 64
+        long = {"prompt_ids": [1] * 65}
+        error(c.post(f"{S}/sessions", json=long), 413, "max_prompt_tokens (64)")
+        error(c.post("/v1/completions", json={"prompt": [1] * 65, "max_tokens": 1}), 413)
+        sid = open_session(c, [1] * 60)
+        fits = {"position": 0, "append": [2, 3], "draft": [4, 5], "rule": "device"}
+        assert c.post(f"{S}/sessions/{sid}/rounds", json=fits).status_code == 200
+        grows = {"position": 4, "draft": [6]}
+        response = c.post(f"{S}/sessions/{sid}/rounds", json=grows)
+        error(response, 413, "65 tokens", "max_session_tokens (64)")
+
+
+@pytest.mark.parametrize("public_docs", [False, True])
+def test_the_docs_need_the_key_unless_public(generalist, public_docs):
+    service = VerifierService(generalist)
+    app = create_app(service, api_key="sesame", public_docs=public_docs)
+    with BackgroundServer(app) as server, httpx.Client(base_url=server.url) as anonymous:
+        for path in ("/openapi.json", "/docs", "/redoc"):
+            response = anonymous.get(path)
+            if public_docs:
+                assert response.status_code == 200, path
+            else:
+                error(response, 401, "missing API key")
+                keyed = {"Authorization": "Bearer sesame"}
+                assert anonymous.get(path, headers=keyed).status_code == 200
+        error(anonymous.get(f"{S}/info"), 401)  # the API itself stays closed
+        assert anonymous.head("/health").status_code == 200
+
+
+def test_the_served_name_is_the_folders_not_its_path(http, verifier, tiny_dir, tmp_path):
+    """A model loaded from a folder is served as the folder's name (vLLM's served model name),
+    in /v1/models, /info and completions; the full path is not sent."""
+    assert verifier.service.generalist.name == str(tiny_dir / "generalist")
+    assert verifier.service.model_name == "generalist"
+    assert http.get("/v1/models").json()["data"][0]["id"] == "generalist"
+    assert http.get(f"{S}/info").json()["model"] == "generalist"
+    completion = http.post("/v1/completions", json={"prompt": [1, 2], "max_tokens": 1}).json()
+    assert completion["model"] == "generalist"
+    assert served_name(str(tmp_path / "models" / "my-model")) == "my-model"
+    assert served_name("Qwen/Qwen3-8B") == "Qwen/Qwen3-8B"  # a hub id (no such folder here)
