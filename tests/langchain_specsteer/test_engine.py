@@ -259,6 +259,7 @@ def test_async_iteration_equals_sync(make_llm, method, temperature):
     counts = ("new_tokens", "rounds", "drafted", "accepted", "generalist_calls", "finish_reason")
     for name in counts:
         assert getattr(async_run.stats, name) == getattr(sync_run.stats, name)
+    assert len(async_run.sessions) == (method != "specialist")  # the generalist's session
     assert all(s.target.cache is None for s in async_run.sessions)  # closed by the driver
 
 

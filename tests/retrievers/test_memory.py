@@ -208,6 +208,7 @@ def test_file_and_new_folders_are_owner_only_whatever_the_umask(tmp_path, monkey
         with PrivateMemory(path) as mem:
             mem.add(["private"] * 3)
             sidecars = [p for p in path.parent.iterdir() if p != path]
+            assert sorted(p.name for p in sidecars) == ["m.db-shm", "m.db-wal"]
             assert all(mode(p) == 0o600 for p in sidecars), [(p, oct(mode(p))) for p in sidecars]
     finally:
         os.umask(old)
