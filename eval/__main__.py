@@ -7,7 +7,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["main"]
+from eval.cli import HelpFormatter
+
+__all__ = ["build_parser", "main"]
 
 
 def _floats(text: str) -> list[float]:
@@ -22,29 +24,42 @@ def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m eval` parser: its `run` and `report` commands."""
+    parser = argparse.ArgumentParser(
+        prog="python -m eval", description=__doc__, formatter_class=HelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    run = commands.add_parser("run", help="run (or resume) an experiment into --out")
+    run = commands.add_parser(
+        "run", help="run (or resume) an experiment into --out", formatter_class=HelpFormatter
+    )
     run.add_argument("--task", required=True, help="product_review, abstract_generation, ...")
-    run.add_argument("--setting", default="user", help="user or temporal (default: user)")
-    run.add_argument("--split", default="val", help="train, val or test (default: val)")
-    run.add_argument("--data", help="local file/folder, or a hub id (default LongLaMP/LongLaMP)")
+    run.add_argument("--setting", default="user", help="user or temporal")
+    run.add_argument("--split", default="val", help="train, val or test")
+    run.add_argument(
+        "--data",
+        help="local file/folder (e.g. `python -m eval.world --out data/world`), or a hub id "
+        "(default: LongLaMP/LongLaMP)",
+    )
     run.add_argument("--specialist", help="hub id or folder of the specialist")
     run.add_argument("--generalist", help="hub id or folder of the generalist")
-    run.add_argument("--methods", type=_names, default=None, help="comma-separated methods")
-    run.add_argument("--gamma", type=_floats, default=None, help="γ values, e.g. 1.0,0.5,0.1")
-    run.add_argument("--alpha", type=_floats, default=None, help="α values, e.g. 1.0")
+    run.add_argument(
+        "--methods",
+        type=_names,
+        help="comma-separated methods (default: generalist,specialist,specsteer)",
+    )
+    run.add_argument("--gamma", type=_floats, help="γ values, e.g. 1.0,0.5,0.1 (default: 0.5)")
+    run.add_argument("--alpha", type=_floats, help="α values, e.g. 0.5,1.0 (default: 1.0)")
     run.add_argument("--retriever", default="bm25", help="bm25, dense or none")
     run.add_argument("--k", type=int, default=5, help="profile entries in the private prompt")
     run.add_argument("--dense-model", help="sentence-transformers model for --retriever dense")
     run.add_argument("--limit", type=int, help="first N examples only")
-    run.add_argument("--max-new-tokens", type=int, default=1024)
-    run.add_argument("--draft-tokens", type=int, default=6, help="K (default 6)")
+    run.add_argument("--max-new-tokens", type=int, default=1024, help="tokens per generation")
+    run.add_argument("--draft-tokens", type=int, default=6, help="K, drafts per round")
     run.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
     run.add_argument("--dtype", help="e.g. bfloat16 (default: float32 on CPU, auto on CUDA)")
-    run.add_argument("--stem", action="store_true", help="ROUGE with stemming (default: none)")
+    run.add_argument("--stem", action="store_true", help="ROUGE with the Porter stemmer")
     run.add_argument("--name", help="the run's name in reports (default: the folder name)")
     run.add_argument("--out", help="the run folder (required unless --show-prompt)")
     run.add_argument(
@@ -52,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    report = commands.add_parser("report", help="tables (Markdown, CSV) and a plot of runs")
+    report = commands.add_parser(
+        "report", help="tables (Markdown, CSV) and a plot of runs", formatter_class=HelpFormatter
+    )
     report.add_argument("runs", nargs="+", help="run folders, compared side by side")
     report.add_argument("--csv", help="write the table as CSV here")
     report.add_argument("--markdown", help="write the Markdown table here")
@@ -93,7 +110,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     }
     try:
         config = RunConfig(**{k: v for k, v in fields.items() if v is not None})
-        results = run(config, args.out, progress=not args.no_progress)
+        results = run(config, args.out, progress=not args.no_progress, log=print)
     except (ValidationError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -131,16 +148,19 @@ def _report(args: argparse.Namespace) -> int:
     print(table)
     if args.markdown:
         Path(args.markdown).write_text(table + "\n", encoding="utf-8")
+        print(f"wrote {args.markdown}", file=sys.stderr)  # stdout stays the table
     if args.csv:
         write_csv(rows, args.csv)
+        print(f"wrote {args.csv}", file=sys.stderr)
     if args.plot:
         plot_quality_vs_speed(rows, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run(args, parser)

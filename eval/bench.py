@@ -45,6 +45,7 @@ import torch
 
 from eval.__main__ import _floats
 from eval.bench_methods import _time
+from eval.cli import HelpFormatter
 from eval.data import Example, load_longlamp
 from eval.metrics import mean_rouge
 from eval.prompts import retrieve_profile
@@ -815,24 +816,42 @@ def _ints(text: str) -> list[int]:
     return values
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m eval.bench",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     pair = "default: langchain_specsteer/demo_pair/{name} when present"
-    parser.add_argument("--specialist", help=f"HF folder or hub id ({pair})")
-    parser.add_argument("--generalist", help=f"HF folder or hub id ({pair})")
-    parser.add_argument("--data", required=True, help="folder with val.jsonl / test.jsonl")
-    parser.add_argument("--split", default="test", choices=("val", "test"))
+    parser.add_argument(
+        "--specialist", help=f"HF folder or hub id ({pair.format(name='specialist')})"
+    )
+    parser.add_argument(
+        "--generalist", help=f"HF folder or hub id ({pair.format(name='generalist')})"
+    )
+    parser.add_argument(
+        "--data", required=True, help="folder with val.jsonl / test.jsonl (`python -m eval.world`)"
+    )
+    parser.add_argument("--split", default="test", choices=("val", "test"), help="held-out split")
     parser.add_argument("--prompts", type=int, default=20, help="held-out examples used")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per generation")
     parser.add_argument("--k", type=int, default=3, help="BM25 profile entries retrieved")
     parser.add_argument("--gamma", type=float, default=0.5, help="specsteer's γ in the tables")
-    parser.add_argument("--gammas", type=_floats, default=[1.0, 0.5, 0.1, 0.01], metavar="G,..")
+    parser.add_argument(
+        "--gammas",
+        type=_floats,
+        default=[1.0, 0.5, 0.1, 0.01],
+        metavar="G,..",
+        help="γ values of the specsteer sweep",
+    )
     parser.add_argument("--draft-tokens", type=int, default=6, help="K in the methods table")
-    parser.add_argument("--k-sweep", type=_ints, default=[1, 2, 4, 6, 8], metavar="K,..")
+    parser.add_argument(
+        "--k-sweep",
+        type=_ints,
+        default=[1, 2, 4, 6, 8],
+        metavar="K,..",
+        help="K values of the speculative and specsteer sweeps",
+    )
     parser.add_argument("--reps", type=int, default=1, help="passes over the examples")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
@@ -842,6 +861,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--memory-interval-ms", type=float, default=1.0, help="RSS sampling period; 0: ends only"
     )
     parser.add_argument("--out", default="runs/bench", help="output folder")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     for name in ("specialist", "generalist"):
         if getattr(args, name) is None:

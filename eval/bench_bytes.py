@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from eval.cli import HelpFormatter
 from eval.data import load_longlamp
 from eval.metrics import mean_rouge
 from eval.prompts import retrieve_profile
@@ -39,18 +40,31 @@ METHODS = ("generalist", "speculative", "specsteer", "light_costeer")
 PAIR = Path(__file__).resolve().parents[1] / "langchain_specsteer" / "demo_pair"
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.bench_bytes",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("--data", default="data/world", help="`python -m eval.world` output")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", default="test", help="split of --data (val or test)")
     parser.add_argument("--cases", type=int, default=12, help="held-out users")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per generation")
     parser.add_argument("--k", type=int, default=3, help="BM25 profile entries as context")
-    parser.add_argument("--pair", default=str(PAIR), help="folder with specialist/, generalist/")
+    parser.add_argument(
+        "--pair",
+        default=str(PAIR),
+        help="folder with specialist/, generalist/ (default: the shipped demo pair)",
+    )
     parser.add_argument("--cross-generalist", help="a generalist folder with its own tokenizer")
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default="runs/bench_bytes")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--out", default="runs/bench_bytes", help="output folder")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.cases < 1 or args.max_new_tokens < 1:
         parser.error("--cases and --max-new-tokens must be positive")

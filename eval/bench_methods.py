@@ -18,11 +18,13 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from eval.cli import HelpFormatter
 from langchain_specsteer import SpecSteerLLM
 from langchain_specsteer.models import cache_keyword
 from langchain_specsteer.tiny import tiny_pair
@@ -247,27 +249,50 @@ def costs_table(costs: dict[str, float], k: int, pad: int) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--specialist-size", type=parse_size, default=(64, 2), metavar="H,L")
-    parser.add_argument("--generalist-size", type=parse_size, default=(128, 4), metavar="H,L")
-    parser.add_argument("--methods", default=",".join(ORDER), help="comma-separated")
-    parser.add_argument("--reps", type=int, default=5, help="repetitions (default %(default)s)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--gamma", type=float, default=0.5)
-    parser.add_argument("--alpha", type=float, default=1.0)
-    parser.add_argument("--draft-tokens", type=int, default=4, help="K (default %(default)s)")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.bench_methods",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+    )
+    size = "hidden size and layers of the tiny random "
+    parser.add_argument(
+        "--specialist-size",
+        type=parse_size,
+        default=(64, 2),
+        metavar="H,L",
+        help=size + "specialist",
+    )
+    parser.add_argument(
+        "--generalist-size",
+        type=parse_size,
+        default=(128, 4),
+        metavar="H,L",
+        help=size + "generalist",
+    )
+    parser.add_argument("--methods", default=",".join(ORDER), help="comma-separated methods")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per generation")
+    parser.add_argument("--gamma", type=float, default=0.5, help="specsteer's verification gate γ")
+    parser.add_argument("--alpha", type=float, default=1.0, help="steering strength α")
+    parser.add_argument("--draft-tokens", type=int, default=4, help="K, drafts per round")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    parser.add_argument("--forward-repeats", type=int, default=300)
+    parser.add_argument(
+        "--forward-repeats", type=int, default=300, help="timed forwards per forward cost"
+    )
     parser.add_argument(
         "--prefix-tokens", type=int, help="cached prompt length (default: the private prompt's)"
     )
     parser.add_argument(
         "--pad-tokens", type=int, help="how much shorter the public prompt is (default: measured)"
     )
-    parser.add_argument("--out", default="runs/bench_methods.json")
-    args = parser.parse_args()
+    parser.add_argument("--out", default="runs/bench_methods.json", help="output JSON file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
 
     torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -57,6 +57,7 @@ from langchain_core.documents import Document
 
 from eval.__main__ import _floats
 from eval.bench import DASH, DEMO_PAIR, METHODS, TASK, _num, machine_info, rotated
+from eval.cli import HelpFormatter
 from eval.data import load_longlamp
 from eval.prompts import retrieve_profile
 from langchain_specsteer import LocalGeneralist, LocalSpecialist, SpecSteerEngine, SpecSteerLLM
@@ -690,16 +691,17 @@ def _counts(text: str) -> list[int]:
     return [v for v in values if v]
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m eval.bench_remote",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--pair",
         default=str(DEMO_PAIR),
-        help=f"folder with specialist/ and generalist/, or {TINY!r} (the tiny random pair)",
+        help=f"folder with specialist/ and generalist/, or {TINY!r} (the tiny random pair; "
+        "default: the shipped demo pair)",
     )
     parser.add_argument("--seed", type=int, default=0, help="torch seed; the tiny pair's seed")
     parser.add_argument(
@@ -707,12 +709,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="data/world",
         help="LongLaMP-schema folder, as eval.bench's (eval.world writes it here if missing)",
     )
-    parser.add_argument("--split", default="test", choices=("val", "test"))
+    parser.add_argument("--split", default="test", choices=("val", "test"), help="held-out split")
     parser.add_argument("--cases", type=int, default=6, help="held-out examples used")
     parser.add_argument("--k", type=int, default=3, help="BM25 profile entries retrieved")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--gamma", type=float, default=0.5)
-    parser.add_argument("--draft-tokens", type=int, default=6)
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per generation")
+    parser.add_argument("--gamma", type=float, default=0.5, help="specsteer's verification gate γ")
+    parser.add_argument("--draft-tokens", type=int, default=6, help="K, drafts per round")
     parser.add_argument(
         "--latencies", type=_latencies, default=[0.0, 20.0, 50.0], metavar="MS,..",
         help="injected round trips in ms (0 is always added)",
@@ -733,6 +735,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--out", default="runs/bench_remote", help="output folder")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.cases < 1 or args.max_new_tokens < 1 or args.exact_cases < 0:
         parser.error("--cases and --max-new-tokens must be positive, --exact-cases at least 0")

@@ -19,11 +19,13 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from eval.cli import HelpFormatter
 from retrievers import PersonalBM25Retriever, PersonalDenseRetriever, PrivateMemory
 
 PRODUCTS = ["blender", "kettle", "tent", "headphones", "grinder", "lamp", "backpack", "mixer"]
@@ -123,19 +125,29 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.bench_retrieval",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("--sizes", default="1000,10000", help="comma-separated entry counts")
     parser.add_argument("--queries", type=int, default=200, help="queries timed per retriever")
-    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--k", type=int, default=5, help="entries retrieved per query")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the synthetic memories and queries"
+    )
     parser.add_argument(
         "--dense-model", help="local sentence-transformers folder (default: all-MiniLM-L6-v2)"
     )
     parser.add_argument("--no-dense", action="store_true", help="BM25 only")
-    parser.add_argument("--out", default="runs/bench_retrieval.json")
-    args = parser.parse_args()
+    parser.add_argument("--out", default="runs/bench_retrieval.json", help="output JSON file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.no_dense:
         args.dense_model = None

@@ -15,12 +15,15 @@ import csv
 import dataclasses
 import json
 import math
+import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any
+
+from eval.cli import HelpFormatter
 
 METHOD_ORDER = ("generalist", "specialist", "speculative", "light_costeer", "costeer", "specsteer")
 REQUIRED = (
@@ -320,19 +323,27 @@ def plot_quality_vs_speed(rows: Sequence[Row], path: str | PathLike[str]) -> Non
 # ---------------------------------------------------------------- command line
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Print the markdown table of the given runs; optionally write a CSV and a plot."""
-    parser = argparse.ArgumentParser(prog="python -m eval.report", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.report", description=__doc__, formatter_class=HelpFormatter
+    )
     parser.add_argument("runs", nargs="+", help="run folders holding results.jsonl")
     parser.add_argument("--csv", help="also write the rows to this CSV file")
     parser.add_argument("--plot", help="also write the quality-vs-speed PNG here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Print the markdown table of the given runs; optionally write a CSV and a plot."""
+    args = build_parser().parse_args(argv)
     rows = summarize(args.runs)
     print(markdown_table(rows))
     if args.csv:
         write_csv(rows, args.csv)
+        print(f"wrote {args.csv}", file=sys.stderr)  # stdout stays the table
     if args.plot:
         plot_quality_vs_speed(rows, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
 
 
 if __name__ == "__main__":

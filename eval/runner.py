@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -191,8 +191,22 @@ def _todo(examples: list[Example], settings: list[Setting], done: set) -> Iterat
             yield example, pending
 
 
+def resume_note(out: Path, examples: int, settings: int, pending: int) -> str:
+    """What a resumed run finds in its folder: nothing left to do, or how much is left."""
+    planned = examples * settings
+    done = f"{planned - pending}/{planned} generations ({examples} examples × {settings} settings)"
+    if pending == 0:
+        return f"nothing to do: {done} already in {out}"
+    return f"resuming {out}: {done} done, {pending} to go"
+
+
 def run(
-    config: RunConfig, out: str | os.PathLike, *, progress: bool = True, llm: Any = None
+    config: RunConfig,
+    out: str | os.PathLike,
+    *,
+    progress: bool = True,
+    llm: Any = None,
+    log: Callable[[str], None] | None = None,
 ) -> Path:
     """Run (or resume) an experiment into the folder `out`; returns the results file.
 
@@ -201,6 +215,7 @@ def run(
         out: the run folder.
         progress: show a progress bar with ETA, acceptance and tokens/s so far.
         llm: a ready `SpecSteerLLM` (default: load `config.specialist` / `config.generalist`).
+        log: told what a resumed run finds (e.g. `print`): how much is done, or nothing to do.
     """
     from tqdm.auto import tqdm
 
@@ -213,6 +228,8 @@ def run(
     work = list(_todo(examples, settings, done))
     total = sum(len(pending) for _, pending in work)
     results = out / "results.jsonl"
+    if log is not None and total < len(examples) * len(settings):
+        log(resume_note(out, len(examples), len(settings), total))
     if total == 0:
         return results
     llm = llm or _load_llm(config)

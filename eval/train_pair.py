@@ -10,8 +10,8 @@ the same specialist on the public prompt alone); the generalist learns from the 
 alone. Prompts are built exactly as `SpecSteerLLM` builds them at inference (task templates,
 BM25 top-k, the tokenizer's chat template), and only the review tokens carry loss.
 
-Training is seeded and resumable: a checkpoint is written every `--checkpoint-minutes`, and
-running the same command again continues from it. `--minutes` caps each model's time.
+Training is seeded and resumable: a checkpoint is written every two minutes, and running the
+same command again continues from it. `--minutes` caps each model's time.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from eval.cli import HelpFormatter
 from eval.data import Example, load_longlamp
 from eval.prompts import rendered_prompts, retrieve_profile
 from langchain_specsteer.models import encode_prompt
@@ -266,16 +267,32 @@ def export_pair(trained: Path, data: Path, dest: Path, *, users: int = 5) -> Non
     shutil.copy(trained / "training.json", dest / "training.json")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.train_pair",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("--data", required=True, help="folder written by `python -m eval.world`")
     parser.add_argument("--out", required=True, help="where the pair (and checkpoints) go")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--specialist-steps", type=int, default=TrainConfig.specialist_steps)
-    parser.add_argument("--generalist-steps", type=int, default=TrainConfig.generalist_steps)
-    parser.add_argument("--minutes", type=float, default=TrainConfig.minutes, help="cap per model")
+    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation and order")
+    parser.add_argument(
+        "--specialist-steps",
+        type=int,
+        default=TrainConfig.specialist_steps,
+        help="optimiser steps of the specialist",
+    )
+    parser.add_argument(
+        "--generalist-steps",
+        type=int,
+        default=TrainConfig.generalist_steps,
+        help="optimiser steps of the generalist",
+    )
+    parser.add_argument(
+        "--minutes", type=float, default=TrainConfig.minutes, help="time cap per model"
+    )
     parser.add_argument("--limit", type=int, help="train on the first N examples only")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument(
         "--export", help="then copy the pair (float16) and held-out demo users into this folder"
     )
@@ -283,15 +300,18 @@ def main(argv: list[str] | None = None) -> None:
         "--vocab-size", type=int, default=TrainConfig.vocab_size, help="tokenizer size"
     )
     parser.add_argument(
-        "--generalist-size",
-        default="256,16,4",
-        help="hidden,layers,heads of the generalist (default: %(default)s)",
+        "--generalist-size", default="256,16,4", help="hidden,layers,heads of the generalist"
     )
     parser.add_argument(
         "--only",
         choices=["specialist", "generalist"],
         help="train one model (e.g. a generalist with its own tokenizer, for the byte path)",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:

@@ -35,6 +35,8 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from eval.cli import HelpFormatter
+
 __all__ = [
     "ASPECTS",
     "BRANDS",
@@ -482,14 +484,23 @@ Regenerate: python -m eval.world --out FOLDER --seed {seed} --users {users}
 """
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: write the world to --out and print its row counts and vocabulary size."""
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m eval.world", description=__doc__.split("\n")[0]
+        prog="python -m eval.world",
+        description=__doc__.split("\n")[0],
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--out", required=True, help="folder for {split}.jsonl and README.txt")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0, help="seed of everything generated")
+    parser.add_argument(
+        "--users", type=int, default=2000, help="how many users (80/10/10 %% train/val/test)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: write the world to --out and print its row counts and vocabulary size."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         counts = write_world(args.out, seed=args.seed, users=args.users)

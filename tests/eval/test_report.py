@@ -351,7 +351,8 @@ def test_plot_without_a_generalist_uses_tokens_per_second(tmp_path):
 
 def test_command_line_prints_the_table_and_writes_files(tmp_path, run_a, capsys):
     main([str(run_a), "--csv", str(tmp_path / "t.csv"), "--plot", str(tmp_path / "p.png")])
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert out == markdown_table(summarize([run_a])) + "\n"
+    assert err.splitlines() == [f"wrote {tmp_path / 't.csv'}", f"wrote {tmp_path / 'p.png'}"]
     assert (tmp_path / "t.csv").read_text(encoding="utf-8").startswith("run,method,gamma")
     assert (tmp_path / "p.png").read_bytes()[:8] == PNG_SIGNATURE

@@ -135,6 +135,19 @@ def test_an_interrupted_run_resumes_without_loss_or_duplicates(config, tmp_path,
     assert run(config, tmp_path / "resumed", progress=False)  # nothing left: no model loaded
 
 
+def test_a_resumed_run_says_what_it_found(config, tmp_path):
+    folder, said = tmp_path / "run", []
+    one = config.model_copy(update={"methods": ["generalist"], "limit": 2})
+    run(one, folder, progress=False, log=said.append)
+    assert said == []  # a fresh run has nothing to report before its progress bar
+    two = one.model_copy(update={"methods": ["generalist", "specialist"]})
+    run(two, folder, progress=False, log=said.append)
+    assert said == [f"resuming {folder}: 2/4 generations (2 examples × 2 settings) done, 2 to go"]
+    said.clear()
+    run(two, folder, progress=False, log=said.append)
+    assert said == [f"nothing to do: 4/4 generations (2 examples × 2 settings) already in {folder}"]
+
+
 def test_a_folder_of_another_run_is_refused(config, tmp_path):
     run(config.model_copy(update={"methods": ["generalist"]}), tmp_path / "run", progress=False)
     other = config.model_copy(update={"k": 3})
@@ -159,26 +172,27 @@ def test_cli_run_report_and_show_prompt(tiny_dir, data_file, tmp_path, capsys):
         "--generalist",
         str(tiny_dir / "generalist"),
     ]
-    status = main(
-        [
-            *argv,
-            *models,
-            "--methods",
-            "generalist,specsteer",
-            "--gamma",
-            "1.0,0.1",
-            "--max-new-tokens",
-            "5",
-            "--out",
-            str(out),
-            "--no-progress",
-            "--device",
-            "cpu",
-        ]
-    )
-    assert status == 0
+    command = [
+        *argv,
+        *models,
+        "--methods",
+        "generalist,specsteer",
+        "--gamma",
+        "1.0,0.1",
+        "--max-new-tokens",
+        "5",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
+    assert main(command) == 0
     assert len(lines(out / "results.jsonl")) == 2 * 3
-    capsys.readouterr()
+    assert "nothing to do" not in capsys.readouterr().out
+    assert main(command) == 0  # again: everything is there already
+    said = capsys.readouterr().out
+    assert f"nothing to do: 6/6 generations (2 examples × 3 settings) already in {out}" in said
     assert (
         main(
             [
@@ -192,8 +206,9 @@ def test_cli_run_report_and_show_prompt(tiny_dir, data_file, tmp_path, capsys):
         )
         == 0
     )
-    table = capsys.readouterr().out
+    table, err = capsys.readouterr()
     assert "| generalist |" in table and "| specsteer |" in table
+    assert err.splitlines() == [f"wrote {tmp_path / 't.csv'}", f"wrote {tmp_path / 'p.png'}"]
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main([*argv, *models, "--gamma", "-1", "--out", str(out)]) == 2
     assert "gammas" in capsys.readouterr().err
