@@ -20,22 +20,33 @@ Everything here is a function of tensors; nothing knows about models or transpor
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 __all__ = [
     "Hint",
+    "Recovery",
+    "RecoveryParams",
+    "Rows",
+    "accept",
+    "chunk_accept",
     "costeer_coefficient",
     "costeer_policy",
     "make_hint",
     "pick",
     "ratio_accept",
+    "recover_costeer",
     "recover_from_hint",
+    "recover_generalist",
+    "recover_specialist",
+    "recover_steered",
     "residual",
     "speculative_accept",
     "steer",
     "temper",
+    "tilt",
     "top_p_filter",
 ]
 
@@ -133,6 +144,98 @@ def speculative_accept(
     return int(passed.long().cumprod(0).sum())
 
 
+def accept(
+    rule: str,
+    draft: Sequence[int],
+    log_p_G: torch.Tensor,
+    log_q_gen: torch.Tensor | None,
+    gamma: float,
+    uniforms: Sequence[float] | None = None,
+    *,
+    proposal: torch.Tensor | None = None,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> int | None:
+    """How many leading drafts a round accepts, or None when the values it needs are not here.
+
+    Wherever it is decided (the device, or a generalist side that needs nothing private):
+    "none" accepts nothing; "ratio" is SpecSteer's test on q_gen (`ratio_accept`; None
+    without q_gen); "match" is standard speculative decoding (`speculative_accept`), greedy
+    unless `proposal` is given; "device" leaves the decision to the device (None).
+
+    Args:
+        rule: "none", "ratio", "match" or "device" (`verification.Rule`).
+        draft: drafted ids (k,).
+        log_p_G: (k+1, V) generalist rows at the draft positions and after.
+        log_q_gen: (≥k, V) public-specialist rows, or None.
+        gamma: γ of the ratio test.
+        uniforms: the device's draws for a sampled ratio test (None: greedy).
+        proposal: (k, V) the q_ctx rows the drafts were sampled from: sampled matching, which
+            only the device may decide (target and proposal top-p filtered as they were sampled).
+        top_p: nucleus mass of sampled matching.
+        generator: the device's RNG for sampled matching.
+    """
+    if not draft or rule == "none":
+        return 0
+    k = len(draft)
+    ids = torch.tensor(list(draft), device=log_p_G.device)
+    if rule == "ratio" and log_q_gen is not None:
+        return ratio_accept(
+            log_p_G[:k].gather(-1, ids.unsqueeze(-1)).squeeze(-1),
+            log_q_gen[:k].gather(-1, ids.unsqueeze(-1)).squeeze(-1),
+            gamma,
+            uniforms=None if uniforms is None else torch.tensor(list(uniforms)),
+        )
+    if rule == "match" and proposal is not None:
+        return speculative_accept(
+            ids,
+            top_p_filter(log_p_G[:k], top_p),
+            top_p_filter(proposal, top_p),
+            greedy=False,
+            generator=generator,
+        )
+    if rule == "match" and uniforms is None:
+        return speculative_accept(ids, log_p_G[:k], log_p_G[:k])
+    return None
+
+
+def chunk_accept(
+    boundaries: Sequence[tuple[int, int]],
+    log_q: Sequence[float],
+    log_p: Sequence[float],
+    gamma: float,
+    uniforms: Sequence[float] | None = None,
+) -> tuple[int, int]:
+    """SpecSteer's ratio test per aligned chunk (the byte path): summed log p_G against summed
+    log q_gen.
+
+    Greedy: accept chunks while log p_G(chunk) − log q_gen(chunk) ≥ log γ. Sampling: accept a
+    chunk when its uniform u < p_G(chunk) / (γ q_gen(chunk)). The first failure ends
+    acceptance.
+
+    Args:
+        boundaries: `bytelevel.aligned_boundaries(specialist ends, generalist ends)`.
+        log_q: log q_gen of each specialist token.
+        log_p: log p_G of each generalist token.
+        gamma: γ (inf: accept nothing; 0: everything).
+        uniforms: one draw per chunk in sampling mode.
+
+    Returns:
+        (specialist tokens, generalist tokens) accepted.
+    """
+    if math.isinf(gamma):
+        return 0, 0
+    log_gamma = math.log(gamma) if gamma > 0 else -math.inf
+    accepted, previous = (0, 0), (0, 0)
+    for c, (i, j) in enumerate(boundaries):
+        margin = sum(log_p[previous[1] : j]) - sum(log_q[previous[0] : i]) - log_gamma
+        passed = margin >= 0 if uniforms is None else math.log(max(uniforms[c], 1e-300)) < margin
+        if not passed:
+            break
+        accepted = previous = (i, j)
+    return accepted
+
+
 def residual(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """Log of norm(max(0, p − q)): where speculative sampling recovers after a rejection."""
     mass = (log_p.exp() - log_q.exp()).clamp_min(0)
@@ -148,6 +251,17 @@ def steer(
     if alpha == 0:
         return log_p_G
     return log_p_G + alpha * (log_q_ctx - log_q_gen)
+
+
+def tilt(log_p: torch.Tensor, delta: torch.Tensor, alpha: float) -> torch.Tensor:
+    """log p + α·δ: `log_p` tilted towards where δ is high (unnormalised; α = 0 leaves it).
+
+    With log p = log p_G and δ = log q_ctx − log q_gen it is SpecSteer's fused score, the
+    unnormalised log π*; the byte path tilts next-byte distributions by a δ measured on bytes.
+    """
+    if alpha == 0:
+        return log_p
+    return log_p + alpha * delta
 
 
 def costeer_policy(
@@ -185,6 +299,88 @@ def costeer_coefficient(
         c_sum += a * c + b
         c = (c_sum + c / eta) / (t * lam + 1 / eta)
     return c
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+@dataclass
+class Rows:
+    """What a recovery reads at the position it fills: next-token log-probs, each (V,) over
+    one vocabulary (the byte path: next-byte buckets), None where the method reads none.
+
+    Attributes:
+        log_p_G: the generalist's.
+        log_q_ctx: the specialist's with the private context.
+        log_q_gen: the specialist's without it.
+        delta: δ = log q_ctx − log q_gen, filled in from the two rows when not given (the
+            byte path gives δ measured on bytes).
+        proposal: after a sampled speculative rejection at this position, the q_ctx row the
+            rejected draft was sampled from.
+    """
+
+    log_p_G: torch.Tensor | None = None
+    log_q_ctx: torch.Tensor | None = None
+    log_q_gen: torch.Tensor | None = None
+    delta: torch.Tensor | None = None
+    proposal: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.delta is None and self.log_q_ctx is not None and self.log_q_gen is not None:
+            self.delta = self.log_q_ctx - self.log_q_gen
+
+
+@dataclass(frozen=True)
+class RecoveryParams:
+    """The knobs recoveries read (`DecodingParams`' fields of the same names)."""
+
+    alpha: float = 1.0
+    top_p: float = 1.0
+    costeer_steps: int = 20
+    costeer_a: float = 2.0
+    costeer_b: float = 1.0
+    costeer_lambda: float = 2.0
+    costeer_eta: float = 10.0
+
+
+Recovery = Callable[[Rows, RecoveryParams], torch.Tensor]
+"""A method's recovery: scores over the candidates (argmax, or softmax to sample from)."""
+
+
+def recover_generalist(rows: Rows, params: RecoveryParams) -> torch.Tensor:
+    """The generalist's own choice: log p_G; after a sampled speculative rejection, the
+    residual norm(max(0, p_G − q_ctx)) of the two top-p filtered distributions."""
+    if rows.proposal is None:
+        return rows.log_p_G
+    return residual(
+        top_p_filter(rows.log_p_G, params.top_p), top_p_filter(rows.proposal, params.top_p)
+    )
+
+
+def recover_specialist(rows: Rows, params: RecoveryParams) -> torch.Tensor:
+    """The specialist's own choice: log q_ctx."""
+    return rows.log_q_ctx
+
+
+def recover_steered(rows: Rows, params: RecoveryParams) -> torch.Tensor:
+    """SpecSteer's (and LightCoSteer's) fused score: log p_G + α δ (`tilt`)."""
+    return tilt(rows.log_p_G, rows.delta, params.alpha)
+
+
+def recover_costeer(rows: Rows, params: RecoveryParams) -> torch.Tensor:
+    """CoSteer's iterative fusion of log p_G and δ (`costeer_policy`)."""
+    return costeer_policy(
+        rows.log_p_G,
+        rows.delta,
+        steps=params.costeer_steps,
+        a=params.costeer_a,
+        b=params.costeer_b,
+        lam=params.costeer_lambda,
+        eta=params.costeer_eta,
+    )
+
+
+# --------------------------------------------------------------------------- hints
 
 
 @dataclass(frozen=True)

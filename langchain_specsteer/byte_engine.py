@@ -73,7 +73,7 @@ class ByteVocabularies:
 
     @classmethod
     def of(cls, specialist: LocalSpecialist, generalist: Generalist) -> ByteVocabularies:
-        tokenizer = getattr(generalist, "tokenizer", None)
+        tokenizer = generalist.tokenizer
         if tokenizer is None:
             msg = (
                 "the byte-level path needs the generalist's tokenizer on the device: pass "

@@ -542,7 +542,7 @@ def _shared_vocab_size(specialist: LocalSpecialist, generalist: Generalist) -> i
     """The common vocabulary width, or a clear error when the tokenizers differ."""
     signature = generalist.vocab_signature
     if signature is not None and signature != specialist.vocab_signature:
-        g_tokenizer = getattr(generalist, "tokenizer", None)
+        g_tokenizer = generalist.tokenizer
         detail = ""
         if g_tokenizer is not None:
             s_vocab, g_vocab = specialist.tokenizer.get_vocab(), g_tokenizer.get_vocab()

@@ -1,12 +1,13 @@
-"""The generalist side of a round, behind one interface wherever the generalist runs.
+"""The contract of the generalist side of a round, wherever the generalist runs.
 
 The engine drafts on the device, then asks a `GeneralistSession` to verify the draft. A
-session may live in this process (`LocalSession`, over a `LocalGeneralist`), in our verifier
-service (`RemoteGeneralist`), or behind an OpenAI-compatible server
+session may live in this process (`local.LocalSession`, over a `LocalGeneralist`), in our
+verifier service (`RemoteGeneralist`), or behind an OpenAI-compatible server
 (`OpenAICompatibleGeneralist`). Each answers with a `Verdict`: the generalist's log-probs at
 the draft positions and after it (dense in-process; over the network only what was sent, the
 rest −inf), q_gen when the generalist side hosts a public copy of the specialist, and the
-accepted count when the generalist side could decide it without anything private.
+accepted count when the generalist side could decide it without anything private
+(`algorithms.accept`). This module holds only the interfaces; no implementation.
 """
 
 from __future__ import annotations
@@ -17,24 +18,17 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
-
-from langchain_specsteer import algorithms as alg
-
-if TYPE_CHECKING:
-    from langchain_specsteer.models import LocalModel, TokenSequence
 
 __all__ = [
     "Generalist",
     "GeneralistError",
     "GeneralistSession",
-    "LocalSession",
     "Rule",
     "Verdict",
     "VerifyCall",
-    "decide",
     "vocab_signature",
 ]
 
@@ -133,6 +127,10 @@ class VerifyCall:
 class Generalist(ABC):
     """Where the generalist runs; `open_session` starts one generation there."""
 
+    tokenizer: Any = None
+    """The generalist's tokenizer on the device, when there is one (None: a server reached
+    without it). The byte-level path needs it to spell and re-tokenise text."""
+
     @property
     @abstractmethod
     def name(self) -> str:
@@ -215,105 +213,3 @@ def vocab_signature(tokenizer: Any) -> str:
     items = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
     blob = json.dumps(items, ensure_ascii=False, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:32]
-
-
-def decide(
-    rule: Rule,
-    draft: Sequence[int],
-    log_p_G: torch.Tensor,
-    log_q_gen: torch.Tensor | None,
-    gamma: float,
-    uniforms: Sequence[float] | None = None,
-) -> int | None:
-    """Accepted count from public values only, or None when the device must decide.
-
-    Args:
-        rule: see `Rule`.
-        draft: drafted ids (k,).
-        log_p_G: (k+1, V) generalist rows.
-        log_q_gen: (k+1, V) public-specialist rows, or None.
-        gamma: γ.
-        uniforms: the device's draws for a sampled ratio test (None: greedy).
-    """
-    if not draft or rule == "none":
-        return 0
-    ids = torch.tensor(list(draft), device=log_p_G.device)
-    if rule == "ratio" and log_q_gen is not None:
-        return alg.ratio_accept(
-            log_p_G[:-1].gather(-1, ids.unsqueeze(-1)).squeeze(-1),
-            log_q_gen[:-1].gather(-1, ids.unsqueeze(-1)).squeeze(-1),
-            gamma,
-            uniforms=None if uniforms is None else torch.tensor(list(uniforms)),
-        )
-    if rule == "match" and uniforms is None:
-        return alg.speculative_accept(ids, log_p_G[:-1], log_p_G[:-1], greedy=True)
-    return None
-
-
-class LocalSession(GeneralistSession):
-    """A session over models in this process: the generalist, and optionally a public specialist.
-
-    In `SpecSteerLLM` the public specialist is the device's own (the engine scores q_gen
-    itself); the verifier service passes its public copy so verdicts carry q_gen.
-    """
-
-    def __init__(
-        self,
-        generalist: LocalModel,
-        prompt: Sequence[int],
-        *,
-        vocab_size: int,
-        temperature: float = 0.0,
-        public_specialist: LocalModel | None = None,
-        q_gen_prompt: Sequence[int] | None = None,
-    ):
-        self.temperature = temperature
-        self.target: TokenSequence = generalist.sequence(prompt, vocab_size=vocab_size)
-        self.public: TokenSequence | None = None
-        if public_specialist is not None and q_gen_prompt is not None:
-            self.public = public_specialist.sequence(q_gen_prompt, vocab_size=vocab_size)
-        self.hosts_q_gen = self.public is not None
-        self._pending = 0
-
-    @property
-    def sequences(self) -> list[TokenSequence]:
-        return [s for s in (self.target, self.public) if s is not None]
-
-    @property
-    def generated(self) -> list[int]:
-        """Tokens after the prompt (committed, then the last draft until `commit`)."""
-        return list(self.target.suffix)
-
-    def rows(self, draft: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Append `draft`; the (k+1, V) tempered rows of the generalist (and q_gen)."""
-        out = []
-        for seq in self.sequences:
-            seq.append(draft)
-            out.append(alg.temper(seq.forward(len(draft) + 1)[0], self.temperature))
-        self._pending = len(draft)
-        return out[0], (out[1] if self.public is not None else None)
-
-    def verify(
-        self, draft: list[int], rule: Rule, gamma: float, uniforms: list[float] | None = None
-    ) -> Verdict:
-        log_p_G, log_q_gen = self.rows(draft)
-        return Verdict(log_p_G, log_q_gen, decide(rule, draft, log_p_G, log_q_gen, gamma, uniforms))
-
-    def truncate(self, length: int) -> None:
-        """Keep the first `length` generated tokens (and cache)."""
-        for seq in self.sequences:
-            seq.rollback(seq.prompt_length + length)
-        self._pending = 0
-
-    def extend(self, tokens: Sequence[int]) -> None:
-        """Append committed tokens (computed at the next `rows`)."""
-        for seq in self.sequences:
-            seq.append(tokens)
-
-    def commit(self, accepted: int, token: int) -> None:
-        self.truncate(len(self.target.suffix) - self._pending + accepted)
-        self.extend([token])
-
-    def close(self) -> None:
-        for seq in self.sequences:
-            seq.cache = None

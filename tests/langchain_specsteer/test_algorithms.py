@@ -15,16 +15,23 @@ import torch
 
 from langchain_specsteer.algorithms import (
     Hint,
+    RecoveryParams,
+    Rows,
+    accept,
+    chunk_accept,
     costeer_coefficient,
     costeer_policy,
     make_hint,
     pick,
     ratio_accept,
-    recover_from_hint,
+    recover_costeer,
+    recover_generalist,
+    recover_specialist,
+    recover_steered,
     residual,
     speculative_accept,
-    steer,
     temper,
+    tilt,
     top_p_filter,
 )
 
@@ -265,10 +272,90 @@ def test_speculative_sampling_end_to_end_recovers_the_target_distribution():
     assert abs(accepted / trials - 0.6) < 4 * math.sqrt(0.24 / trials)
 
 
-# --------------------------------------------------------------------------- steer
+# --------------------------------------------------------------------------- accept (one round)
 
 
-def test_steer_is_log_p_G_plus_alpha_delta():
+def test_accept_decides_each_rule_from_the_rows_it_is_given():
+    # 3 drafts over V = 4 (rows at each draft position, then the bonus one)
+    p = torch.log_softmax(
+        torch.tensor([[0, 3, 1, 0], [0, 2, 1, 0], [0, 1, 3, 0], [4, 0, 0, 0.0]]), -1
+    )
+    q = p.clone()
+    q[1] = torch.log_softmax(torch.tensor([0, 0, 4, 0.0]), -1)  # q_gen(d_2) < p_G(d_2)
+    draft = [1, 1, 2]  # p_G's argmax at each position: 1, 1, 2
+    assert accept("none", draft, p, q, 0.5) == 0
+    assert accept("ratio", [], p, q, 0.5) == 0
+    # log ratios: 0, > 0, 0
+    assert accept("ratio", draft, p, q, 1.0) == 3
+    assert accept("ratio", draft, p, q, 1.5) == 0
+    assert accept("ratio", draft, p, q[:3], 1.0) == 3  # q_gen rows at the draft suffice
+    assert accept("ratio", draft, p, None, 1.0) is None  # no q_gen here: the device decides
+    # a sampled ratio test applies the device's uniforms: accept while log u < log(p/(γq))
+    assert accept("ratio", draft, p, q, 1.0, [0.9, 0.9, 0.9]) == 3
+    assert accept("ratio", draft, p, q, 1.0, [0.9, 0.9, 1.0]) == 2
+    assert accept("match", draft, p, None, 0.5) == 3
+    assert accept("match", [1, 2, 2], p, None, 0.5) == 1
+    assert accept("device", draft, p, q, 0.5) is None
+
+
+def test_sampled_matching_is_speculative_sampling_on_the_filtered_rows():
+    torch.manual_seed(8)
+    p = torch.log_softmax(torch.randn(4, 6), -1)
+    draft = [2, 0, 5]
+    proposal = torch.randn(3, 6)
+    proposal[range(3), draft] += 3.0  # the drafts are likelier under q than under p
+    proposal = torch.log_softmax(proposal, -1)
+    for top_p in (1.0, 0.6):
+        got = [
+            accept("match", draft, p, None, 0.5, proposal=proposal, top_p=top_p, generator=g)
+            for g in [gen(s) for s in range(50)]
+        ]
+        want = [
+            speculative_accept(
+                torch.tensor(draft),
+                top_p_filter(p[:3], top_p),
+                top_p_filter(proposal, top_p),
+                greedy=False,
+                generator=g,
+            )
+            for g in [gen(s) for s in range(50)]
+        ]
+        assert got == want
+        assert len(set(got)) > 1  # the draws decide
+
+
+def test_chunk_accept_with_one_token_chunks_is_the_ratio_test():
+    torch.manual_seed(1)
+    for _ in range(200):
+        k = int(torch.randint(1, 7, ()))
+        log_p, log_q = -torch.rand(k) * 4, -torch.rand(k) * 4
+        gamma = float(torch.rand(())) * 2
+        boundaries = [(i + 1, i + 1) for i in range(k)]
+        s, n = chunk_accept(boundaries, log_q.tolist(), log_p.tolist(), gamma)
+        assert s == n == ratio_accept(log_p, log_q, gamma)
+        u = torch.rand(k)
+        sampled = chunk_accept(boundaries, log_q.tolist(), log_p.tolist(), gamma, u.tolist())
+        assert sampled[0] == ratio_accept(log_p, log_q, gamma, greedy=False, uniforms=u)
+
+
+def test_chunks_sum_their_tokens_log_probs():
+    # one chunk: specialist 2 tokens (log q −1, −1), generalist 1 token (log p −2.5)
+    boundaries = [(2, 1)]
+    assert chunk_accept(boundaries, [-1, -1], [-2.5], gamma=math.exp(-0.5)) == (2, 1)
+    assert chunk_accept(boundaries, [-1, -1], [-2.5], gamma=math.exp(-0.4)) == (0, 0)
+    assert chunk_accept(boundaries, [-1, -1], [-2.5], gamma=math.inf) == (0, 0)
+    assert chunk_accept(boundaries, [-1, -1], [-9.0], gamma=0.0) == (2, 1)
+
+
+# --------------------------------------------------------------------------- recoveries
+
+
+def steered(log_p_G, log_q_ctx, log_q_gen, alpha):
+    """SpecSteer's recovery scores, as the engine asks for them."""
+    return recover_steered(Rows(log_p_G, log_q_ctx, log_q_gen), RecoveryParams(alpha=alpha))
+
+
+def test_steered_recovery_is_log_p_G_plus_alpha_delta():
     log_p_G = logs([0.5, 0.25, 0.25])
     log_q_ctx = logs([0.1, 0.8, 0.1])
     log_q_gen = logs([0.4, 0.2, 0.4])
@@ -277,20 +364,63 @@ def test_steer_is_log_p_G_plus_alpha_delta():
             math.log(pg) + alpha * (math.log(qc) - math.log(qg))
             for pg, qc, qg in zip([0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.4, 0.2, 0.4], strict=True)
         ]
-        got = steer(log_p_G, log_q_ctx, log_q_gen, alpha)
+        got = steered(log_p_G, log_q_ctx, log_q_gen, alpha)
         assert torch.allclose(got, torch.tensor(expected), atol=1e-6)
     # α = 1 makes the private preference for token 1 win over the generalist's token 0.
-    assert int(steer(log_p_G, log_q_ctx, log_q_gen, 1.0).argmax()) == 1
+    assert int(steered(log_p_G, log_q_ctx, log_q_gen, 1.0).argmax()) == 1
     assert int(log_p_G.argmax()) == 0
 
 
-def test_steer_alpha_zero_returns_p_G_exactly():
+def test_steered_recovery_at_alpha_zero_returns_p_G_exactly():
     log_p_G = torch.log_softmax(torch.randn(9, generator=gen(0)), dim=-1)
     log_q_ctx = torch.log_softmax(torch.randn(9, generator=gen(1)), dim=-1)
     log_q_gen = log_q_ctx.clone()
-    log_q_gen[3] = -math.inf  # would turn α·δ into NaN or ±inf if it were computed
+    log_q_gen[3] = -math.inf  # α·δ would be NaN or ±inf there if it were added
     log_q_ctx[5] = -math.inf
-    assert torch.equal(steer(log_p_G, log_q_ctx, log_q_gen, 0.0), log_p_G)
+    assert torch.equal(steered(log_p_G, log_q_ctx, log_q_gen, 0.0), log_p_G)
+
+
+def test_tilt_adds_alpha_delta_and_a_given_delta_is_used_as_is():
+    log_p = logs([0.5, 0.3, 0.2])
+    delta = torch.tensor([0.0, 2.0, -math.inf])  # e.g. δ measured on bytes by the byte path
+    assert torch.equal(tilt(log_p, delta, 0.0), log_p)
+    expected = [math.log(0.5), math.log(0.3) + 3.0, -math.inf]
+    assert torch.allclose(tilt(log_p, delta, 1.5), torch.tensor(expected))
+    rows = Rows(log_p_G=log_p, delta=delta)
+    assert torch.equal(recover_steered(rows, RecoveryParams(alpha=1.5)), tilt(log_p, delta, 1.5))
+    # Without a given δ, Rows measures it from the two specialist rows.
+    q_ctx, q_gen = logs([0.2, 0.2, 0.6]), logs([0.5, 0.25, 0.25])
+    assert torch.equal(Rows(log_p, q_ctx, q_gen).delta, q_ctx - q_gen)
+
+
+def test_the_generalist_and_specialist_recoveries_are_their_own_rows():
+    log_p_G, log_q_ctx = logs([0.5, 0.3, 0.2]), logs([0.1, 0.1, 0.8])
+    params = RecoveryParams(alpha=3.0)
+    assert torch.equal(recover_generalist(Rows(log_p_G=log_p_G), params), log_p_G)
+    assert torch.equal(recover_specialist(Rows(log_q_ctx=log_q_ctx), params), log_q_ctx)
+
+
+def test_after_a_sampled_speculative_rejection_the_generalist_recovers_from_the_residual():
+    p, q = [0.5, 0.3, 0.2, 0.0], [0.25, 0.5, 0.1, 0.15]
+    got = recover_generalist(Rows(log_p_G=logs(p), proposal=logs(q)), RecoveryParams())
+    mass = [max(0.0, a - b) for a, b in zip(p, q, strict=True)]  # (0.25, 0, 0.1, 0)
+    np.testing.assert_allclose(got.exp().numpy(), [m / sum(mass) for m in mass], atol=1e-6)
+    # top-p filters both distributions first, as they were sampled: each keeps {0, 1}
+    nucleus = recover_generalist(Rows(log_p_G=logs(p), proposal=logs(q)), RecoveryParams(top_p=0.7))
+    p_top, q_top = [0.5 / 0.8, 0.3 / 0.8, 0, 0], [0.25 / 0.75, 0.5 / 0.75, 0, 0]
+    mass = [max(0.0, a - b) for a, b in zip(p_top, q_top, strict=True)]
+    np.testing.assert_allclose(nucleus.exp().numpy(), [m / sum(mass) for m in mass], atol=1e-6)
+
+
+def test_the_costeer_recovery_is_the_policy_with_the_rows_knobs():
+    torch.manual_seed(6)
+    log_p_G = torch.log_softmax(torch.randn(11), -1)
+    log_q_ctx, log_q_gen = torch.log_softmax(torch.randn(2, 11), -1)
+    params = RecoveryParams(costeer_steps=7, costeer_a=1.5, costeer_b=0.5, costeer_lambda=3.0)
+    got = recover_costeer(Rows(log_p_G, log_q_ctx, log_q_gen), params)
+    c = costeer_coefficient(steps=7, a=1.5, b=0.5, lam=3.0, eta=10.0)
+    closed = torch.log_softmax(log_p_G + c * (log_q_ctx - log_q_gen), -1)
+    assert torch.allclose(got, closed, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- CoSteer
@@ -440,8 +570,16 @@ def test_make_hint_default_m_is_20_and_m_larger_than_v_clamps():
         assert torch.all(hint.log_p_G[:-1] >= hint.log_p_G[1:])  # best first
 
 
+def hint_rows(hint: Hint, v: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dense rows a verdict carries for a hint (`verification.Verdict`): log p_G −inf and
+    log q_gen 0 where the hint sent nothing."""
+    log_p_G, log_q_gen = torch.full((v,), -math.inf), torch.zeros(v)
+    log_p_G[hint.token_ids], log_q_gen[hint.token_ids] = hint.log_p_G, hint.log_q_gen
+    return log_p_G, log_q_gen
+
+
 @pytest.mark.parametrize("m", [None, "V"])
-def test_full_hint_recovers_the_same_token_as_full_steer(m):
+def test_a_full_hint_recovers_the_same_token_as_the_full_rows(m):
     v = 40
     for seed in range(30):
         g = gen(seed)
@@ -450,24 +588,26 @@ def test_full_hint_recovers_the_same_token_as_full_steer(m):
         log_q_gen = torch.log_softmax(torch.randn(v, generator=g) * 2, -1)
         alpha = [0.5, 1.0, 3.0][seed % 3]
         hint = make_hint(log_p_G, log_q_gen, m=v if m == "V" else None)
-        ids, scores = recover_from_hint(hint, log_q_ctx, alpha)
-        full = steer(log_p_G, log_q_ctx, log_q_gen, alpha)
-        assert int(ids[scores.argmax()]) == int(full.argmax())
-        assert torch.allclose(scores, full[ids])
+        p_rows, q_rows = hint_rows(hint, v)
+        scores = steered(p_rows, log_q_ctx, q_rows, alpha)
+        full = steered(log_p_G, log_q_ctx, log_q_gen, alpha)
+        assert int(scores.argmax()) == int(full.argmax())
+        assert torch.equal(scores, full)
 
 
-def test_recover_from_hint_scores_are_steer_on_the_candidates():
+def test_a_hint_scores_its_candidates_by_the_steered_score_and_nothing_else():
     log_p_G = logs([0.4, 0.3, 0.2, 0.1])
     log_q_gen = logs([0.1, 0.2, 0.3, 0.4])
     log_q_ctx = logs([0.1, 0.1, 0.7, 0.1])
-    ids, scores = recover_from_hint(make_hint(log_p_G, log_q_gen, m=3), log_q_ctx, 2.0)
-    assert ids.tolist() == [0, 1, 2]
+    p_rows, q_rows = hint_rows(make_hint(log_p_G, log_q_gen, m=3), 4)
+    scores = steered(p_rows, log_q_ctx, q_rows, 2.0)
     expected = [
         math.log(pg) + 2.0 * (math.log(qc) - math.log(qg))
         for pg, qc, qg in zip([0.4, 0.3, 0.2], [0.1, 0.1, 0.7], [0.1, 0.2, 0.3], strict=True)
     ]
-    assert torch.allclose(scores, torch.tensor(expected), atol=1e-5)
-    assert int(ids[scores.argmax()]) == 2
+    assert torch.allclose(scores[:3], torch.tensor(expected), atol=1e-5)
+    assert scores[3] == -math.inf  # outside the hint
+    assert int(scores.argmax()) == 2
 
 
 def test_small_hint_keeps_choice_inside_generalist_top_m():
@@ -476,10 +616,10 @@ def test_small_hint_keeps_choice_inside_generalist_top_m():
     q_gen = [0.2, 0.2, 0.2, 0.2, 0.2 - 1e-6, 1e-6]  # the generic specialist finds token 5 unlikely
     q_ctx = [0.1, 0.1, 0.1, 0.1, 0.1, 0.5]  # ...the private one loves it: δ_5 = log 5e5
     log_p_G, log_q_gen, log_q_ctx = logs(p_G), logs(q_gen), logs(q_ctx)
-    assert int(steer(log_p_G, log_q_ctx, log_q_gen, 1.0).argmax()) == 5
+    assert int(steered(log_p_G, log_q_ctx, log_q_gen, 1.0).argmax()) == 5
     for m in (1, 2, 3, 5):
-        ids, scores = recover_from_hint(make_hint(log_p_G, log_q_gen, m=m), log_q_ctx, 1.0)
-        choice = int(ids[scores.argmax()])
+        p_rows, q_rows = hint_rows(make_hint(log_p_G, log_q_gen, m=m), 6)
+        choice = int(steered(p_rows, log_q_ctx, q_rows, 1.0).argmax())
         assert choice in sorted(range(6), key=lambda i: -p_G[i])[:m]
         assert choice != 5
     # Ranking the hint by log p_G − α log q_gen instead would have let token 5 in first.

@@ -97,38 +97,6 @@ def test_aligned_boundaries_are_the_common_token_ends():
     assert aligned_boundaries([4], [1, 2, 3]) == []
 
 
-def test_chunk_accept_with_one_token_chunks_is_the_ratio_test():
-    import torch
-
-    from langchain_specsteer.algorithms import ratio_accept
-    from langchain_specsteer.bytelevel import chunk_accept
-
-    torch.manual_seed(1)
-    for _ in range(200):
-        k = int(torch.randint(1, 7, ()))
-        log_p, log_q = -torch.rand(k) * 4, -torch.rand(k) * 4
-        gamma = float(torch.rand(())) * 2
-        boundaries = [(i + 1, i + 1) for i in range(k)]
-        s, n = chunk_accept(boundaries, log_q.tolist(), log_p.tolist(), gamma)
-        assert s == n == ratio_accept(log_p, log_q, gamma)
-        u = torch.rand(k)
-        sampled = chunk_accept(boundaries, log_q.tolist(), log_p.tolist(), gamma, u.tolist())
-        assert sampled[0] == ratio_accept(log_p, log_q, gamma, greedy=False, uniforms=u)
-
-
-def test_chunks_sum_their_tokens_log_probs():
-    import math
-
-    from langchain_specsteer.bytelevel import chunk_accept
-
-    # one chunk: specialist 2 tokens (log q −1, −1), generalist 1 token (log p −2.5)
-    boundaries = [(2, 1)]
-    assert chunk_accept(boundaries, [-1, -1], [-2.5], gamma=math.exp(-0.5)) == (2, 1)
-    assert chunk_accept(boundaries, [-1, -1], [-2.5], gamma=math.exp(-0.4)) == (0, 0)
-    assert chunk_accept(boundaries, [-1, -1], [-2.5], gamma=math.inf) == (0, 0)
-    assert chunk_accept(boundaries, [-1, -1], [-9.0], gamma=0.0) == (2, 1)
-
-
 def test_byte_delta_compares_the_specialists_mass_on_the_candidates_bytes(vocab):
     import torch
 
