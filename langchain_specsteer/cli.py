@@ -98,6 +98,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         "--served-model-name",
         "--model-name",
         dest="model_name",
+        metavar="NAME",
         help="the model's name in /v1/models, /specsteer/v1/info and completions (default: the "
         "--generalist folder's name, or its hub id)",
     )
