@@ -200,16 +200,24 @@ def test_a_model_with_the_old_cache_keyword_decodes_alike(generalist):
         ("torch.nn.modules.module", UserWarning, "`x` is deprecated", False),
     ],
 )
-def test_the_suite_fails_on_deprecations_from_our_calls(module, category, message, fails):
+def test_the_suite_fails_on_deprecations_from_our_calls(
+    pytestconfig, module, category, message, fails
+):
     """pyproject's filterwarnings: a deprecation our code triggers is an error in the tests."""
     import warnings
+
+    from _pytest.config import parse_warning_filter
 
     def warn():
         warnings.warn_explicit(message, category, "f.py", 1, module=module)
 
-    if fails:
-        with pytest.raises(category, match=message.strip("`")):
-            warn()
-    else:
-        with pytest.warns(category):
-            warn()
+    with warnings.catch_warnings():  # pyproject's filters alone, whatever -W said
+        warnings.simplefilter("always")
+        for line in pytestconfig.getini("filterwarnings"):
+            warnings.filterwarnings(*parse_warning_filter(line, escape=False))
+        if fails:
+            with pytest.raises(category, match=message.strip("`")):
+                warn()
+        else:
+            with pytest.warns(category):
+                warn()
