@@ -186,7 +186,7 @@ def test_streamed_text_is_whole_characters_and_equals_invoke(make_cross_llm):
     for prompt in PROMPTS:
         pieces = list(llm.stream(prompt, private_context=CONTEXT))
         assert "".join(pieces) == llm.invoke(prompt, private_context=CONTEXT)
-        assert all(isinstance(p, str) for p in pieces)
+        assert sum(1 for piece in pieces if piece) > 1  # it streams, not all at the end
 
 
 def test_stop_strings_cut_byte_path_text(make_cross_llm):
@@ -261,7 +261,10 @@ def test_token_candidate_recovery_runs(make_cross_llm, method):
         assert info["new_tokens"] == 24 or info["finish_reason"] == "eos"
         text.encode("utf-8")
     sampled = make_cross_llm(method=method, byte_recovery="token", temperature=0.8, seed=2)
-    assert sampled.invoke(PROMPTS[1]) == sampled.invoke(PROMPTS[1])
+    first = sampled.invoke(PROMPTS[1])
+    assert sampled.invoke(PROMPTS[1]) == first
+    assert sampled.invoke(PROMPTS[1], seed=3) != first  # the seed decides...
+    assert sampled.invoke(PROMPTS[1], temperature=0.0) != first  # ...and sampling is not greedy
 
 
 @pytest.mark.parametrize("method", ["speculative", "specsteer", "light_costeer", "specialist"])
