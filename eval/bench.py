@@ -776,6 +776,9 @@ def markdown_report(record: dict[str, Any]) -> str:
 
 def plot_sweeps(record: dict[str, Any], path: Path) -> None:
     """PNG: R-L against speed-up for the γ sweep (left) and the K sweep (right)."""
+    from langchain_specsteer.extras import optional_import
+
+    optional_import("matplotlib", extra="eval", purpose="Plotting")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -129,7 +129,9 @@ def _looks_like_path(text: str) -> bool:
 
 def _hub_rows(hub_id: str, config: str, split: str) -> tuple[str, Iterable[Any]]:
     """The rows of one hub config and split, loaded with `datasets.load_dataset`."""
-    import datasets
+    from langchain_specsteer.extras import optional_import
+
+    datasets = optional_import("datasets", extra="eval", purpose="Loading a hub dataset")
 
     dataset = datasets.load_dataset(hub_id, config, split=split)
     return f"{hub_id} ({config}, {split})", dataset
@@ -170,7 +172,9 @@ def _file_rows(path: Path) -> Iterable[Any]:
 
 def _parquet_rows(path: Path) -> list[dict]:
     """The rows of a Parquet file as plain Python dicts."""
-    import pyarrow.parquet as pq
+    from langchain_specsteer.extras import optional_import
+
+    pq = optional_import("pyarrow.parquet", extra="eval", purpose="Reading Parquet")
 
     return pq.read_table(path).to_pylist()
 

@@ -12,16 +12,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cache
+from typing import TYPE_CHECKING
 
-from rouge_score.rouge_scorer import RougeScorer
+if TYPE_CHECKING:
+    from rouge_score.rouge_scorer import RougeScorer
 
 METRICS = ("rouge1", "rougeL")
 
 
 @cache
 def _scorer(stem: bool) -> RougeScorer:
-    """One shared scorer per stemming setting (building one loads the tokenizer and stemmer)."""
-    return RougeScorer(list(METRICS), use_stemmer=stem)
+    """One shared `RougeScorer` per stemming setting (building one loads the tokenizer and
+    stemmer)."""
+    from langchain_specsteer.extras import optional_import
+
+    rouge_scorer = optional_import(
+        "rouge_score.rouge_scorer", extra="eval", purpose="ROUGE", package="rouge-score"
+    )
+    return rouge_scorer.RougeScorer(list(METRICS), use_stemmer=stem)
 
 
 def rouge(prediction: str, reference: str, *, stem: bool = False) -> dict[str, float]:

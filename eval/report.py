@@ -287,6 +287,9 @@ def _label(run: str, method: str, alpha: float | None, with_run: bool) -> str:
 
 def plot_quality_vs_speed(rows: Sequence[Row], path: str | PathLike[str]) -> None:
     """PNG of R-L against speed-up (tokens/s without generalist rows); one line per γ sweep."""
+    from langchain_specsteer.extras import optional_import
+
+    optional_import("matplotlib", extra="eval", purpose="Plotting")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -129,8 +129,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import logging
 
-    import uvicorn
-
+    from langchain_specsteer.extras import optional_import
     from langchain_specsteer.models import LocalGeneralist, LocalSpecialist
     from langchain_specsteer.service import (
         ServiceLimits,
@@ -138,6 +137,8 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         bounded_h11,
         create_app,
     )
+
+    uvicorn = optional_import("uvicorn", extra="server", purpose="specsteer serve")
 
     try:
         limits = ServiceLimits(

@@ -8,14 +8,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_core.callbacks import (
-    AsyncCallbackManagerForRetrieverRun,
-    CallbackManagerForRetrieverRun,
-)
 from langchain_core.documents import Document
-from langchain_core.retrievers import BaseRetriever
 
-from langchain_specsteer.params import template_fields
+# Quiet retrieval and document rendering live with the retrievers (they depend on nothing
+# here); they are re-exported under their old names.
+from retrievers.privacy import aretrieve_privately, retrieve_privately
+from retrievers.templates import render_document
 
 __all__ = [
     "aretrieve_privately",
@@ -45,24 +43,6 @@ def context_pieces(private_context: Any) -> list[str | Document]:
     raise TypeError(msg)
 
 
-def render_document(document: Document, template: str, *, strict: bool = False) -> str:
-    """One document through `template` (its `page_content` and metadata fields).
-
-    A document without every field the template names (a plain note in a memory of
-    reviews) is rendered as its `page_content` alone, so it still reaches the specialist and
-    one such memory does not fail every later request; with `strict` (datasets, where a
-    missing field is a schema error) it is a ValueError naming the fields.
-    """
-    values: dict[str, Any] = {**document.metadata, "page_content": document.page_content}
-    missing = template_fields(template) - values.keys()
-    if missing and strict:
-        msg = (
-            f"document_template needs {sorted(missing)} but the document has only {sorted(values)}"
-        )
-        raise ValueError(msg)
-    return document.page_content if missing else template.format(**values)
-
-
 def render_context(
     pieces: Sequence[str | Document], template: str, separator: str, *, strict: bool = False
 ) -> str:
@@ -72,24 +52,6 @@ def render_context(
         for p in pieces
     )
     return separator.join(text.strip() for text in rendered if text and text.strip())
-
-
-def retrieve_privately(retriever: BaseRetriever, query: str) -> list[Document]:
-    """Documents for `query` without callbacks, so no tracer ever sees the private results."""
-    noop = CallbackManagerForRetrieverRun.get_noop_manager()
-    # Calls the retriever's own hook, as BaseRetriever.invoke does, minus the callbacks.
-    if retriever._new_arg_supported:
-        return retriever._get_relevant_documents(query, run_manager=noop)
-    return retriever._get_relevant_documents(query)
-
-
-async def aretrieve_privately(retriever: BaseRetriever, query: str) -> list[Document]:
-    """`retrieve_privately` from a coroutine (the retriever's async hook: by default its sync
-    one in a worker thread)."""
-    noop = AsyncCallbackManagerForRetrieverRun.get_noop_manager()
-    if retriever._new_arg_supported:
-        return await retriever._aget_relevant_documents(query, run_manager=noop)
-    return await retriever._aget_relevant_documents(query)
 
 
 def private_prompt(context_template: str, context: str, prompt: str) -> str:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import string
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from langchain_specsteer.protocol import MIN_TEMPERATURE
+from retrievers.templates import DEFAULT_CONTEXT_TEMPLATE, template_fields
 
 __all__ = [
     "DEFAULT_CONTEXT_TEMPLATE",
@@ -23,8 +23,6 @@ MethodName = Literal[
     "specsteer", "generalist", "specialist", "speculative", "light_costeer", "costeer"
 ]
 METHODS: tuple[str, ...] = MethodName.__args__
-
-DEFAULT_CONTEXT_TEMPLATE = "Here is what we know about the user:\n{context}\n\n{prompt}"
 
 MAX_COSTEER_COEFFICIENT = 1e8
 """The largest |c_t| CoSteer's knobs may give the coefficient of the specialist's delta
@@ -135,19 +133,6 @@ def costeer_peak(*, steps: int, a: float, b: float, lam: float, eta: float) -> f
         if peak > MAX_COSTEER_COEFFICIENT:
             break
     return peak
-
-
-def template_fields(template: str) -> set[str]:
-    """The named fields of a format string; a clear error for positional or broken ones."""
-    try:
-        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-    except ValueError as err:
-        msg = f"not a valid format string: {template!r} ({err})"
-        raise ValueError(msg) from err
-    if any(not name or name.isdigit() for name in names):
-        msg = f"format string {template!r} has a positional field; name every field"
-        raise ValueError(msg)
-    return set(names)
 
 
 def check_context_template(template: str) -> str:

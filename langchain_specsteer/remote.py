@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from langchain_specsteer import algorithms as alg
+from langchain_specsteer.extras import optional_import
 from langchain_specsteer.models import encode_messages
 from langchain_specsteer.protocol import (
     PROTOCOL,
@@ -110,7 +111,11 @@ class _HTTP:
         backoff_s: float,
         simulated_rtt_s: float,
     ):
-        import httpx
+        httpx = optional_import(
+            "httpx",
+            extra="server",
+            purpose="A remote generalist (RemoteGeneralist, OpenAICompatibleGeneralist)",
+        )
 
         if timeout <= 0 or max_retries < 0 or backoff_s < 0 or simulated_rtt_s < 0:
             msg = (

@@ -39,6 +39,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from langchain_specsteer import algorithms as alg
+from langchain_specsteer.extras import optional_import
 from langchain_specsteer.local import LocalSession
 from langchain_specsteer.models import LocalGeneralist, LocalSpecialist
 from langchain_specsteer.protocol import (
@@ -701,6 +702,7 @@ def create_app(
         title: the OpenAPI document's title.
         public_docs: serve /openapi.json, /docs and /redoc without the key.
     """
+    optional_import("fastapi", extra="server", purpose="The verifier service")
     from fastapi import APIRouter, Depends, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response

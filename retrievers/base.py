@@ -11,8 +11,8 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from langchain_specsteer.context import retrieve_privately
 from retrievers.memory import MemoryEntry, PrivateMemory
+from retrievers.privacy import retrieve_privately
 
 __all__ = ["MemoryRetriever", "load_sentence_model", "retrieve_privately"]
 
@@ -86,7 +86,7 @@ def load_sentence_model(kind: str, model: str, device: str | None) -> Any:
     try:
         import sentence_transformers
     except ImportError as err:
-        msg = f"{kind} models need sentence-transformers: pip install sentence-transformers"
+        msg = f'{kind} needs sentence-transformers: pip install "langchain-specsteer[retrievers]"'
         raise ImportError(msg) from err
     path = Path(model).expanduser()
     looks_local = model.startswith((".", "/", "~")) or path.exists() or model.count("/") > 1

@@ -29,8 +29,8 @@ class PersonalBM25Retriever(MemoryRetriever):
 
     Tokenisation: lower-cased (`lower`), words of two or more letters/digits, `stopwords`
     removed ("en" or a list; None keeps all), optionally stemmed with a Snowball `stemmer`
-    ("english", ...; needs `pip install PyStemmer`). The index is built on first use and
-    rebuilt only when the memory's revision changes, never per query.
+    ("english", ...; needs PyStemmer, the `[stemming]` extra). The index is built on first
+    use and rebuilt only when the memory's revision changes, never per query.
 
     Example:
         .. code-block:: python
@@ -63,7 +63,7 @@ class PersonalBM25Retriever(MemoryRetriever):
             try:
                 import Stemmer
             except ImportError as err:
-                msg = "stemmer= needs PyStemmer: pip install PyStemmer"
+                msg = 'stemmer= needs PyStemmer: pip install "langchain-specsteer[stemming]"'
                 raise ImportError(msg) from err
             try:
                 self._stem = Stemmer.Stemmer(self.stemmer).stemWord
@@ -73,7 +73,11 @@ class PersonalBM25Retriever(MemoryRetriever):
         return self
 
     def _build(self, revision: int) -> _Index:
-        import bm25s
+        try:
+            import bm25s
+        except ImportError as err:
+            msg = 'PersonalBM25Retriever needs bm25s: pip install "langchain-specsteer[retrievers]"'
+            raise ImportError(msg) from err
 
         # bm25s pins its logger to DEBUG on import; let the application's logging decide.
         logging.getLogger("bm25s").setLevel(logging.NOTSET)

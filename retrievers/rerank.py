@@ -9,8 +9,8 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from langchain_specsteer.context import retrieve_privately
 from retrievers.base import load_sentence_model
+from retrievers.privacy import retrieve_privately
 
 __all__ = ["RerankingRetriever"]
 

@@ -9,13 +9,24 @@ the eval package uses the same ones.
 
 from __future__ import annotations
 
+import string
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from langchain_specsteer.context import render_document
-from langchain_specsteer.params import DEFAULT_CONTEXT_TEMPLATE
+from langchain_core.documents import Document
 
-__all__ = ["TASK_TEMPLATES", "ContextTemplates", "render_document", "task_templates"]
+__all__ = [
+    "DEFAULT_CONTEXT_TEMPLATE",
+    "TASK_TEMPLATES",
+    "ContextTemplates",
+    "render_document",
+    "task_templates",
+    "template_fields",
+]
+
+DEFAULT_CONTEXT_TEMPLATE = "Here is what we know about the user:\n{context}\n\n{prompt}"
+"""How private context and the prompt are joined when no task is chosen: {context}, {prompt}."""
 
 
 @dataclass(frozen=True)
@@ -55,3 +66,34 @@ def task_templates(task: str) -> dict[str, str]:
         msg = f"unknown task {task!r}; known tasks: {', '.join(TASK_TEMPLATES)}"
         raise ValueError(msg)
     return asdict(TASK_TEMPLATES[task])
+
+
+def template_fields(template: str) -> set[str]:
+    """The named fields of a format string; a clear error for positional or broken ones."""
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:
+        msg = f"not a valid format string: {template!r} ({err})"
+        raise ValueError(msg) from err
+    if any(not name or name.isdigit() for name in names):
+        msg = f"format string {template!r} has a positional field; name every field"
+        raise ValueError(msg)
+    return set(names)
+
+
+def render_document(document: Document, template: str, *, strict: bool = False) -> str:
+    """One document through `template` (its `page_content` and metadata fields).
+
+    A document without every field the template names (a plain note in a memory of
+    reviews) is rendered as its `page_content` alone, so it still reaches the specialist and
+    one such memory does not fail every later request; with `strict` (datasets, where a
+    missing field is a schema error) it is a ValueError naming the fields.
+    """
+    values: dict[str, Any] = {**document.metadata, "page_content": document.page_content}
+    missing = template_fields(template) - values.keys()
+    if missing and strict:
+        msg = (
+            f"document_template needs {sorted(missing)} but the document has only {sorted(values)}"
+        )
+        raise ValueError(msg)
+    return document.page_content if missing else template.format(**values)

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Install langchain-specsteer in editable mode with the `python` on PATH (an active venv wins).
-#   bash scripts/install.sh          the package
-#   bash scripts/install.sh --test   the package and its test tools (pytest, ruff)
+#   bash scripts/install.sh          the package with every extra ([all]: server, retrievers, eval)
+#   bash scripts/install.sh --test   the same and the test tools (pytest, ruff)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras=""
+extras="[all]"
 case "${1:-}" in
   "") ;;
-  --test) extras="[test]" ;;
+  --test) extras="[all,test]" ;;
   *) echo "usage: bash scripts/install.sh [--test]" >&2; exit 2 ;;
 esac
 
