@@ -15,7 +15,8 @@ from langchain_core.prompts import PromptTemplate
 from langchain_core.retrievers import BaseRetriever
 from pydantic import Field, ValidationError
 
-from langchain_specsteer import METHODS, LocalSpecialist, SpecSteerLLM
+from langchain_specsteer import METHODS, LocalSpecialist, SpecSteerLLM, base
+from langchain_specsteer.byte_engine import ByteVocabularies
 from langchain_specsteer.params import MIN_TEMPERATURE
 from tests.conftest import CONTEXT, PROMPTS, off_the_loop
 
@@ -124,9 +125,11 @@ def test_a_single_stop_string_is_one_stop_not_its_characters(make_llm):
 def test_private_context_as_list_equals_joined_string(make_llm):
     llm = make_llm(method="specialist")
     parts = ["I love crunchy things.", "  ", "Five stars, always."]
-    assert llm.invoke(PROMPTS[0], private_context=parts) == llm.invoke(
+    steered = llm.invoke(PROMPTS[0], private_context=parts)
+    assert steered == llm.invoke(
         PROMPTS[0], private_context="I love crunchy things.\n\nFive stars, always."
     )
+    assert steered != llm.invoke(PROMPTS[0])  # the context is read, not dropped
 
 
 @pytest.mark.parametrize(
@@ -159,9 +162,9 @@ def test_a_private_context_of_another_type_is_refused_naming_the_field(make_llm,
 def test_a_tuple_of_strings_and_documents_is_a_private_context(make_llm):
     llm = make_llm(method="specialist", max_new_tokens=8)
     pieces = ("I love crunchy things.", Document(page_content="Five stars, always."))
-    assert llm.invoke(PROMPTS[0], private_context=pieces) == llm.invoke(
-        PROMPTS[0], private_context=list(pieces)
-    )
+    steered = llm.invoke(PROMPTS[0], private_context=pieces)
+    assert steered == llm.invoke(PROMPTS[0], private_context=list(pieces))
+    assert steered != llm.invoke(PROMPTS[0])  # the context is read, not dropped
 
 
 def test_without_private_context_the_specialist_sees_the_public_prompt(make_llm):
@@ -268,7 +271,9 @@ def test_a_tiny_top_p_samples_the_top_token(make_llm, top_p):
 @pytest.mark.parametrize("seed", [0, 2**64 - 1, -(2**63)])
 def test_seeds_across_torchs_range_reproduce_the_text(make_llm, seed):
     llm = make_llm(temperature=1.0, seed=seed, max_new_tokens=8)
-    assert llm.invoke(PROMPTS[0]) == llm.invoke(PROMPTS[0])
+    sampled = llm.invoke(PROMPTS[0])
+    assert sampled == llm.invoke(PROMPTS[0])
+    assert sampled != llm.invoke(PROMPTS[0], temperature=0.0)  # the seed drives real sampling
 
 
 @pytest.mark.parametrize(
@@ -300,6 +305,48 @@ def test_infinite_gamma_is_allowed(make_llm):
     llm = make_llm(gamma=float("inf"), max_new_tokens=5)
     info = llm.generate([PROMPTS[0]]).generations[0][0].generation_info
     assert info["accepted"] == 0 and info["drafted"] > 0
+
+
+def counted(function, calls: list):
+    """`function`, recording the arguments of each call in `calls`."""
+
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+def test_assigning_a_field_keeps_the_engine_until_its_models_change(
+    specialist, generalist, cross_generalist, monkeypatch
+):
+    engines, tables = [], []  # engines built, byte-level tables built
+    monkeypatch.setattr(base, "SpecSteerEngine", counted(base.SpecSteerEngine, engines))
+    monkeypatch.setattr(ByteVocabularies, "of", counted(ByteVocabularies.of, tables))
+    llm = SpecSteerLLM(specialist=specialist, generalist=cross_generalist, max_new_tokens=4)
+    engine = llm._engine
+    assert engine.alignment == "byte" and (len(engines), len(tables)) == (1, 1)
+    llm.gamma, llm.alpha, llm.draft_tokens, llm.temperature = 0.1, 2.0, 3, 0.5
+    llm.stop, llm.context_template, llm.retrieval_k = ["."], "{context}|{prompt}", 2
+    llm.invoke(PROMPTS[0], private_context=CONTEXT)
+    assert llm._engine is engine and (len(engines), len(tables)) == (1, 1)
+
+    llm.generalist = generalist  # one vocabulary with the specialist: the token path
+    assert llm._engine.generalist is generalist and llm._engine.alignment == "token"
+    assert (len(engines), len(tables)) == (2, 1)
+    llm.generalist = cross_generalist
+    assert llm._engine.alignment == "byte" and (len(engines), len(tables)) == (3, 2)
+    llm.batch_specialist = True
+    assert llm._engine.batch_specialist and len(engines) == 4
+    llm.alignment = "byte"
+    assert llm._engine.alignment == "byte" and len(engines) == 5
+    with pytest.raises(ValidationError, match="different vocabularies"):
+        llm.alignment = "token"  # refused when assigned, as at construction
+
+
+def test_a_pair_the_engine_refuses_fails_at_construction(specialist, cross_generalist):
+    with pytest.raises(ValidationError, match=r"different vocabularies.*alignment='byte'"):
+        SpecSteerLLM(specialist=specialist, generalist=cross_generalist, alignment="token")
 
 
 def test_from_pretrained_loads_both_models_and_sets_fields(tiny_dir, make_llm):
