@@ -102,7 +102,8 @@ class SpecSteerBase(DecodingParams):
     """"token": both models share one vocabulary; "byte": they share only text (different
     tokenizers); "auto": "token" when the vocabularies match, else "byte"."""
 
-    _engine: SpecSteerEngine = PrivateAttr()
+    _engine_cache: SpecSteerEngine | None = PrivateAttr(default=None)
+    _engine_key: tuple[Any, ...] = PrivateAttr(default=())
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -121,14 +122,27 @@ class SpecSteerBase(DecodingParams):
         return value
 
     @model_validator(mode="after")
-    def _build_engine(self) -> SpecSteerBase:
-        self._engine = SpecSteerEngine(
-            self.specialist,
-            self.generalist,
-            batch_specialist=self.batch_specialist,
-            alignment=self.alignment,
-        )
+    def _check_engine(self) -> SpecSteerBase:
+        """Build the engine now, so a pair it refuses fails here; assigning a field it is not
+        built from (`llm.gamma = 0.1`) keeps the one built."""
+        _ = self._engine
         return self
+
+    @property
+    def _engine(self) -> SpecSteerEngine:
+        """The engine of the current models, `batch_specialist` and `alignment`: built when
+        one of them changed (byte-level tables included), else the cached one."""
+        # The models by identity (the cached engine holds them, so their ids stay theirs).
+        key = (id(self.specialist), id(self.generalist), self.batch_specialist, self.alignment)
+        if self._engine_cache is None or self._engine_key != key:
+            self._engine_cache = SpecSteerEngine(
+                self.specialist,
+                self.generalist,
+                batch_specialist=self.batch_specialist,
+                alignment=self.alignment,
+            )
+            self._engine_key = key
+        return self._engine_cache
 
     @classmethod
     def from_pretrained(
