@@ -11,6 +11,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+# As in langchain_core: imports for type checkers, each name's module, and `__all__`.
 if TYPE_CHECKING:
     from retrievers.base import MemoryRetriever
     from retrievers.bm25 import PersonalBM25Retriever
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
         task_templates,
     )
 
-# As in langchain_core: the names, their modules, and the imports for type checkers.
 _MODULES = {
     "BGE_QUERY_PROMPT": "dense",
     "DEFAULT_CONTEXT_TEMPLATE": "templates",

@@ -90,6 +90,7 @@ def test_retrievers_import_neither_the_core_nor_eval(path):
 
 
 def test_every_retrievers_name_resolves():
+    assert sorted(retrievers.__all__) == sorted(retrievers._MODULES)
     names = {name: getattr(retrievers, name) for name in retrievers.__all__}
     assert names["task_templates"]("default")["document_template"] == "{page_content}"
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
