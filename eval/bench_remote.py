@@ -20,8 +20,8 @@ it measures:
    share of outputs identical to the in-process text;
 2. the same with hints as large as the vocabulary on the first --exact-cases cases, where
    the remote outputs must equal the in-process ones;
-3. an injected round-trip latency d (`RemoteGeneralist(simulated_rtt_s=d)`, a sleep before
-   every request) for d in --latencies: tokens/s of `generalist`, `light_costeer` and
+3. an injected round-trip latency d (`RemoteGeneralist(wrap_transport=simulated_rtt(d))`, a
+   sleep before every request) for d in --latencies: tokens/s of `generalist`, `light_costeer` and
    `specsteer`, next to the simple model  time(d) ≈ time(0) + requests · d.
 
 4. concurrent users (for each N in `--users`, N generations of `specsteer` over the session
@@ -62,12 +62,8 @@ from eval.data import load_longlamp
 from eval.prompts import retrieve_profile
 from langchain_specsteer import LocalGeneralist, LocalSpecialist, SpecSteerEngine, SpecSteerLLM
 from langchain_specsteer.remote import OpenAICompatibleGeneralist, RemoteGeneralist
-from langchain_specsteer.service import (
-    BackgroundServer,
-    ServiceLimits,
-    VerifierService,
-    create_app,
-)
+from langchain_specsteer.service import ServiceLimits, VerifierService, create_app
+from langchain_specsteer.testing import BackgroundServer, simulated_rtt
 from langchain_specsteer.verification import Generalist
 from retrievers import task_templates
 
@@ -228,6 +224,11 @@ def clients(url: str, model: str, hint: int) -> dict[str, Generalist]:
         SESSION: RemoteGeneralist(url, top_m=hint),
         OPENAI: OpenAICompatibleGeneralist(url, model, top_logprobs=hint),
     }
+
+
+def delayed_client(url: str, rtt_ms: float) -> RemoteGeneralist:
+    """The session client (hints of HINT) over a wire with a round trip of `rtt_ms`."""
+    return RemoteGeneralist(url, top_m=HINT, wrap_transport=simulated_rtt(rtt_ms / 1e3))
 
 
 # ---------------------------------------------------------------- the three phases
@@ -650,7 +651,7 @@ def markdown_report(record: dict[str, Any]) -> str:
         "",
         latency_table(record["latency"]),
         "",
-        "A sleep of RTT before every request (`RemoteGeneralist(simulated_rtt_s=...)`). "
+        "A sleep of RTT before every request (`wrap_transport=simulated_rtt(...)`). "
         "Model: time = time at RTT 0 (same case and method) + requests · RTT.",
     ]
     if record["concurrency"]:
@@ -789,17 +790,14 @@ def main(argv: Sequence[str] | None = None, *, progress: Callable[[str], None] =
         exact = run_exact(exact_llms, cases[: args.exact_cases], vocab)
         _phase("exact hints done", start)
         latency_llms = {
-            rtt: make_llm(
-                specialist, RemoteGeneralist(url, top_m=HINT, simulated_rtt_s=rtt / 1e3), args
-            )
-            for rtt in args.latencies
+            rtt: make_llm(specialist, delayed_client(url, rtt), args) for rtt in args.latencies
         }
         latency = run_latency(latency_llms, cases, HINT)
         _phase("latency sweep done", start)
         bursts = []
         if args.users:
             rtt = args.concurrency_rtt
-            client = RemoteGeneralist(url, top_m=HINT, simulated_rtt_s=rtt / 1e3)
+            client = delayed_client(url, rtt)
             concurrent = make_llm(specialist, client, args)  # method: specsteer, the default
             for users in args.users:
                 repeats = args.concurrency_repeats

@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
-    from langchain_specsteer.service import API_KEY_ENV, ServiceLimits
+    from langchain_specsteer.protocol import API_KEY_ENV, ServiceLimits
 
     defaults = ServiceLimits()
     serve = commands.add_parser(

@@ -1,25 +1,37 @@
-"""The verifier service's session protocol, `specsteer/1`: request and response bodies.
+"""The verifier service's session protocol, `specsteer/1`: bodies, limits, errors and codec.
 
-Shared by the service (`service.py`) and its client (`RemoteGeneralist`); docs/protocol.md
-explains it with examples. A generation is a **session** that holds the generalist's KV cache
-(and a public specialist's, when the service hosts one). Each **round** the device sends the
-tokens it committed since its last round (normally one: the recovered token), the number of
-the session's tokens it keeps, and the new draft. The service answers the accepted count and
-a sparse **hint** at the first rejected position. Nothing in either direction is derived from
-the private context: the device sends public prompt ids, generated tokens and drafts only.
+Shared by the service (`service.py` and its modules) and the clients (`remote.py`);
+docs/protocol.md explains it with examples. A generation is a **session** that holds the
+generalist's KV cache (and a public specialist's, when the service hosts one). Each
+**round** the device sends the tokens it committed since its last round (normally one: the
+recovered token), the number of the session's tokens it keeps, and the new draft. The
+service answers the accepted count and a sparse **hint** at the first rejected position.
+Nothing in either direction is derived from the private context: the device sends public
+prompt ids, generated tokens and drafts only.
 
-Log-probabilities are JSON numbers; `null` stands for −inf (probability zero).
+Log-probabilities are JSON numbers; `null` stands for −inf (probability zero)
+(`logprobs_to_json`, `logprobs_from_json`). The OpenAI-compatible dialect (vLLM's
+`/v1/completions`) writes −inf as −9999.0 instead (`vllm_logprob`, `logprobs_from_vllm`).
+Every refusal is OpenAI's error body (`ErrorBody`, `ServiceError`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
+    "API_KEY_ENV",
+    "ERROR_TYPES",
     "MIN_TEMPERATURE",
     "PROTOCOL",
+    "SESSION_BUSY",
+    "VLLM_NEG_INF",
     "Candidates",
     "ErrorBody",
     "ErrorDetail",
@@ -27,8 +39,15 @@ __all__ = [
     "OpenSession",
     "RoundRequest",
     "RoundResult",
+    "ServiceError",
     "ServiceInfo",
+    "ServiceLimits",
     "SessionOpened",
+    "error_body",
+    "logprobs_from_json",
+    "logprobs_from_vllm",
+    "logprobs_to_json",
+    "vllm_logprob",
 ]
 
 PROTOCOL = "specsteer/1"
@@ -37,6 +56,26 @@ PROTOCOL = "specsteer/1"
 MIN_TEMPERATURE = 1e-4
 """The smallest temperature above 0 that is accepted anywhere (0 decodes greedily): at smaller
 ones the tempered log-probabilities overflow float32 and sampling breaks."""
+
+API_KEY_ENV = "SPECSTEER_API_KEY"
+"""The environment variable holding the API key: `specsteer serve`'s and the clients' default."""
+
+SESSION_BUSY = "session_busy"
+"""Error type of a 409 for a session still serving an earlier request (clients retry it)."""
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    408: "request_timeout",
+    409: "conflict_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+}
+"""Error type by HTTP status (OpenAI's names); any other status is a "server_error"."""
+
+VLLM_NEG_INF = -9999.0
+"""vLLM's stand-in for a log-probability of −inf in the OpenAI-compatible dialect."""
 
 TokenId = Annotated[int, Field(ge=0, strict=True)]
 LogProb = float | None
@@ -49,6 +88,8 @@ class _Body(BaseModel):
 class Limits(_Body):
     """What one service accepts; larger requests get 4xx with the limit named."""
 
+    # The advertised part of `ServiceLimits` (`ServiceLimits.advertised`), which says what
+    # each field means.
     max_prompt_tokens: int
     max_session_tokens: int
     max_draft_tokens: int
@@ -56,6 +97,48 @@ class Limits(_Body):
     max_sessions: int
     session_idle_seconds: float
     max_body_bytes: int
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """Bounds on what one service accepts and holds (`Limits` advertises those a client needs).
+
+    Attributes:
+        max_prompt_tokens: longest prompt (session open, completions, tokenize); a service
+            lowers it to its models' maximum length (`max_position_embeddings`).
+        max_session_tokens: longest prompt + generated + draft in one session; lowered to the
+            models' maximum length too.
+        max_draft_tokens: longest draft per round.
+        max_top_m: largest hint per position.
+        max_logprobs: largest `logprobs` / `prompt_logprobs` on /v1/completions (vLLM: 20).
+        max_sessions: sessions held at once; the least recently used idle one makes room.
+        session_idle_seconds: a session without requests this long is dropped.
+        max_body_bytes: largest request body.
+        max_body_chunks: most chunks in a chunked request body (the HTTP server parses each
+            one; see `service.bounded_h11`).
+        body_timeout_seconds: a request body must arrive within this long (else 408).
+    """
+
+    max_prompt_tokens: int = 8192
+    max_session_tokens: int = 16384
+    max_draft_tokens: int = 64
+    max_top_m: int = 1024
+    max_logprobs: int = 20
+    max_sessions: int = 256
+    session_idle_seconds: float = 300.0
+    max_body_bytes: int = 1 << 20
+    max_body_chunks: int = 1024
+    body_timeout_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not value > 0:
+                msg = f"ServiceLimits.{name} must be positive, got {value!r}"
+                raise ValueError(msg)
+
+    def advertised(self) -> Limits:
+        """The limits `ServiceInfo` tells clients."""
+        return Limits(**{name: getattr(self, name) for name in Limits.model_fields})
 
 
 class ServiceInfo(_Body):
@@ -172,3 +255,60 @@ class ErrorBody(_Body):
     """Every 4xx/5xx answer: OpenAI's error shape."""
 
     error: ErrorDetail
+
+
+def error_body(status: int, message: str, type: str, param: str | None = None) -> dict:
+    """An `ErrorBody` as JSON data."""
+    detail = ErrorDetail(message=message, type=type, param=param, code=status)
+    return ErrorBody(error=detail).model_dump()
+
+
+class ServiceError(Exception):
+    """A request the service refuses: HTTP `status` with a reason (and the field, if one)."""
+
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, type: str | None = None
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self._type = type
+
+    @property
+    def type(self) -> str:
+        """The error type given, else the status's (`ERROR_TYPES`)."""
+        return self._type or ERROR_TYPES.get(self.status, "server_error")
+
+    def body(self) -> dict:
+        """This refusal as an `ErrorBody`'s JSON data."""
+        return error_body(self.status, self.message, self.type, self.param)
+
+
+# ---- codec: log-probabilities in JSON ---------------------------------------------------
+
+
+def logprobs_to_json(values: torch.Tensor) -> list[float | None]:
+    """Log-probs for this protocol's bodies: −inf (probability zero) as null."""
+    return [None if v == -math.inf else v for v in values.tolist()]
+
+
+def logprobs_from_json(values: Sequence[float | None]) -> torch.Tensor:
+    """Log-probs from this protocol's bodies: null is −inf; every number stands as it is
+    (tempered values fall below −9999 at low temperatures)."""
+    return torch.tensor([-math.inf if v is None else float(v) for v in values], dtype=torch.float32)
+
+
+def vllm_logprob(value: Any) -> float:
+    """A log-prob for the OpenAI-compatible dialect: −inf as vLLM's −9999.0."""
+    v = float(value)
+    return VLLM_NEG_INF if v == -math.inf else v
+
+
+def logprobs_from_vllm(values: Sequence[float | None]) -> torch.Tensor:
+    """Log-probs from the OpenAI-compatible dialect: null and vLLM's −9999.0 (or less) are
+    −inf."""
+    return torch.tensor(
+        [-math.inf if v is None or v <= VLLM_NEG_INF else float(v) for v in values],
+        dtype=torch.float32,
+    )

@@ -17,37 +17,44 @@ backoff (a round is idempotent: it names the position it continues from); a lost
 tokens the device holds. Past `max_retries` the call raises `GeneralistError`, which the
 engine turns into a specialist-only finish (`on_generalist_error="fallback"`) or raises.
 
-Sync and async: each exchange (the retry policy, a round with its reopen, `/tokenize`) is
-written once as an `Exchange` generator; sync calls perform it with `httpx.Client`, async
-calls (`ainvoke`, `astream`, ...) with an `httpx.AsyncClient` on the running event loop.
+Sync and async: each exchange (a round with its reopen, `/tokenize`) is written once as an
+`Exchange` generator over the retry policy of `http_client.HTTPClient`; sync calls perform it
+with `httpx.Client`, async calls (`ainvoke`, `astream`, ...) with an `httpx.AsyncClient` on
+the running event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import os
 import threading
-import time
 from abc import abstractmethod
-from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from langchain_specsteer import algorithms as alg
-from langchain_specsteer.extras import optional_import
+from langchain_specsteer.http_client import (
+    Exchange,
+    HTTPClient,
+    TransportStats,
+    error_message,
+    refused,
+)
 from langchain_specsteer.models import encode_messages
 from langchain_specsteer.protocol import (
+    API_KEY_ENV,
     PROTOCOL,
     OpenSession,
     RoundRequest,
     RoundResult,
     ServiceInfo,
     SessionOpened,
+    logprobs_from_json,
+    logprobs_from_vllm,
 )
 from langchain_specsteer.verification import (
     Generalist,
@@ -60,241 +67,13 @@ from langchain_specsteer.verification import (
 
 __all__ = ["OpenAICompatibleGeneralist", "RemoteGeneralist", "TransportStats"]
 
-API_KEY_ENV = "SPECSTEER_API_KEY"
-
-
-@dataclass
-class TransportStats:
-    """What a client sent and received (bodies and headers counted separately)."""
-
-    requests: int = 0
-    retries: int = 0
-    reopened: int = 0
-    body_bytes_sent: int = 0
-    body_bytes_received: int = 0
-    header_bytes_sent: int = 0
-    header_bytes_received: int = 0
-    seconds: float = 0.0
-
-    def reset(self) -> None:
-        for name in self.__dataclass_fields__:
-            setattr(self, name, type(getattr(self, name))())
-
-
-@dataclass(frozen=True)
-class _Send:
-    """One HTTP request for a driver to perform."""
-
-    method: str
-    path: str
-    content: bytes | None
-    headers: dict[str, str] | None
-
-
-Exchange = Generator["_Send | float", Any, Any]
-"""An HTTP conversation written once for both drivers: it yields a `_Send` to perform (the
-response is sent back, a transport error thrown in) or a delay in seconds to wait, and
-returns its result. `_HTTP.run` performs it with a blocking client, `_HTTP.arun` with an
-asynchronous one on the running event loop."""
-
-
-class _HTTP:
-    """httpx with retries, backoff, byte counting and an optional simulated round trip."""
-
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None,
-        *,
-        timeout: float,
-        max_retries: int,
-        backoff_s: float,
-        simulated_rtt_s: float,
-    ):
-        httpx = optional_import(
-            "httpx",
-            extra="server",
-            purpose="A remote generalist (RemoteGeneralist, OpenAICompatibleGeneralist)",
-        )
-
-        if timeout <= 0 or max_retries < 0 or backoff_s < 0 or simulated_rtt_s < 0:
-            msg = (
-                "timeout must be positive and max_retries, backoff_s and simulated_rtt_s "
-                f"non-negative (got {timeout}, {max_retries}, {backoff_s}, {simulated_rtt_s})"
-            )
-            raise ValueError(msg)
-        self.base_url = base_url.rstrip("/")
-        self._options = {
-            "base_url": self.base_url,
-            "timeout": timeout,
-            "headers": {"Authorization": f"Bearer {api_key}"} if api_key else {},
-        }
-        self._client = httpx.Client(**self._options)
-        self._async: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.simulated_rtt_s = simulated_rtt_s
-        self.stats = TransportStats()
-        self._httpx = httpx
-
-    @property
-    def client(self) -> Any:
-        """The blocking `httpx.Client` (a new one after `close`)."""
-        if self._client.is_closed:
-            self._client = self._httpx.Client(**self._options)
-        return self._client
-
-    @client.setter
-    def client(self, client: Any) -> None:
-        self._client = client
-
-    @property
-    def aclient(self) -> Any:
-        """The `httpx.AsyncClient` of the running event loop (its connections belong to it)."""
-        loop = asyncio.get_running_loop()
-        if self._async is None or self._async[0] is not loop:
-            self._async = (loop, self._httpx.AsyncClient(**self._options))
-        return self._async[1]
-
-    def exchange(
-        self, method: str, path: str, body: Any = None, *, retries: bool = True
-    ) -> Exchange:
-        """One request with the retry policy: returns the response (2xx or a 4xx the caller
-        handles); raises GeneralistError once retries run out."""
-        content = None if body is None else json.dumps(body, separators=(",", ":")).encode()
-        headers = {"content-type": "application/json"} if content is not None else None
-        attempts = 1 + (self.max_retries if retries else 0)
-        reason, wait_s = "", 0.0
-        for attempt in range(attempts):
-            if attempt:
-                self.stats.retries += 1
-                yield max(self.backoff_s * 2 ** (attempt - 1), wait_s)
-                wait_s = 0.0
-            start = time.perf_counter()
-            if self.simulated_rtt_s:  # benchmark only: the wire's round-trip latency
-                yield self.simulated_rtt_s
-            try:
-                response = yield _Send(method, path, content, headers)
-            except self._httpx.TransportError as err:  # connection refused, reset, timeout
-                reason = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-                continue
-            finally:
-                self.stats.seconds += time.perf_counter() - start
-            self._count(response)
-            if not _retryable(response):
-                return response
-            reason = f"HTTP {response.status_code}: {_reason(response)}"
-            wait_s = _retry_after(response)
-        msg = f"{method} {self.base_url}{path} failed after {attempts} attempt(s): {reason}"
-        raise GeneralistError(msg)
-
-    def run(self, steps: Exchange) -> Any:
-        """Perform an exchange with the blocking client; its result."""
-        try:
-            op = next(steps)
-            while True:
-                if isinstance(op, _Send):
-                    try:
-                        response = self.client.request(
-                            op.method, op.path, content=op.content, headers=op.headers
-                        )
-                    except self._httpx.TransportError as err:
-                        op = steps.throw(err)
-                        continue
-                    op = steps.send(response)
-                else:
-                    time.sleep(op)
-                    op = steps.send(None)
-        except StopIteration as stop:
-            return stop.value
-
-    async def arun(self, steps: Exchange) -> Any:
-        """Perform an exchange with the event loop's asynchronous client; its result."""
-        try:
-            op = next(steps)
-            while True:
-                if isinstance(op, _Send):
-                    try:
-                        response = await self.aclient.request(
-                            op.method, op.path, content=op.content, headers=op.headers
-                        )
-                    except self._httpx.TransportError as err:
-                        op = steps.throw(err)
-                        continue
-                    op = steps.send(response)
-                else:
-                    await asyncio.sleep(op)
-                    op = steps.send(None)
-        except StopIteration as stop:
-            return stop.value
-
-    def _count(self, response: Any) -> None:
-        request, s = response.request, self.stats
-        s.requests += 1
-        s.body_bytes_sent += len(request.content or b"") + len(request.url.raw_path)
-        s.body_bytes_received += len(response.content)
-        s.header_bytes_sent += sum(len(k) + len(v) + 4 for k, v in request.headers.raw)
-        s.header_bytes_received += sum(len(k) + len(v) + 4 for k, v in response.headers.raw)
-
-    def close(self) -> None:
-        """Close the blocking client's connections (a later request opens new ones)."""
-        self._client.close()
-
-    async def aclose(self) -> None:
-        """Close the running loop's asynchronous client (a later request opens a new one)."""
-        if self._async is not None and self._async[0] is asyncio.get_running_loop():
-            await self._async[1].aclose()
-        self._async = None
-
-
-def _retryable(response: Any) -> bool:
-    """5xx, no free session slot (429), or a session still busy with an earlier attempt."""
-    status = response.status_code
-    return (
-        status >= 500
-        or status == 429
-        or (status == 409 and _error_type(response) == "session_busy")
-    )
-
-
-def _retry_after(response: Any) -> float:
-    """The server's Retry-After in seconds (capped at 5), or 0."""
-    try:
-        return min(float(response.headers.get("retry-after", 0)), 5.0)
-    except ValueError:
-        return 0.0
-
-
-def _error_type(response: Any) -> str | None:
-    try:
-        return response.json()["error"]["type"]
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def _reason(response: Any) -> str:
-    """The service's error message, or the status phrase."""
-    try:
-        return str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return response.reason_phrase or "error"
-
-
-def _refused(response: Any, what: str) -> GeneralistError:
-    return GeneralistError(f"{what}: HTTP {response.status_code}: {_reason(response)}")
-
-
-def _values(values: Sequence[float | None], *, vllm: bool = False) -> torch.Tensor:
-    """JSON log-probs to a tensor: null is −inf, and so is vLLM's −9999.0 with `vllm` (our
-    session protocol sends tempered values, which fall below −9999 at low temperatures)."""
-    floor = -9999.0 if vllm else -math.inf
-    return torch.tensor(
-        [-math.inf if v is None or v <= floor else float(v) for v in values], dtype=torch.float32
-    )
-
 
 def _tokenize(
-    http: _HTTP, model: str | None, messages: Sequence[dict], chat: bool | None, kwargs: dict | None
+    http: HTTPClient,
+    model: str | None,
+    messages: Sequence[dict],
+    chat: bool | None,
+    kwargs: dict | None,
 ) -> Exchange:
     """Token ids from the server's vLLM-style `/tokenize`: through the chat template when `chat`
     (None: when asked, if the server has one, else the turns' text as a plain prompt)."""
@@ -309,12 +88,12 @@ def _tokenize(
         response = yield from http.exchange("POST", "/tokenize", body)
         if response.status_code == 200:
             return response.json()["tokens"]
-        if chat or "chat template" not in _reason(response):
-            raise _refused(response, "tokenize")
+        if chat or "chat template" not in error_message(response):
+            raise refused(response, "tokenize")
     text = "\n\n".join(message["content"] for message in messages)
     response = yield from http.exchange("POST", "/tokenize", {**base, "prompt": text})
     if response.status_code != 200:
-        raise _refused(response, "tokenize")
+        raise refused(response, "tokenize")
     return response.json()["tokens"]
 
 
@@ -326,7 +105,7 @@ class _HTTPGeneralist(Generalist):
     """
 
     def __init__(self, base_url: str, api_key: str | None, tokenizer: Any, **http: Any):
-        self.http = _HTTP(base_url, api_key, **http)
+        self.http = HTTPClient(base_url, api_key, **http)
         self.tokenizer = tokenizer
         self._releasing: set[asyncio.Task] = set()  # sessions being released asynchronously
 
@@ -380,7 +159,8 @@ class RemoteGeneralist(_HTTPGeneralist):
         tokenizer: the generalist's tokenizer (e.g. `AutoTokenizer.from_pretrained(...)`), to
             encode prompts on the device instead of asking the service's `/tokenize` (one
             request less per generation); checked against the service's vocabulary.
-        simulated_rtt_s: sleep this long before each request (benchmarks of network latency).
+        wrap_transport: wraps each httpx transport the client opens (`HTTPClient`): to record,
+            mock or delay requests (`testing.simulated_rtt`); None: httpx's own.
     """
 
     def __init__(
@@ -393,7 +173,7 @@ class RemoteGeneralist(_HTTPGeneralist):
         backoff_s: float = 0.2,
         top_m: int = 20,
         tokenizer: Any = None,
-        simulated_rtt_s: float = 0.0,
+        wrap_transport: Callable[[Any], Any] | None = None,
     ):
         if top_m < 1:
             msg = f"top_m must be at least 1, got {top_m}"
@@ -405,7 +185,7 @@ class RemoteGeneralist(_HTTPGeneralist):
             timeout=timeout,
             max_retries=max_retries,
             backoff_s=backoff_s,
-            simulated_rtt_s=simulated_rtt_s,
+            wrap_transport=wrap_transport,
         )
         self.top_m = top_m
         self._info: ServiceInfo | None = None
@@ -420,7 +200,7 @@ class RemoteGeneralist(_HTTPGeneralist):
             return self._info
         response = yield from self.http.exchange("GET", "/specsteer/v1/info")
         if response.status_code != 200:
-            raise _refused(response, f"verifier service at {self.http.base_url}")
+            raise refused(response, f"verifier service at {self.http.base_url}")
         body = response.json()
         if body.get("protocol") != PROTOCOL:
             msg = (
@@ -515,7 +295,7 @@ class RemoteSession(GeneralistSession):
             "POST", "/specsteer/v1/sessions", self.opening.model_dump()
         )
         if response.status_code != 201:
-            raise _refused(response, "opening a session")
+            raise refused(response, "opening a session")
         opened = SessionOpened.model_validate(response.json())
         if opened.hosts_q_gen != self.hosts_q_gen:
             msg = "the verifier service changed: it no longer hosts the same public specialist"
@@ -554,7 +334,7 @@ class RemoteSession(GeneralistSession):
             self.client.stats.reopened += 1
             yield from self._open()
         if response.status_code != 200:
-            raise _refused(response, "verifying a draft")
+            raise refused(response, "verifying a draft")
         result = RoundResult.model_validate(response.json())
         self.held = len(self.committed)
         self._draft = list(draft)
@@ -566,13 +346,13 @@ class RemoteSession(GeneralistSession):
         log_q_gen = torch.zeros((rows, self.vocab_size)) if self.hosts_q_gen else None
         for hint in result.hints:
             ids = torch.tensor(hint.token_ids, dtype=torch.long)
-            log_p_G[hint.position, ids] = _values(hint.log_p_G)
+            log_p_G[hint.position, ids] = logprobs_from_json(hint.log_p_G)
             if log_q_gen is not None and hint.log_q_gen is not None:
-                log_q_gen[hint.position, ids] = _values(hint.log_q_gen)
+                log_q_gen[hint.position, ids] = logprobs_from_json(hint.log_q_gen)
         for name, table in (("draft_log_p_G", log_p_G), ("draft_log_q_gen", log_q_gen)):
             values = getattr(result, name)
             if values is not None and table is not None:
-                table[torch.arange(len(draft)), torch.tensor(draft)] = _values(values)
+                table[torch.arange(len(draft)), torch.tensor(draft)] = logprobs_from_json(values)
         return Verdict(log_p_G, log_q_gen, result.accepted)
 
     def commit(self, accepted: int, token: int) -> None:
@@ -634,7 +414,7 @@ class OpenAICompatibleGeneralist(_HTTPGeneralist):
             specialist's. Without it prompts go through the server's `/tokenize`, and the
             vocabularies are assumed to match.
         eos_token_ids: extra ids that end a generation.
-        timeout, max_retries, backoff_s, simulated_rtt_s: as in `RemoteGeneralist`.
+        timeout, max_retries, backoff_s, wrap_transport: as in `RemoteGeneralist`.
     """
 
     def __init__(
@@ -649,7 +429,7 @@ class OpenAICompatibleGeneralist(_HTTPGeneralist):
         timeout: float = 60.0,
         max_retries: int = 3,
         backoff_s: float = 0.2,
-        simulated_rtt_s: float = 0.0,
+        wrap_transport: Callable[[Any], Any] | None = None,
     ):
         if top_logprobs < 1:
             msg = f"top_logprobs must be at least 1, got {top_logprobs}"
@@ -661,7 +441,7 @@ class OpenAICompatibleGeneralist(_HTTPGeneralist):
             timeout=timeout,
             max_retries=max_retries,
             backoff_s=backoff_s,
-            simulated_rtt_s=simulated_rtt_s,
+            wrap_transport=wrap_transport,
         )
         self.model = model
         self.top_logprobs = top_logprobs
@@ -749,7 +529,7 @@ class OpenAICompatibleSession(GeneralistSession):
             body["prompt_logprobs"] = m
         response = yield from self.client.http.exchange("POST", "/v1/completions", body)
         if response.status_code != 200:
-            raise _refused(response, "scoring a draft")
+            raise refused(response, "scoring a draft")
         try:
             choice = response.json()["choices"][0]
             rows = [
@@ -765,7 +545,7 @@ class OpenAICompatibleSession(GeneralistSession):
         log_p_G = torch.full((k + 1, self.vocab_size), -math.inf)
         for i, row in enumerate(rows):
             ids = [t for t in row if t < self.vocab_size]
-            log_p_G[i, ids] = _values([row[t] for t in ids], vllm=True)
+            log_p_G[i, ids] = logprobs_from_vllm([row[t] for t in ids])
         self._draft = list(draft)
         return Verdict(alg.temper(log_p_G, self.temperature))
 

@@ -16,12 +16,8 @@ from pydantic import ValidationError
 from langchain_specsteer import METHODS
 from langchain_specsteer.params import MIN_TEMPERATURE
 from langchain_specsteer.remote import RemoteGeneralist
-from langchain_specsteer.service import (
-    BackgroundServer,
-    ServiceLimits,
-    VerifierService,
-    create_app,
-)
+from langchain_specsteer.service import ServiceLimits, VerifierService, create_app
+from langchain_specsteer.testing import BackgroundServer, simulated_rtt
 from langchain_specsteer.verification import GeneralistError
 from tests.conftest import CONTEXT, PROMPTS
 
@@ -222,6 +218,32 @@ def test_bad_client_options_fail_at_construction():
         RemoteGeneralist("http://127.0.0.1:9", top_m=0)
     with pytest.raises(ValueError, match="timeout"):
         RemoteGeneralist("http://127.0.0.1:9", timeout=0)
+    with pytest.raises(ValueError, match="wrap_transport must be callable"):
+        RemoteGeneralist("http://127.0.0.1:9", wrap_transport="slow")
+    with pytest.raises(ValueError, match="non-negative seconds"):
+        simulated_rtt(-0.1)
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_simulated_round_trip_waits_before_every_request(make_llm, make_remote_llm, api):
+    """`simulated_rtt` (the benchmark's latency) is a transport around the client: the text is
+    the in-process one, and every request waited once, with the sleep of its driver."""
+    waits = []
+
+    async def async_sleep(seconds):
+        waits.append(("async", seconds))
+
+    rtt = simulated_rtt(
+        0.25, sleep=lambda seconds: waits.append(("sync", seconds)), async_sleep=async_sleep
+    )
+    # the stateless client: no session is released in the background after the text
+    llm = make_remote_llm("openai", method="specsteer", client_options={"wrap_transport": rtt})
+    local, local_info = generate(make_llm(method="specsteer", max_new_tokens=24))
+    text, info = generate(llm, api=api)
+    assert text == local and info["generalist_calls"] == local_info["generalist_calls"]
+    requests = llm.generalist.stats.requests
+    assert requests > info["generalist_calls"] >= 1  # /tokenize, then one request a round
+    assert waits == [(api, 0.25)] * requests
 
 
 def test_an_unreachable_service_at_construction_is_a_clear_error(specialist):

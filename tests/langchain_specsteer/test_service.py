@@ -18,15 +18,16 @@ import httpx
 import pytest
 import torch
 
-from langchain_specsteer.protocol import MIN_TEMPERATURE
+from langchain_specsteer.protocol import MIN_TEMPERATURE, SESSION_BUSY
 from langchain_specsteer.service import (
-    BackgroundServer,
     Gate,
+    OpenAICompatible,
     ServiceLimits,
     VerifierService,
     create_app,
     served_name,
 )
+from langchain_specsteer.testing import BackgroundServer
 from tests.conftest import CONTEXT, PROMPTS
 
 S = "/specsteer/v1"
@@ -353,6 +354,26 @@ def test_gate_refuses_a_body_arriving_after_body_timeout_seconds_with_408():
     assert (status, reads) == (408, 2)
 
 
+@pytest.mark.parametrize("temperature", [0.7, 1.0, 1.5])
+def test_a_sampled_completion_draws_from_the_tempered_distribution(http, generalist, temperature):
+    """The new token of /v1/completions at temperature T is a draw from softmax(logits / T)
+    with torch's global generator: the same draws as that formula after the same seed."""
+    prompt = [5, 6, 7]
+    with torch.inference_mode():
+        logits = generalist.model(torch.tensor([prompt])).logits[0, -1].float()
+    body = {"prompt": prompt, "max_tokens": 1, "temperature": temperature, "logprobs": 0}
+    body["return_tokens_as_token_ids"] = True
+    drawn, expected = [], []
+    for seed in range(8):
+        torch.manual_seed(seed)
+        token = http.post("/v1/completions", json=body).json()["choices"][0]["logprobs"]
+        drawn.append(int(token["tokens"][0].removeprefix("token_id:")))
+        torch.manual_seed(seed)
+        expected.append(int(torch.multinomial(torch.softmax(logits / temperature, -1), 1)))
+    assert drawn == expected
+    assert len(set(drawn)) > 1  # the draws are samples, not the argmax
+
+
 def test_completions_subset_matches_vllm_shapes(http, verifier, generalist):
     prompt = [3, 4, 5, 6]
     body = {
@@ -467,7 +488,8 @@ def test_a_concurrent_second_request_on_one_session_gets_409(small_service):
     sid = open_session(http)
     session = service.sessions[sid]
     with session.busy:  # the first request is still being served
-        error(http.post(f"{S}/sessions/{sid}/rounds", json={"position": 0}), 409, "one at a time")
+        busy = http.post(f"{S}/sessions/{sid}/rounds", json={"position": 0})
+        assert error(busy, 409, "one at a time")["type"] == SESSION_BUSY  # clients retry it
         open_session(http)  # another session is unaffected (and evicts none that is busy)
         open_session(http)
         assert sid in service.sessions
@@ -605,7 +627,7 @@ def test_model_work_is_serialised_across_sessions(small_service, monkeypatch):
         finally:
             active[0] -= 1
 
-    monkeypatch.setattr(service, "_model_lock", lock)
+    monkeypatch.setattr(service, "model_lock", lock)
     monkeypatch.setattr(service.generalist.model, "forward", tracking)
     sessions = {"A": open_session(http), "B": open_session(http)}
     codes = {}
@@ -634,11 +656,11 @@ def test_an_internal_error_closes_its_connection_and_the_next_request_works(
     """The server drops a connection after a 500; the answer says so (`Connection: close`),
     so a keep-alive client reconnects instead of reading an empty reply."""
 
-    def broken():
+    def broken(self):
         raise RuntimeError("boom")
 
     assert http.get("/v1/models").status_code == 200  # the connection is open
-    monkeypatch.setattr(verifier.service, "models", broken)
+    monkeypatch.setattr(OpenAICompatible, "models", broken)
     failed = http.get("/v1/models")
     error(failed, 500, "internal error: RuntimeError")
     assert failed.headers["connection"] == "close"

@@ -1,0 +1,273 @@
+"""The verifier service's OpenAI-compatible subset: what `OpenAICompatibleGeneralist` uses.
+
+vLLM's `/v1/completions` for scoring (token-id prompts, `echo`, `logprobs`,
+`prompt_logprobs`, `max_tokens` 0 or 1), `/tokenize` and `/v1/models`, answered from a
+`VerifierService`'s generalist under its model lock. Log-probs of −inf are written as vLLM's
+−9999.0 (`protocol.vllm_logprob`).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from langchain_specsteer import algorithms as alg
+from langchain_specsteer.protocol import MIN_TEMPERATURE, ServiceError, vllm_logprob
+from langchain_specsteer.service_sessions import (
+    VerifierService,
+    check_ids,
+    log_event,
+    max_positions,
+)
+
+__all__ = ["CompletionRequest", "OpenAICompatible", "TokenizeRequest"]
+
+
+def _unicode(value: Any, field: str) -> Any:
+    """`value` as it is, if every string in it is Unicode text (JSON's "\\ud800" is not)."""
+    pending = [(field, value)]
+    while pending:
+        where, item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend((f"{where}[{k!r}]", v) for k, v in item.items())
+            pending.extend((f"a key of {where}", k) for k in item)
+        elif isinstance(item, list):
+            pending.extend((f"{where}[{i}]", v) for i, v in enumerate(item))
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as err:
+                msg = (
+                    f"{where} holds a lone surrogate ({item[err.start]!r} at character "
+                    f"{err.start}), which is not Unicode text; send valid UTF-8"
+                )
+                raise ValueError(msg) from None
+    return value
+
+
+class CompletionRequest(BaseModel):
+    """The fields of vLLM's `/v1/completions` this service implements (others are ignored)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    prompt: list[int] | str
+    max_tokens: int | None = Field(default=16)
+    echo: bool = False
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    temperature: float | None = None
+    n: int = 1
+    stream: bool = False
+    return_tokens_as_token_ids: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def text_is_unicode(cls, value: Any, info: ValidationInfo) -> Any:
+        return _unicode(value, info.field_name)
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's `/tokenize`: a `prompt`, or chat `messages` rendered with the chat template."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    add_special_tokens: bool | None = None
+    add_generation_prompt: bool = True
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    @field_validator("prompt", "messages", "chat_template_kwargs")
+    @classmethod
+    def text_is_unicode(cls, value: Any, info: ValidationInfo) -> Any:
+        return _unicode(value, info.field_name)
+
+
+class OpenAICompatible:
+    """vLLM's scoring subset over the models of a `VerifierService`.
+
+    Args:
+        service: the models, limits, served name and model lock to answer with.
+    """
+
+    def __init__(self, service: VerifierService):
+        self.service = service
+
+    def complete(self, request: CompletionRequest) -> dict[str, Any]:
+        """vLLM's `/v1/completions`, for scoring: prompt log-probs and at most one new token."""
+        limits = self.service.limits
+        self._check_model(request.model)
+        if request.stream:
+            raise ServiceError(400, "stream is not supported by this server", param="stream")
+        if request.n != 1:
+            raise ServiceError(400, "n must be 1", param="n")
+        max_tokens = 16 if request.max_tokens is None else request.max_tokens
+        if max_tokens not in (0, 1) or (max_tokens == 0 and not request.echo):
+            msg = "this server scores only: max_tokens must be 1, or 0 together with echo"
+            raise ServiceError(400, msg, param="max_tokens")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(request, name)
+            if value is not None and not 0 <= value <= limits.max_logprobs:
+                msg = f"{name} must be in [0, {limits.max_logprobs}] (max_logprobs), got {value}"
+                raise ServiceError(400, msg, param=name)
+        temperature = 1.0 if request.temperature is None else request.temperature
+        if not (math.isfinite(temperature) and 0 <= temperature <= 2) or (
+            0 < temperature < MIN_TEMPERATURE
+        ):
+            msg = f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE}, 2], got {temperature}"
+            raise ServiceError(400, msg, param="temperature")
+        generalist = self.service.generalist
+        tokenizer = generalist.tokenizer
+        if isinstance(request.prompt, str):
+            prompt = tokenizer.encode(request.prompt, add_special_tokens=True)
+        else:
+            prompt = request.prompt
+        if not prompt:
+            raise ServiceError(400, "prompt is empty", param="prompt")
+        if len(prompt) > limits.max_prompt_tokens:
+            msg = (
+                f"prompt has {len(prompt)} tokens; max_prompt_tokens is {limits.max_prompt_tokens}"
+            )
+            raise ServiceError(413, msg, param="prompt")
+        check_ids(prompt, generalist.vocab_size, "prompt")
+        prompt_logprobs = request.prompt_logprobs
+        if prompt_logprobs is None and request.echo and request.logprobs is not None:
+            prompt_logprobs = request.logprobs
+        with self.service.model_lock:
+            rows = generalist.sequence(prompt).forward(len(prompt))[0]  # (L, V): i predicts i+1
+        new = alg.pick(alg.temper(rows[-1], temperature), greedy=temperature == 0)
+        generated = [new] if max_tokens == 1 else []
+
+        def name(t: int) -> str:
+            if request.return_tokens_as_token_ids:
+                return f"token_id:{t}"
+            return tokenizer.decode([t])
+
+        def top(row: torch.Tensor, actual: int, n: int) -> dict[int, tuple[float, int]]:
+            """The actual token first, then the top n: id → (log-prob, vLLM's rank)."""
+            entries = {actual: (vllm_logprob(row[actual]), int((row >= row[actual]).sum()))}
+            if n:
+                values, indices = torch.topk(row, min(n, row.shape[-1]))
+                for rank, (v, t) in enumerate(
+                    zip(values.tolist(), indices.tolist(), strict=True), 1
+                ):
+                    entries.setdefault(t, (vllm_logprob(v), rank))
+            return entries
+
+        choice: dict[str, Any] = {
+            "index": 0,
+            "text": (tokenizer.decode(prompt) if request.echo else "")
+            + tokenizer.decode(generated),
+            "logprobs": None,
+            "finish_reason": "stop" if new in generalist.eos_token_ids else "length",
+            "stop_reason": None,
+            "prompt_logprobs": None,
+        }
+        if prompt_logprobs is not None:
+            listed: list[dict | None] = [None]
+            for i in range(1, len(prompt)):
+                row = rows[i - 1]
+                entries = top(row, prompt[i], prompt_logprobs)
+                listed.append(
+                    {
+                        str(t): {"logprob": v, "rank": r, "decoded_token": tokenizer.decode([t])}
+                        for t, (v, r) in entries.items()
+                    }
+                )
+            choice["prompt_logprobs"] = listed
+        if request.logprobs is not None:
+            scored = (list(range(len(prompt))) if request.echo else []) + (
+                [len(prompt)] if generated else []
+            )
+            tokens_all = prompt + generated
+            token_logprobs, tokens, tops, offsets, offset = [], [], [], [], 0
+            for pos in scored:
+                t = tokens_all[pos]
+                tokens.append(name(t))
+                offsets.append(offset)
+                offset += len(tokens[-1])
+                if pos == 0:
+                    token_logprobs.append(None)
+                    tops.append(None)
+                    continue
+                row = rows[pos - 1]
+                token_logprobs.append(vllm_logprob(row[t]))
+                tops.append({name(u): v for u, (v, _) in top(row, t, request.logprobs).items()})
+            choice["logprobs"] = {
+                "text_offset": offsets,
+                "token_logprobs": token_logprobs,
+                "tokens": tokens,
+                "top_logprobs": tops,
+            }
+        log_event("completion", prompt_tokens=len(prompt), max_tokens=max_tokens)
+        return {
+            "id": f"cmpl-{secrets.token_hex(8)}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.service.model_name,
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": len(prompt),
+                "completion_tokens": 1,
+                "total_tokens": len(prompt) + 1,
+            },
+        }
+
+    def tokenize(self, request: TokenizeRequest) -> dict[str, Any]:
+        """vLLM's `/tokenize`: a prompt, or messages through the chat template."""
+        self._check_model(request.model)
+        tokenizer = self.service.generalist.tokenizer
+        if (request.prompt is None) == (request.messages is None):
+            raise ServiceError(400, "give exactly one of prompt and messages", param="prompt")
+        if request.messages is not None:
+            if not getattr(tokenizer, "chat_template", None):
+                raise ServiceError(400, "this model has no chat template", param="messages")
+            try:
+                text = tokenizer.apply_chat_template(
+                    request.messages,
+                    tokenize=False,
+                    add_generation_prompt=request.add_generation_prompt,
+                    **(request.chat_template_kwargs or {}),
+                )
+            except Exception as err:  # a template error is the caller's input
+                raise ServiceError(400, f"chat template failed: {err}", param="messages") from err
+            tokens = tokenizer.encode(text, add_special_tokens=bool(request.add_special_tokens))
+        else:
+            special = True if request.add_special_tokens is None else request.add_special_tokens
+            tokens = tokenizer.encode(request.prompt, add_special_tokens=special)
+        longest = self.service.limits.max_prompt_tokens
+        if len(tokens) > longest:
+            msg = f"{len(tokens)} tokens; max_prompt_tokens is {longest}"
+            raise ServiceError(413, msg, param="prompt")
+        return {"count": len(tokens), "max_model_len": self.max_model_len, "tokens": tokens}
+
+    @property
+    def max_model_len(self) -> int:
+        """The generalist's maximum length (its config's), else `max_session_tokens`."""
+        return max_positions(self.service.generalist) or self.service.limits.max_session_tokens
+
+    def models(self) -> dict[str, Any]:
+        """vLLM's `/v1/models`: the one served model."""
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": self.service.model_name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "specsteer",
+                    "max_model_len": self.max_model_len,
+                }
+            ],
+        }
+
+    def _check_model(self, model: str | None) -> None:
+        if model is not None and model != self.service.model_name:
+            raise ServiceError(404, f"The model `{model}` does not exist.", param="model")

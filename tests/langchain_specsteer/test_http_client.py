@@ -1,0 +1,66 @@
+"""The clients' HTTP driver: its retry policy, run by the blocking and the async driver, and
+the transport hook (here a mock server in place of the network)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from langchain_specsteer.http_client import HTTPClient
+from langchain_specsteer.protocol import SESSION_BUSY, ServiceError
+from langchain_specsteer.verification import GeneralistError
+
+
+def mocked(answers: list[tuple[int, dict]], **options) -> tuple[HTTPClient, list[str]]:
+    """A client whose requests get `answers` in turn (status, JSON body); and the paths sent."""
+    sent: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        status, body = answers[min(len(sent), len(answers)) - 1]
+        return httpx.Response(status, json=body)
+
+    settings = {"timeout": 5.0, "max_retries": 3, "backoff_s": 0.0, **options}
+    client = HTTPClient(
+        "http://service.test",
+        None,
+        wrap_transport=lambda _: httpx.MockTransport(handle),
+        **settings,
+    )
+    return client, sent
+
+
+BUSY = (409, ServiceError(409, "one at a time", type=SESSION_BUSY).body())
+CONFLICT = (409, ServiceError(409, "position 9 is past the 0 tokens", param="position").body())
+OK = (200, {"done": True})
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_busy_session_is_retried_and_another_conflict_is_not(api):
+    def perform(client, steps):
+        return client.run(steps) if api == "sync" else asyncio.run(client.arun(steps))
+
+    client, sent = mocked([BUSY, BUSY, OK])
+    response = perform(client, client.exchange("POST", "/rounds", {"draft": [1]}))
+    assert response.status_code == 200 and response.json() == {"done": True}
+    assert (len(sent), client.stats.requests, client.stats.retries) == (3, 3, 2)
+
+    client, sent = mocked([CONFLICT, OK])
+    response = perform(client, client.exchange("POST", "/rounds", {"draft": [1]}))
+    assert response.status_code == 409 and len(sent) == 1 and client.stats.retries == 0
+
+
+def test_retries_run_out_with_the_services_reason():
+    client, sent = mocked([BUSY], max_retries=2)
+    with pytest.raises(GeneralistError, match=r"after 3 attempt\(s\): HTTP 409: one at a time"):
+        client.run(client.exchange("GET", "/info"))
+    assert len(sent) == 3
+
+
+def test_the_transport_hook_must_be_callable():
+    with pytest.raises(ValueError, match="wrap_transport must be callable"):
+        HTTPClient(
+            "http://service.test", None, timeout=1, max_retries=0, backoff_s=0, wrap_transport=3
+        )
