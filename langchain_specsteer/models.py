@@ -27,6 +27,7 @@ __all__ = [
     "cache_keyword",
     "encode_messages",
     "encode_prompt",
+    "spelled_width",
 ]
 
 
@@ -49,6 +50,11 @@ def cache_keyword(model: Any) -> str:
     except (AttributeError, TypeError, ValueError):
         return "past_key_values"
     return "cache" if "cache" in parameters else "past_key_values"
+
+
+def spelled_width(tokenizer: Any) -> int:
+    """1 + the largest token id `tokenizer` has (its length when it holds no gaps)."""
+    return max(tokenizer.get_vocab().values()) + 1
 
 
 class TokenSequence:
@@ -81,7 +87,7 @@ class TokenSequence:
         self.suffix: list[int] = []
         self.cached = 0
         self.cache = DynamicCache()
-        self.vocab_size = vocab_size or lm.vocab_size
+        self.vocab_size = min(vocab_size or lm.vocab_size, lm.vocab_size)
         pads = [self.prompt_length - len(p) for p in self.prompts]
         padded = [[0] * pad + p for pad, p in zip(pads, self.prompts, strict=True)]
         self._prompt_ids = torch.tensor(padded, dtype=torch.long, device=lm.device)  # (B, P)
@@ -240,9 +246,17 @@ class LocalModel:
         return self.model.device
 
     @property
-    def vocab_size(self) -> int:
-        """Width of the model's output layer (may exceed the tokenizer's length)."""
+    def output_width(self) -> int:
+        """Rows of the model's output layer: often padded past the tokenizer (e.g. Qwen3's
+        151,936 rows for 151,669 tokens)."""
         return self.model.get_output_embeddings().weight.shape[0]
+
+    @cached_property
+    def vocab_size(self) -> int:
+        """Token ids this model can output that its tokenizer spells: the output rows below
+        the tokenizer's largest id + 1. Log-probs (`TokenSequence.forward`) cover these only,
+        so a padded row is never drafted, emitted, sampled or hinted, on any path."""
+        return min(self.output_width, spelled_width(self.tokenizer))
 
     @cached_property
     def cache_keyword(self) -> str:
@@ -297,7 +311,8 @@ class LocalModel:
 
         Args:
             *prompts: token ids of each row's prompt.
-            vocab_size: log-probs cover the first `vocab_size` tokens (default: all outputs).
+            vocab_size: log-probs cover the first `vocab_size` tokens (default and at most:
+                `LocalModel.vocab_size`, the ids the tokenizer spells).
         """
         return TokenSequence(self, prompts, vocab_size)
 

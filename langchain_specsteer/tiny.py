@@ -12,7 +12,7 @@ import torch
 
 from langchain_specsteer.models import LocalGeneralist, LocalSpecialist
 
-__all__ = ["CORPUS", "tiny_pair", "train_tokenizer"]
+__all__ = ["CORPUS", "pad_output_rows", "tiny_pair", "train_tokenizer"]
 
 CORPUS = [
     "I bought this blender last month and it crushes ice in seconds. Five stars from me.",
@@ -101,3 +101,31 @@ def tiny_pair(
         _config(generalist_arch, tokenizer, *generalist_size, init)
     )
     return LocalSpecialist(spec, tokenizer), LocalGeneralist(gen, tokenizer)
+
+
+def pad_output_rows(model: Any, rows: int, *, logit: float = 50.0) -> Any:
+    """`model` (a transformers causal LM) with `rows` output rows past its tokenizer, as real
+    checkpoints pad their output layer (Qwen3: 151,936 rows for 151,669 tokens).
+
+    The padded output rows get weight 0 and bias `logit`, so with a large `logit` they would
+    win every argmax and take nearly all the mass when sampled; the input embeddings grow by
+    as many zero rows (untied), so the model accepts the padded ids as a real one does.
+    Returns `model`, changed in place.
+    """
+    old_out, old_in = model.get_output_embeddings(), model.get_input_embeddings()
+    width, hidden = old_out.weight.shape
+    dtype, device = old_out.weight.dtype, old_out.weight.device
+    out = torch.nn.Linear(hidden, width + rows, bias=True, dtype=dtype, device=device)
+    inp = torch.nn.Embedding(old_in.num_embeddings + rows, hidden, dtype=dtype, device=device)
+    with torch.no_grad():
+        out.weight.zero_()
+        out.weight[:width] = old_out.weight
+        out.bias.zero_()
+        out.bias[width:] = logit
+        inp.weight.zero_()
+        inp.weight[: old_in.num_embeddings] = old_in.weight
+    model.config.tie_word_embeddings = False
+    model.config.vocab_size = width + rows
+    model.set_input_embeddings(inp)
+    model.set_output_embeddings(out)
+    return model

@@ -260,3 +260,30 @@ def off_the_loop(work, monkeypatch):
             monkeypatch.setattr(TokenSequence, "forward", forward)
 
     return asyncio.run(main()), checked
+
+
+@pytest.fixture(scope="session")
+def padded_pair():
+    """The tiny pair (one tokenizer) with 40 output rows past the tokenizer in both models,
+    biased by 5 (`tiny.pad_output_rows`): they win every argmax (the real logits are within
+    ±1) and about 90 % of the sampled mass, so a sampled draft mixes real and padded ids."""
+    from langchain_specsteer import LocalGeneralist, LocalSpecialist
+    from langchain_specsteer.tiny import pad_output_rows, tiny_pair
+
+    specialist, generalist = tiny_pair(seed=0)
+    return (
+        LocalSpecialist(pad_output_rows(specialist.model, 40, logit=5.0), specialist.tokenizer),
+        LocalGeneralist(pad_output_rows(generalist.model, 40, logit=5.0), generalist.tokenizer),
+    )
+
+
+@pytest.fixture(scope="session")
+def padded_cross_generalist():
+    """`cross_generalist`'s recipe (its own 400-token tokenizer) with 24 padded output rows
+    biased by 50: they win every argmax and all sampled mass (its real logits are larger)."""
+    from langchain_specsteer import LocalGeneralist
+    from langchain_specsteer.tiny import pad_output_rows, tiny_pair, train_tokenizer
+
+    tokenizer = train_tokenizer(vocab_size=400)
+    _, generalist = tiny_pair(seed=3, tokenizer=tokenizer, init=0.3)
+    return LocalGeneralist(pad_output_rows(generalist.model, 24, logit=50.0), tokenizer)

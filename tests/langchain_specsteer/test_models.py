@@ -9,7 +9,7 @@ import torch
 
 from langchain_specsteer import LocalGeneralist, LocalSpecialist
 from langchain_specsteer.models import cache_keyword
-from tests.conftest import PROMPTS
+from tests.conftest import CONTEXT, PROMPTS
 
 PROMPT = PROMPTS[0]
 
@@ -221,3 +221,114 @@ def test_the_suite_fails_on_deprecations_from_our_calls(
         else:
             with pytest.warns(category):
                 warn()
+
+
+# --------------------------------------------------------------------- padded output rows
+
+
+def _rounds(specialist, generalist, *, alignment="auto", prompt=PROMPT, **params):
+    """Every `Round` of one generation on the engine, with `params` as `DecodingParams`."""
+    from langchain_specsteer import SpecSteerLLM
+
+    llm = SpecSteerLLM(specialist=specialist, generalist=generalist, alignment=alignment)
+    options = {"max_new_tokens": 12, "draft_tokens": 3, **params}
+    run = llm._engine.run(llm.render_prompts(prompt, CONTEXT), llm.decoding_params(**options))
+    return list(run)
+
+
+def test_padded_output_rows_are_cut_from_the_log_probs(padded_pair):
+    """Rows past the tokenizer would win the raw argmax; the adapter's rows end before them."""
+    specialist, _ = padded_pair
+    spelled = len(specialist.tokenizer)
+    assert specialist.output_width == spelled + 40
+    assert specialist.vocab_size == spelled
+    ids = specialist.tokenizer.encode(PROMPT)
+    assert int(full_forward(specialist, ids)[-1].argmax()) >= spelled  # they would win
+    for vocab_size in (None, specialist.output_width):  # asked wider: still cut
+        rows = specialist.sequence(ids, vocab_size=vocab_size).forward(2)[0]
+        assert rows.shape == (2, spelled)
+        assert torch.allclose(rows.exp().sum(-1), torch.ones(2))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize(
+    ("method", "knobs"),
+    [
+        ("specsteer", {"gamma": 0.0}),  # accepts every draft: the drafts are the output
+        ("specsteer", {}),
+        ("speculative", {}),
+        ("generalist", {}),
+        ("specialist", {}),
+        ("light_costeer", {}),
+        ("costeer", {}),
+    ],
+)
+def test_padded_rows_are_never_drafted_emitted_or_sampled(padded_pair, method, knobs, temperature):
+    """One tokenizer, both models padded with winning rows: every token written is spelled."""
+    if method == "speculative" and temperature:
+        knobs = {"top_p": 0.9}  # speculative sampling's residual path, too
+    rounds = _rounds(*padded_pair, method=method, temperature=temperature, seed=1, **knobs)
+    tokens = [t for r in rounds for t in r.tokens]
+    assert len(tokens) == 12
+    assert max(tokens) < len(padded_pair[0].tokenizer)
+
+
+@pytest.mark.parametrize("padded_generalist", [False, True])
+@pytest.mark.parametrize(
+    ("method", "knobs"),
+    [
+        ("specsteer", {"gamma": 0.0}),
+        ("specsteer", {"temperature": 1.0, "seed": 2}),  # crashed: a draft mixing both
+        ("specsteer", {"byte_recovery": "token"}),
+        ("speculative", {}),
+        ("generalist", {}),
+        ("specialist", {"temperature": 1.0, "seed": 2}),
+    ],
+)
+def test_padded_rows_never_reach_the_byte_path(
+    request, padded_pair, method, knobs, padded_generalist
+):
+    """Different tokenizers, the specialist (and the generalist) padded with winning rows: no
+    IndexError on the specialist's byte table, and every committed token is spelled."""
+    specialist = padded_pair[0]
+    name = "padded_cross_generalist" if padded_generalist else "cross_generalist"
+    generalist = request.getfixturevalue(name)
+    rounds = _rounds(specialist, generalist, method=method, **knobs)
+    writer = specialist if method == "specialist" else generalist
+    tokens = [t for r in rounds for t in r.tokens]
+    assert tokens and max(tokens) < len(writer.tokenizer)
+    assert b"".join(r.data for r in rounds)
+
+
+def test_the_service_never_offers_padded_rows(padded_pair):
+    """The verifier service's session hints and OpenAI-compatible log-probs, asked for every
+    row they have, list only ids the tokenizer spells; padded ids are refused as input."""
+    from fastapi.testclient import TestClient
+
+    from langchain_specsteer.service import ServiceLimits, VerifierService, create_app
+
+    specialist, generalist = padded_pair
+    spelled = len(generalist.tokenizer)
+    wide = generalist.output_width
+    limits = ServiceLimits(max_top_m=wide, max_logprobs=wide)
+    service = VerifierService(generalist, specialist, limits=limits)
+    http = TestClient(create_app(service))
+    s = "/specsteer/v1"
+    assert http.get(f"{s}/info").json()["vocab_size"] == spelled
+    opened = {"prompt_ids": [1, 5, 9], "q_gen_prompt_ids": [1, 9], "top_m": spelled}
+    sid = http.post(f"{s}/sessions", json=opened).json()["session_id"]
+    body = {"position": 0, "draft": [5, 6], "rule": "device"}
+    hints = http.post(f"{s}/sessions/{sid}/rounds", json=body).json()["hints"]
+    assert hints and all(sorted(h["token_ids"]) == list(range(spelled)) for h in hints)
+    for temperature in (0.0, 1.0):
+        body = {"prompt": [1, 5, 9], "max_tokens": 1, "logprobs": wide, "temperature": temperature}
+        body.update(echo=True, prompt_logprobs=wide, return_tokens_as_token_ids=True)
+        choice = http.post("/v1/completions", json=body).json()["choices"][0]
+        listed = [
+            int(t.split(":")[1]) for top in choice["logprobs"]["top_logprobs"][1:] for t in top
+        ]
+        listed += [int(t) for top in choice["prompt_logprobs"][1:] for t in top]
+        assert listed and max(listed) < spelled
+        assert int(choice["logprobs"]["tokens"][-1].split(":")[1]) < spelled
+    refused = http.post("/v1/completions", json={"prompt": [1, spelled], "max_tokens": 1})
+    assert refused.status_code == 400 and "outside the vocabulary" in refused.text
