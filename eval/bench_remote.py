@@ -172,6 +172,7 @@ def generate(
     """Decode one case with `llm` (its generalist is the transport), counting its traffic."""
     stats = getattr(llm.generalist, "stats", None)
     if stats is not None:
+        llm.generalist.wait_released()
         stats.reset()
     start = time.perf_counter()
     result = llm.generate([case.prompt], private_context=case.documents, method=method, **overrides)
@@ -181,6 +182,8 @@ def generate(
     if info.get("degraded"):  # on_generalist_error="raise" should make this unreachable
         msg = f"{method} over {transport} degraded: {info.get('degraded_reason')}"
         raise RuntimeError(msg)
+    if stats is not None:
+        llm.generalist.wait_released()  # count the session's release, off the clock
     counted = {} if stats is None else asdict(stats)
     counted.pop("seconds", None)  # time inside requests; the wall clock above covers it
     return Generation(

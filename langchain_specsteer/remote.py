@@ -108,6 +108,7 @@ class _HTTPGeneralist(Generalist):
         self.http = HTTPClient(base_url, api_key, **http)
         self.tokenizer = tokenizer
         self._releasing: set[asyncio.Task] = set()  # sessions being released asynchronously
+        self._releasing_threads: set[threading.Thread] = set()  # ... and by blocking closes
 
     @property
     def stats(self) -> TransportStats:
@@ -130,8 +131,15 @@ class _HTTPGeneralist(Generalist):
     ) -> list[int]:
         return await self.http.arun(self._encode_steps(messages, chat, chat_template_kwargs))
 
+    def wait_released(self, timeout: float | None = None) -> None:
+        """Wait for sessions that blocking calls are still releasing in the background."""
+        for thread in list(self._releasing_threads):
+            thread.join(timeout)
+
     def close(self) -> None:
-        """Close the blocking HTTP connections (the generalist stays usable: they reopen)."""
+        """Wait for sessions still being released, then close the blocking HTTP connections
+        (the generalist stays usable: they reopen)."""
+        self.wait_released()
         self.http.close()
 
     async def aclose(self) -> None:
@@ -373,12 +381,20 @@ class RemoteSession(GeneralistSession):
         if release is None:
             return
 
-        def delete() -> None:
-            with contextlib.suppress(GeneralistError):  # else the service expires it itself
-                self.client.http.run(release)
+        releasing = self.client._releasing_threads
 
-        # In the background: the text is complete, so the caller need not wait a round trip.
-        threading.Thread(target=delete, daemon=True).start()
+        def delete() -> None:
+            try:
+                with contextlib.suppress(GeneralistError):  # else the service expires it
+                    self.client.http.run(release)
+            finally:
+                releasing.discard(threading.current_thread())
+
+        # In the background: the text is complete, so the caller need not wait a round trip;
+        # `client.wait_released()` (and `client.close()`) wait for it.
+        thread = threading.Thread(target=delete, daemon=True)
+        releasing.add(thread)
+        thread.start()
 
     async def aclose(self) -> None:
         release = self._release()

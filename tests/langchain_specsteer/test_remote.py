@@ -99,8 +99,8 @@ def _top_m_choices(engine, prompts, ids, m):
     for token in ids:
         p, q_ctx, q_gen = (s.forward()[0, 0] for s in (target, ctx, gen))
         hint = alg.make_hint(p, q_gen, m)
-        candidates, scores = alg.recover_from_hint(hint, q_ctx, alpha=1.0)
-        choices.append(int(candidates[scores.argmax()]))
+        scores = hint.log_p_G + 1.0 * (q_ctx[hint.token_ids] - hint.log_q_gen)
+        choices.append(int(hint.token_ids[scores.argmax()]))
         if choices[-1] != token:
             break
         for s in (target, ctx, gen):
@@ -424,6 +424,33 @@ def test_async_calls_use_async_http_on_the_event_loop(
     if client == "session":  # both sessions released before each loop ended
         assert sum(r["method"] == "DELETE" for r in verifier.requests) == 2
         assert not verifier.service.sessions
+
+
+def test_wait_released_waits_for_the_background_session_release(
+    make_remote_llm, verifier, monkeypatch
+):
+    """A blocking call releases its session in a background thread; `wait_released` (and
+    `close`) return only once the DELETE was answered, so counts read after it are whole."""
+    llm = make_remote_llm(method="specsteer", max_new_tokens=8)
+    started, go = threading.Event(), threading.Event()
+    close = verifier.service.close
+
+    def held_close(session_id):  # the service answers the DELETE only once the test says so
+        started.set()
+        go.wait(5)
+        return close(session_id)
+
+    monkeypatch.setattr(verifier.service, "close", held_close)
+    verifier.requests.clear()
+    llm.invoke(PROMPTS[0])
+    assert started.wait(5)  # the release is under way, held
+    releasing = set(llm.generalist._releasing_threads)
+    assert releasing and all(t.is_alive() for t in releasing)
+    threading.Timer(0.05, go.set).start()
+    llm.generalist.wait_released()
+    assert not any(t.is_alive() for t in releasing)
+    assert not verifier.service.sessions
+    assert sum(r["method"] == "DELETE" for r in verifier.requests) == 1
 
 
 def test_a_closed_client_reopens_its_connections_on_demand(make_remote_llm, verifier):
