@@ -152,21 +152,31 @@ class SpecSteerBase(DecodingParams):
         *,
         device: str | None = None,
         torch_dtype: Any = None,
+        specialist_gguf_file: str | None = None,
+        generalist_gguf_file: str | None = None,
         **fields: Any,
     ) -> Self:
-        """Load both models (hub ids or folders) with `transformers` and build the LLM.
+        """Load both models (hub ids, folders or `.gguf` files) with `transformers` and build
+        the LLM.
 
         Args:
             specialist: the on-device model, e.g. "Qwen/Qwen3-0.6B".
             generalist: the large model, e.g. "Qwen/Qwen3-8B".
             device: for both models (default: CUDA when available).
             torch_dtype: for both models (default: float32 on CPU, "auto" on CUDA).
+            specialist_gguf_file: a GGUF file in `specialist` (folder or hub repo) holding the
+                weights, tokenizer and chat template; dequantised on load (`gguf` extra).
+            generalist_gguf_file: the same for `generalist`.
             **fields: any other field (`gamma=`, `retriever=`, ...).
         """
         options = {"device": device, "torch_dtype": torch_dtype}
         return cls(
-            specialist=LocalSpecialist.from_pretrained(specialist, **options),
-            generalist=LocalGeneralist.from_pretrained(generalist, **options),
+            specialist=LocalSpecialist.from_pretrained(
+                specialist, gguf_file=specialist_gguf_file, **options
+            ),
+            generalist=LocalGeneralist.from_pretrained(
+                generalist, gguf_file=generalist_gguf_file, **options
+            ),
             **fields,
         )
 

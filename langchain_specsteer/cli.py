@@ -79,12 +79,21 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
             "unless --public-docs)."
         ),
     )
-    serve.add_argument("--generalist", required=True, help="hub id or folder of the generalist")
+    serve.add_argument(
+        "--generalist", required=True, help="hub id, folder or .gguf file of the generalist"
+    )
     serve.add_argument(
         "--public-specialist",
-        help="hub id or folder of a public copy of the specialist: q_gen is then computed here "
-        "and the ratio test decided here",
+        help="hub id, folder or .gguf file of a public copy of the specialist: q_gen is then "
+        "computed here and the ratio test decided here",
     )
+    for role in ("generalist", "public-specialist"):
+        serve.add_argument(
+            f"--{role}-gguf-file",
+            metavar="FILE",
+            help=f"a GGUF file in the --{role} folder or hub repo: weights, tokenizer and chat "
+            "template, dequantised on load to --dtype (needs the [gguf] extra)",
+        )
     serve.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
     serve.add_argument("--port", type=int, default=8000, help="default: %(default)s")
     serve.add_argument(
@@ -149,10 +158,14 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(message)s", stream=sys.stderr)
     options = {"device": args.device, "torch_dtype": args.dtype}
     try:
-        generalist = LocalGeneralist.from_pretrained(args.generalist, **options)
+        generalist = LocalGeneralist.from_pretrained(
+            args.generalist, gguf_file=args.generalist_gguf_file, **options
+        )
         public = None
         if args.public_specialist:
-            public = LocalSpecialist.from_pretrained(args.public_specialist, **options)
+            public = LocalSpecialist.from_pretrained(
+                args.public_specialist, gguf_file=args.public_specialist_gguf_file, **options
+            )
     except OSError as err:
         parser.error(f"cannot load a model: {err}")
     try:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from langchain_specsteer.extras import optional_import
 from langchain_specsteer.local import LocalSession
 from langchain_specsteer.verification import Generalist, vocab_signature
 
@@ -50,6 +52,14 @@ def cache_keyword(model: Any) -> str:
     except (AttributeError, TypeError, ValueError):
         return "past_key_values"
     return "cache" if "cache" in parameters else "past_key_values"
+
+
+def _split_gguf(model_id: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """(folder or hub id, GGUF file name): a path to a `.gguf` file is split in two."""
+    path = Path(model_id).expanduser()
+    if gguf_file is None and path.suffix.lower() == ".gguf" and path.is_file():
+        return str(path.parent), path.name
+    return model_id, gguf_file
 
 
 def spelled_width(tokenizer: Any) -> int:
@@ -222,23 +232,38 @@ class LocalModel:
         device: str | torch.device | None = None,
         torch_dtype: str | torch.dtype | None = None,
         tokenizer_id: str | None = None,
+        gguf_file: str | None = None,
         **model_kwargs: Any,
     ) -> LocalModel:
         """Load a hub id or local path with `transformers`.
 
         Args:
-            model_id: hub id (e.g. "Qwen/Qwen3-0.6B") or a local folder.
+            model_id: hub id (e.g. "Qwen/Qwen3-0.6B"), a local folder, or a local `.gguf` file.
             device: "cpu", "cuda", "cuda:1", ...; default CUDA when available.
             torch_dtype: e.g. torch.bfloat16 or "bfloat16"; default float32 on CPU, "auto" on CUDA.
-            tokenizer_id: where the tokenizer lives, if not beside the weights.
+            tokenizer_id: where the tokenizer lives, if not beside the weights (or in the GGUF).
+            gguf_file: a GGUF file in `model_id` (folder or hub repo), e.g.
+                "SmolLM2-135M-Instruct.Q4_1.gguf" (llama.cpp, Ollama, LM Studio): the weights,
+                the tokenizer and its chat template (when the file has one) all come from it.
+                The weights are dequantised on load to `torch_dtype`: the model takes the
+                memory and the speed of an unquantised one. Needs the `gguf` extra.
             **model_kwargs: passed to `AutoModelForCausalLM.from_pretrained`.
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        model_id, gguf_file = _split_gguf(model_id, gguf_file)
+        tokenizer_options = {}
+        if gguf_file is not None:
+            optional_import("gguf", extra="gguf", purpose=f"Loading the GGUF file {gguf_file!r}")
+            model_kwargs["gguf_file"] = gguf_file
+            if tokenizer_id is None:
+                tokenizer_options["gguf_file"] = gguf_file
         device = str(device or _default_device())
         dtype = _resolve_dtype(torch_dtype, device)
         model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype, **model_kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_id or model_id)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_id or model_id, **tokenizer_options)
+        if gguf_file is not None:  # named after the file, not its folder
+            model.config._name_or_path = f"{model_id.rstrip('/')}/{gguf_file}"
         return cls(model.to(device), tokenizer)
 
     @property

@@ -332,3 +332,80 @@ def test_the_service_never_offers_padded_rows(padded_pair):
         assert int(choice["logprobs"]["tokens"][-1].split(":")[1]) < spelled
     refused = http.post("/v1/completions", json={"prompt": [1, spelled], "max_tokens": 1})
     assert refused.status_code == 400 and "outside the vocabulary" in refused.text
+
+
+# --------------------------------------------------------------------- GGUF files
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(generalist, tmp_path_factory):
+    """The tiny generalist written as a float32 GGUF with its tokenizer and a ChatML template."""
+    pytest.importorskip("gguf", reason="the [gguf] extra is not installed")
+    from langchain_specsteer.tiny import save_gguf
+
+    path = tmp_path_factory.mktemp("gguf") / "tiny-llama.F32.gguf"
+    save_gguf(generalist, path)
+    return path
+
+
+def test_a_gguf_file_loads_with_its_tokenizer_and_chat_template(tiny_gguf, generalist):
+    """`gguf_file=` (or a path to the file) gives the weights, the tokenizer and the chat
+    template from the one file: before, the tokenizer was looked up beside it and not found."""
+    from langchain_specsteer.tiny import CHATML
+
+    by_name = LocalGeneralist.from_pretrained(
+        str(tiny_gguf.parent), gguf_file=tiny_gguf.name, device="cpu"
+    )
+    by_path = LocalSpecialist.from_pretrained(str(tiny_gguf), device="cpu")
+    for lm in (by_name, by_path):
+        assert lm.name.endswith("tiny-llama.F32.gguf")
+        assert next(lm.model.parameters()).dtype == torch.float32  # dequantised
+        assert lm.vocab_size == generalist.vocab_size
+        assert lm.tokenizer.chat_template == CHATML
+        for text in PROMPTS:
+            ids = generalist.tokenizer.encode(text)
+            assert lm.tokenizer.encode(text) == ids
+            torch.testing.assert_close(full_forward(lm, ids), full_forward(generalist, ids))
+        chat = lm.encode(PROMPT, chat=True)
+        assert lm.tokenizer.decode(chat) == f"<|im_start|>user\n{PROMPT}<|im_end|>\n" + (
+            "<|im_start|>assistant\n"
+        )
+
+
+def test_from_pretrained_and_serve_take_gguf_files(tiny_gguf, tiny_dir, monkeypatch):
+    """`SpecSteerLLM.from_pretrained(..., generalist_gguf_file=)` and `specsteer serve
+    --generalist-gguf-file` load the generalist from the file (its tokenizer differs from the
+    folder specialist's by the chat template only: one vocabulary)."""
+    import uvicorn
+
+    from langchain_specsteer import SpecSteerLLM
+    from langchain_specsteer.cli import main
+    from langchain_specsteer.tiny import CHATML
+
+    llm = SpecSteerLLM.from_pretrained(
+        str(tiny_dir / "generalist"),
+        str(tiny_gguf.parent),
+        generalist_gguf_file=tiny_gguf.name,
+        device="cpu",
+        max_new_tokens=6,
+    )
+    assert llm.generalist.tokenizer.chat_template == CHATML
+    assert llm.specialist.tokenizer.chat_template != CHATML
+    assert llm.invoke(PROMPT, method="speculative") == llm.invoke(PROMPT, method="generalist")
+    runs = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: runs.append(app))
+    folder, name = str(tiny_gguf.parent), tiny_gguf.name
+    serve = ["serve", "--device", "cpu", "--generalist", folder, "--generalist-gguf-file", name]
+    assert main([*serve, "--public-specialist", folder, "--public-specialist-gguf-file", name]) == 0
+    service = runs[0].state.service
+    assert service.model_name == name
+    assert service.generalist.tokenizer.chat_template == CHATML
+    assert service.public_specialist.tokenizer.chat_template == CHATML
+
+
+def test_a_gguf_file_without_the_gguf_package_names_the_extra(tiny_gguf, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gguf", None)  # as if not installed
+    with pytest.raises(ImportError, match=r'pip install "langchain-specsteer\[gguf\]"'):
+        LocalGeneralist.from_pretrained(str(tiny_gguf), device="cpu")
