@@ -38,13 +38,11 @@ __all__ = [
     "pick",
     "ratio_accept",
     "recover_costeer",
-    "recover_from_hint",
     "recover_generalist",
     "recover_specialist",
     "recover_steered",
     "residual",
     "speculative_accept",
-    "steer",
     "temper",
     "tilt",
     "top_p_filter",
@@ -244,15 +242,6 @@ def residual(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return torch.log(mass / mass.sum())
 
 
-def steer(
-    log_p_G: torch.Tensor, log_q_ctx: torch.Tensor, log_q_gen: torch.Tensor, alpha: float
-) -> torch.Tensor:
-    """The fused score log p_G + α (log q_ctx − log q_gen) (unnormalised log π*)."""
-    if alpha == 0:
-        return log_p_G
-    return log_p_G + alpha * (log_q_ctx - log_q_gen)
-
-
 def tilt(log_p: torch.Tensor, delta: torch.Tensor, alpha: float) -> torch.Tensor:
     """log p + α·δ: `log_p` tilted towards where δ is high (unnormalised; α = 0 leaves it).
 
@@ -403,15 +392,3 @@ def make_hint(log_p_G: torch.Tensor, log_q_gen: torch.Tensor, m: int | None = 20
     m = log_p_G.shape[-1] if m is None else min(m, log_p_G.shape[-1])
     top = torch.topk(log_p_G, m, dim=-1)
     return Hint(top.indices, top.values, log_q_gen.gather(-1, top.indices))
-
-
-def recover_from_hint(
-    hint: Hint, log_q_ctx: torch.Tensor, alpha: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused scores over the hint's candidates: the device adds α·log q_ctx and picks.
-
-    Returns:
-        (candidate token ids (m,), their scores (m,)).
-    """
-    scores = steer(hint.log_p_G, log_q_ctx.gather(-1, hint.token_ids), hint.log_q_gen, alpha)
-    return hint.token_ids, scores

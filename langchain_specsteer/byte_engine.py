@@ -8,7 +8,7 @@ prefix are kept with their KV cache, the rest is re-tokenised, and the last re-t
 token is held back as *pending* bytes its next token must start with (so a text cut inside
 one of its tokens does not distort its next distribution: one-token healing).
 
-A round:
+A round (the loop is `run.Run`'s; this module says how to align, accept and recover):
 
 1. **Draft**: the specialist proposes up to K tokens (the first one extending the pending
    bytes); their new bytes are the draft.
@@ -16,12 +16,16 @@ A round:
    accepts generalist tokens while each is the generalist's argmax, so its output equals the
    generalist's greedy output exactly. `specsteer` runs the ratio test per *aligned chunk*
    (spans whose ends are token boundaries in both tokenizations), summed log p_G against
-   summed log q_gen.
+   summed log q_gen (`algorithms.chunk_accept`).
 3. **Recover**: one generalist token. Greedy `generalist`/`speculative` take p_G's argmax.
    The steered methods fuse the two models' next-byte distributions one byte at a time until
    the generalist's token ends (`bytelevel.recover_bytewise`, the default), or score the
    generalist's top tokens by how likely the specialist is to spell them
-   (`byte_recovery="token"`, `bytelevel.recover_token`).
+   (`byte_recovery="token"`, `bytelevel.recover_token`); either way the method's own
+   recovery function fuses (log p_G, δ).
+
+Without the generalist (method `specialist`, or after it failed) the specialist writes one
+token of its own per round.
 
 What is approximate, and why (docs/bytelevel.md): byte distributions look one token ahead
 (the tokens that start with the bytes so far), where Hayase et al. (2025) are exact with a
@@ -31,9 +35,7 @@ renormalised over the tokens that extend the pending bytes.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -42,23 +44,16 @@ from langchain_specsteer import algorithms as alg
 from langchain_specsteer.bytelevel import (
     TokenBytes,
     aligned_boundaries,
-    chunk_accept,
     recover_bytewise,
+    recover_token,
 )
-from langchain_specsteer.bytelevel import recover_token as recover_bytes
-from langchain_specsteer.engine import METHOD_SPECS, DecodeRun, Round
-from langchain_specsteer.verification import (
-    GeneralistError,
-    GeneralistSession,
-    Verdict,
-    VerifyCall,
-)
+from langchain_specsteer.methods import METHOD_SPECS
+from langchain_specsteer.run import Draft, Prompts, Round, Run
+from langchain_specsteer.verification import Generalist, Rule, Verdict
 
 if TYPE_CHECKING:
-    from langchain_specsteer.engine import Prompts, SpecSteerEngine
     from langchain_specsteer.models import LocalSpecialist, TokenSequence
     from langchain_specsteer.params import DecodingParams
-    from langchain_specsteer.verification import Generalist
 
 __all__ = ["ByteDecodeRun", "ByteVocabularies"]
 
@@ -84,75 +79,65 @@ class ByteVocabularies:
         return cls(TokenBytes(specialist.tokenizer), TokenBytes(tokenizer), width)
 
 
-class ByteDecodeRun(DecodeRun):
+@dataclass
+class ByteDraft(Draft):
+    """A round's proposal on the byte path.
+
+    Attributes:
+        pending: bytes the specialist's next token had to start with (already committed).
+        drafted: the specialist's drafted tokens, whose new bytes `ids` re-tokenise.
+    """
+
+    pending: bytes = b""
+    drafted: list[int] = field(default_factory=list)
+
+
+class ByteDecodeRun(Run):
     """One generation on the byte-level path; iterating yields `Round`s with their bytes."""
 
-    def __init__(self, engine: SpecSteerEngine, prompts: Prompts, params: DecodingParams):
-        if params.method == "speculative" and not params.greedy:
+    def __init__(
+        self,
+        specialist: LocalSpecialist,
+        generalist: Generalist,
+        prompts: Prompts,
+        params: DecodingParams,
+        *,
+        vocabularies: ByteVocabularies,
+    ):
+        if METHOD_SPECS[params.method].verify == "match" and not params.greedy:
             msg = (
                 "speculative sampling across tokenizers is not built (its residual needs both "
                 "distributions over one vocabulary): use temperature=0, or method='specsteer'"
             )
             raise ValueError(msg)
-        super().__init__(engine, prompts, params)
-        self.vocabularies: ByteVocabularies = engine.bytes
+        super().__init__(specialist, generalist, prompts, params)
+        self.vocabularies = vocabularies
         self.text = bytearray()  # the committed output
         self.last_piece = b""  # the bytes of the last committed generalist token
+        self.pending = b""  # bytes the specialist's next token must start with
 
-    def _steps(self) -> Generator[Round | VerifyCall, Verdict | None, None]:
-        p, spec, engine = self.params, self.spec, self.engine
-        self.stats._start = time.perf_counter()
-        ctx = gen = target = None
-        try:
-            if spec.drafts or spec.recovers_with_q_ctx:
-                ctx = engine.specialist.sequence(self.prompts.private)
-            if spec.uses_q_gen:
-                gen = engine.specialist.sequence(self.prompts.public_specialist)
-            try:
-                target = self._open()
-            except GeneralistError as err:
-                ctx, gen, target = self._fall_back(ctx, err)
-            while self.stats.new_tokens < p.max_new_tokens:
-                remaining = p.max_new_tokens - self.stats.new_tokens
-                try:
-                    if target is None:  # the specialist writes
-                        round_ = self._specialist_round(ctx)
-                    else:
-                        round_ = yield from self._generalist_round(ctx, gen, target, remaining)
-                except GeneralistError as err:
-                    ctx, gen, target = self._fall_back(ctx, err)
-                    continue
-                self.text.extend(round_.data)
-                if round_.tokens and target is not None:
-                    self.last_piece = self.vocabularies.generalist.spell(round_.tokens[-1:])
-                yield round_
-                if self.stats.finish_reason == "eos":
-                    return
-            self.stats.finish_reason = "length"
-        finally:
-            self.stats.seconds = time.perf_counter() - self.stats._start
+    @property
+    def _writer(self) -> TokenBytes:
+        """The vocabulary of committed tokens: the generalist's, or the specialist's alone."""
+        words = self.vocabularies
+        return words.specialist if self.target is None else words.generalist
 
-    def _open(self) -> GeneralistSession | None:
-        if not self.spec.uses_generalist:
-            return None
-        if self.prompts.public_generalist is None:
-            raise GeneralistError(self.prompts.generalist_error or "no generalist prompt")
-        return self._open_session(
-            self.prompts.public_generalist,
-            vocab_size=self.vocabularies.generalist_width,
-            temperature=self.params.temperature,
-        )
+    @property
+    def _eos(self) -> frozenset[int]:
+        model = self.specialist if self.target is None else self.generalist
+        return model.eos_token_ids
 
-    def _fall_back(
-        self, ctx: TokenSequence | None, err: GeneralistError
-    ) -> tuple[TokenSequence, None, None]:
-        """The generalist is unreachable: the specialist finishes from the committed bytes."""
-        if self.params.on_generalist_error == "raise":
-            raise err
-        self.stats.degraded = True
-        self.stats.degraded_reason = str(err)
-        self.spec = METHOD_SPECS["specialist"]
-        return ctx or self.engine.specialist.sequence(self.prompts.private), None, None
+    def _open(self) -> None:
+        spec = self.spec
+        if spec.drafts or spec.recovers_with_q_ctx:
+            self.ctx = self.specialist.sequence(self.prompts.private)
+        if spec.uses_q_gen:
+            self.gen = self.specialist.sequence(self.prompts.public_specialist)
+        self.target = self._open_target(self.vocabularies.generalist_width)
+
+    def _specialist_alone(self, draft: Draft | None) -> TokenSequence:
+        """The specialist finishes from the committed bytes (its next `_sync` aligns it)."""
+        return self.ctx or self.specialist.sequence(self.prompts.private)
 
     def _sync(self, seq: TokenSequence) -> bytes:
         """Make the specialist's tokens spell the committed bytes; return the pending bytes.
@@ -178,171 +163,116 @@ class ByteDecodeRun(DecodeRun):
         seq.append(rest)
         return b""
 
-    def _constrained(self, row: torch.Tensor, pending: bytes) -> torch.Tensor:
-        """Log-probs renormalised over the tokens that extend `pending` (as is, if none)."""
-        if not pending:
+    def _constrained(self, row: torch.Tensor) -> torch.Tensor:
+        """Log-probs renormalised over the tokens that extend the pending bytes (as is, if
+        none)."""
+        if not self.pending:
             return row
-        ids = self.vocabularies.specialist.extending(pending).to(row.device)
+        ids = self.vocabularies.specialist.extending(self.pending).to(row.device)
         masked = torch.full_like(row, float("-inf"))
         masked[ids] = row[ids]
         return torch.log_softmax(masked, dim=-1)
 
-    def _specialist_round(self, ctx: TokenSequence) -> Round:
-        pending = self._sync(ctx)
-        q_ctx: list[torch.Tensor] = []
-        self._step(ctx, q_ctx, [])
-        q_ctx[0] = self._constrained(q_ctx[0], pending)
-        token = self._recover(0, 0, q_ctx, None, [])
-        ctx.append([token])
-        if token in self.engine.specialist.eos_token_ids:
-            self.stats.finish_reason = "eos"
-        self._count(0, 0, 1)
-        data = self.vocabularies.specialist.spell([token])[len(pending) :]
-        return Round([token], 0, data)
+    def _step(self, seq: TokenSequence, q_ctx: list, q_gen: list) -> None:
+        """A specialist step; a round's first one extends the pending bytes."""
+        super()._step(seq, q_ctx, q_gen)
+        if len(q_ctx) == 1:
+            q_ctx[0] = self._constrained(q_ctx[0])
 
-    def _draft_tokens(
-        self, ctx: TokenSequence, k: int, pending: bytes
-    ) -> tuple[list[int], list[torch.Tensor]]:
-        """Up to k specialist tokens from q_ctx (the first extends `pending`); stops at EOS,
-        which is not kept. Returns the tokens and q_ctx before each (and after, if k ran)."""
-        eos = self.engine.specialist.eos_token_ids
-        draft: list[int] = []
-        q_ctx: list[torch.Tensor] = []
-        for i in range(k):
-            self._step(ctx, q_ctx, [])
-            if i == 0:
-                q_ctx[0] = self._constrained(q_ctx[0], pending)
-            token = alg.pick(
-                self._sampling(q_ctx[-1]), greedy=self.params.greedy, generator=self.rng
-            )
-            ctx.append([token])
-            if token in eos:
-                break
-            draft.append(token)
-        return draft, q_ctx
+    def _draft(self, remaining: int) -> ByteDraft:
+        self.pending = self._sync(self.ctx) if self.ctx is not None else b""
+        if self.gen is not None:
+            self._sync(self.gen)
+        draft = ByteDraft(pending=self.pending)
+        if self.spec.drafts:
+            k = min(self.params.draft_tokens, remaining - 1)
+            eos = self.specialist.eos_token_ids
+            draft.drafted = self._draft_tokens(self.ctx, k, eos, draft)
+            if draft.drafted and draft.drafted[-1] in eos:  # it spells nothing: not drafted
+                draft.drafted.pop()
+        data = self.vocabularies.specialist.spell(draft.drafted)[len(self.pending) :]
+        draft.ids = self.vocabularies.generalist.encode(data)[: remaining - 1]
+        return draft
 
-    def _generalist_round(
-        self,
-        ctx: TokenSequence | None,
-        gen: TokenSequence | None,
-        target: GeneralistSession,
-        remaining: int,
-    ) -> Generator[VerifyCall, Verdict, Round]:
-        p, spec, words = self.params, self.spec, self.vocabularies
-        pending = self._sync(ctx) if ctx is not None else b""
-        if gen is not None:
-            self._sync(gen)
-        drafted: list[int] = []
-        q_ctx: list[torch.Tensor] = []
-        if spec.drafts:
-            drafted, q_ctx = self._draft_tokens(ctx, min(p.draft_tokens, remaining - 1), pending)
-        draft_bytes = words.specialist.spell(drafted)[len(pending) :]
-        draft = words.generalist.encode(draft_bytes)[: remaining - 1]
-        rule = "none" if not draft else "match" if spec.verify == "match" else "device"
-        verdict = yield VerifyCall(target, draft, rule, p.gamma)
-        self.stats.generalist_calls += 1
-        log_p_G = verdict.log_p_G.to(self.device)
-        q_gen: list[torch.Tensor] = []
-        if gen is not None:  # q_gen over the specialist's draft, on the device
-            q_gen = list(self._score(gen, drafted))
-            q_gen[0] = self._constrained(q_gen[0], pending)
-        n, s = self._accept_bytes(verdict.accepted, draft, log_p_G, drafted, q_gen, pending)
-        if spec.recovers_with_q_ctx and s == len(q_ctx):  # every drafted token accepted
-            self._step(ctx, q_ctx, [])
-            if s == 0:
-                q_ctx[0] = self._constrained(q_ctx[0], pending)
-        if spec.recover == "generalist":  # p_G's own argmax (or sample): a whole token
-            token = self._recover(n, len(draft), [], log_p_G, [])
-        else:
-            token = self._recover_bytes(n, s, log_p_G, q_ctx, q_gen, pending if s == 0 else b"")
-        target.commit(n, token)
-        tokens = self._cut_at_eos([*draft[:n], token], self.engine.generalist.eos_token_ids)
-        self._count(len(draft), min(n, len(tokens)), len(tokens))
-        return Round(tokens, min(n, len(tokens)), words.generalist.spell(tokens))
+    def _rule(self, draft: Draft) -> Rule:
+        if not draft.ids:
+            return "none"
+        return "match" if self.spec.verify == "match" else "device"
 
-    def _accept_bytes(
-        self,
-        decided: int | None,
-        draft: list[int],
-        log_p_G: torch.Tensor,
-        drafted: list[int],
-        q_gen: list[torch.Tensor],
-        pending: bytes,
-    ) -> tuple[int, int]:
+    def _accept(self, draft: ByteDraft, verdict: Verdict | None) -> tuple[int, int]:
         """(generalist tokens, specialist tokens) of the draft that are accepted."""
-        if not draft:
+        if self.gen is not None:  # q_gen over the specialist's draft, on the device
+            draft.q_gen = list(self._score(self.gen, draft.drafted))
+            draft.q_gen[0] = self._constrained(draft.q_gen[0])
+        if not draft.ids:
             return 0, 0
         if self.spec.verify == "match":
-            if decided is None:  # the device decides (an OpenAI-compatible server)
-                ids = torch.tensor(draft, dtype=torch.long, device=log_p_G.device)
-                decided = alg.speculative_accept(ids, log_p_G[:-1], log_p_G[:-1])
-            return decided, 0
+            return self._decide("match", draft.ids, verdict), 0
         words = self.vocabularies
-        s_ends, offset = [], -len(pending)
-        for token in drafted:
+        s_ends, offset = [], -len(draft.pending)
+        for token in draft.drafted:
             offset += len(words.specialist.table[token] or b"")
             s_ends.append(offset)
         g_ends, offset = [], 0
-        for token in draft:
+        for token in draft.ids:
             offset += len(words.generalist.table[token] or b"")
             g_ends.append(offset)
         boundaries = aligned_boundaries(s_ends, g_ends)
-        log_q = [float(q_gen[i][t]) for i, t in enumerate(drafted)]
-        log_p = [float(log_p_G[j][t]) for j, t in enumerate(draft)]
-        uniforms = None
-        if not self.params.greedy and boundaries:
-            uniforms = torch.rand(len(boundaries), generator=self.rng, device=self.device).tolist()
-        s, n = chunk_accept(boundaries, log_q, log_p, self.params.gamma, uniforms)
+        log_q = [float(draft.q_gen[i][t]) for i, t in enumerate(draft.drafted)]
+        log_p = [float(verdict.log_p_G[j][t]) for j, t in enumerate(draft.ids)]
+        uniforms = self._draws(len(boundaries)) if not self.params.greedy and boundaries else None
+        s, n = alg.chunk_accept(boundaries, log_q, log_p, self.params.gamma, uniforms)
         return n, s
 
-    def _recover_bytes(
-        self,
-        n: int,
-        s: int,
-        log_p_G: torch.Tensor,
-        q_ctx: list[torch.Tensor],
-        q_gen: list[torch.Tensor],
-        pending: bytes,
-    ) -> int:
-        """The round's last token: a generalist token, steered by the specialist's bytes."""
-        p, how = self.params, self.spec.recover
-        if how == "steer":
-
-            def fuse(P: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-                return alg.steer(P, delta, torch.zeros_like(delta), p.alpha)
-
-        elif how == "costeer":
-
-            def fuse(P: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-                return alg.costeer_policy(
-                    P,
-                    delta,
-                    steps=p.costeer_steps,
-                    a=p.costeer_a,
-                    b=p.costeer_b,
-                    lam=p.costeer_lambda,
-                    eta=p.costeer_eta,
-                )
-
-        else:
-            msg = f"no byte-level recovery for {how!r}"
-            raise ValueError(msg)
-        row = log_p_G[n]
+    def _recover(self, draft: ByteDraft, verdict: Verdict | None, n: int, s: int) -> int:
+        """The round's last token: a whole token of the model whose distribution the method
+        reads, or a generalist token steered by the specialist's bytes."""
+        spec, reads = self.spec, self.spec.reads
+        if not spec.fuses:
+            rows = alg.Rows(
+                log_p_G=verdict.log_p_G[n] if "p_G" in reads else None,
+                log_q_ctx=draft.q_ctx[s] if "q_ctx" in reads else None,
+            )
+            return self._choose(spec.recover(rows, self.knobs))
+        p = self.params
+        row = verdict.log_p_G[n]
         if not p.greedy:
             row = self._sampling(torch.log_softmax(row, dim=-1))
+        pending = draft.pending if s == 0 else b""
+
+        def fuse(P: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+            return spec.recover(alg.Rows(log_p_G=P, delta=delta), self.knobs)
+
         common = {
             "log_p_G": row,
-            "log_q_ctx": q_ctx[s],
-            "log_q_gen": q_gen[s],
+            "log_q_ctx": draft.q_ctx[s],
+            "log_q_gen": draft.q_gen[s],
             "generalist": self.vocabularies.generalist,
             "specialist": self.vocabularies.specialist,
             "pending": pending,
             "fuse": fuse,
             "greedy": p.greedy,
             "generator": self.rng,
-            "specialist_eos": sorted(self.engine.specialist.eos_token_ids) if not pending else (),
+            "specialist_eos": sorted(self.specialist.eos_token_ids) if not pending else (),
         }
         if p.byte_recovery == "byte":
-            eos = sorted(self.engine.generalist.eos_token_ids)
+            eos = sorted(self.generalist.eos_token_ids)
             return recover_bytewise(**common, generalist_eos=eos)
-        return recover_bytes(**common)
+        return recover_token(**common)
+
+    def _roll_back(self, draft: Draft, n: int, token: int) -> None:
+        """The generalist writes: the next `_sync` aligns the specialist. The specialist
+        writes: its token joins its cache."""
+        if self.target is None:
+            self.ctx.append([token])
+
+    def _spell(self, tokens: list[int], draft: ByteDraft) -> bytes:
+        pending = draft.pending if self.target is None else b""
+        return self._writer.spell(tokens)[len(pending) :]
+
+    def _commit(self, draft: Draft, n: int, token: int) -> Round:
+        round_ = super()._commit(draft, n, token)
+        self.text.extend(round_.data)
+        if round_.tokens and self.target is not None:
+            self.last_piece = self.vocabularies.generalist.spell(round_.tokens[-1:])
+        return round_

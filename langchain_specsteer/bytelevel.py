@@ -29,7 +29,6 @@ __all__ = [
     "aligned_boundaries",
     "byte_alphabet",
     "byte_delta",
-    "chunk_accept",
     "prefix_mass",
     "recover_bytewise",
     "recover_token",
@@ -230,42 +229,6 @@ def aligned_boundaries(first: Sequence[int], second: Sequence[int]) -> list[tupl
             if offset > 0:
                 common.append((i, j))
     return common
-
-
-def chunk_accept(
-    boundaries: Sequence[tuple[int, int]],
-    log_q: Sequence[float],
-    log_p: Sequence[float],
-    gamma: float,
-    uniforms: Sequence[float] | None = None,
-) -> tuple[int, int]:
-    """SpecSteer's ratio test per aligned chunk: summed log p_G against summed log q_gen.
-
-    Greedy: accept chunks while log p_G(chunk) − log q_gen(chunk) ≥ log γ. Sampling: accept a
-    chunk when its uniform u < p_G(chunk) / (γ q_gen(chunk)). The first failure ends
-    acceptance.
-
-    Args:
-        boundaries: `aligned_boundaries(specialist ends, generalist ends)`.
-        log_q: log q_gen of each specialist token.
-        log_p: log p_G of each generalist token.
-        gamma: γ (inf: accept nothing; 0: everything).
-        uniforms: one draw per chunk in sampling mode.
-
-    Returns:
-        (specialist tokens, generalist tokens) accepted.
-    """
-    if math.isinf(gamma):
-        return 0, 0
-    log_gamma = math.log(gamma) if gamma > 0 else -math.inf
-    accepted, previous = (0, 0), (0, 0)
-    for c, (i, j) in enumerate(boundaries):
-        margin = sum(log_p[previous[1] : j]) - sum(log_q[previous[0] : i]) - log_gamma
-        passed = margin >= 0 if uniforms is None else math.log(max(uniforms[c], 1e-300)) < margin
-        if not passed:
-            break
-        accepted = previous = (i, j)
-    return accepted
 
 
 BYTE_FLOOR = 1e-4

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from langchain_specsteer.methods import METHODS
 from langchain_specsteer.protocol import MIN_TEMPERATURE
 from retrievers.templates import DEFAULT_CONTEXT_TEMPLATE, template_fields
 
@@ -19,10 +20,8 @@ __all__ = [
     "MethodName",
 ]
 
-MethodName = Literal[
-    "specsteer", "generalist", "specialist", "speculative", "light_costeer", "costeer"
-]
-METHODS: tuple[str, ...] = MethodName.__args__
+MethodName = Literal[METHODS]
+"""A method's name: one of `methods.METHODS`, the rows of `methods.METHOD_SPECS`."""
 
 MAX_COSTEER_COEFFICIENT = 1e8
 """The largest |c_t| CoSteer's knobs may give the coefficient of the specialist's delta
@@ -43,8 +42,7 @@ class DecodingParams(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     method: MethodName = "specsteer"
-    """Decoding method: specsteer, or a baseline (generalist, specialist, speculative,
-    light_costeer, costeer)."""
+    """Decoding method: specsteer, or a baseline (`methods.METHOD_SPECS` describes each)."""
     gamma: float = Field(default=0.5, ge=0)
     """Verification gate γ: accept drafts while p_G/q_gen ≥ γ (larger is stricter; inf: none)."""
     alpha: float = Field(default=1.0, ge=0, allow_inf_nan=False)

@@ -27,6 +27,19 @@ def generate(llm, prompt=PROMPTS[0], context=CONTEXT, **kwargs):
     return generation.text, generation.generation_info
 
 
+def test_both_alignments_run_one_loop_with_one_pair_of_drivers():
+    """The byte path differs from the token path in how it drafts, accepts and recovers only."""
+    from langchain_specsteer.byte_engine import ByteDecodeRun
+    from langchain_specsteer.engine import DecodeRun
+    from langchain_specsteer.run import Run
+
+    shared = {"_steps", "__iter__", "__aiter__", "_verify", "_decide", "_fall_back", "_choose"}
+    for run in (DecodeRun, ByteDecodeRun):
+        assert issubclass(run, Run)
+        assert not shared & set(vars(run)), run
+    assert not issubclass(ByteDecodeRun, DecodeRun)
+
+
 def test_different_vocabularies_pick_the_byte_path(specialist, generalist, cross_generalist):
     assert SpecSteerEngine(specialist, cross_generalist).alignment == "byte"
     assert SpecSteerEngine(specialist, generalist).alignment == "token"

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 import torch
+from pydantic import ValidationError
 
 from langchain_specsteer import METHODS, SpecSteerEngine
-from langchain_specsteer.algorithms import costeer_coefficient, steer
+from langchain_specsteer import algorithms as alg
+from langchain_specsteer.algorithms import costeer_coefficient
 from langchain_specsteer.engine import METHOD_SPECS
+from langchain_specsteer.params import METHODS as PARAMS_METHODS
+from langchain_specsteer.params import DecodingParams, MethodName
 from tests.conftest import CONTEXT, PROMPTS
 
 
@@ -27,8 +33,31 @@ def hf_greedy(lm, prompt_ids, max_new_tokens):
     return out[0, len(prompt_ids) :].tolist()
 
 
-def test_every_method_has_a_spec():
-    assert set(METHOD_SPECS) == set(METHODS)
+def test_the_rows_are_the_one_list_of_methods():
+    assert METHODS == PARAMS_METHODS == typing.get_args(MethodName) == tuple(METHOD_SPECS)
+    for name, spec in METHOD_SPECS.items():
+        assert spec.name == name and spec.description
+        assert DecodingParams(method=name).method == name
+    with pytest.raises(ValidationError, match="method"):
+        DecodingParams(method="nope")
+
+
+def test_each_row_is_what_the_design_says():
+    """DESIGN.md §1: (drafts, verify, recovery, uses the generalist, uses q_gen, reads q_ctx)."""
+    expected = {
+        "generalist": (False, "none", alg.recover_generalist, True, False, False),
+        "specialist": (False, "none", alg.recover_specialist, False, False, True),
+        "speculative": (True, "match", alg.recover_generalist, True, False, False),
+        "light_costeer": (False, "none", alg.recover_steered, True, True, True),
+        "costeer": (False, "none", alg.recover_costeer, True, True, True),
+        "specsteer": (True, "ratio", alg.recover_steered, True, True, True),
+    }
+    assert set(expected) == set(METHODS)
+    for name, row in expected.items():
+        spec = METHOD_SPECS[name]
+        got = (spec.drafts, spec.verify, spec.recover)
+        got += (spec.uses_generalist, spec.uses_q_gen, spec.recovers_with_q_ctx)
+        assert got == row, name
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
@@ -122,11 +151,9 @@ def reference_specsteer(specialist, generalist, prompts, *, gamma, alpha, k, max
                 break
             n += 1
         prefix = out + draft[:n]
-        fused = steer(
-            logprobs(generalist, prompts.public_generalist + prefix),
-            logprobs(specialist, prompts.private + prefix),
-            logprobs(specialist, prompts.public_specialist + prefix),
-            alpha,
+        fused = logprobs(generalist, prompts.public_generalist + prefix) + alpha * (
+            logprobs(specialist, prompts.private + prefix)
+            - logprobs(specialist, prompts.public_specialist + prefix)
         )
         out = [*prefix, int(fused.argmax())]
     return out
