@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TextIO
 
-from langchain_specsteer.engine import METHOD_SPECS
+from langchain_specsteer.methods import METHOD_SPECS
 from langchain_specsteer.params import DecodingParams
 from langchain_specsteer.text import IncrementalDetokenizer
 
@@ -56,15 +56,7 @@ DEFAULT_CONTEXT = (
     "- Tent, 5/5: Survived a storm at the lake without a leak. The kids love it."
 )
 DEMO_METHODS = ("generalist", "specialist", "specsteer")
-DESCRIPTIONS = {
-    "generalist": "the large model alone, on the request only (never sees the context)",
-    "specialist": "the small model alone, on private context + request",
-    "speculative": "standard speculative decoding: same text as the generalist",
-    "light_costeer": "one fused token per generalist call",
-    "costeer": "CoSteer: iterative fusion per token",
-    "specsteer": "the specialist drafts with the context, the generalist verifies; "
-    "one recovered token per round",
-}
+"""The methods the demo runs (each described by its row of `methods.METHOD_SPECS`)."""
 
 Kind = Literal["text", "accepted", "recovered"]
 ANSI = {"accepted": "\x1b[30;42m", "recovered": "\x1b[30;43m"}  # black on green / on yellow
@@ -255,7 +247,7 @@ def render_terminal(
         f"settings: {settings_line(params)}",
     ]
     for run in runs:
-        lines += ["", f"── {run.method}: {DESCRIPTIONS[run.method]}"]
+        lines += ["", f"── {run.method}: {METHOD_SPECS[run.method].description}"]
         if any(span.kind != "text" for span in run.spans):
             lines += ["legend:", *_legend(color)]
         lines += [
@@ -353,7 +345,7 @@ def render_html(
         )
         parts += [
             f"<h2>{esc(run.method)}</h2>",
-            f"<p>{esc(DESCRIPTIONS[run.method])}</p>",
+            f"<p>{esc(METHOD_SPECS[run.method].description)}</p>",
         ]
         if any(span.kind != "text" for span in run.spans):
             parts.append(f"<p>Legend: {legend}</p>")

@@ -42,6 +42,7 @@ def test_a_missing_pair_folder_is_an_error(capsys, tmp_path):
 
 def test_demo_runs_offline_and_labels_the_random_pair(capsys, tmp_path, monkeypatch):
     import langchain_specsteer.demo as demo
+    from langchain_specsteer.methods import METHOD_SPECS
 
     monkeypatch.setattr(demo, "DEMO_PAIR", tmp_path / "not-shipped")
     page = tmp_path / "demo.html"
@@ -53,7 +54,7 @@ def test_demo_runs_offline_and_labels_the_random_pair(capsys, tmp_path, monkeypa
     assert status == 0
     assert TINY_LABEL in out
     for method in ("generalist", "specialist", "specsteer"):
-        assert f"── {method}:" in out
+        assert f"── {method}: {METHOD_SPECS[method].description}" in out
     assert "\x1b[" not in out  # --no-color
     html = page.read_text(encoding="utf-8")
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in html
