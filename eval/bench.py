@@ -30,11 +30,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -43,16 +41,21 @@ from typing import Any
 
 import torch
 
+from eval import pair
 from eval.__main__ import _floats
-from eval.bench_methods import _time
 from eval.cli import HelpFormatter
 from eval.data import Example, load_longlamp
 from eval.metrics import mean_rouge
+from eval.pair import DEMO_PAIR as DEMO_PAIR
 from eval.prompts import retrieve_profile
-from langchain_specsteer import SpecSteerLLM
+from eval.summary import TABLE_ORDER, Summary, add_speedups, summarise
+from eval.tables import DASH as DASH
+from eval.tables import num, percent, table
+from eval.timing import median_seconds, timed
+from langchain_specsteer import SpecSteerLLM, demo_pair
 from langchain_specsteer.engine import Prompts, SpecSteerEngine
+from langchain_specsteer.methods import METHOD_SPECS
 from langchain_specsteer.models import LocalModel
-from retrievers import task_templates
 
 __all__ = [
     "PeakMemory",
@@ -65,12 +68,13 @@ __all__ = [
 ]
 
 TASK = "product_review"
-METHODS = ("generalist", "specialist", "speculative", "light_costeer", "costeer", "specsteer")
+METHODS = TABLE_ORDER  # every method of the engine, in table order
 HF_PEER = "hf_assisted"  # transformers generate(assistant_model=...)
-DRAFTING = ("speculative", "specsteer", HF_PEER)  # settings that take a K
-DEMO_PAIR = Path(__file__).resolve().parent.parent / "langchain_specsteer" / "demo_pair"
-DASH = "—"
+DRAFTERS = tuple(name for name, spec in METHOD_SPECS.items() if spec.drafts)  # K sweep, bounds
+DRAFTING = (*DRAFTERS, HF_PEER)  # settings that take a K
+GATED = tuple(name for name, spec in METHOD_SPECS.items() if spec.verify == "ratio")  # take a γ
 MIB = 2**20
+_num = num  # eval.bench_remote's name for it
 BASELINE_STYLE = {"generalist": ("s", "black"), "specialist": ("^", "tab:grey")}  # in plots
 
 
@@ -114,12 +118,10 @@ class Plan:
         k, gamma = args.draft_tokens, args.gamma
 
         def setting(method: str, g: float | None = None, kk: int | None = None) -> Setting:
-            return Setting(method, g if method == "specsteer" else None, kk)
+            return Setting(method, g if method in GATED else None, kk)
 
         methods = [setting(m, gamma, k if m in DRAFTING else None) for m in (*METHODS, HF_PEER)]
-        k_sweep = [
-            setting(m, gamma, kk) for m in ("specsteer", "speculative") for kk in args.k_sweep
-        ]
+        k_sweep = [setting(m, gamma, kk) for m in DRAFTERS for kk in args.k_sweep]
         return cls(methods, [setting("specsteer", g, k) for g in args.gammas], k_sweep)
 
 
@@ -301,14 +303,8 @@ def run_hf_assisted(llm: SpecSteerLLM, case: Case, k: int, memory: PeakMemory) -
     eos = sorted(llm.generalist.eos_token_ids | llm.specialist.eos_token_ids)
     pad = llm.generalist.tokenizer.pad_token_id
     sync = torch.cuda.synchronize if target.device.type == "cuda" else lambda: None
-    with (
-        assistant_config(assistant, k),
-        forward_counter(target) as rounds,
-        forward_counter(assistant) as drafted,
-        memory,
-        torch.inference_mode(),
-    ):
-        start = time.perf_counter()
+
+    def generate() -> torch.Tensor:
         output = target.generate(
             prompt,
             attention_mask=torch.ones_like(prompt),
@@ -319,7 +315,16 @@ def run_hf_assisted(llm: SpecSteerLLM, case: Case, k: int, memory: PeakMemory) -
             pad_token_id=eos[0] if pad is None else pad,
         )
         sync()
-        seconds = time.perf_counter() - start
+        return output
+
+    with (
+        assistant_config(assistant, k),
+        forward_counter(target) as rounds,
+        forward_counter(assistant) as drafted,
+        memory,
+        torch.inference_mode(),
+    ):
+        output, seconds = timed(generate)
     tokens = output[0, prompt.shape[1] :].tolist()
     return Sample(
         example_id=case.example.id,
@@ -393,7 +398,7 @@ def forward_seconds(
         sequence.rollback(cached)
         sync()
 
-    return _time(forward, repeats)
+    return median_seconds(forward, repeats)
 
 
 def measure_costs(
@@ -440,13 +445,14 @@ def round_seconds(
     """Model time of one round, as the engine spends it.
 
     speculative: `drafts` (default K) specialist steps + one K+1-token generalist verify forward.
-    specsteer: the same, plus q_gen — one K+1-token specialist forward on the public prompt
-    (or, when the engine batches q_ctx with q_gen, K batch-of-2 steps instead of both) —
-    plus, with probability α^K (every draft accepted), one more q_ctx step for the recovery.
+    specsteer (and any method reading q_gen): the same, plus q_gen — one K+1-token specialist
+    forward on the public prompt (or, when the engine batches q_ctx with q_gen, K batch-of-2
+    steps instead of both) — plus, with probability α^K (every draft accepted), one more q_ctx
+    step for the recovery.
     """
     verify = costs["generalist"][k + 1]
     drafts = k if drafts is None else drafts
-    if method == "speculative":
+    if not METHOD_SPECS[method].uses_q_gen:
         return drafts * costs["specialist"][1] + verify
     if "specialist_batched" in costs:
         return (drafts + alpha**k) * costs["specialist_batched"][1] + verify
@@ -477,59 +483,24 @@ def speedup_bound(
 # ---------------------------------------------------------------- summaries
 
 
-@dataclass
-class Summary:
-    """One table row: a setting's figures over every example and repetition."""
-
-    label: str
-    method: str
-    gamma: float | None
-    k: int | None
-    examples: int
-    new_tokens: int
-    seconds: float
-    tokens_per_second: float
-    speedup: float | None = None  # over generalist tokens/s
-    acceptance: float | None = None  # fraction: Σaccepted / Σdrafted
-    generalist_calls_per_token: float = math.nan
-    rouge1: float = math.nan  # ×100
-    rougeL: float = math.nan  # ×100
-    peak_rss_mb: float | None = None  # max over generations
-    peak_cuda_mb: float | None = None
-    drafted: int = 0
-    rounds: int = 0  # generalist calls of drafting methods
-    expected_tokens_per_round: float | None = None  # E at the measured acceptance (i.i.d.)
-    tokens_per_round: float | None = None  # measured
-    round_seconds: float | None = None  # model time of one round, from the forward costs
-    bound_speedup: float | None = None
-    measured_over_bound: float | None = None
-
-
 def _max(values: Sequence[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return max(present) if present else None
 
 
-def summarise(setting: Setting, samples: Sequence[Sample], references: dict[str, str]) -> Summary:
+def summarise_setting(
+    setting: Setting, samples: Sequence[Sample], references: dict[str, str]
+) -> Summary:
     """Σtokens/Σseconds, acceptance, calls/token, ROUGE (first repetition) and peak memory."""
-    tokens = sum(s.new_tokens for s in samples)
-    seconds = sum(s.seconds for s in samples)
-    drafted = sum(s.drafted for s in samples)
     first = [s for s in samples if s.rep == 0]
     scores = mean_rouge([s.text for s in first], [references[s.example_id] for s in first])
-    return Summary(
+    return summarise(
+        [vars(sample) for sample in samples],
         label=setting.label,
         method=setting.method,
         gamma=setting.gamma,
         k=setting.k,
         examples=len(first),
-        new_tokens=tokens,
-        seconds=seconds,
-        tokens_per_second=tokens / seconds if seconds > 0 else math.nan,
-        acceptance=sum(s.accepted for s in samples) / drafted if drafted else None,
-        drafted=drafted,
-        rounds=sum(s.generalist_calls for s in samples),
-        generalist_calls_per_token=sum(s.generalist_calls for s in samples) / max(tokens, 1),
         rouge1=scores["rouge1"],
         rougeL=scores["rougeL"],
         peak_rss_mb=_max([s.peak_rss_mb for s in samples]),
@@ -540,13 +511,12 @@ def summarise(setting: Setting, samples: Sequence[Sample], references: dict[str,
 def add_speedups_and_bounds(
     summaries: dict[Setting, Summary], costs: dict[str, dict[int, float]]
 ) -> None:
-    """Speed-up over the generalist row; the bound for speculative and specsteer rows."""
-    base = summaries[Setting("generalist")].tokens_per_second
+    """Speed-up over the generalist row; the bound for the rows of drafting methods (ours)."""
+    add_speedups(list(summaries.values()))
     for setting, row in summaries.items():
-        row.speedup = row.tokens_per_second / base if base > 0 else None
-        if setting.method in ("speculative", "specsteer") and row.acceptance is not None:
-            row.tokens_per_round = row.new_tokens / row.rounds
-            drafts = row.drafted / row.rounds
+        if setting.method in DRAFTERS and row.acceptance is not None:
+            row.tokens_per_round = row.new_tokens / row.generalist_calls
+            drafts = row.drafted / row.generalist_calls
             row.bound_speedup = speedup_bound(
                 setting.method, row.acceptance, setting.k, costs, row.tokens_per_round, drafts
             )
@@ -595,27 +565,11 @@ def equivalences(plan: Plan, samples: dict[Setting, list[Sample]]) -> list[dict[
 # ---------------------------------------------------------------- rendering
 
 
-def _num(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return DASH
-    return f"{format(value, spec)}{suffix}"
-
-
-def _percent(fraction: float | None) -> str:
-    return DASH if fraction is None else f"{100 * fraction:.1f}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    align = ["---" if i == 0 else "---:" for i in range(len(header))]
-    lines = [header, align, *rows]
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
-
-
 def _speed_cells(row: Summary) -> list[str]:
     return [
-        _num(row.tokens_per_second, ".1f"),
-        _num(row.speedup, ".2f", "×"),
-        _percent(row.acceptance),
+        num(row.tokens_per_second, ".1f"),
+        num(row.speedup, ".2f", "×"),
+        percent(row.acceptance),
     ]
 
 
@@ -627,17 +581,17 @@ def methods_table(rows: Sequence[Summary]) -> str:
     body = [
         [
             row.method,
-            _num(row.gamma, "g"),
-            _num(row.k, "d"),
+            num(row.gamma, "g"),
+            num(row.k, "d"),
             *_speed_cells(row),
-            _num(row.generalist_calls_per_token),
-            _num(row.rouge1),
-            _num(row.rougeL),
-            _num(row.peak_rss_mb, ".1f"),
+            num(row.generalist_calls_per_token),
+            num(row.rouge1),
+            num(row.rougeL),
+            num(row.peak_rss_mb, ".1f"),
         ]
         for row in rows
     ]
-    return _table(header, body)
+    return table(header, body)
 
 
 def sweep_table(rows: Sequence[Summary], knob: str) -> str:
@@ -648,16 +602,16 @@ def sweep_table(rows: Sequence[Summary], knob: str) -> str:
     body = [
         [
             row.method,
-            _num(row.gamma if knob == "γ" else row.k, "g"),
+            num(row.gamma if knob == "γ" else row.k, "g"),
             *_speed_cells(row),
-            _num(row.rouge1),
-            _num(row.rougeL),
-            _num(row.bound_speedup, ".2f", "×"),
-            _num(row.measured_over_bound, ".2f"),
+            num(row.rouge1),
+            num(row.rougeL),
+            num(row.bound_speedup, ".2f", "×"),
+            num(row.measured_over_bound, ".2f"),
         ]
         for row in rows
     ]
-    return _table(header, body)
+    return table(header, body)
 
 
 def costs_table(costs: dict[str, dict[int, float]]) -> str:
@@ -668,11 +622,11 @@ def costs_table(costs: dict[str, dict[int, float]]) -> str:
         "specialist_batched": "specialist, both prompts as a batch of 2",
     }
     body = [
-        [names[name], str(n), _num(seconds * 1e6, ".0f")]
+        [names[name], str(n), num(seconds * 1e6, ".0f")]
         for name, by_size in costs.items()
         for n, seconds in sorted(by_size.items())
     ]
-    return _table(["Forward", "tokens fed", "µs (median)"], body)
+    return table(["Forward", "tokens fed", "µs (median)"], body)
 
 
 def equivalence_lines(checks: Sequence[dict[str, Any]]) -> str:
@@ -697,13 +651,13 @@ def markdown_report(record: dict[str, Any]) -> str:
     bound_rows = [
         [
             r.label,
-            _percent(r.acceptance),
-            _num(r.expected_tokens_per_round),
-            _num(r.tokens_per_round),
-            _num(r.round_seconds * 1e6, ".0f"),
-            _num(r.bound_speedup, ".2f", "×"),
-            _num(r.speedup, ".2f", "×"),
-            _num(r.measured_over_bound, ".2f"),
+            percent(r.acceptance),
+            num(r.expected_tokens_per_round),
+            num(r.tokens_per_round),
+            num(r.round_seconds * 1e6, ".0f"),
+            num(r.bound_speedup, ".2f", "×"),
+            num(r.speedup, ".2f", "×"),
+            num(r.measured_over_bound, ".2f"),
         ]
         for r in drafting
     ]
@@ -742,7 +696,7 @@ def markdown_report(record: dict[str, Any]) -> str:
             "For reference, E i.i.d. = (1 − α̂^(K+1)) / (1 − α̂) is what independent acceptance "
             "at the measured rate α̂ would give; accepted drafts come in runs here.",
             "",
-            _table(
+            table(
                 [
                     "Setting",
                     "α̂ %",
@@ -870,21 +824,24 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("specialist", "generalist"):
-        if getattr(args, name) is None:
-            if not (DEMO_PAIR / name).is_dir():
-                parser.error(f"--{name} is required ({DEMO_PAIR / name} does not exist)")
-            setattr(args, name, str(DEMO_PAIR / name))
+    if args.specialist is None or args.generalist is None:
+        try:
+            shipped = demo_pair()
+        except FileNotFoundError as error:
+            missing = "--specialist" if args.specialist is None else "--generalist"
+            parser.error(f"{missing} is required: {error}")
+        args.specialist = args.specialist or shipped.specialist
+        args.generalist = args.generalist or shipped.generalist
     return args
 
 
 def load_llm(args: argparse.Namespace) -> SpecSteerLLM:
-    return SpecSteerLLM.from_pretrained(
+    return pair.load_llm(
         args.specialist,
         args.generalist,
+        TASK,
         device=args.device,
-        torch_dtype=args.dtype,
-        **task_templates(TASK),
+        dtype=args.dtype,
         max_new_tokens=args.max_new_tokens,
         gamma=args.gamma,
         draft_tokens=args.draft_tokens,
@@ -942,7 +899,7 @@ def main(argv: Sequence[str] | None = None, *, progress: Callable[[str], None] =
     ks = [s.k for s in plan.settings if s.k is not None]
     costs = measure_costs(llm, cases[0], ks, args.cost_repeats, engine.batch_specialist)
     references = {case.example.id: case.example.output for case in cases}
-    summaries = {s: summarise(s, samples[s], references) for s in plan.settings}
+    summaries = {s: summarise_setting(s, samples[s], references) for s in plan.settings}
     add_speedups_and_bounds(summaries, costs)
     record = {
         "config": vars(args),

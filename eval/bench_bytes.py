@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +29,21 @@ import torch
 from eval.cli import HelpFormatter
 from eval.data import load_longlamp
 from eval.metrics import mean_rouge
+from eval.pair import DEMO_PAIR, load_pair
 from eval.prompts import retrieve_profile
-from langchain_specsteer import LocalGeneralist, LocalSpecialist, SpecSteerLLM
+from eval.summary import TABLE_ORDER
+from eval.tables import num, percent, table
+from eval.timing import timed
+from langchain_specsteer import LocalGeneralist, SpecSteerLLM
+from langchain_specsteer.methods import METHOD_SPECS
 from retrievers import task_templates
 
 __all__ = ["main"]
 
 TASK = "product_review"
-METHODS = ("generalist", "speculative", "specsteer", "light_costeer")
-PAIR = Path(__file__).resolve().parents[1] / "langchain_specsteer" / "demo_pair"
+SLOW = ("costeer",)  # CoSteer iterates per token: the slowest, left out unless asked for
+METHODS = tuple(m for m in TABLE_ORDER if METHOD_SPECS[m].uses_generalist and m not in SLOW)
+"""The default --methods: every method that consults the generalist (the byte path is its)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--k", type=int, default=3, help="BM25 profile entries as context")
     parser.add_argument(
         "--pair",
-        default=str(PAIR),
+        default=str(DEMO_PAIR),
         help="folder with specialist/, generalist/ (default: the shipped demo pair)",
     )
     parser.add_argument("--cross-generalist", help="a generalist folder with its own tokenizer")
@@ -75,9 +81,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; write bench_bytes.json and bench_bytes.md; return the record."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    pair = Path(args.pair)
-    specialist = LocalSpecialist.from_pretrained(str(pair / "specialist"), device="cpu")
-    demo = LocalGeneralist.from_pretrained(str(pair / "generalist"), device="cpu")
+    specialist, demo = load_pair(args.pair)
     generalists = {"token": ("token", demo, "byte"), "byte": ("byte", demo, "byte")}
     if args.cross_generalist:
         cross = LocalGeneralist.from_pretrained(args.cross_generalist, device="cpu")
@@ -96,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
         for name, (alignment, generalist, recovery) in generalists.items()
         for method in methods
-        if recovery == "byte" or method in ("specsteer", "light_costeer", "costeer")
+        if recovery == "byte" or METHOD_SPECS[method].fuses  # byte_recovery: fused methods
     }
     examples = load_longlamp(TASK, split=args.split, source=args.data, limit=args.cases)
     contexts = [retrieve_profile(e, TASK, "bm25", args.k) for e in examples]
@@ -107,11 +111,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for c, (example, context) in enumerate(zip(examples, contexts, strict=True)):
         shift = c % len(keys)
         for key in keys[shift:] + keys[:shift]:
-            start = time.perf_counter()
-            result = llms[key].generate([example.input], private_context=context)
+            generate = partial(llms[key].generate, [example.input], private_context=context)
+            result, wall = timed(generate)
             generation = result.generations[0][0]
             info = dict(generation.generation_info)
-            info.update(text=generation.text, wall=time.perf_counter() - start)
+            info.update(text=generation.text, wall=wall)
             runs[key].append(info)
         print(f"[bench_bytes] case {c + 1}/{len(examples)}", flush=True)
     references = [e.output for e in examples]
@@ -157,17 +161,24 @@ def markdown(record: dict[str, Any]) -> str:
         f"{config['threads']} threads. Rounds per token and acceptance count the generalist's "
         "tokens.",
         "",
-        "| generalist | method | tokens/s | acceptance | rounds/token | R-L | same text as token |",
-        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for row in record["rows"]:
-        acceptance = "—" if row["acceptance"] is None else f"{100 * row['acceptance']:.1f}%"
-        lines.append(
-            f"| {row['generalist']} | {row['method']} | {row['tokens_per_second']:.1f} | "
-            f"{acceptance} | {row['rounds_per_token']:.2f} | {row['rouge_l']:.2f} | "
-            f"{100 * row['same_text_as_token_path']:.0f}% |"
-        )
-    return "\n".join(lines)
+    header = [
+        "generalist", "method", "tokens/s", "acceptance", "rounds/token", "R-L",
+        "same text as token",
+    ]  # fmt: skip
+    body = [
+        [
+            row["generalist"],
+            row["method"],
+            num(row["tokens_per_second"], ".1f"),
+            percent(row["acceptance"], ".1f", "%"),
+            num(row["rounds_per_token"]),
+            num(row["rouge_l"]),
+            percent(row["same_text_as_token_path"], ".0f", "%"),
+        ]
+        for row in record["rows"]
+    ]
+    return "\n".join([*lines, table(header, body, text_columns=2)])
 
 
 if __name__ == "__main__":

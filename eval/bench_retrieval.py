@@ -18,7 +18,6 @@ import platform
 import random
 import statistics
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,8 @@ from typing import Any
 import torch
 
 from eval.cli import HelpFormatter
+from eval.tables import DASH, table
+from eval.timing import timed
 from retrievers import PersonalBM25Retriever, PersonalDenseRetriever, PrivateMemory
 
 PRODUCTS = ["blender", "kettle", "tent", "headphones", "grinder", "lamp", "backpack", "mixer"]
@@ -66,12 +67,6 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     return {"p50_ms": statistics.median(ms), "p95_ms": ms[int(0.95 * (len(ms) - 1))]}
 
 
-def timed(fn: Any) -> tuple[Any, float]:
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
-
-
 def query_latency(retriever: Any, queries: list[str]) -> dict[str, float]:
     retriever.invoke(queries[0])  # warm
     return percentiles([timed(lambda q=q: retriever.invoke(q))[1] for q in queries])
@@ -105,24 +100,33 @@ def bench_size(n: int, args: argparse.Namespace, folder: Path) -> dict[str, Any]
     return row
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| entries | add to memory (s) | BM25 index (s) | BM25 query p50 / p95 (ms) "
-        "| dense index, cold (s) | dense index, cached (s) | dense query p50 / p95 (ms) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+def _dense_cells(row: dict[str, Any]) -> list[str]:
+    if "dense_query" not in row:
+        return [DASH] * 3
+    query = row["dense_query"]
+    return [
+        f"{row['dense_index_cold_s']:.2f}",
+        f"{row['dense_index_cached_s']:.2f}",
+        f"{query['p50_ms']:.1f} / {query['p95_ms']:.1f}",
     ]
-    for r in rows:
-        dense = (
-            f"{r['dense_index_cold_s']:.2f} | {r['dense_index_cached_s']:.2f} | "
-            f"{r['dense_query']['p50_ms']:.1f} / {r['dense_query']['p95_ms']:.1f}"
-            if "dense_query" in r
-            else "— | — | —"
-        )
-        lines.append(
-            f"| {r['entries']} | {r['memory_add_s']:.2f} | {r['bm25_index_s']:.3f} | "
-            f"{r['bm25_query']['p50_ms']:.2f} / {r['bm25_query']['p95_ms']:.2f} | {dense} |"
-        )
-    return "\n".join(lines)
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    header = [
+        "entries", "add to memory (s)", "BM25 index (s)", "BM25 query p50 / p95 (ms)",
+        "dense index, cold (s)", "dense index, cached (s)", "dense query p50 / p95 (ms)",
+    ]  # fmt: skip
+    body = [
+        [
+            str(r["entries"]),
+            f"{r['memory_add_s']:.2f}",
+            f"{r['bm25_index_s']:.3f}",
+            f"{r['bm25_query']['p50_ms']:.2f} / {r['bm25_query']['p95_ms']:.2f}",
+            *_dense_cells(r),
+        ]
+        for r in rows
+    ]
+    return table(header, body, text_columns=0)
 
 
 def build_parser() -> argparse.ArgumentParser:

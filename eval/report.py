@@ -3,29 +3,29 @@
     python -m eval.report runs/review-A runs/review-B --csv table.csv --plot sweep.png
 
 A run folder holds `config.json` (its "name" labels the run; otherwise the folder name does)
-and `results.jsonl`, one JSON object per finished (example, method, γ, α). ROUGE is shown ×100,
-acceptance as 100·Σaccepted/Σdrafted, speed as Σnew_tokens/Σseconds, and speed-up relative to
-the same run's `generalist` rows.
+and `results.jsonl`, one JSON object per finished (example, method, γ, α). Each row is an
+`eval.summary.Summary`: ROUGE ×100, acceptance Σaccepted/Σdrafted (a fraction in the CSV,
+×100 in the table), speed as Σnew_tokens/Σseconds, and speed-up relative to the same run's
+`generalist` rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import math
 import sys
 import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 from eval.cli import HelpFormatter
+from eval.summary import TABLE_ORDER, Summary, add_speedups, summarise
+from eval.tables import DASH, num, percent, table
 
-METHOD_ORDER = ("generalist", "specialist", "speculative", "light_costeer", "costeer", "specsteer")
 REQUIRED = (
     "example_id",
     "method",
@@ -37,26 +37,21 @@ REQUIRED = (
     "accepted",
     "generalist_calls",
 )
-DASH = "—"
 LINE_STYLES = ("-", "--", ":", "-.")
 COLUMNS = ("Method", "γ", "α", "n", "R-1", "R-L", "Accept. %", "tokens/s", "Speed-up")
-
-
-@dataclass
-class Row:
-    """One line of the table: a (run, method, γ, α) group of results."""
-
-    run: str
-    method: str
-    gamma: float | None
-    alpha: float | None
-    examples: int
-    rouge1: float  # ×100, mean over examples
-    rougeL: float  # ×100, mean over examples
-    acceptance: float | None  # % = 100·Σaccepted/Σdrafted; None when nothing was drafted
-    tokens_per_second: float  # Σnew_tokens / Σseconds
-    speedup: float | None  # tokens_per_second / the same run's generalist tokens/s
-    generalist_calls_per_token: float
+CSV_COLUMNS = (
+    "run",
+    "method",
+    "gamma",
+    "alpha",
+    "examples",
+    "rouge1",
+    "rougeL",
+    "acceptance",
+    "tokens_per_second",
+    "speedup",
+    "generalist_calls_per_token",
+)
 
 
 # ---------------------------------------------------------------- loading
@@ -141,24 +136,12 @@ def _deduplicate(records: list[dict[str, Any]], run: str) -> list[dict[str, Any]
     return list(latest.values())
 
 
-def _ratio(numerator: float, denominator: float) -> float:
-    return numerator / denominator if denominator > 0 else math.nan
-
-
-def _throughput(records: Iterable[dict[str, Any]]) -> float:
-    records = list(records)
-    return _ratio(sum(r["new_tokens"] for r in records), sum(r["seconds"] for r in records))
-
-
-def _row(run: str, records: list[dict[str, Any]], baseline: float | None) -> Row:
-    """Aggregate one (method, γ, α) group of a run."""
+def _row(run: str, records: list[dict[str, Any]]) -> Summary:
+    """Aggregate one (method, γ, α) group of a run (its speed-up is set with the run's)."""
     method, gamma, alpha = _key(records[0])
     n = len(records)
-    drafted = sum(r["drafted"] for r in records)
-    tokens = sum(r["new_tokens"] for r in records)
-    speed = _throughput(records)
-    speedup = speed / baseline if baseline and math.isfinite(baseline) else None
-    return Row(
+    return summarise(
+        records,
         run=run,
         method=method,
         gamma=gamma,
@@ -166,31 +149,26 @@ def _row(run: str, records: list[dict[str, Any]], baseline: float | None) -> Row
         examples=n,
         rouge1=100.0 * sum(r["rouge1"] for r in records) / n,
         rougeL=100.0 * sum(r["rougeL"] for r in records) / n,
-        acceptance=100.0 * sum(r["accepted"] for r in records) / drafted if drafted else None,
-        tokens_per_second=speed,
-        speedup=speedup if speedup is None or math.isfinite(speedup) else None,
-        generalist_calls_per_token=_ratio(sum(r["generalist_calls"] for r in records), tokens),
     )
 
 
-def _order(row: Row) -> tuple:
+def _order(row: Summary) -> tuple:
     """Methods in the paper's order (unknown ones last), then γ descending, α ascending."""
-    known = row.method in METHOD_ORDER
-    rank = METHOD_ORDER.index(row.method) if known else len(METHOD_ORDER)
+    known = row.method in TABLE_ORDER
+    rank = TABLE_ORDER.index(row.method) if known else len(TABLE_ORDER)
     gamma = (row.gamma is not None, -row.gamma if row.gamma is not None else 0.0)
     alpha = (row.alpha is not None, row.alpha if row.alpha is not None else 0.0)
     return rank, "" if known else row.method, gamma, alpha
 
 
-def summarize_run(run: str, records: list[dict[str, Any]]) -> list[Row]:
+def summarize_run(run: str, records: list[dict[str, Any]]) -> list[Summary]:
     """The rows of one run, in table order."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
-    records = _deduplicate(records, run)
-    for record in records:
+    for record in _deduplicate(records, run):
         groups.setdefault(_key(record), []).append(record)
-    generalist = [r for r in records if r["method"] == "generalist"]
-    baseline = _throughput(generalist) if generalist else None
-    return sorted((_row(run, group, baseline) for group in groups.values()), key=_order)
+    rows = [_row(run, group) for group in groups.values()]
+    add_speedups(rows)
+    return sorted(rows, key=_order)
 
 
 def _run_names(run_dirs: Sequence[Path]) -> list[str]:
@@ -206,20 +184,16 @@ def _run_names(run_dirs: Sequence[Path]) -> list[str]:
     return names
 
 
-def summarize(run_dirs: Sequence[str | PathLike[str]]) -> list[Row]:
+def summarize(run_dirs: Sequence[str | PathLike[str]]) -> list[Summary]:
     """Rows of several runs side by side: runs in the given order, each in table order."""
     dirs = [Path(d) for d in run_dirs]
-    rows: list[Row] = []
+    rows: list[Summary] = []
     for run, run_dir in zip(_run_names(dirs), dirs, strict=True):
         rows.extend(summarize_run(run, load_results(run_dir)))
     return rows
 
 
 # ---------------------------------------------------------------- rendering
-
-
-def _missing(value: float | None) -> bool:
-    return value is None or math.isnan(value)
 
 
 def _parameter_text(value: float | None) -> str:
@@ -229,50 +203,45 @@ def _parameter_text(value: float | None) -> str:
     return "∞" if value == math.inf else f"{value:g}"
 
 
-def _number(value: float | None, suffix: str = "") -> str:
-    return DASH if _missing(value) else f"{value:.2f}{suffix}"
-
-
-def _cells(row: Row, with_run: bool) -> list[str]:
+def _cells(row: Summary, with_run: bool) -> list[str]:
     cells = [
         row.method,
         _parameter_text(row.gamma),
         _parameter_text(row.alpha),
         str(row.examples),
-        _number(row.rouge1),
-        _number(row.rougeL),
-        _number(row.acceptance),
-        _number(row.tokens_per_second),
-        _number(row.speedup, "×"),
+        num(row.rouge1),
+        num(row.rougeL),
+        percent(row.acceptance, ".2f"),
+        num(row.tokens_per_second),
+        num(row.speedup, ".2f", "×"),
     ]
-    return [row.run, *cells] if with_run else cells
+    return [str(row.run), *cells] if with_run else cells
 
 
-def markdown_table(rows: Sequence[Row]) -> str:
+def markdown_table(rows: Sequence[Summary]) -> str:
     """A GitHub markdown table like the paper's Tables 2 and 4 (a Run column for several runs)."""
     with_run = len({row.run for row in rows}) > 1
     header = ["Run", *COLUMNS] if with_run else list(COLUMNS)
-    align = ["---" if name in ("Run", "Method") else "---:" for name in header]
-    lines = [header, align, *(_cells(row, with_run) for row in rows)]
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+    body = [_cells(row, with_run) for row in rows]
+    return table(header, body, text_columns=2 if with_run else 1)
 
 
-def write_csv(rows: Sequence[Row], path: str | PathLike[str]) -> None:
-    """All Row fields at full precision; empty cells for None, "inf" for γ = ∞."""
-    names = [field.name for field in dataclasses.fields(Row)]
+def write_csv(rows: Sequence[Summary], path: str | PathLike[str]) -> None:
+    """`CSV_COLUMNS` of each row at full precision (acceptance a fraction); empty cells for
+    None, "inf" for γ = ∞."""
     with Path(path).open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(names)
+        writer.writerow(CSV_COLUMNS)
         for row in rows:
-            writer.writerow([getattr(row, name) for name in names])  # csv writes None as ""
+            writer.writerow([getattr(row, name) for name in CSV_COLUMNS])  # None is written ""
 
 
 # ---------------------------------------------------------------- plotting
 
 
-def _series(rows: Sequence[Row]) -> dict[tuple[str, str, float | None], list[Row]]:
+def _series(rows: Sequence[Summary]) -> dict[tuple[str, str, float | None], list[Summary]]:
     """Rows grouped per (run, method, α), each group ordered by γ (descending: strict first)."""
-    series: dict[tuple[str, str, float | None], list[Row]] = {}
+    series: dict[tuple[str, str, float | None], list[Summary]] = {}
     for row in rows:
         series.setdefault((row.run, row.method, row.alpha), []).append(row)
     for group in series.values():
@@ -285,7 +254,7 @@ def _label(run: str, method: str, alpha: float | None, with_run: bool) -> str:
     return f"{run} · {label}" if with_run else label
 
 
-def plot_quality_vs_speed(rows: Sequence[Row], path: str | PathLike[str]) -> None:
+def plot_quality_vs_speed(rows: Sequence[Summary], path: str | PathLike[str]) -> None:
     """PNG of R-L against speed-up (tokens/s without generalist rows); one line per γ sweep."""
     from langchain_specsteer.extras import optional_import
 

@@ -141,17 +141,16 @@ def _finished(results: Path) -> set[tuple]:
 
 
 def _load_llm(config: RunConfig) -> Any:
-    from langchain_specsteer import SpecSteerLLM
-    from retrievers import task_templates
+    from eval.pair import load_llm
 
-    return SpecSteerLLM.from_pretrained(
+    return load_llm(
         config.specialist,
         config.generalist,
+        config.task,
         device=config.device,
-        torch_dtype=config.dtype,
+        dtype=config.dtype,
         max_new_tokens=config.max_new_tokens,
         draft_tokens=config.draft_tokens,
-        **task_templates(config.task),
     )
 
 

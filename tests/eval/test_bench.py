@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
 
+from eval import bench as bench_module
 from eval.bench import (
     HF_PEER,
     METHODS,
     PeakMemory,
     expected_tokens,
+    forward_seconds,
     main,
+    parse_args,
     rotated,
     speedup_bound,
 )
@@ -163,3 +167,28 @@ def test_rotation_and_peak_memory():
         block = torch.ones(64 * 2**20 // 4)  # 64 MiB, every page written
     assert block.numel() and memory.rss_mb is not None
     assert memory.rss_mb > 32
+
+
+@pytest.mark.parametrize("rows", [[[5, 6, 7, 8]], [[5, 6, 7, 8], [9, 10]]])
+def test_timed_forwards_use_the_models_current_cache_keyword(generalist, rows):
+    """The cost forwards go through `TokenSequence` (its cache keyword, its left padding of
+    rows of unequal length): no deprecation warning from our calls."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        assert forward_seconds(generalist, rows, 2, 1, generalist.vocab_size) > 0
+
+
+def test_the_pair_defaults_to_the_shipped_one(monkeypatch, capsys, tmp_path):
+    from langchain_specsteer import demo_pair
+
+    monkeypatch.setattr(bench_module, "demo_pair", lambda: demo_pair(tmp_path / "shipped"))
+    (tmp_path / "shipped" / "specialist").mkdir(parents=True)
+    (tmp_path / "shipped" / "generalist").mkdir()
+    args = parse_args(["--data", "d", "--generalist", "G"])
+    assert (args.specialist, args.generalist) == (str(tmp_path / "shipped" / "specialist"), "G")
+    monkeypatch.setattr(bench_module, "demo_pair", lambda: demo_pair(tmp_path / "missing"))
+    with pytest.raises(SystemExit):
+        parse_args(["--data", "d", "--specialist", "S"])
+    error = capsys.readouterr().err
+    assert "--generalist is required" in error and "eval.train_pair --export" in error

@@ -13,7 +13,6 @@ MODULES = [
     "eval.__main__",
     "eval.bench",
     "eval.bench_bytes",
-    "eval.bench_methods",
     "eval.bench_remote",
     "eval.bench_retrieval",
     "eval.report",

@@ -11,7 +11,6 @@ import re
 import pytest
 
 from eval.report import (
-    Row,
     load_results,
     main,
     markdown_table,
@@ -19,6 +18,7 @@ from eval.report import (
     summarize,
     write_csv,
 )
+from eval.summary import Summary
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -60,7 +60,7 @@ def write_run(folder, records, config=None, tail=""):
 #   generalist: R-1 (30+50)/2 = 40, R-L (20+40)/2 = 30, 150 tokens in 6 s = 25 tok/s,
 #       150 calls / 150 tokens = 1 per token, nothing drafted → acceptance None, speed-up 1.
 #   specsteer γ=0.5 α=1: R-1 (40+20)/2 = 30, R-L (30+10)/2 = 20, accepted 80 of 120 drafted
-#       = 66.67 %, 160 tokens in 3 s = 53.33 tok/s → speed-up 53.33/25 = 2.1333,
+#       = 2/3 (66.67 %), 160 tokens in 3 s = 53.33 tok/s → speed-up 53.33/25 = 2.1333,
 #       50 calls / 160 tokens = 0.3125.
 #   specsteer γ=∞ α=1 ("inf" in JSON): 40 tokens in 2 s = 20 tok/s → speed-up 0.8, 0 of 30 → 0 %.
 RUN_A = [
@@ -105,7 +105,7 @@ def test_aggregates_match_hand_computation(run_a):
     assert steer.examples == 2
     assert steer.rouge1 == pytest.approx(30.0)
     assert steer.rougeL == pytest.approx(20.0)
-    assert steer.acceptance == pytest.approx(200 / 3)
+    assert steer.acceptance == pytest.approx(2 / 3)  # a fraction; the table prints 66.67
     assert steer.tokens_per_second == pytest.approx(160 / 3)
     assert steer.speedup == pytest.approx((160 / 3) / 25)
     assert steer.generalist_calls_per_token == pytest.approx(50 / 160)
@@ -113,7 +113,7 @@ def test_aggregates_match_hand_computation(run_a):
     strict = rows["specsteer", math.inf, 1.0]
     assert strict.examples == 1
     assert strict.rouge1 == pytest.approx(25.0)
-    assert strict.acceptance == 0.0  # drafted but nothing accepted: 0 %, not None
+    assert strict.acceptance == 0.0  # drafted but nothing accepted: 0, not None
     assert strict.speedup == pytest.approx(0.8)
 
 
@@ -181,7 +181,7 @@ def test_two_runs_side_by_side(tmp_path, run_a):
     assert [r.run for r in rows] == ["b-folder"] * 2 + ["review-A"] * 3  # given order kept
     b = by_key(rows[:2])
     assert b["specsteer", 0.5, 1.0].rouge1 == pytest.approx(60.0)
-    assert b["specsteer", 0.5, 1.0].acceptance == pytest.approx(25.0)
+    assert b["specsteer", 0.5, 1.0].acceptance == pytest.approx(0.25)
     assert b["specsteer", 0.5, 1.0].speedup is None  # run B has no generalist: A's isn't used
     assert by_key(rows[2:])["specsteer", 0.5, 1.0].speedup == pytest.approx((160 / 3) / 25)
 
@@ -253,11 +253,11 @@ def test_a_repeated_result_keeps_the_last_with_a_warning(tmp_path):
 def table_row(**fields):
     values = {
         "run": "r", "method": "specsteer", "gamma": 0.5, "alpha": 1.0, "examples": 3,
-        "rouge1": 33.333, "rougeL": 20.0, "acceptance": 87.456, "tokens_per_second": 41.2349,
+        "rouge1": 33.333, "rougeL": 20.0, "acceptance": 0.87456, "tokens_per_second": 41.2349,
         "speedup": 1.7399, "generalist_calls_per_token": 0.25,
     }  # fmt: skip
     values.update(fields)
-    return Row(**values)
+    return Summary(**values)
 
 
 def cells(line):
