@@ -116,6 +116,7 @@ def test_sampling_equals_in_process_with_full_hints(make_llm, make_remote_llm):
     remote, info = generate(make_remote_llm(**fields))
     assert remote == local
     assert info["drafted"] > 0
+    assert remote != generate(make_llm(**{**fields, "temperature": 0.0}))[0]  # really sampled
 
 
 def test_eight_concurrent_clients_match_sequential_runs(make_llm, make_remote_llm):
