@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from langchain_specsteer.methods import METHODS
-from langchain_specsteer.protocol import MIN_TEMPERATURE
+from langchain_specsteer.protocol import MIN_TEMPERATURE, check_temperature
 from retrievers.templates import DEFAULT_CONTEXT_TEMPLATE, template_fields
 
 __all__ = [
@@ -91,13 +91,7 @@ class DecodingParams(BaseModel):
     @field_validator("temperature")
     @classmethod
     def _check_temperature(cls, value: float) -> float:
-        if 0 < value < MIN_TEMPERATURE:
-            msg = (
-                f"temperature {value!r} is too small to sample at: use 0 to decode greedily, "
-                f"or at least {MIN_TEMPERATURE}"
-            )
-            raise ValueError(msg)
-        return value
+        return check_temperature(value)
 
     @model_validator(mode="after")
     def _check_costeer(self) -> DecodingParams:

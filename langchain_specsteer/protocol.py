@@ -43,6 +43,7 @@ __all__ = [
     "ServiceInfo",
     "ServiceLimits",
     "SessionOpened",
+    "check_temperature",
     "error_body",
     "logprobs_from_json",
     "logprobs_from_vllm",
@@ -177,13 +178,7 @@ class OpenSession(_Body):
     @field_validator("temperature")
     @classmethod
     def temperature_is_usable(cls, value: float) -> float:
-        if 0 < value < MIN_TEMPERATURE:
-            msg = (
-                f"temperature {value} is too small to temper with: send 0 (raw rows) or at "
-                f"least {MIN_TEMPERATURE}"
-            )
-            raise ValueError(msg)
-        return value
+        return check_temperature(value)
 
 
 class SessionOpened(_Body):
@@ -255,6 +250,18 @@ class ErrorBody(_Body):
     """Every 4xx/5xx answer: OpenAI's error shape."""
 
     error: ErrorDetail
+
+
+def check_temperature(value: float) -> float:
+    """`value` if it is 0 or at least `MIN_TEMPERATURE`, else a clear error: tempering by less
+    overflows float32 (every choice would become inf/nan)."""
+    if 0 < value < MIN_TEMPERATURE:
+        msg = (
+            f"temperature {value!r} is too small to sample at: use 0 (greedy decoding, raw "
+            f"rows) or at least {MIN_TEMPERATURE}"
+        )
+        raise ValueError(msg)
+    return value
 
 
 def error_body(status: int, message: str, type: str, param: str | None = None) -> dict:

@@ -221,7 +221,11 @@ def test_chat_template_is_used_when_present(specialist, generalist):
         ({"top_p": 0.0}, "top_p", "greater than 0"),
         ({"top_p": 1.5}, "top_p", "less than or equal to 1"),
         ({"costeer_steps": 0}, "costeer_steps", "greater than or equal to 1"),
-        ({"temperature": 1e-40}, "temperature", "use 0 to decode greedily, or at least 0.0001"),
+        (
+            {"temperature": 1e-40},
+            "temperature",
+            "use 0 (greedy decoding, raw rows) or at least 0.0001",
+        ),
         ({"temperature": 5e-5}, "temperature", "at least 0.0001"),
         ({"seed": 2**70}, "seed", "less than 18446744073709551616"),
         ({"seed": -(2**63) - 1}, "seed", "greater than or equal to -9223372036854775808"),
