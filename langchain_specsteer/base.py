@@ -17,7 +17,8 @@ from langchain_specsteer.context import (
     render_context,
     retrieve_privately,
 )
-from langchain_specsteer.engine import METHOD_SPECS, DecodeRun, Prompts, Round, SpecSteerEngine
+from langchain_specsteer.engine import SpecSteerEngine
+from langchain_specsteer.methods import METHOD_SPECS
 from langchain_specsteer.models import LocalGeneralist, LocalSpecialist, Message
 from langchain_specsteer.params import (
     DEFAULT_CONTEXT_TEMPLATE,
@@ -25,6 +26,7 @@ from langchain_specsteer.params import (
     check_context_template,
     template_fields,
 )
+from langchain_specsteer.run import Prompts, Round, Run
 from langchain_specsteer.text import ByteDetokenizer, IncrementalDetokenizer, StopStringFilter
 from langchain_specsteer.verification import Generalist, GeneralistError
 
@@ -374,7 +376,7 @@ class RoundText:
         return self.stops.push(self.detokenizer.flush()) + self.stops.flush()
 
     def info(
-        self, run: DecodeRun, prompts: Prompts, params: DecodingParams, draft_tokens: int
+        self, run: Run, prompts: Prompts, params: DecodingParams, draft_tokens: int
     ) -> dict[str, Any]:
         """The run's statistics, as `generation_info` (with `draft_tokens_clamped_to` when the
         generalist's limit shortened the asked `draft_tokens`)."""
