@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -176,28 +177,207 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def table_cost(tokenizer: Any) -> dict[str, float]:
+    """Building one tokenizer's `TokenBytes` (the byte path's tables): seconds, Python heap
+    peak while building and held after (MiB, tracemalloc)."""
+    import tracemalloc
+
+    from langchain_specsteer.bytelevel import TokenBytes
+
+    tracemalloc.start()
+    start = time.perf_counter()
+    table = TokenBytes(tokenizer)
+    seconds = time.perf_counter() - start
+    held, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    del table
+    return {
+        "tokens": len(tokenizer),
+        "seconds": seconds,
+        "peak_mib": peak / 2**20,
+        "held_mib": held / 2**20,
+    }
+
+
+def round_costs(llm: Any, prompt: str, method: str, max_new_tokens: int) -> dict[str, Any]:
+    """One generation with every model forward timed: per model, prefill and round forwards,
+    tokens fed per round forward, model seconds; the rest of the time is bookkeeping (byte
+    alignment, byte distributions, recovery, sampling, Python)."""
+    from langchain_specsteer.models import TokenSequence
+
+    forward = TokenSequence.forward
+    roles = {id(llm.specialist): "specialist", id(llm.generalist): "generalist"}
+    spent: dict[str, dict[str, float]] = {}
+
+    def timed(self: Any, rows: int = 1) -> torch.Tensor:
+        start_at = min(self.cached, self.length - rows)
+        fed = (self.length - start_at) * len(self.prompts)
+        kind = "prefill" if start_at == 0 else "round"
+        row = spent.setdefault(roles.get(id(self.lm), "other"), {})
+        start = time.perf_counter()
+        out = forward(self, rows)
+        row[f"{kind}_seconds"] = row.get(f"{kind}_seconds", 0.0) + time.perf_counter() - start
+        row[f"{kind}_forwards"] = row.get(f"{kind}_forwards", 0) + 1
+        row[f"{kind}_tokens_fed"] = row.get(f"{kind}_tokens_fed", 0) + fed
+        return out
+
+    TokenSequence.forward = timed
+    try:
+        start = time.perf_counter()
+        result = llm.generate(
+            [prompt], private_context=CONTEXT, method=method, max_new_tokens=max_new_tokens
+        )
+        seconds = time.perf_counter() - start
+    finally:
+        TokenSequence.forward = forward
+    info = result.generations[0][0].generation_info
+    rounds = info["rounds"]
+    model = sum(v for row in spent.values() for k, v in row.items() if k.endswith("_seconds"))
+    per_model = {
+        role: {
+            "forwards_per_round": row.get("round_forwards", 0) / rounds,
+            "tokens_fed_per_round_forward": row.get("round_tokens_fed", 0)
+            / max(1, row.get("round_forwards", 0)),
+            "prefill_forwards": row.get("prefill_forwards", 0),
+            "seconds": row.get("prefill_seconds", 0.0) + row.get("round_seconds", 0.0),
+        }
+        for role, row in spent.items()
+    }
+    return {
+        "method": method,
+        "new_tokens": info["new_tokens"],
+        "rounds": rounds,
+        "seconds": seconds,
+        "model_seconds": model,
+        "bookkeeping_seconds": seconds - model,
+        "bookkeeping_ms_per_round": 1000 * (seconds - model) / rounds,
+        "models": per_model,
+    }
+
+
+def widened_tokenizer(tokenizer: Any, size: int) -> Any:
+    """A byte-level BPE tokenizer of `size` tokens: `tokenizer`'s, with made-up tokens (two of
+    its tokens glued) appended after its ids, like a Qwen- or Llama-3-sized vocabulary (no
+    merges reach them, so they only cost what a vocabulary's size costs)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    vocab = spec["model"]["vocab"]
+    words = sorted(vocab, key=vocab.get)
+    added = spec.get("added_tokens", [])
+    next_id, i = max([*vocab.values(), *(t["id"] for t in added)]) + 1, 0
+    taken = set(vocab) | {t["content"] for t in added}
+    while next_id < size:
+        word = words[i % len(words)] + words[(i // len(words) + 256) % len(words)]
+        i += 1
+        if word not in taken:
+            taken.add(word)
+            vocab[word] = next_id
+            next_id += 1
+    backend = Tokenizer.from_str(json.dumps(spec))
+    special = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **special)
+
+
+def tiny_model(arch: str, tokenizer: Any, seed: int) -> Any:
+    """A random 2-layer, 64-wide causal LM over `tokenizer` (its cost is mostly the vocabulary)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
+
+    config_class = {"qwen3": Qwen3Config, "llama": LlamaConfig}[arch]
+    torch.manual_seed(seed)
+    config = config_class(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        initializer_range=0.3,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return AutoModelForCausalLM.from_config(config)
+
+
+def overhead(max_new_tokens: int, methods: Sequence[str]) -> dict[str, Any]:
+    """The byte path's costs on the real pair and on tiny random models with 151,669- and
+    262,144-token vocabularies (Qwen3's and Gemma 3's sizes): tables, and per round."""
+    from langchain_specsteer import LocalGeneralist, LocalSpecialist, SpecSteerLLM
+
+    smol = LocalSpecialist.from_pretrained(str(smollm2_gguf()), device="cpu")
+    gemma = LocalGeneralist.from_pretrained(str(gemma3_gguf()), device="cpu")
+    wide = widened_tokenizer(smol.tokenizer, 151_669)
+    pairs = {
+        "real: SmolLM2 -> Gemma 3": (smol, gemma),
+        "tiny: 151,669 -> 262,144 tokens": (
+            LocalSpecialist(tiny_model("qwen3", wide, 0), wide),
+            LocalGeneralist(tiny_model("llama", gemma.tokenizer, 1), gemma.tokenizer),
+        ),
+    }
+    tables = {
+        name: table_cost(tokenizer)
+        for name, tokenizer in (
+            ("SmolLM2 (49,152)", smol.tokenizer),
+            ("widened byte-level BPE (151,669)", wide),
+            ("Gemma 3 (262,144)", gemma.tokenizer),
+        )
+    }
+    out: dict[str, Any] = {"tables": tables, "pairs": {}}
+    for name, (specialist, generalist) in pairs.items():
+        start = time.perf_counter()
+        llm = SpecSteerLLM(specialist=specialist, generalist=generalist)
+        built = time.perf_counter() - start
+        llm.invoke(PROMPTS[0], max_new_tokens=2, method="generalist")  # warm-up
+        out["pairs"][name] = {
+            "engine_seconds": built,
+            "runs": [round_costs(llm, PROMPTS[0], m, max_new_tokens) for m in methods],
+        }
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m eval.bench_real",
         description=__doc__.split("\n\n")[0],
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--out", default="results/real", help="folder for bench_real.json")
+    parser.add_argument("--out", default="runs/real", help="folder for the JSON it writes")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens per generation")
     parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="how many prompts")
     parser.add_argument(
         "--methods", default=",".join(METHODS), help="comma-separated methods to run"
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument(
+        "--overhead",
+        action="store_true",
+        help="instead: the byte path's costs (tables; per round forwards, tokens fed and "
+        "bookkeeping against model time) on the real pair and on tiny models with 151,669- "
+        "and 262,144-token vocabularies; writes bench_real_overhead.json",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     reason = missing()
     if reason:
         build_parser().error(reason)
     torch.set_num_threads(args.threads)
+    methods = [m for m in args.methods.split(",") if m]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.overhead:
+        record = {"command": "python -m eval.bench_real " + " ".join(argv)}
+        record.update(overhead(args.max_new_tokens, methods))
+        path = out / "bench_real_overhead.json"
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {path}")
+        return 0
     from langchain_specsteer import LocalGeneralist, LocalSpecialist, SpecSteerLLM
 
     loaded: dict[str, float] = {}
@@ -208,10 +388,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     generalist = LocalGeneralist.from_pretrained(str(gemma3_gguf()), device="cpu")
     loaded["generalist_seconds"] = time.perf_counter() - start
     llm = SpecSteerLLM(specialist=specialist, generalist=generalist)
-    methods = [m for m in args.methods.split(",") if m]
     rows = run_methods(llm, PROMPTS[: args.prompts], methods, max_new_tokens=args.max_new_tokens)
     record = {
-        "command": "python -m eval.bench_real " + " ".join(argv or []),
+        "command": "python -m eval.bench_real " + " ".join(argv),
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
@@ -225,8 +404,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "summary": summarise(rows),
         "rows": rows,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "bench_real.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     for method, row in record["summary"].items():
         rate = row["acceptance_rate"]

