@@ -30,14 +30,43 @@ import torch
 from eval.cli import HelpFormatter
 from eval.data import Example, load_longlamp
 from eval.prompts import rendered_prompts, retrieve_profile
+from eval.world import assistant_messages, assistant_tools
 from langchain_specsteer.models import encode_prompt
+from langchain_specsteer.tools import PRIVATE_RESULT
+from retrievers import task_templates
+from retrievers.tools import recall_text
 
-__all__ = ["ModelSize", "TrainConfig", "build_sequences", "train_model", "train_tokenizer"]
+__all__ = [
+    "ModelSize",
+    "TrainConfig",
+    "build_episode_sequences",
+    "build_sequences",
+    "load_episodes",
+    "recall_result",
+    "train_model",
+    "train_tokenizer",
+]
 
-SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|review|>"]
+SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|review|>", "<|tools|>", "<|result|>"]
+CALL_TOKEN = "<|call|>"  # not special: it stays in the decoded text, where tool calls are parsed
 CHECKPOINT_SECONDS = 120.0
+# One user turn renders as before ("<|bos|>request<|review|>": the template's newlines after
+# block tags are trimmed); tools are listed by name and argument names on their own line, an
+# assistant turn is "<|review|>" text and/or "<|call|>name {json}" calls then EOS, a tool result
+# "<|result|>" text (the `specsteer` family of langchain_specsteer.tools).
 CHAT_TEMPLATE = (
-    "<|bos|>{% for message in messages %}{{ message['content'] }}{% endfor %}"
+    "<|bos|>{% if tools %}<|tools|>{% for tool in tools %}"
+    "{% set f = tool.function if tool.function is defined else tool %}"
+    "{{ f.name }}({{ (f.parameters.properties if f.parameters is defined"
+    " and f.parameters.properties is defined else {}) | list | join(', ') }})"
+    "{% if not loop.last %} {% endif %}{% endfor %}{{ '\\n' }}{% endif %}"
+    "{% for message in messages %}{% if message.role == 'assistant' %}\n<|review|>"
+    "{{ message.content or '' }}{% for call in message.tool_calls or [] %}"
+    "{% set c = call.function if call.function is defined else call %}"
+    "<|call|>{{ c.name }} {% if c.arguments is string %}{{ c.arguments }}"
+    "{% else %}{{ c.arguments | tojson }}{% endif %}{% endfor %}<|eos|>"
+    "{% elif message.role == 'tool' %}\n<|result|>{{ message.content }}"
+    "{% else %}{{ message.content }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}\n<|review|>{% endif %}"
 )
 
@@ -64,14 +93,14 @@ class TrainConfig:
     batch_tokens: int = 4096
     lr: float = 3e-3
     warmup_steps: int = 30
-    specialist_steps: int = 900  # ~2 s a step on 2 cores
-    generalist_steps: int = 400  # ~4.5 s a step on 2 cores
+    specialist_steps: int = 1000  # ~0.5 s a step on 2 cores
+    generalist_steps: int = 460  # ~3.4 s a step on 2 cores
     minutes: float = 35.0  # cap per model
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
     """A byte-level BPE tokenizer with BOS/EOS and a one-turn chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -84,6 +113,7 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    tok.add_tokens([AddedToken(CALL_TOKEN, special=False, normalized=False)])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>"
     )
@@ -114,6 +144,63 @@ def build_sequences(
         prompt = encode_prompt(tokenizer, private if with_context else public)
         review = tokenizer.encode(example.output, add_special_tokens=False)
         sequences.append(([*prompt, *review, tokenizer.eos_token_id], len(prompt)))
+    return sequences
+
+
+def load_episodes(data: Path, split: str = "train", limit: int | None = None) -> list[dict]:
+    """The world's assistant episodes (`assistant/{split}.jsonl`; none for an older world)."""
+    path = Path(data) / "assistant" / f"{split}.jsonl"
+    if not path.exists():
+        return []
+    with path.open(encoding="utf-8") as file:
+        episodes = [json.loads(line) for line in file]
+    return episodes[:limit]
+
+
+def recall_result(episode: dict, k: int) -> str:
+    """What `recall_memory` returns for a recall episode: the BM25 top-k of the user's past
+    reviews for the query, rendered as `memory_tools` renders them for product reviews."""
+    example = Example(episode["user"], episode["query"], "", episode["profile"], episode["user"])
+    documents = retrieve_profile(example, "product_review", "bm25", k)
+    return recall_text(documents, task_templates("product_review")["document_template"])
+
+
+def build_episode_sequences(
+    episodes: list[dict],
+    tokenizer: Any,
+    *,
+    private: bool,
+    k: int,
+    rng: random.Random,
+    share: float = 0.0,
+) -> list[tuple[list[int], int]]:
+    """(token ids, prompt length) per assistant turn of each episode, rendered with its tools
+    through the chat template; only the turn (and its EOS) carries loss.
+
+    Args:
+        private: the recall result is the retrieval (the specialist), else the placeholder
+            the generalist reads in its place.
+        share: fraction of recall episodes that get the placeholder anyway (q_gen), privately.
+    """
+    sequences = []
+    for episode in episodes:
+        result = None
+        if episode["kind"] == "recall":
+            reads = private and rng.random() >= share
+            result = recall_result(episode, k) if reads else PRIVATE_RESULT
+        messages = assistant_messages(episode, result)
+        tools = assistant_tools(episode)
+        for turn in (1, 3):
+            prompt = tokenizer.apply_chat_template(
+                messages[:turn], tools=tools, tokenize=False, add_generation_prompt=True
+            )
+            whole = tokenizer.apply_chat_template(messages[: turn + 1], tools=tools, tokenize=False)
+            prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+            ids = tokenizer.encode(whole, add_special_tokens=False)
+            if ids[: len(prompt_ids)] != prompt_ids or ids[-1] != tokenizer.eos_token_id:
+                msg = f"the chat template does not extend turn by turn: {whole!r}"
+                raise ValueError(msg)
+            sequences.append((ids, len(prompt_ids)))
     return sequences
 
 
@@ -343,6 +430,7 @@ def train(
     """Tokenizer, then specialist, then generalist (or `only` one of them); each saved as a
     HF model folder in `out`."""
     examples = load_longlamp("product_review", "user", "train", data, limit=limit)
+    episodes = load_episodes(data, "train", limit)
     tokenizer_dir = out / "tokenizer"
     if tokenizer_dir.exists():
         from transformers import AutoTokenizer
@@ -350,9 +438,10 @@ def train(
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     else:
         texts = [e.input for e in examples] + [e.output for e in examples]
+        texts += [_episode_text(episode) for episode in episodes]
         tokenizer = train_tokenizer(texts, config.vocab_size)
         tokenizer.save_pretrained(tokenizer_dir)
-    report = {"config": asdict(config), "examples": len(examples)}
+    report = {"config": asdict(config), "examples": len(examples), "episodes": len(episodes)}
     for name, size, context, steps in (
         ("specialist", config.specialist, True, config.specialist_steps),
         ("generalist", config.generalist, False, config.generalist_steps),
@@ -362,6 +451,9 @@ def train(
         rng = random.Random(f"{config.seed}:{name}:data")
         sequences = build_sequences(
             examples, tokenizer, context=context, k=config.k, rng=rng, share=config.no_context_share
+        )
+        sequences += build_episode_sequences(
+            episodes, tokenizer, private=context, k=config.k, rng=rng, share=config.no_context_share
         )
         model = _model(size, tokenizer, config.seed)
         state = train_model(
@@ -385,6 +477,13 @@ def train(
             "tokens": sum(len(t) for t, _ in sequences),
         }
     (out / "training.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+def _episode_text(episode: dict) -> str:
+    """An episode's words, for the tokenizer: request, call, result and answer."""
+    call = json.dumps(episode["call"]["arguments"], ensure_ascii=False)
+    parts = [episode["request"], f"{episode['call']['name']} {call}", episode["answer"]]
+    return "\n".join([*parts, episode["result"] or PRIVATE_RESULT])
 
 
 if __name__ == "__main__":

@@ -19,6 +19,13 @@ learn on a CPU (a vocabulary of about a thousand words), and personalisation in 
 - What varies per review (the product, the rating, which adjective of the palette, the
   sentence templates, how long ago it was bought) is noise that neither model can predict.
 
+**Assistant episodes** (`generate_assistant`, written to `assistant/{split}.jsonl`) teach the
+pair to call tools, in the same user split: a request for a review "in my style" calls
+`recall_memory` with the product as query, then writes the user's review from the result (the
+user's past reviews, which only the specialist reads); "remember ..." calls `save_memory`;
+generic tools (weather, timers, currency, numbered functions with made-up names) have argument
+schemas and answer from their result, so the format is not tied to the memory tools.
+
 Users are split by user (80/10/10 %): in train every review of a user is one example (the
 user's other reviews are its profile); in val and test each user gives one example, their last
 review, so held-out evaluation covers many distinct users. Everything is a pure function of the
@@ -49,6 +56,10 @@ __all__ = [
     "SENTIMENTS",
     "SIGNOFFS",
     "SUMMARIES",
+    "TOOLS",
+    "assistant_messages",
+    "assistant_tools",
+    "generate_assistant",
     "generate_world",
     "main",
     "review_words",
@@ -294,7 +305,8 @@ def generate_world(seed: int = 0, users: int = 2000) -> dict[str, list[dict]]:
 
 
 def write_world(folder: str | os.PathLike, seed: int = 0, users: int = 2000) -> dict[str, int]:
-    """Write `{split}.jsonl` (UTF-8, one row a line) and README.txt into `folder`; row counts."""
+    """Write `{split}.jsonl` (UTF-8, one row a line), `assistant/{split}.jsonl` (the tool-calling
+    episodes) and README.txt into `folder`; the review row counts."""
     world = generate_world(seed, users)
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
@@ -303,6 +315,13 @@ def write_world(folder: str | os.PathLike, seed: int = 0, users: int = 2000) -> 
             for row in rows:
                 file.write(json.dumps(row, ensure_ascii=False) + "\n")
     (path / "README.txt").write_text(_readme(world, seed, users), encoding="utf-8")
+    (path / "assistant").mkdir(exist_ok=True)
+    for split, episodes in generate_assistant(seed, users).items():
+        with (path / "assistant" / f"{split}.jsonl").open(
+            "w", encoding="utf-8", newline="\n"
+        ) as file:
+            for episode in episodes:
+                file.write(json.dumps(episode, ensure_ascii=False) + "\n")
     return {split: len(rows) for split, rows in world.items()}
 
 
@@ -450,6 +469,213 @@ def _row(user_id: str, reviews: Sequence[dict], target: int) -> dict:
         "output": review["reviewText"],
         "profile": [dict(entry) for index, entry in enumerate(reviews) if index != target],
         "reviewerId": user_id,
+    }
+
+
+# Assistant episodes: tools as OpenAI-style schemas (what `bind_tools` renders).
+def _tool(name: str, description: str, **properties: str) -> dict:
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {
+                "type": "object",
+                "properties": {key: {"type": kind} for key, kind in properties.items()},
+                "required": list(properties),
+            },
+        },
+    }
+
+
+TOOLS: dict[str, dict] = {
+    tool["function"]["name"]: tool
+    for tool in (
+        _tool("recall_memory", "Search the user's private memory.", query="string"),
+        _tool("save_memory", "Save a note to the user's private memory.", text="string"),
+        _tool("get_weather", "The weather in a city.", city="string"),
+        _tool("set_timer", "Start a timer.", minutes="integer"),
+        _tool("convert_currency", "Convert dollars.", amount="integer", currency="string"),
+    )
+}
+"""The tools the assistant episodes offer; numbered functions are made up per episode."""
+ASSISTANT_KINDS = ("recall", "remember", "weather", "timer", "currency", "function")
+RECALL_REQUESTS = (
+    'Write my review of the "{description}" in my style. I rate it {overall} stars; '
+    'the summary is "{summary}".',
+    'Use my memory to write my review: "{description}", {overall} stars, summary "{summary}".',
+)
+REMEMBER_FACTS = (
+    "I prefer {feature} on a {c}",
+    "my budget for a {c} is {n} dollars",
+    "I use my {c} {why}",
+    "I want a {c} from {brand}",
+)
+REMEMBER_REQUESTS = ("Remember that {fact}.", "Please remember: {fact}.", "Note that {fact}.")
+CITIES = ("Paris", "Tokyo", "Lima", "Oslo", "Cairo", "Denver", "Madrid", "Seoul", "Dublin")
+WEATHER = ("sunny", "rainy", "cloudy", "windy", "snowy")
+CURRENCIES = {"EUR": 0.9, "GBP": 0.8, "JPY": 150.0, "CAD": 1.4}
+FUNCTION_PARTS = (
+    ("magic", "lucky", "secret", "quick", "prime", "cosmic", "tiny", "golden", "happy", "fuzzy"),
+    ("function", "number", "score", "value", "factor", "count", "sum", "total", "code", "index"),
+)
+FUNCTION_ARGS = ("input", "x", "n", "value", "number", "a")
+FUNCTION_REQUESTS = (
+    "What is the value of {name}({n})? Use the tool.",
+    "Call {name} with {arg} {n}.",
+    "Use {name} on {n}.",
+)
+ASSISTANT_SHARE = 0.4  # train users with an assistant episode of each kind, on average
+
+
+def generate_assistant(seed: int = 0, users: int = 2000) -> dict[str, list[dict]]:
+    """Tool-calling episodes, split by user as `generate_world` splits the reviews.
+
+    Each episode is JSON: `kind`, `user`, `tools` (names offered, the needed one among them),
+    `request`, `call` ({"name", "arguments"}), `result` (None for `recall`, whose result is the
+    user's retrieved past reviews: `query` and `profile` give them), `answer`.
+    """
+    catalog = _catalog(seed)
+    episodes: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    for split, ids in _split_users(seed, _user_ids(users)).items():
+        for user_id in ids:
+            rng = random.Random(f"{seed}:{user_id}:assistant")
+            reviews = _user_reviews(seed, user_id, catalog)
+            for kind in ASSISTANT_KINDS:
+                if split == "train" and rng.random() >= ASSISTANT_SHARE:
+                    continue
+                episode = _episode(rng, kind, user_id, reviews, catalog)
+                episode["tools"] = _offered(rng, episode["call"]["name"])
+                episodes[split].append(episode)
+    random.Random(f"{seed}:assistant-order").shuffle(episodes["train"])
+    return episodes
+
+
+def assistant_messages(episode: dict, result: str | None = None) -> list[dict]:
+    """An episode as chat-template messages: request, tool call, tool result, answer.
+
+    `result` replaces the episode's tool result (a `recall` episode needs it: the rendered
+    retrieval, or the placeholder the generalist reads).
+    """
+    call = episode["call"]
+    content = episode["result"] if result is None else result
+    if content is None:
+        msg = "a recall episode's result is its retrieval: pass `result`"
+        raise ValueError(msg)
+    return [
+        {"role": "user", "content": episode["request"]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"type": "function", "function": call}],
+        },
+        {"role": "tool", "name": call["name"], "content": content},
+        {"role": "assistant", "content": episode["answer"]},
+    ]
+
+
+def assistant_tools(episode: dict) -> list[dict]:
+    """The tool schemas an episode offers (its made-up function's among them)."""
+    made_up = episode.get("function")
+    return [
+        made_up if made_up and name == made_up["function"]["name"] else TOOLS[name]
+        for name in episode["tools"]
+    ]
+
+
+def _offered(rng: random.Random, needed: str) -> list[str]:
+    """The needed tool and some others, in a random order."""
+    others = [name for name in TOOLS if name != needed]
+    offered = [needed, *rng.sample(others, rng.randint(0, 3))]
+    rng.shuffle(offered)
+    return offered
+
+
+def _episode(
+    rng: random.Random, kind: str, user_id: str, reviews: Sequence[dict], catalog: Sequence[dict]
+) -> dict:
+    base = {"kind": kind, "user": user_id}
+    if kind == "recall":
+        target = rng.randrange(len(reviews))
+        review = reviews[target]
+        request = rng.choice(RECALL_REQUESTS).format(
+            description=review["description"],
+            overall=round(review["overall"]),
+            summary=review["summary"],
+        )
+        profile = [dict(entry) for index, entry in enumerate(reviews) if index != target]
+        call = {"name": "recall_memory", "arguments": {"query": review["description"]}}
+        return {
+            **base,
+            "request": request,
+            "call": call,
+            "result": None,
+            "query": review["description"],
+            "profile": profile,
+            "answer": review["reviewText"],
+        }
+    if kind == "remember":
+        product = rng.choice(catalog)
+        fact = rng.choice(REMEMBER_FACTS).format(
+            feature=_feature_parts(rng.choice(product["features"]))[1],
+            c=product["category"],
+            n=rng.choice(MODEL_NUMBERS),
+            why=CATEGORIES[product["category"]][0],
+            brand=product["brand"],
+        )
+        text = _capitalised(fact) + "."
+        return {
+            **base,
+            "request": rng.choice(REMEMBER_REQUESTS).format(fact=fact),
+            "call": {"name": "save_memory", "arguments": {"text": text}},
+            "result": "Saved.",
+            "answer": "Got it, I will remember that.",
+        }
+    if kind == "weather":
+        city, weather, degrees = rng.choice(CITIES), rng.choice(WEATHER), rng.randint(-5, 35)
+        return {
+            **base,
+            "request": rng.choice(("What is the weather in {c}?", "Weather in {c} today?")).format(
+                c=city
+            ),
+            "call": {"name": "get_weather", "arguments": {"city": city}},
+            "result": f"{weather}, {degrees} C",
+            "answer": f"It is {weather} and {degrees} C in {city}.",
+        }
+    if kind == "timer":
+        minutes = rng.randint(1, 60)
+        return {
+            **base,
+            "request": rng.choice(
+                ("Set a timer for {n} minutes.", "Start a {n} minute timer.")
+            ).format(n=minutes),
+            "call": {"name": "set_timer", "arguments": {"minutes": minutes}},
+            "result": f"Timer set for {minutes} minutes.",
+            "answer": f"Your timer is set for {minutes} minutes.",
+        }
+    if kind == "currency":
+        amount, currency = rng.randint(1, 500), rng.choice(sorted(CURRENCIES))
+        value = round(amount * CURRENCIES[currency])
+        return {
+            **base,
+            "request": f"How much is {amount} dollars in {currency}?",
+            "call": {
+                "name": "convert_currency",
+                "arguments": {"amount": amount, "currency": currency},
+            },
+            "result": f"{value} {currency}",
+            "answer": f"{amount} dollars is {value} {currency}.",
+        }
+    name = f"{rng.choice(FUNCTION_PARTS[0])}_{rng.choice(FUNCTION_PARTS[1])}"
+    arg, number = rng.choice(FUNCTION_ARGS), rng.randint(0, 99)
+    value = rng.randint(0, 999)
+    return {
+        **base,
+        "request": rng.choice(FUNCTION_REQUESTS).format(name=name, arg=arg, n=number),
+        "call": {"name": name, "arguments": {arg: number}},
+        "function": _tool(name, "A numbered function.", **{arg: "integer"}),
+        "result": str(value),
+        "answer": f"The value is {value}.",
     }
 
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         render_document,
         task_templates,
     )
+    from retrievers.tools import PRIVATE_MEMORY_TOOLS, memory_tools
 
 _MODULES = {
     "BGE_QUERY_PROMPT": "dense",
@@ -34,12 +35,14 @@ _MODULES = {
     "ContextTemplates": "templates",
     "MemoryEntry": "memory",
     "MemoryRetriever": "base",
+    "PRIVATE_MEMORY_TOOLS": "tools",
     "PersonalBM25Retriever": "bm25",
     "PersonalDenseRetriever": "dense",
     "PrivateMemory": "memory",
     "PrivateMemoryError": "memory",
     "RerankingRetriever": "rerank",
     "aretrieve_privately": "privacy",
+    "memory_tools": "tools",
     "render_document": "templates",
     "retrieve_privately": "privacy",
     "task_templates": "templates",
@@ -49,6 +52,7 @@ _MODULES = {
 __all__ = [
     "BGE_QUERY_PROMPT",
     "DEFAULT_CONTEXT_TEMPLATE",
+    "PRIVATE_MEMORY_TOOLS",
     "TASK_TEMPLATES",
     "ContextTemplates",
     "MemoryEntry",
@@ -59,6 +63,7 @@ __all__ = [
     "PrivateMemoryError",
     "RerankingRetriever",
     "aretrieve_privately",
+    "memory_tools",
     "render_document",
     "retrieve_privately",
     "task_templates",
