@@ -6,10 +6,12 @@ Both plug into `SpecSteerLLM(generalist=...)` like `LocalGeneralist`:
   the KV cache stays in the service, a round sends the draft and gets the accepted count
   and a sparse hint back, and a public specialist hosted there computes q_gen.
 - `OpenAICompatibleGeneralist` speaks vLLM's `/v1/completions` (token-id prompts with
-  `prompt_logprobs` and `logprobs`), so the generalist can be a 32B+ model on many GPUs;
-  q_gen is then computed on the device and the device decides acceptance. That API is
-  stateless: each round re-sends the whole token sequence, and vLLM skips its prefix cache
-  for requests with prompt log-probs, so a round costs a prefill of the text so far.
+  `logprobs`), so the generalist can be a 32B+ model on many GPUs; q_gen is then computed on
+  the device and the device decides acceptance. That API is stateless: each round re-sends
+  the token sequence. By default a round is K+1 prefix prompts of one generated token each,
+  which vLLM's prefix cache serves (`scoring="prefixes"`); `scoring="prompt_logprobs"` asks for
+  prompt log-probs instead, for which vLLM skips its prefix cache (a prefill of the text a
+  round).
 
 Faults: connection errors, timeouts, 5xx, 429 and "busy" 409s are retried with exponential
 backoff (a round is idempotent: it names the position it continues from); a lost session
@@ -32,7 +34,7 @@ import os
 import threading
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -65,7 +67,20 @@ from langchain_specsteer.verification import (
     vocab_signature,
 )
 
-__all__ = ["OpenAICompatibleGeneralist", "RemoteGeneralist", "TransportStats"]
+__all__ = [
+    "LogprobsMode",
+    "OpenAICompatibleGeneralist",
+    "RemoteGeneralist",
+    "Scoring",
+    "TransportStats",
+]
+
+Scoring = Literal["prefixes", "prompt_logprobs"]
+"""How `OpenAICompatibleGeneralist` asks for a round's rows: K+1 prefix prompts with one
+generated token each (served by a prefix cache), or one prompt with prompt log-probs."""
+
+LogprobsMode = Literal["raw_logprobs", "processed_logprobs"]
+"""What the server's log-probs are (vLLM's `--logprobs-mode`): before or after temperature."""
 
 
 def _tokenize(
@@ -415,16 +430,32 @@ class RemoteSession(GeneralistSession):
 class OpenAICompatibleGeneralist(_HTTPGeneralist):
     """A generalist behind a vLLM-style OpenAI-compatible server (`/v1/completions`).
 
-    Each round sends the token ids so far plus the draft with `prompt_logprobs=top_logprobs`
-    and `max_tokens=1, logprobs=top_logprobs`: the draft positions' log-probs come from the
-    prompt log-probs, the position after the draft from the one generated token. q_gen is
-    computed on the device and the device decides acceptance.
+    Each round is one request whose answer gives the generalist's top `top_logprobs` at every
+    draft position and after the draft; q_gen is computed on the device and the device decides
+    acceptance. How the rows are asked for is `scoring`:
+
+    - "prefixes" (default): K+1 token-id prompts, the committed tokens + draft[:i] for
+      i = 0..K, each with `max_tokens=1, logprobs=top_logprobs`; row i is the top of prompt i's
+      generated token. vLLM's prefix cache (`--enable-prefix-caching`) serves the shared prefix,
+      so a round costs about K+1 decode steps and its answer does not grow with the text. A
+      draft token outside the top `top_logprobs` at its position counts as p_G = 0 (rejected).
+    - "prompt_logprobs": one prompt, the committed tokens + draft, with `prompt_logprobs`: the
+      draft tokens' own log-probs are exact whatever `top_logprobs`, but vLLM skips its prefix
+      cache for such requests, so a round costs a prefill of the whole text and the answer
+      lists every position. For servers without a prefix cache.
 
     Args:
         base_url: the server, e.g. "http://gpu-box:8000" (a trailing "/v1" is accepted).
         model: the served model name (`vllm serve ... --served-model-name`).
         api_key: bearer token (vLLM's `--api-key`).
         top_logprobs: candidates per position (at most the server's `--max-logprobs`, 20).
+        scoring: "prefixes" or "prompt_logprobs", see above.
+        logprobs_mode: what the server's log-probs are, as its `--logprobs-mode`:
+            "raw_logprobs" (vLLM's default: before temperature; at a temperature other than 0
+            and 1 the device tempers the listed entries and renormalises over them, so the
+            unlisted tokens' share is taken as 0) or "processed_logprobs" (the request carries
+            the temperature and the server returns log-probs after it, normalised over the
+            whole vocabulary: used as they are). Prompt log-probs are always raw in vLLM.
         tokenizer: the generalist's tokenizer (e.g. `AutoTokenizer.from_pretrained(model)`):
             prompts are encoded locally and its vocabulary is checked against the
             specialist's. Without it prompts go through the server's `/tokenize`, and the
@@ -440,6 +471,8 @@ class OpenAICompatibleGeneralist(_HTTPGeneralist):
         api_key: str | None = None,
         *,
         top_logprobs: int = 20,
+        scoring: Scoring = "prefixes",
+        logprobs_mode: LogprobsMode = "raw_logprobs",
         tokenizer: Any = None,
         eos_token_ids: Sequence[int] = (),
         timeout: float = 60.0,
@@ -449,6 +482,19 @@ class OpenAICompatibleGeneralist(_HTTPGeneralist):
     ):
         if top_logprobs < 1:
             msg = f"top_logprobs must be at least 1, got {top_logprobs}"
+            raise ValueError(msg)
+        if scoring not in get_args(Scoring):
+            msg = (
+                f"scoring must be one of {get_args(Scoring)}, got {scoring!r}: 'prefixes' for "
+                "a server with a prefix cache (vLLM --enable-prefix-caching), else "
+                "'prompt_logprobs'"
+            )
+            raise ValueError(msg)
+        if logprobs_mode not in get_args(LogprobsMode):
+            msg = (
+                f"logprobs_mode must be one of {get_args(LogprobsMode)}, got {logprobs_mode!r}: "
+                "the server's --logprobs-mode (vLLM's default is 'raw_logprobs')"
+            )
             raise ValueError(msg)
         super().__init__(
             base_url.rstrip("/").removesuffix("/v1"),
@@ -461,7 +507,12 @@ class OpenAICompatibleGeneralist(_HTTPGeneralist):
         )
         self.model = model
         self.top_logprobs = top_logprobs
+        self.scoring = scoring
+        self.logprobs_mode = logprobs_mode
         self._eos = frozenset(eos_token_ids)
+        self.last_usage: dict[str, Any] | None = None
+        """The `usage` of the last scoring answer (vLLM's `prompt_tokens_details.cached_tokens`
+        is there when the server runs with `--enable-prompt-tokens-details`)."""
 
     @property
     def name(self) -> str:
@@ -503,7 +554,10 @@ class OpenAICompatibleGeneralist(_HTTPGeneralist):
         return OpenAICompatibleSession(self, list(prompt), vocab_size, temperature)
 
     def __repr__(self) -> str:
-        return f"OpenAICompatibleGeneralist({self.http.base_url!r}, model={self.model!r})"
+        return (
+            f"OpenAICompatibleGeneralist({self.http.base_url!r}, model={self.model!r}, "
+            f"scoring={self.scoring!r})"
+        )
 
 
 class OpenAICompatibleSession(GeneralistSession):
@@ -530,44 +584,118 @@ class OpenAICompatibleSession(GeneralistSession):
     ) -> Verdict:
         return await self.client.http.arun(self._score(draft))
 
-    def _score(self, draft: list[int]) -> Exchange:
-        """The generalist's rows at the draft positions and after (the device decides)."""
-        m, k = self.client.top_logprobs, len(draft)
-        body: dict[str, Any] = {
-            "model": self.client.model,
-            "prompt": self.tokens + draft,
+    @property
+    def processed(self) -> bool:
+        """Whether the server tempers the generated tokens' rows (processed log-probs)."""
+        return self.client.logprobs_mode == "processed_logprobs"
+
+    def request_body(self, draft: list[int]) -> dict[str, Any]:
+        """The `/v1/completions` body that scores `draft` after the committed tokens."""
+        client, m = self.client, self.client.top_logprobs
+        body: dict[str, Any] = {"model": client.model}
+        if client.scoring == "prefixes":
+            body["prompt"] = [self.tokens + draft[:i] for i in range(len(draft) + 1)]
+        else:
+            body["prompt"] = self.tokens + draft
+        body |= {
             "max_tokens": 1,
-            "temperature": 0,
+            "temperature": self.temperature if self.processed else 0,
             "logprobs": m,
             "return_tokens_as_token_ids": True,
         }
-        if k:  # the draft positions' log-probs are prompt log-probs
-            body["prompt_logprobs"] = m
-        response = yield from self.client.http.exchange("POST", "/v1/completions", body)
+        if client.scoring == "prompt_logprobs" and draft:
+            body["prompt_logprobs"] = m  # the draft positions' rows are prompt log-probs
+        if self.processed:  # processed rows = tempered rows only when nothing else applies
+            body |= NEUTRAL_SAMPLING
+        return body
+
+    def _score(self, draft: list[int]) -> Exchange:
+        """The generalist's rows at the draft positions and after (the device decides)."""
+        client, k = self.client, len(draft)
+        response = yield from client.http.exchange(
+            "POST", "/v1/completions", self.request_body(draft)
+        )
         if response.status_code != 200:
             raise refused(response, "scoring a draft")
         try:
-            choice = response.json()["choices"][0]
-            rows = [
-                {int(t): e["logprob"] for t, e in entry.items()}
-                for entry in (choice["prompt_logprobs"][-k:] if k else [])
-            ]
-            rows.append(
-                {_token_id(t): v for t, v in choice["logprobs"]["top_logprobs"][-1].items()}
-            )
-        except (KeyError, IndexError, TypeError, ValueError) as err:
-            msg = f"unexpected /v1/completions answer from {self.client.http.base_url}: {err!r}"
+            answer = response.json()
+            if client.scoring == "prefixes":
+                rows = prefix_rows(answer, k, client.top_logprobs)
+            else:
+                rows = prompt_logprob_rows(answer, k, client.top_logprobs)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as err:
+            msg = f"unexpected /v1/completions answer from {client.http.base_url}: {err}"
             raise GeneralistError(msg) from err
+        client.last_usage = answer.get("usage")
         log_p_G = torch.full((k + 1, self.vocab_size), -math.inf)
         for i, row in enumerate(rows):
             ids = [t for t in row if t < self.vocab_size]
             log_p_G[i, ids] = logprobs_from_vllm([row[t] for t in ids])
+        # Raw rows are tempered here, over the listed entries only; processed rows come
+        # tempered over the whole vocabulary (prompt log-probs are raw even then).
+        raw = {"prefixes": 0, "prompt_logprobs": k}[client.scoring] if self.processed else k + 1
+        log_p_G[:raw] = alg.temper(log_p_G[:raw], self.temperature)
         self._draft = list(draft)
-        return Verdict(alg.temper(log_p_G, self.temperature))
+        return Verdict(log_p_G)
 
     def commit(self, accepted: int, token: int) -> None:
         self.tokens = [*self.tokens, *self._draft[:accepted], token]
         self._draft = []
+
+
+NEUTRAL_SAMPLING: dict[str, float] = {
+    "top_p": 1.0,
+    "top_k": -1,
+    "min_p": 0.0,
+    "repetition_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+}
+"""Sent with processed log-probs: no sampling processor but temperature, whatever defaults the
+server took from the model's generation config (vLLM's `--generation-config auto`)."""
+
+
+def prefix_rows(answer: dict, k: int, m: int) -> list[dict[int, float]]:
+    """Rows 0..k from the answer to K+1 prefix prompts: choice i's generated-token top `m`."""
+    choices = answer["choices"]
+    if not isinstance(choices, list) or len(choices) != k + 1:
+        n = len(choices) if isinstance(choices, list) else type(choices).__name__
+        msg = f"expected {k + 1} choices (one per prompt), got {n}"
+        raise ValueError(msg)
+    ordered = sorted(choices, key=lambda choice: choice["index"])
+    if [choice["index"] for choice in ordered] != list(range(k + 1)):
+        msg = f"choice indices {sorted(c['index'] for c in choices)} are not 0..{k}"
+        raise ValueError(msg)
+    return [_top_m(_generated_row(choice), m) for choice in ordered]
+
+
+def prompt_logprob_rows(answer: dict, k: int, m: int) -> list[dict[int, float]]:
+    """Rows 0..k from the answer to one prompt with `prompt_logprobs`: the last k prompt rows
+    (each lists the draft token itself), then the generated token's top `m`."""
+    (choice,) = answer["choices"]
+    rows = []
+    if k:
+        entries = choice["prompt_logprobs"][-k:]
+        if len(entries) != k or any(not isinstance(e, dict) for e in entries):
+            msg = f"expected {k} prompt_logprobs entries for the draft, got {entries!r:.200}"
+            raise ValueError(msg)
+        rows = [{int(t): float(e["logprob"]) for t, e in entry.items()} for entry in entries]
+    return [*rows, _top_m(_generated_row(choice), m)]
+
+
+def _generated_row(choice: dict) -> dict[int, float]:
+    """The generated token's top log-probs in a choice (`return_tokens_as_token_ids` keys)."""
+    tops = choice["logprobs"]["top_logprobs"]
+    if not tops or not isinstance(tops[-1], dict):
+        msg = f"no top_logprobs for the generated token in choice {choice.get('index')}"
+        raise ValueError(msg)
+    return {_token_id(t): float(v) for t, v in tops[-1].items()}
+
+
+def _top_m(row: dict[int, float], m: int) -> dict[int, float]:
+    """The m highest entries: a sampled token listed beyond the top m is dropped, so the
+    candidates do not depend on the server's random draw."""
+    return dict(sorted(row.items(), key=lambda item: -item[1])[:m])
 
 
 def _token_id(key: str) -> int:

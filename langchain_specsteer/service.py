@@ -42,6 +42,7 @@ from langchain_specsteer.protocol import (
 )
 from langchain_specsteer.service_openai import (
     CompletionRequest,
+    LogprobsMode,
     OpenAICompatible,
     TokenizeRequest,
 )
@@ -68,6 +69,7 @@ def create_app(
     api_key: str | None = None,
     title: str = "SpecSteer verifier",
     public_docs: bool = False,
+    logprobs_mode: LogprobsMode = "raw_logprobs",
 ) -> Any:
     """The FastAPI app serving `service` (see docs/protocol.md).
 
@@ -77,6 +79,8 @@ def create_app(
             before the body is read).
         title: the OpenAPI document's title.
         public_docs: serve /openapi.json, /docs and /redoc without the key.
+        logprobs_mode: what /v1/completions reports for a generated token, as vLLM's
+            `--logprobs-mode`: "raw_logprobs" or "processed_logprobs" (after temperature).
     """
     optional_import("fastapi", extra="server", purpose="The verifier service")
     from fastapi import APIRouter, Depends, FastAPI
@@ -111,7 +115,7 @@ def create_app(
     )
     protected = APIRouter(dependencies=[Depends(authorize)], responses=_ERRORS)
     _session_routes(protected, service)
-    _openai_routes(protected, OpenAICompatible(service))
+    _openai_routes(protected, OpenAICompatible(service, logprobs_mode))
 
     @app.get("/health", tags=["operations"], response_class=Response, response_model=None)
     @app.head("/health", tags=["operations"], response_class=Response, response_model=None)

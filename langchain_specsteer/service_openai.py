@@ -1,9 +1,12 @@
 """The verifier service's OpenAI-compatible subset: what `OpenAICompatibleGeneralist` uses.
 
-vLLM's `/v1/completions` for scoring (token-id prompts, `echo`, `logprobs`,
-`prompt_logprobs`, `max_tokens` 0 or 1), `/tokenize` and `/v1/models`, answered from a
-`VerifierService`'s generalist under its model lock. Log-probs of −inf are written as vLLM's
-−9999.0 (`protocol.vllm_logprob`).
+vLLM's `/v1/completions` for scoring (token-id prompts, one or a batch of them, `echo`,
+`logprobs`, `prompt_logprobs`, `max_tokens` 0 or 1), `/tokenize` and `/v1/models`, answered
+from a `VerifierService`'s generalist under its model lock. A batch is answered as vLLM answers
+it: one choice per prompt, in order, each with its `index`. Log-probs of −inf are written as
+vLLM's −9999.0 (`protocol.vllm_logprob`). `logprobs_mode` is vLLM's `--logprobs-mode`:
+"raw_logprobs" (the model's log-probs) or "processed_logprobs" (the generated token's after
+temperature); prompt log-probs are raw in both, as in vLLM.
 """
 
 from __future__ import annotations
@@ -11,21 +14,30 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from langchain_specsteer import algorithms as alg
 from langchain_specsteer.protocol import MIN_TEMPERATURE, ServiceError, vllm_logprob
-from langchain_specsteer.service_sessions import (
-    VerifierService,
-    check_ids,
-    log_event,
-    max_positions,
-)
+from langchain_specsteer.service_sessions import VerifierService, log_event, max_positions
 
-__all__ = ["CompletionRequest", "OpenAICompatible", "TokenizeRequest"]
+__all__ = ["CompletionRequest", "LogprobsMode", "OpenAICompatible", "TokenizeRequest"]
+
+LogprobsMode = Literal["raw_logprobs", "processed_logprobs"]
+"""What `logprobs` reports for a generated token (vLLM's `--logprobs-mode`): the model's
+log-probs, or those after the sampling processors (here only temperature)."""
+
+NEUTRAL = {
+    "top_p": (1.0,),
+    "top_k": (0, -1),
+    "min_p": (0.0,),
+    "repetition_penalty": (1.0,),
+    "presence_penalty": (0.0,),
+    "frequency_penalty": (0.0,),
+}
+"""Sampling processors this server does not apply: each may only be omitted or neutral."""
 
 
 def _unicode(value: Any, field: str) -> Any:
@@ -56,7 +68,7 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str | None = None
-    prompt: list[int] | str
+    prompt: list[list[int]] | list[int] | str
     max_tokens: int | None = Field(default=16)
     echo: bool = False
     logprobs: int | None = None
@@ -65,6 +77,12 @@ class CompletionRequest(BaseModel):
     n: int = 1
     stream: bool = False
     return_tokens_as_token_ids: bool = False
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -95,13 +113,23 @@ class OpenAICompatible:
 
     Args:
         service: the models, limits, served name and model lock to answer with.
+        logprobs_mode: vLLM's `--logprobs-mode`: "raw_logprobs" (default, as vLLM) or
+            "processed_logprobs" (a generated token's log-probs after temperature).
     """
 
-    def __init__(self, service: VerifierService):
+    def __init__(self, service: VerifierService, logprobs_mode: LogprobsMode = "raw_logprobs"):
+        if logprobs_mode not in get_args(LogprobsMode):
+            msg = (
+                f"logprobs_mode must be one of {get_args(LogprobsMode)} (vLLM's --logprobs-mode), "
+                f"got {logprobs_mode!r}"
+            )
+            raise ValueError(msg)
         self.service = service
+        self.logprobs_mode = logprobs_mode
 
     def complete(self, request: CompletionRequest) -> dict[str, Any]:
-        """vLLM's `/v1/completions`, for scoring: prompt log-probs and at most one new token."""
+        """vLLM's `/v1/completions`, for scoring: prompt log-probs and at most one new token
+        for each prompt of a batch (token-id prompts sharing a prefix share its forward pass)."""
         limits = self.service.limits
         self._check_model(request.model)
         if request.stream:
@@ -117,52 +145,126 @@ class OpenAICompatible:
             if value is not None and not 0 <= value <= limits.max_logprobs:
                 msg = f"{name} must be in [0, {limits.max_logprobs}] (max_logprobs), got {value}"
                 raise ServiceError(400, msg, param=name)
+        for name, neutral in NEUTRAL.items():
+            value = getattr(request, name)
+            if value is not None and value not in neutral:
+                msg = (
+                    f"this server applies no sampling processor but temperature: {name} must "
+                    f"be {neutral[0]} or omitted, got {value}"
+                )
+                raise ServiceError(400, msg, param=name)
         temperature = 1.0 if request.temperature is None else request.temperature
         if not (math.isfinite(temperature) and 0 <= temperature <= 2) or (
             0 < temperature < MIN_TEMPERATURE
         ):
             msg = f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE}, 2], got {temperature}"
             raise ServiceError(400, msg, param="temperature")
-        generalist = self.service.generalist
-        tokenizer = generalist.tokenizer
-        if isinstance(request.prompt, str):
-            prompt = tokenizer.encode(request.prompt, add_special_tokens=True)
+        prompts = self._prompts(request.prompt)
+        with self.service.model_lock:
+            rows = self._rows(prompts)
+        choices = [
+            self._choice(request, index, prompt, rows[index], max_tokens, temperature)
+            for index, prompt in enumerate(prompts)
+        ]
+        total = sum(len(p) for p in prompts)
+        log_event("completion", prompts=len(prompts), prompt_tokens=total, max_tokens=max_tokens)
+        return {
+            "id": f"cmpl-{secrets.token_hex(8)}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.service.model_name,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": total,
+                "completion_tokens": len(prompts),
+                "total_tokens": total + len(prompts),
+                # as vLLM (--enable-prompt-tokens-details): the last prompt's tokens it did not
+                # compute again; here, those it shares with an earlier prompt of the request
+                "prompt_tokens_details": {"cached_tokens": _shared_prefix(prompts)},
+            },
+        }
+
+    def _prompts(self, prompt: list[list[int]] | list[int] | str) -> list[list[int]]:
+        """The request's prompts as token ids, checked against the limits and vocabulary."""
+        limits, generalist = self.service.limits, self.service.generalist
+        if isinstance(prompt, str):
+            prompts = [generalist.tokenizer.encode(prompt, add_special_tokens=True)]
+        elif prompt and isinstance(prompt[0], list):
+            prompts = prompt
         else:
-            prompt = request.prompt
-        if not prompt:
+            prompts = [prompt]
+        if not prompts:
             raise ServiceError(400, "prompt is empty", param="prompt")
-        if len(prompt) > limits.max_prompt_tokens:
+        most = limits.max_draft_tokens + 1
+        if len(prompts) > most:
             msg = (
-                f"prompt has {len(prompt)} tokens; max_prompt_tokens is {limits.max_prompt_tokens}"
+                f"prompt holds {len(prompts)} prompts; this server scores at most {most} "
+                "(max_draft_tokens + 1) in one request"
             )
             raise ServiceError(413, msg, param="prompt")
-        check_ids(prompt, generalist.vocab_size, "prompt")
+        for i, ids in enumerate(prompts):
+            where = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
+            if not ids:
+                raise ServiceError(400, f"{where} is empty", param="prompt")
+            longest = limits.max_prompt_tokens
+            if len(ids) > longest:
+                msg = f"{where} has {len(ids)} tokens; max_prompt_tokens is {longest}"
+                raise ServiceError(413, msg, param="prompt")
+            bad = next((t for t in ids if not 0 <= t < generalist.vocab_size), None)
+            if bad is not None:
+                msg = (
+                    f"{where} holds token id {bad}, outside the vocabulary "
+                    f"[0, {generalist.vocab_size})"
+                )
+                raise ServiceError(400, msg, param="prompt")
+        return prompts
+
+    def _rows(self, prompts: list[list[int]]) -> list[torch.Tensor]:
+        """Each prompt's (L, V) log-probs (row i predicts token i+1); a prompt that is a prefix
+        of another takes that one's rows instead of a forward pass of its own."""
+        generalist = self.service.generalist
+        longest_first = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        computed: list[tuple[list[int], torch.Tensor]] = []
+        rows: list[torch.Tensor | None] = [None] * len(prompts)
+        for i in longest_first:
+            prompt = prompts[i]
+            for ids, table in computed:
+                if ids[: len(prompt)] == prompt:
+                    rows[i] = table[: len(prompt)]
+                    break
+            else:
+                rows[i] = generalist.sequence(prompt).forward(len(prompt))[0]
+                computed.append((prompt, rows[i]))
+        return rows
+
+    def _choice(
+        self,
+        request: CompletionRequest,
+        index: int,
+        prompt: list[int],
+        rows: torch.Tensor,
+        max_tokens: int,
+        temperature: float,
+    ) -> dict[str, Any]:
+        """One prompt's choice: its prompt log-probs, its new token and that token's log-probs."""
+        generalist = self.service.generalist
+        tokenizer = generalist.tokenizer
+        last = alg.temper(rows[-1], temperature)
+        new = alg.pick(last, greedy=temperature == 0)
+        generated = [new] if max_tokens == 1 else []
+        # vLLM's processed_logprobs: the generated token's row after temperature (greedy: raw)
+        scored_row = last if self.logprobs_mode == "processed_logprobs" else rows[-1]
         prompt_logprobs = request.prompt_logprobs
         if prompt_logprobs is None and request.echo and request.logprobs is not None:
             prompt_logprobs = request.logprobs
-        with self.service.model_lock:
-            rows = generalist.sequence(prompt).forward(len(prompt))[0]  # (L, V): i predicts i+1
-        new = alg.pick(alg.temper(rows[-1], temperature), greedy=temperature == 0)
-        generated = [new] if max_tokens == 1 else []
 
         def name(t: int) -> str:
             if request.return_tokens_as_token_ids:
                 return f"token_id:{t}"
             return tokenizer.decode([t])
 
-        def top(row: torch.Tensor, actual: int, n: int) -> dict[int, tuple[float, int]]:
-            """The actual token first, then the top n: id → (log-prob, vLLM's rank)."""
-            entries = {actual: (vllm_logprob(row[actual]), int((row >= row[actual]).sum()))}
-            if n:
-                values, indices = torch.topk(row, min(n, row.shape[-1]))
-                for rank, (v, t) in enumerate(
-                    zip(values.tolist(), indices.tolist(), strict=True), 1
-                ):
-                    entries.setdefault(t, (vllm_logprob(v), rank))
-            return entries
-
         choice: dict[str, Any] = {
-            "index": 0,
+            "index": index,
             "text": (tokenizer.decode(prompt) if request.echo else "")
             + tokenizer.decode(generated),
             "logprobs": None,
@@ -173,8 +275,7 @@ class OpenAICompatible:
         if prompt_logprobs is not None:
             listed: list[dict | None] = [None]
             for i in range(1, len(prompt)):
-                row = rows[i - 1]
-                entries = top(row, prompt[i], prompt_logprobs)
+                entries = _top(rows[i - 1], prompt[i], prompt_logprobs)
                 listed.append(
                     {
                         str(t): {"logprob": v, "rank": r, "decoded_token": tokenizer.decode([t])}
@@ -197,28 +298,16 @@ class OpenAICompatible:
                     token_logprobs.append(None)
                     tops.append(None)
                     continue
-                row = rows[pos - 1]
+                row = scored_row if pos == len(prompt) else rows[pos - 1]
                 token_logprobs.append(vllm_logprob(row[t]))
-                tops.append({name(u): v for u, (v, _) in top(row, t, request.logprobs).items()})
+                tops.append({name(u): v for u, (v, _) in _top(row, t, request.logprobs).items()})
             choice["logprobs"] = {
                 "text_offset": offsets,
                 "token_logprobs": token_logprobs,
                 "tokens": tokens,
                 "top_logprobs": tops,
             }
-        log_event("completion", prompt_tokens=len(prompt), max_tokens=max_tokens)
-        return {
-            "id": f"cmpl-{secrets.token_hex(8)}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": self.service.model_name,
-            "choices": [choice],
-            "usage": {
-                "prompt_tokens": len(prompt),
-                "completion_tokens": 1,
-                "total_tokens": len(prompt) + 1,
-            },
-        }
+        return choice
 
     def tokenize(self, request: TokenizeRequest) -> dict[str, Any]:
         """vLLM's `/tokenize`: a prompt, or messages through the chat template."""
@@ -271,3 +360,25 @@ class OpenAICompatible:
     def _check_model(self, model: str | None) -> None:
         if model is not None and model != self.service.model_name:
             raise ServiceError(404, f"The model `{model}` does not exist.", param="model")
+
+
+def _top(row: torch.Tensor, actual: int, n: int) -> dict[int, tuple[float, int]]:
+    """The actual token first, then the top n of `row`: id → (log-prob, vLLM's rank)."""
+    entries = {actual: (vllm_logprob(row[actual]), int((row >= row[actual]).sum()))}
+    if n:
+        values, indices = torch.topk(row, min(n, row.shape[-1]))
+        for rank, (v, t) in enumerate(zip(values.tolist(), indices.tolist(), strict=True), 1):
+            entries.setdefault(t, (vllm_logprob(v), rank))
+    return entries
+
+
+def _shared_prefix(prompts: list[list[int]]) -> int:
+    """Tokens of the last prompt shared with an earlier one (at most all but its last token)."""
+    last = prompts[-1]
+    shared = 0
+    for earlier in prompts[:-1]:
+        n = 0
+        while n < min(len(earlier), len(last)) and earlier[n] == last[n]:
+            n += 1
+        shared = max(shared, n)
+    return min(shared, len(last) - 1)
