@@ -93,9 +93,25 @@ class TrainConfig:
     batch_tokens: int = 4096
     lr: float = 3e-3
     warmup_steps: int = 30
-    specialist_steps: int = 1000  # ~0.5 s a step on 2 cores
-    generalist_steps: int = 460  # ~3.4 s a step on 2 cores
+    specialist_steps: int = 900  # ~0.5 s a step on 2 cores
+    generalist_steps: int = 400  # ~3.4 s a step on 2 cores
     minutes: float = 35.0  # cap per model
+    init: str | None = None  # fine-tune this pair's folders instead of starting from scratch
+    review_examples: int | None = None  # train on the first N review examples (None: all)
+
+
+def extend_tokenizer(tokenizer: Any) -> Any:
+    """An older pair's tokenizer with the tool-calling tokens and chat template added (the
+    review prompts render exactly as before)."""
+    from tokenizers import AddedToken
+
+    new = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+    if new:
+        tokenizer.add_special_tokens({"additional_special_tokens": new})
+    if CALL_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_tokens([AddedToken(CALL_TOKEN, special=False, normalized=False)])
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
@@ -223,6 +239,17 @@ def _model(size: ModelSize, tokenizer: Any, seed: int) -> Any:
         pad_token_id=tokenizer.pad_token_id,
     )
     return AutoModelForCausalLM.from_config(config)
+
+
+def _init(config: TrainConfig, name: str, tokenizer: Any) -> Any:
+    """`name` from the pair in `config.init`, its embeddings grown to the tokenizer (the new
+    rows start at the mean of the old ones)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(config.seed)
+    model = AutoModelForCausalLM.from_pretrained(Path(config.init) / name, dtype=torch.float32)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return model
 
 
 def _batches(
@@ -390,6 +417,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--generalist-size", default="256,16,4", help="hidden,layers,heads of the generalist"
     )
     parser.add_argument(
+        "--init",
+        help="fine-tune the pair in this folder (e.g. the shipped demo pair) instead of training"
+        " from scratch: its tokenizer gains the tool-calling tokens and chat template",
+    )
+    parser.add_argument(
+        "--review-examples", type=int, help="train on the first N review examples only"
+    )
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak learning rate")
+    parser.add_argument(
+        "--warmup-steps", type=int, default=TrainConfig.warmup_steps, help="linear warm-up steps"
+    )
+    parser.add_argument(
         "--only",
         choices=["specialist", "generalist"],
         help="train one model (e.g. a generalist with its own tokenizer, for the byte path)",
@@ -412,6 +451,10 @@ def main(argv: list[str] | None = None) -> None:
         specialist_steps=args.specialist_steps,
         generalist_steps=args.generalist_steps,
         minutes=args.minutes,
+        init=args.init,
+        review_examples=args.review_examples,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
     )
     train(config, Path(args.data), Path(args.out), limit=args.limit, only=args.only)
     if args.export:
@@ -429,13 +472,21 @@ def train(
 ) -> None:
     """Tokenizer, then specialist, then generalist (or `only` one of them); each saved as a
     HF model folder in `out`."""
-    examples = load_longlamp("product_review", "user", "train", data, limit=limit)
+    from transformers import AutoTokenizer
+
+    reviews = (
+        limit if config.review_examples is None else min(limit or 1e18, config.review_examples)
+    )
+    examples = load_longlamp("product_review", "user", "train", data, limit=reviews)
     episodes = load_episodes(data, "train", limit)
     tokenizer_dir = out / "tokenizer"
     if tokenizer_dir.exists():
-        from transformers import AutoTokenizer
-
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    elif config.init:
+        tokenizer = extend_tokenizer(
+            AutoTokenizer.from_pretrained(Path(config.init) / "specialist")
+        )
+        tokenizer.save_pretrained(tokenizer_dir)
     else:
         texts = [e.input for e in examples] + [e.output for e in examples]
         texts += [_episode_text(episode) for episode in episodes]
@@ -455,7 +506,11 @@ def train(
         sequences += build_episode_sequences(
             episodes, tokenizer, private=context, k=config.k, rng=rng, share=config.no_context_share
         )
-        model = _model(size, tokenizer, config.seed)
+        model = (
+            _model(size, tokenizer, config.seed)
+            if not config.init
+            else _init(config, name, tokenizer)
+        )
         state = train_model(
             name,
             model,

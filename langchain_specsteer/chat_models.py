@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+import json
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.chat_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
 from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import model_validator
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import Field, field_validator, model_validator
 
 from langchain_specsteer.base import (
     PrivateContext,
@@ -23,10 +33,46 @@ from langchain_specsteer.base import (
 )
 from langchain_specsteer.models import Message
 from langchain_specsteer.params import DecodingParams
+from langchain_specsteer.run import Prompts
+from langchain_specsteer.tools import (
+    PRIVATE_RESULT,
+    ParsedCall,
+    ToolCallParser,
+    ToolFormat,
+    detect_family,
+    forced_prefix,
+    plain_turns,
+)
 
-__all__ = ["ChatSpecSteer"]
+__all__ = ["DEFAULT_PRIVATE_TOOLS", "ChatSpecSteer"]
 
-ROLES = {"human": "user", "ai": "assistant", "system": "system"}
+ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
+DEFAULT_PRIVATE_TOOLS = frozenset({"recall_memory"})
+"""Tools whose results only the specialist reads, unless `private_tools` says otherwise
+(`retrievers.memory_tools`' `recall_memory`)."""
+CALL_OPTIONS = ("tools", "tool_choice", "ls_structured_output_format")
+"""Keywords of a call that are not decoding fields (bound by `bind_tools`)."""
+_PRIVATE = "_specsteer_private"  # marks a rendered tool turn whose result is private
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    """How one call renders and reads tools.
+
+    Attributes:
+        family: the tool-call format (`langchain_specsteer.tools`).
+        tools: the bound tools as OpenAI-style schemas.
+        forced: text the reply is made to start with (`tool_choice` forcing a call).
+        parse: read tool calls out of the reply (False with `tool_choice="none"`).
+    """
+
+    family: str
+    tools: tuple[dict, ...] = ()
+    forced: str = ""
+    parse: bool = True
+
+
+_PLAN: ContextVar[ToolPlan | None] = ContextVar("specsteer_tool_plan", default=None)
 
 
 class ChatSpecSteer(BaseChatModel, SpecSteerBase):
@@ -51,8 +97,12 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
                 private_context="She climbs and hates clutter.",
             )
 
-    Tool calling and structured output are not supported (`bind_tools` raises
-    `NotImplementedError`): the generalist verifies free text drafted by the specialist.
+    Tools: `bind_tools(tools, tool_choice=...)` renders them with each model's chat template
+    (`apply_chat_template(..., tools=...)`; the `plain` format for a template without tools),
+    and tool calls in the reply become `AIMessage.tool_calls` (`invalid_tool_calls` when
+    malformed; `tool_call_chunks` when streaming). A `ToolMessage` from one of
+    `private_tools` is read by the specialist only: the generalist reads `PRIVATE_RESULT`
+    in its place. `with_structured_output` is built on tool calling.
     `response_metadata` carries the decoding statistics (acceptance rate, rounds, ...);
     `usage_metadata` counts the specialist's prompt tokens in and the generated tokens out.
     """
@@ -61,10 +111,29 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
     """Stream by default inside `invoke` (LangChain's convention): tokens reach callbacks as
     rounds commit them. Decoding is incremental either way."""
 
+    private_tools: frozenset[str] = Field(default=DEFAULT_PRIVATE_TOOLS)
+    """Names of tools whose results are private: their `ToolMessage` goes into the
+    specialist's conversation only, and the generalist's holds `PRIVATE_RESULT` in its place.
+    A tool *call* is generated output, which the generalist verifies like any output."""
+    tool_format: ToolFormat = "auto"
+    """How tools and tool calls are written: "auto" (from the specialist's chat template:
+    "specsteer", "hermes", "llama3", else "plain"), or one of those."""
+
     @model_validator(mode="before")
     @classmethod
     def _standard_names(cls, values: Any) -> Any:
         return _max_tokens_alias(values)
+
+    @field_validator("private_tools", mode="before")
+    @classmethod
+    def _tool_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            msg = (
+                f"private_tools is a set of tool names; got the string {value!r}"
+                f" (write {{{value!r}}})"
+            )
+            raise ValueError(msg)
+        return value
 
     @property
     def _llm_type(self) -> str:
@@ -105,19 +174,123 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
         """Decoding fields with per-call overrides (`max_tokens` too)."""
         return super().decoding_params(**_max_tokens_alias(overrides))
 
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable | BaseTool],
+        *,
+        tool_choice: str | bool | dict | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools: rendered with the chat templates, their calls parsed from the reply.
+
+        Args:
+            tools: LangChain tools, functions, pydantic models or OpenAI-style schemas.
+            tool_choice: None or "auto" (the model decides), "none" (tools are not offered),
+                "any"/"required"/True (a call is forced: the reply starts with the format's
+                call marker), or a tool's name (or {"function": {"name": ...}}) to force it.
+        """
+        formatted = [convert_to_openai_tool(tool) for tool in tools]
+        _check_tool_choice(tool_choice, [t["function"]["name"] for t in formatted])
+        return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+
+    def tool_family(self) -> str:
+        """The tool-call format in use (`tool_format`, or detected from the specialist)."""
+        if self.tool_format != "auto":
+            return self.tool_format
+        if not self.use_chat_template:
+            return "plain"
+        return detect_family(getattr(self.specialist.tokenizer, "chat_template", None))
+
+    def tool_plan(self, tools: Sequence[dict] | None = None, tool_choice: Any = None) -> ToolPlan:
+        """How a call with these bound tools renders and reads them."""
+        family = self.tool_family()
+        tools = tuple(tools or ())
+        if not tools:
+            return ToolPlan(family)
+        _check_tool_choice(tool_choice, [t["function"]["name"] for t in tools])
+        if tool_choice == "none":
+            return ToolPlan(family, parse=False)
+        if tool_choice in ("any", "required", True):
+            return ToolPlan(family, tools, forced_prefix(family))
+        if isinstance(tool_choice, dict):
+            tool_choice = tool_choice.get("function", tool_choice).get("name")
+        if isinstance(tool_choice, str) and tool_choice != "auto":
+            return ToolPlan(family, tools, forced_prefix(family, tool_choice))
+        return ToolPlan(family, tools)
+
     def render_messages(self, messages: Sequence[BaseMessage]) -> list[Message]:
-        """LangChain messages as chat-template turns ({"role", "content"})."""
-        turns = []
+        """LangChain messages as chat-template turns: {"role", "content"}, an AI message's
+        `tool_calls` (OpenAI-style, arguments as objects), a tool message's `name` and
+        `tool_call_id` (the name looked up from the call when the message has none)."""
+        turns: list[dict[str, Any]] = []
+        names: dict[str, str] = {}
         for message in messages:
             role = ROLES.get(message.type)
             if role is None:
                 msg = (
-                    f"ChatSpecSteer answers system, human and AI messages; got a {message.type!r}"
-                    " message (tool calling is not supported)"
+                    "ChatSpecSteer answers system, human, AI and tool messages; got a"
+                    f" {message.type!r} message"
                 )
                 raise ValueError(msg)
-            turns.append({"role": role, "content": _text(message)})
+            turn: dict[str, Any] = {"role": role, "content": _text(message)}
+            if isinstance(message, AIMessage) and message.tool_calls:
+                turn["tool_calls"] = [_openai_call(call) for call in message.tool_calls]
+                names.update({c["id"]: c["name"] for c in message.tool_calls if c.get("id")})
+            if isinstance(message, ToolMessage):
+                name = message.name or names.get(message.tool_call_id, "")
+                turn.update(name=name, tool_call_id=message.tool_call_id)
+                if name in self.private_tools:
+                    turn[_PRIVATE] = True
+            turns.append(turn)
         return turns
+
+    @property
+    def _chat(self) -> dict[str, Any]:
+        chat = super()._chat
+        plan = _PLAN.get()
+        if plan is None or plan.family == "plain" or not plan.tools:
+            return chat
+        kwargs = {**chat["chat_template_kwargs"], "tools": list(plan.tools)}
+        return {**chat, "chat_template_kwargs": kwargs}
+
+    def _turns(
+        self, messages: Sequence[Message], context: str
+    ) -> tuple[list[Message], list[Message]]:
+        """(public, private) turns: a private tool's result only in the private ones (the
+        placeholder in the public ones), then the private context as `SpecSteerLLM` adds it."""
+        plan = _PLAN.get() or ToolPlan(self.tool_family())
+        public = [_public_turn(turn) for turn in messages]
+        private = [{k: v for k, v in turn.items() if k != _PRIVATE} for turn in messages]
+        _, private = super()._turns(private, context)  # into the request, not a tool result
+        if plan.family == "plain":
+            public, private = plain_turns(public, plan.tools), plain_turns(private, plan.tools)
+        return public, private
+
+    def _force(self, prompts: Prompts, forced: str) -> Prompts:
+        """The prompts with the reply's forced start appended (a forced tool call)."""
+        if not forced:
+            return prompts
+        ids = self.specialist.tokenizer.encode(forced, add_special_tokens=False)
+        generalist_ids = ids
+        if self._engine.alignment == "byte":
+            tokenizer = getattr(self.generalist, "tokenizer", None)
+            if tokenizer is None:
+                msg = (
+                    "tool_choice forcing a call needs the generalist's tokenizer when the"
+                    " vocabularies differ; give the remote generalist its tokenizer, or use"
+                    ' tool_choice="auto"'
+                )
+                raise ValueError(msg)
+            generalist_ids = tokenizer.encode(forced, add_special_tokens=False)
+        public_generalist = prompts.public_generalist
+        if public_generalist is not None:
+            public_generalist = [*public_generalist, *generalist_ids]
+        return dataclasses.replace(
+            prompts,
+            private=[*prompts.private, *ids],
+            public_specialist=[*prompts.public_specialist, *ids],
+            public_generalist=public_generalist,
+        )
 
     def _stream(
         self,
@@ -127,15 +300,19 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
         private_context: PrivateContext = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        plan = self.tool_plan(kwargs.pop("tools", None), kwargs.pop("tool_choice", None))
+        kwargs.pop("ls_structured_output_format", None)
         params = self.decoding_params(**kwargs)
         turns = self.render_messages(messages)
         context, retrieved = self.private_context_for(_query(turns), unredact(private_context))
-        prompts = self._prompts(turns, context, params)
-        for piece, info in self._decode(prompts, params, stop):
-            chunk = self._chunk(piece, info, context, retrieved)
-            if run_manager and info is None:
-                run_manager.on_llm_new_token(piece, chunk=chunk)
-            yield chunk
+        with _planned(plan):
+            prompts = self._force(self._prompts(turns, context, params), plan.forced)
+        reader = _Reader(plan)
+        for piece, info in _with_forced(plan.forced, self._decode(prompts, params, stop)):
+            for chunk in self._chunks(reader, piece, info, context, retrieved):
+                if run_manager and info is None:
+                    run_manager.on_llm_new_token(_piece_text(chunk), chunk=chunk)
+                yield chunk
 
     async def _astream(
         self,
@@ -145,17 +322,45 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
         private_context: PrivateContext = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
+        plan = self.tool_plan(kwargs.pop("tools", None), kwargs.pop("tool_choice", None))
+        kwargs.pop("ls_structured_output_format", None)
         params = self.decoding_params(**kwargs)
         turns = self.render_messages(messages)
         context, retrieved = await self.aprivate_context_for(
             _query(turns), unredact(private_context)
         )
-        prompts = await self._aprompts(turns, context, params)
+        with _planned(plan):
+            prompts = self._force(await self._aprompts(turns, context, params), plan.forced)
+        reader = _Reader(plan)
+        if plan.forced:  # the reply's forced start, as the first piece
+            for chunk in self._chunks(reader, plan.forced, None, context, retrieved):
+                if run_manager:
+                    await run_manager.on_llm_new_token(_piece_text(chunk), chunk=chunk)
+                yield chunk
         async for piece, info in self._adecode(prompts, params, stop):
-            chunk = self._chunk(piece, info, context, retrieved)
-            if run_manager and info is None:
-                await run_manager.on_llm_new_token(piece, chunk=chunk)
-            yield chunk
+            for chunk in self._chunks(reader, piece, info, context, retrieved):
+                if run_manager and info is None:
+                    await run_manager.on_llm_new_token(_piece_text(chunk), chunk=chunk)
+                yield chunk
+
+    def _chunks(
+        self,
+        reader: _Reader,
+        piece: str,
+        info: dict[str, Any] | None,
+        context: str,
+        retrieved: int,
+    ) -> Iterator[ChatGenerationChunk]:
+        """A piece's text and completed tool calls as chunks; at the end (with `info`), what
+        the reader held back, then the last (empty) chunk with usage and statistics."""
+        text, calls = reader.push(piece) if info is None else reader.flush()
+        if text:
+            yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+        for index, call in calls:
+            chunk = tool_call_chunk(name=call.name, args=call.args_text, id=call.id, index=index)
+            yield ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=[chunk]))
+        if info is not None:
+            yield self._chunk("", info, context, retrieved)
 
     def _chunk(
         self, piece: str, info: dict[str, Any] | None, context: str, retrieved: int
@@ -195,6 +400,83 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
         return _result(chunks)
 
 
+class _Reader:
+    """A reply's text split into content and tool calls (or passed through, when the call
+    parses none)."""
+
+    def __init__(self, plan: ToolPlan):
+        self.parser = ToolCallParser(plan.family) if plan.parse else None
+        self.count = 0
+
+    def push(self, piece: str) -> tuple[str, list[tuple[int, ParsedCall]]]:
+        if self.parser is None:
+            return piece, []
+        return self.parser.push(piece), self._taken()
+
+    def flush(self) -> tuple[str, list[tuple[int, ParsedCall]]]:
+        if self.parser is None:
+            return "", []
+        return self.parser.flush(), self._taken()
+
+    def _taken(self) -> list[tuple[int, ParsedCall]]:
+        calls = self.parser.take()
+        start, self.count = self.count, self.count + len(calls)
+        return list(enumerate(calls, start))
+
+
+@contextmanager
+def _planned(plan: ToolPlan) -> Iterator[None]:
+    """Render prompts under `plan` (read by `_chat` and `_turns`; per call, thread-safe)."""
+    token = _PLAN.set(plan)
+    try:
+        yield
+    finally:
+        _PLAN.reset(token)
+
+
+def _with_forced(
+    forced: str, decoded: Iterator[tuple[str, dict[str, Any] | None]]
+) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """The decoded pieces after the forced start of the reply."""
+    if forced:
+        yield forced, None
+    yield from decoded
+
+
+def _piece_text(chunk: ChatGenerationChunk) -> str:
+    content = chunk.message.content
+    return content if isinstance(content, str) else ""
+
+
+def _public_turn(turn: dict[str, Any]) -> dict[str, Any]:
+    """A turn as the generalist reads it: a private tool's result replaced by the placeholder."""
+    public = {k: v for k, v in turn.items() if k != _PRIVATE}
+    if turn.get(_PRIVATE):
+        public["content"] = PRIVATE_RESULT
+    return public
+
+
+def _openai_call(call: dict[str, Any]) -> dict[str, Any]:
+    """A LangChain tool call as chat templates take it (arguments as an object)."""
+    function = {"name": call["name"], "arguments": call.get("args") or {}}
+    return {"id": call.get("id"), "type": "function", "function": function}
+
+
+def _check_tool_choice(tool_choice: Any, names: Sequence[str]) -> None:
+    """A ValueError naming the remedy for a tool_choice that names no bound tool."""
+    if tool_choice in (None, "auto", "none", "any", "required", True, False):
+        return
+    name = tool_choice
+    if isinstance(tool_choice, dict):
+        name = tool_choice.get("function", tool_choice).get("name")
+    if not isinstance(name, str) or name not in names:
+        msg = (
+            f"tool_choice {tool_choice!r} names no bound tool; give one of {sorted(names)},"
+            ' or "auto", "any", "required" or "none"'
+        )
+        raise ValueError(msg)
+
+
 def _query(turns: list[Message]) -> str:
     """What a retriever is asked: the last user turn."""
     return next((t["content"] for t in reversed(turns) if t["role"] == "user"), "")
@@ -205,14 +487,37 @@ def _result(chunks: list[ChatGenerationChunk]) -> ChatResult:
     final = chunks[0]
     for chunk in chunks[1:]:
         final += chunk
+    calls, invalid = _strict_calls(final.message.tool_call_chunks)
     message = AIMessage(
         content=final.message.content,
+        tool_calls=calls,
+        invalid_tool_calls=invalid,
         usage_metadata=final.message.usage_metadata,
         response_metadata=final.message.response_metadata,
     )
     return ChatResult(
         generations=[ChatGeneration(message=message, generation_info=final.generation_info)]
     )
+
+
+def _strict_calls(chunks: Sequence[dict[str, Any]]) -> tuple[list, list]:
+    """(tool calls, invalid tool calls) of a whole reply: a call is valid when it has a name
+    and its arguments are a JSON object."""
+    calls, invalid = [], []
+    for chunk in chunks:
+        name, args = chunk.get("name"), chunk.get("args") or "{}"
+        try:
+            value = json.loads(args)
+            error = None if isinstance(value, dict) else "the arguments are not a JSON object"
+        except json.JSONDecodeError as err:
+            value, error = None, f"malformed JSON arguments: {err}"
+        if not name:
+            error = "a tool call needs a name"
+        if error is None:
+            calls.append(tool_call(name=name, args=value, id=chunk.get("id")))
+        else:
+            invalid.append(invalid_tool_call(name=name, args=args, id=chunk.get("id"), error=error))
+    return calls, invalid
 
 
 def _text(message: BaseMessage) -> str:

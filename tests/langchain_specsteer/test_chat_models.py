@@ -7,7 +7,13 @@ import json
 
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 
 from langchain_specsteer import ChatSpecSteer
 from tests.conftest import CONTEXT, PROMPTS, off_the_loop
@@ -76,15 +82,13 @@ def test_max_tokens_is_max_new_tokens(make_chat):
 
 def test_unsupported_input_is_refused_clearly(make_chat):
     chat = make_chat()
-    with pytest.raises(ValueError, match="tool calling is not supported"):
-        chat.invoke([HumanMessage("hi"), ToolMessage("42", tool_call_id="x")])
+    with pytest.raises(ValueError, match="system, human, AI and tool messages; got a 'function'"):
+        chat.invoke([HumanMessage("hi"), FunctionMessage("42", name="f")])
     image = {"type": "image", "url": "https://example.com/x.png"}
     with pytest.raises(ValueError, match="text only"):
         chat.invoke([HumanMessage(content=[{"type": "text", "text": "hi"}, image])])
     with pytest.raises(ValueError, match="no user turn"):
         chat.invoke([SystemMessage("only a system prompt")])
-    with pytest.raises(NotImplementedError):
-        chat.bind_tools([])
 
 
 class StartRecorder(BaseCallbackHandler):
@@ -189,3 +193,154 @@ def test_async_chat_with_a_remote_generalist_answers_like_the_sync_call(
     assert message.usage_metadata == expected.usage_metadata
     for name in ("new_tokens", "rounds", "accepted", "generalist_calls"):
         assert message.response_metadata[name] == expected.response_metadata[name]
+
+
+# Tool calling (issue 18). The tiny pair has no chat template, so tools use the `plain`
+# format (a system turn listing them; `<tool_call>` replies); `scripted` replaces the decoding
+# with a fixed reply to test reading it, whatever the random models would write.
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+TWO_CALLS = (
+    "Let me check. "
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Lima"}}\n</tool_call>'
+)
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """Make ChatSpecSteer's decoding yield `pieces` (recording the prompts it was given)."""
+    seen = []
+
+    def script(*pieces):
+        def info(prompts):
+            seen.append(prompts)
+            return {"prompt_tokens": len(prompts.private), "new_tokens": len(pieces)}
+
+        def decode(self, prompts, params, stop):
+            yield from ((piece, None) for piece in pieces)
+            yield "", info(prompts)
+
+        async def adecode(self, prompts, params, stop):
+            for piece in pieces:
+                yield piece, None
+            yield "", info(prompts)
+
+        monkeypatch.setattr(ChatSpecSteer, "_decode", decode)
+        monkeypatch.setattr(ChatSpecSteer, "_adecode", adecode)
+        return seen
+
+    return script
+
+
+def call_pairs(calls):
+    return [(call["name"], call["args"]) for call in calls]
+
+
+def test_tool_calls_are_read_into_the_message_invoked_streamed_or_awaited(make_chat, scripted):
+    pieces = [TWO_CALLS[i : i + 7] for i in range(0, len(TWO_CALLS), 7)]  # cuts inside calls
+    scripted(*pieces)
+    chat = make_chat().bind_tools([WEATHER])
+    expected = [("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Lima"})]
+    message = chat.invoke("Weather in Paris and Lima?")
+    assert message.content == "Let me check. " and message.invalid_tool_calls == []
+    assert call_pairs(message.tool_calls) == expected
+    assert all(call["id"].startswith("call_") for call in message.tool_calls)
+    chunks = list(chat.stream("Weather in Paris and Lima?"))
+    with_calls = [c for c in chunks if c.tool_call_chunks]
+    assert [c.tool_call_chunks[0]["index"] for c in with_calls] == [0, 1]
+    assert [c.tool_call_chunks[0]["name"] for c in with_calls] == ["get_weather"] * 2
+    merged = chunks[0]
+    for chunk in chunks[1:]:
+        merged += chunk
+    assert merged.content == "Let me check. " and call_pairs(merged.tool_calls) == expected
+    assert "".join(c.content for c in chunks) == "Let me check. "
+    awaited = asyncio.run(chat.ainvoke("Weather in Paris and Lima?"))
+    assert awaited.content == message.content
+    assert call_pairs(awaited.tool_calls) == expected
+
+
+def test_a_malformed_call_is_an_invalid_tool_call(make_chat, scripted):
+    scripted('<tool_call>{"name": "get_weather", "arguments": {"city": Paris}}</tool_call>')
+    message = make_chat().bind_tools([WEATHER]).invoke("Weather in Paris?")
+    assert message.tool_calls == [] and len(message.invalid_tool_calls) == 1
+    invalid = message.invalid_tool_calls[0]
+    assert invalid["name"] == "get_weather" and "Paris" in invalid["args"]
+    assert invalid["error"].startswith("malformed JSON arguments")
+
+
+def test_tools_and_tool_messages_are_rendered_for_both_models(make_chat, specialist, scripted):
+    seen = scripted("It is sunny.")
+    call = {"name": "get_weather", "args": {"city": "Paris"}, "id": "c1"}
+    history = [
+        SystemMessage("Be brief."),
+        HumanMessage("Weather in Paris?"),
+        AIMessage("", tool_calls=[call]),
+        ToolMessage("sunny, 21 C", tool_call_id="c1"),  # its name comes from the call
+    ]
+    message = make_chat().bind_tools([WEATHER]).invoke(history)
+    assert message.content == "It is sunny." and message.tool_calls == []
+    decode = specialist.tokenizer.decode
+    for ids in (seen[0].private, seen[0].public_specialist, seen[0].public_generalist):
+        text = decode(ids)
+        listed = "You may call these tools:\n" + json.dumps(WEATHER)
+        assert text.startswith(f"<|bos|>Be brief.\n\n{listed}")  # in the system turn
+        assert "Weather in Paris?" in text
+        assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}' in text
+        assert text.endswith("<tool_response>\nsunny, 21 C\n</tool_response>")
+
+
+def test_tool_choice_forces_a_call(make_chat, specialist, scripted):
+    seen = scripted('{"city": "Oslo"}}</tool_call>')
+    chat = make_chat().bind_tools([WEATHER], tool_choice="get_weather")
+    message = chat.invoke("Weather?")
+    assert call_pairs(message.tool_calls) == [("get_weather", {"city": "Oslo"})]
+    forced = specialist.tokenizer.encode(
+        '<tool_call>{"name": "get_weather", "arguments": ', add_special_tokens=False
+    )
+    prompts = seen[0]
+    for ids in (prompts.private, prompts.public_specialist, prompts.public_generalist):
+        assert ids[-len(forced) :] == forced
+    scripted('{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>')
+    message = make_chat().bind_tools([WEATHER], tool_choice="any").invoke("Weather?")
+    assert call_pairs(message.tool_calls) == [("get_weather", {"city": "Oslo"})]
+    seen = scripted('<tool_call>{"name": "get_weather", "arguments": {}}</tool_call>')
+    message = make_chat().bind_tools([WEATHER], tool_choice="none").invoke("Weather?")
+    assert message.tool_calls == [] and "<tool_call>" in message.content  # not offered, not read
+    assert "You may call" not in specialist.tokenizer.decode(seen[-1].private)
+    with pytest.raises(ValueError, match=r"tool_choice 'get_time' names no bound tool.*get_weat"):
+        make_chat().bind_tools([WEATHER], tool_choice="get_time")
+
+
+def test_structured_output_is_built_on_tool_calling(make_chat, scripted):
+    from pydantic import BaseModel
+
+    class Weather(BaseModel):
+        """Weather in a city."""
+
+        city: str
+        degrees: int
+
+    seen = scripted('{"name": "Weather", "arguments": {"city": "Oslo", "degrees": 3}}</tool_call>')
+    structured = make_chat().with_structured_output(Weather)
+    assert structured.invoke("Weather in Oslo?") == Weather(city="Oslo", degrees=3)
+    assert seen and structured.invoke("again") == Weather(city="Oslo", degrees=3)
+    raw = make_chat().with_structured_output(Weather, include_raw=True).invoke("Weather?")
+    assert raw["parsed"] == Weather(city="Oslo", degrees=3) and raw["parsing_error"] is None
+
+
+def test_private_tools_is_a_set_of_names(make_chat):
+    from retrievers import PRIVATE_MEMORY_TOOLS
+
+    assert make_chat().private_tools == PRIVATE_MEMORY_TOOLS == {"recall_memory"}
+    assert make_chat(private_tools={"a", "b"}).private_tools == {"a", "b"}
+    with pytest.raises(ValueError, match=r"private_tools is a set of tool names.*\{'a'\}"):
+        make_chat(private_tools="a")
+    with pytest.raises(ValueError, match="tool_format"):
+        make_chat(tool_format="json")
