@@ -7,10 +7,12 @@ as its public copy) from a uvicorn thread.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
 from pydantic import ValidationError
 
 from langchain_specsteer import METHODS
@@ -483,3 +485,358 @@ def test_concurrent_async_calls_match_sequential_runs(make_llm, make_remote_llm)
         return await asyncio.gather(*calls)
 
     assert asyncio.run(run_all()) == sequential
+
+
+# --- The OpenAI dialect: prefix-cached scoring and processed log-probs (issue 15) ----------
+
+
+@pytest.fixture(scope="module")
+def processed_server(verifier):
+    """The verifier's models behind an app whose completions report processed log-probs
+    (vLLM's `--logprobs-mode processed_logprobs`)."""
+    with BackgroundServer(create_app(verifier.service, logprobs_mode="processed_logprobs")) as s:
+        yield s
+
+
+class _Recorded:
+    """A blocking httpx transport that records each completion's request and response bytes."""
+
+    def __init__(self, transport, log):
+        self.transport, self.log = transport, log
+
+    def handle_request(self, request):
+        response = self.transport.handle_request(request)
+        response.read()
+        if request.url.path == "/v1/completions":
+            self.log.append((len(request.content), len(response.content)))
+        return response
+
+    def close(self):
+        self.transport.close()
+
+
+def _openai(url, model, **options):
+    from langchain_specsteer.remote import OpenAICompatibleGeneralist
+
+    return OpenAICompatibleGeneralist(url, model, **options)
+
+
+@pytest.mark.parametrize("scoring", ["prefixes", "prompt_logprobs"])
+@pytest.mark.parametrize("method", ["generalist", "speculative", "specsteer"])
+def test_both_scoring_modes_give_the_in_process_text(make_llm, make_remote_llm, method, scoring):
+    """Greedy, hints as large as the vocabulary: the same text and counters (so the same
+    verdicts, round by round) as in-process, whichever way the rows are asked for."""
+    local_text, local_info = generate(make_llm(method=method, gamma=0.3))
+    llm = make_remote_llm("openai", method=method, gamma=0.3, client_options={"scoring": scoring})
+    text, info = generate(llm)
+    assert text == local_text
+    assert {k: info[k] for k in COUNTS} == {k: local_info[k] for k in COUNTS}
+    assert info["degraded"] is False and info["rounds"] > 0
+
+
+def _prompt_ids(generalist, prompt=PROMPTS[0]):
+    return generalist.tokenizer.encode(prompt)
+
+
+def _draft_in_top(generalist, prompt, ranks):
+    """A draft whose i-th token is the generalist's `ranks[i]`-th most likely (1 = argmax)."""
+    draft = []
+    for rank in ranks:
+        row = generalist.sequence(prompt + draft).forward(1)[0, -1]
+        draft.append(int(torch.topk(row, rank).indices[-1]))
+    return draft
+
+
+@pytest.mark.parametrize("scoring", ["prefixes", "prompt_logprobs"])
+def test_a_round_asks_for_the_rows_of_its_scoring_mode(generalist, verifier, scoring):
+    """prefixes: K+1 prompts (committed + draft[:i]), one new token each, no prompt
+    log-probs; prompt_logprobs: one prompt with them. Both give the in-process rows."""
+    from langchain_specsteer.local import LocalSession
+
+    prompt = _prompt_ids(generalist)
+    draft = _draft_in_top(generalist, prompt, [1, 3, 2])
+    options = {} if scoring == "prefixes" else {"scoring": scoring}  # prefixes: the default
+    client = _openai(verifier.url, verifier.service.model_name, top_logprobs=20, **options)
+    session = client.open_session(prompt, vocab_size=verifier.vocab)
+    body = session.request_body(draft)
+    if scoring == "prefixes":
+        assert body["prompt"] == [prompt + draft[:i] for i in range(4)]
+        assert "prompt_logprobs" not in body
+    else:
+        assert body["prompt"] == prompt + draft and body["prompt_logprobs"] == 20
+    assert (body["max_tokens"], body["logprobs"], body["temperature"]) == (1, 20, 0)
+    verdict = session.verify(draft, "device", 0.5)
+    local = LocalSession(generalist, prompt, vocab_size=verifier.vocab).verify(draft, "device", 0.5)
+    listed = torch.isfinite(verdict.log_p_G)
+    assert listed.sum(-1).tolist()[-1] == 20  # the bonus row: the top 20
+    for i in range(4):
+        top = torch.topk(local.log_p_G[i], 20).indices
+        assert listed[i, top].all()
+    torch.testing.assert_close(verdict.log_p_G[listed], local.log_p_G[listed], atol=1e-4, rtol=0)
+    usage = client.last_usage
+    if scoring == "prefixes":  # the last prompt shares all but its last token with another
+        assert usage["prompt_tokens_details"]["cached_tokens"] == len(prompt) + 2
+        assert usage["prompt_tokens"] == sum(len(prompt) + i for i in range(4))
+
+
+def test_prefix_scoring_answers_do_not_grow_with_the_text(make_remote_llm):
+    """Bytes per round received: flat over prefixes as the context grows ~25x, growing with
+    it over prompt log-probs. (What is sent grows with the text in both.)"""
+    short, long = PROMPTS[1], " ".join([PROMPTS[1]] * 25)
+    received = {}
+    for scoring in ("prefixes", "prompt_logprobs"):
+        for name, prompt in (("short", short), ("long", long)):
+            log = []
+            options = {"scoring": scoring, "wrap_transport": lambda t, log=log: _Recorded(t, log)}
+            llm = make_remote_llm(
+                "openai", hint=20, method="specsteer", max_new_tokens=16, client_options=options
+            )
+            generate(llm, prompt=prompt)
+            assert len(log) >= 2  # rounds were recorded
+            received[scoring, name] = [down for _, down in log]
+    assert max(received["prefixes", "long"]) < 1.3 * max(received["prefixes", "short"])
+    assert max(received["prefixes", "long"]) < 20_000
+    assert min(received["prompt_logprobs", "long"]) > 10 * max(received["prompt_logprobs", "short"])
+
+
+def test_processed_logprobs_give_the_in_process_tempered_rows(
+    generalist, verifier, processed_server
+):
+    """At temperature 0.7 with m = 20: over a processed-log-prob server the client's rows are
+    the in-process dense tempered rows on the top 20 (nothing renormalised on the device);
+    over raw log-probs the device tempers 20 entries and renormalises over them, which
+    inflates them."""
+    from langchain_specsteer.local import LocalSession
+
+    prompt = _prompt_ids(generalist)
+    draft = _draft_in_top(generalist, prompt, [2, 1, 5, 3])
+    local = LocalSession(generalist, prompt, vocab_size=verifier.vocab, temperature=0.7)
+    expected = local.verify(draft, "device", 0.5).log_p_G
+    name = verifier.service.model_name
+    processed = _openai(processed_server.url, name, logprobs_mode="processed_logprobs")
+    session = processed.open_session(prompt, vocab_size=verifier.vocab, temperature=0.7)
+    body = session.request_body(draft)
+    assert body["temperature"] == 0.7
+    # no processor but temperature, whatever the server's defaults (vLLM's generation config)
+    neutral = {"top_p": 1.0, "top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0}
+    assert body | neutral | {"presence_penalty": 0.0, "frequency_penalty": 0.0} == body
+    rows = session.verify(draft, "device", 0.5).log_p_G
+    raw = _openai(verifier.url, name).open_session(
+        prompt, vocab_size=verifier.vocab, temperature=0.7
+    )
+    raw_rows = raw.verify(draft, "device", 0.5).log_p_G
+    listed = torch.isfinite(rows)
+    assert listed.sum(-1).tolist() == [20] * 5
+    assert torch.equal(listed, torch.isfinite(raw_rows))
+    torch.testing.assert_close(rows[listed], expected[listed], atol=1e-4, rtol=0)
+    assert (raw_rows[listed] - expected[listed]).min() > 0.1  # renormalised over 20: inflated
+
+
+@pytest.mark.parametrize("scoring", ["prefixes", "prompt_logprobs"])
+def test_sampled_ratio_decisions_over_processed_logprobs_equal_in_process(
+    generalist, specialist, verifier, processed_server, scoring
+):
+    """With the draft in the generalist's top 20 and the same uniforms, the ratio test takes
+    the same decisions on the client's rows (m = 20, T = 0.7) as on the in-process dense rows,
+    with processed log-probs and prefix scoring; over prompt log-probs (raw in vLLM even then)
+    the draft rows are tempered on the device and the decisions may differ."""
+    from langchain_specsteer import algorithms as alg
+    from langchain_specsteer.local import LocalSession
+
+    prompt = _prompt_ids(generalist)
+    draft = _draft_in_top(generalist, prompt, [4, 1, 7, 2, 12, 3])
+    local = LocalSession(
+        generalist,
+        prompt,
+        vocab_size=verifier.vocab,
+        temperature=0.7,
+        public_specialist=specialist,
+        q_gen_prompt=prompt,
+    )
+    log_p_G, log_q_gen = local.rows(draft)
+    client = _openai(
+        processed_server.url,
+        verifier.service.model_name,
+        scoring=scoring,
+        logprobs_mode="processed_logprobs",
+    )
+    rows = client.open_session(prompt, vocab_size=verifier.vocab, temperature=0.7)
+    rows = rows.verify(draft, "device", 0.5).log_p_G
+    at = torch.arange(len(draft)), torch.tensor(draft)
+    gamma = 1.2 * float((log_p_G[at] - log_q_gen[at]).exp().max())  # every r_i / γ below 1
+    generator = torch.Generator().manual_seed(0)
+    decisions, remote_decisions = [], []
+    for _ in range(200):
+        uniforms = torch.rand(len(draft), generator=generator).tolist()
+        decisions.append(alg.accept("ratio", draft, log_p_G, log_q_gen, gamma, uniforms))
+        remote_decisions.append(alg.accept("ratio", draft, rows, log_q_gen, gamma, uniforms))
+    assert len(set(decisions)) >= 3  # accepting and rejecting at several positions
+    if scoring == "prefixes":
+        assert remote_decisions == decisions
+    else:
+        assert remote_decisions != decisions  # the approximation this mode keeps
+
+
+@pytest.mark.parametrize("scoring", ["prefixes", "prompt_logprobs"])
+@pytest.mark.parametrize("mode", ["raw_logprobs", "processed_logprobs"])
+def test_sampling_over_the_dialect_with_full_hints_equals_in_process(
+    make_llm, make_remote_llm, verifier, processed_server, scoring, mode
+):
+    """Hints as large as the vocabulary: tempering on the device (raw) or on the server
+    (processed) gives the same sampled text as in-process."""
+    fields = {"method": "specsteer", "temperature": 0.7, "seed": 3, "max_new_tokens": 24}
+    local, _ = generate(make_llm(**fields))
+    url = processed_server.url if mode == "processed_logprobs" else verifier.url
+    options = {"scoring": scoring, "logprobs_mode": mode}
+    text, info = generate(make_remote_llm("openai", url=url, client_options=options, **fields))
+    assert text == local
+    assert info["drafted"] > 0 and info["degraded"] is False
+    assert text != generate(make_llm(**{**fields, "temperature": 0.0}))[0]  # really sampled
+
+
+def test_bad_scoring_or_logprobs_mode_fail_at_construction(verifier):
+    from langchain_specsteer.service_openai import OpenAICompatible
+
+    with pytest.raises(ValueError, match=r"scoring must be one of \('prefixes', 'prompt_logp"):
+        _openai("http://127.0.0.1:9", "m", scoring="prefix")
+    with pytest.raises(ValueError, match=r"logprobs_mode must be one of .*--logprobs-mode"):
+        _openai("http://127.0.0.1:9", "m", logprobs_mode="processed")
+    with pytest.raises(ValueError, match="logprobs_mode must be one of"):
+        OpenAICompatible(verifier.service, logprobs_mode="raw_logits")
+    with pytest.raises(ValueError, match="logprobs_mode"):
+        create_app(verifier.service, logprobs_mode="processed")
+
+
+def _choice(index, row):
+    return {
+        "index": index,
+        "logprobs": {"top_logprobs": [row]},
+        "text": "",
+        "finish_reason": "length",
+    }
+
+
+GOOD_ROWS = [{"token_id:5": -0.5, "token_id:7": -1.5}, {"token_id:9": -0.25, "token_id:5": -2.0}]
+
+
+@pytest.mark.parametrize(
+    ("status", "answer", "match"),
+    [
+        (200, {"choices": [_choice(0, GOOD_ROWS[0])]}, "expected 2 choices"),
+        (200, {"choices": [_choice(0, GOOD_ROWS[0]), _choice(0, GOOD_ROWS[1])]}, "indices"),
+        (200, {"choices": [_choice(0, GOOD_ROWS[0]), _choice(1, {"5": -1.0})]}, "token_id:N"),
+        (200, {"choices": [_choice(0, GOOD_ROWS[0]), {"index": 1}]}, "logprobs"),
+        (200, {"choices": [_choice(0, GOOD_ROWS[0]), _choice(1, None)]}, "no top_logprobs"),
+        (200, {"object": "error"}, "choices"),
+        (200, "not json", "unexpected"),
+        (
+            400,
+            {"error": {"message": "max_logprobs is 5", "code": 400}},
+            "HTTP 400: max_logprobs is 5",
+        ),
+    ],
+)
+def test_malformed_or_refused_answers_are_generalist_errors(status, answer, match):
+    """A scoring answer that is not vLLM's shape, or an error, raises GeneralistError with
+    what was wrong (the server's reason for a refusal); choices in any order are fine."""
+    import httpx
+
+    def reply(request):
+        if answer == "not json":
+            return httpx.Response(status, content=b"<html>")
+        return httpx.Response(status, json=answer)
+
+    client = _openai(
+        "http://scorer", "m", max_retries=0, wrap_transport=lambda t: httpx.MockTransport(reply)
+    )
+    session = client.open_session([1, 2], vocab_size=16)
+    with pytest.raises(GeneralistError, match=match):
+        session.verify([5], "device", 0.5)
+    answer_reversed = {"choices": [_choice(1, GOOD_ROWS[1]), _choice(0, GOOD_ROWS[0])]}
+    client = _openai(
+        "http://scorer",
+        "m",
+        wrap_transport=lambda t: httpx.MockTransport(
+            lambda r: httpx.Response(200, json=answer_reversed)
+        ),
+    )
+    rows = client.open_session([1, 2], vocab_size=16).verify([5], "device", 0.5).log_p_G
+    assert rows[0, 5] == -0.5 and rows[0, 7] == -1.5 and rows[1, 9] == -0.25
+    assert torch.isfinite(rows).sum() == 4
+    client.top_logprobs = 1  # a sampled token listed beyond the top m is dropped
+    rows = client.open_session([1, 2], vocab_size=16).verify([5], "device", 0.5).log_p_G
+    assert torch.isfinite(rows).nonzero().tolist() == [[0, 5], [1, 9]]
+
+
+def _complete(url, body):
+    import httpx
+
+    return httpx.post(f"{url}/v1/completions", json=body, timeout=30)
+
+
+def test_a_batch_of_prompts_is_answered_as_vllm_answers_it(generalist, verifier):
+    """Our /v1/completions answers a list of token-id prompts as vLLM does: one choice per
+    prompt, in order, with its index, each what that prompt alone gets; usage sums the
+    prompts and counts the last prompt's tokens shared with an earlier one as cached."""
+    prompt = _prompt_ids(generalist)
+    prompts = [[3, 4, 5], prompt, [*prompt, 7], [*prompt, 7, 9]]
+    body = {"max_tokens": 1, "temperature": 0, "logprobs": 5, "return_tokens_as_token_ids": True}
+    answer = _complete(verifier.url, {**body, "prompt": prompts}).json()
+    assert [c["index"] for c in answer["choices"]] == [0, 1, 2, 3]
+    for choice, alone in zip(answer["choices"], prompts, strict=True):
+        single = _complete(verifier.url, {**body, "prompt": alone}).json()["choices"][0]
+        assert choice["logprobs"]["tokens"] == single["logprobs"]["tokens"]
+        for got, want in zip(
+            choice["logprobs"]["top_logprobs"][0].items(),
+            single["logprobs"]["top_logprobs"][0].items(),
+            strict=True,
+        ):
+            assert got[0] == want[0] and got[1] == pytest.approx(want[1], abs=1e-5)
+    usage = answer["usage"]
+    assert usage["prompt_tokens"] == sum(map(len, prompts))
+    assert usage["completion_tokens"] == 4
+    assert usage["prompt_tokens_details"] == {"cached_tokens": len(prompt) + 1}
+
+
+def test_processed_logprobs_temper_the_generated_token_only(generalist, processed_server):
+    """As vLLM's processed_logprobs: the generated token's log-probs are log_softmax(logits/T);
+    prompt log-probs stay raw; at temperature 0 both are raw."""
+    prompt = [5, 6, 7, 8]
+    with torch.inference_mode():
+        logits = generalist.model(torch.tensor([prompt])).logits[0].float()
+    body = {"prompt": prompt, "max_tokens": 1, "logprobs": 4, "prompt_logprobs": 4}
+    body["return_tokens_as_token_ids"] = True
+    for temperature in (0.7, 0.0):
+        choice = _complete(processed_server.url, {**body, "temperature": temperature}).json()
+        choice = choice["choices"][0]
+        tempered = torch.log_softmax(logits[-1] / (temperature or 1.0), -1)
+        top = torch.topk(tempered, 4)
+        listed = {
+            int(k.removeprefix("token_id:")): v
+            for k, v in choice["logprobs"]["top_logprobs"][0].items()
+        }
+        for t, v in zip(top.indices.tolist(), top.values.tolist(), strict=True):
+            assert listed[t] == pytest.approx(v, abs=1e-4)
+        raw = torch.log_softmax(logits[0], -1)
+        assert choice["prompt_logprobs"][1][str(prompt[1])]["logprob"] == pytest.approx(
+            float(raw[prompt[1]]), abs=1e-4
+        )
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param", "match"),
+    [
+        ({"prompt": [[1]] * 66}, 413, "prompt", r"66 prompts; this server scores at most 65"),
+        ({"prompt": [[1], []]}, 400, "prompt", r"prompt\[1\] is empty"),
+        ({"prompt": [[1], [1, 10**6]]}, 400, "prompt", r"prompt\[1\] holds token id 1000000"),
+        ({"prompt": [1], "top_p": 0.5}, 400, "top_p", "top_p must be 1.0 or omitted"),
+        ({"prompt": [1], "top_k": 5}, 400, "top_k", "no sampling processor but temperature"),
+        ({"prompt": [1], "repetition_penalty": 1.1}, 400, "repetition_penalty", "penalty"),
+    ],
+)
+def test_bad_batches_and_sampling_processors_get_4xx(verifier, body, status, param, match):
+    response = _complete(verifier.url, {"max_tokens": 1, **body})
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert re.search(match, error["message"]), error["message"]
