@@ -316,3 +316,152 @@ def test_the_wire_recorder_catches_a_leak(make_remote_llm, verifier, monkeypatch
     secret_runs = runs(llm.specialist.tokenizer.encode(SECRET, add_special_tokens=False), 5)
     sent = [ids for r in verifier.requests if r["body"] for ids in id_lists(json.loads(r["body"]))]
     assert any(runs(ids, 5) & secret_runs for ids in sent)
+
+
+# Private tool results (issue 18): a `recall_memory` result is read by the specialist only.
+TOOL_SECRET = "Zorblax quantum marmalade: my PIN is 4417 and I live at 12 Quibble Lane"
+TOOL_REQUEST = "Write my review of the blender in my style."
+RECALL = {
+    "type": "function",
+    "function": {
+        "name": "recall_memory",
+        "description": "Search the user's private memory.",
+        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
+    },
+}
+
+
+def tool_history(secret: str = TOOL_SECRET):
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    call = {"name": "recall_memory", "args": {"query": "blender"}, "id": "call_1"}
+    return [
+        HumanMessage(TOOL_REQUEST),
+        AIMessage("", tool_calls=[call]),
+        ToolMessage(secret, tool_call_id="call_1"),  # named by its call: recall_memory
+    ]
+
+
+def tool_secret_runs(tokenizer, n: int = 3) -> set[tuple[int, ...]]:
+    """The result's id runs, less those the public side has anyway (request, placeholder,
+    tool schema, call)."""
+    from langchain_specsteer.tools import PRIVATE_RESULT
+
+    public = TOOL_REQUEST + PRIVATE_RESULT + json.dumps(RECALL) + '{"query": "blender"}'
+    return runs(tokenizer.encode(TOOL_SECRET, add_special_tokens=False), n) - runs(
+        tokenizer.encode(public, add_special_tokens=False), n
+    )
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_private_tool_result_never_reaches_the_generalist(
+    specialist, generalist, recorded, method
+):
+    from langchain_specsteer import ChatSpecSteer
+    from langchain_specsteer.tools import PRIVATE_RESULT
+
+    chat = ChatSpecSteer(
+        specialist=specialist, generalist=generalist, method=method, gamma=0.3, max_tokens=16
+    )
+    message = chat.bind_tools([RECALL]).invoke(tool_history())
+    assert message.response_metadata["new_tokens"] > 0
+    secret_runs = tool_secret_runs(specialist.tokenizer)
+    assert len(secret_runs) > 20
+    private = [s for s in recorded["sequences"] if s.lm is specialist and "Zorblax" in
+               specialist.tokenizer.decode(s.prompts[0])]  # fmt: skip
+    public_seqs = [s for s in recorded["sequences"] if s not in private]
+    if method != "generalist":  # the specialist read the result...
+        assert len(private) == 1
+    for seq in public_seqs:  # ...and no public sequence (q_gen, the generalist's) holds it
+        for row in seq.row_tokens():
+            assert not runs(row, 3) & secret_runs
+    if method == "specialist":
+        assert recorded["generalist_texts"] == recorded["generalist_inputs"] == []
+        return
+    texts = recorded["generalist_texts"]
+    assert texts and all(PRIVATE_RESULT in text and TOOL_REQUEST in text for text in texts)
+    fed = recorded["session_prompts"] + recorded["generalist_inputs"]
+    assert recorded["session_prompts"] and recorded["generalist_inputs"]
+    for ids in fed:
+        assert not runs(ids, 3) & secret_runs
+    decoded = [generalist.tokenizer.decode(ids) for ids in fed]
+    for word in ("Zorblax", "marmalade", "4417", "Quibble"):
+        assert all(word not in text for text in texts + decoded), word
+
+
+def test_a_tool_is_public_unless_named_private(specialist, generalist, recorded):
+    """The same result from a tool not in `private_tools` is the generalist's to read (so the
+    checks above are not vacuous), and a planted leak of a private one is caught."""
+    from langchain_specsteer import ChatSpecSteer
+
+    chat = ChatSpecSteer(
+        specialist=specialist, generalist=generalist, max_tokens=3, private_tools=set()
+    )
+    chat.bind_tools([RECALL]).invoke(tool_history())
+    assert any("Zorblax" in text for text in recorded["generalist_texts"])
+    secret_runs = tool_secret_runs(specialist.tokenizer)
+    assert any(runs(ids, 3) & secret_runs for ids in recorded["session_prompts"])
+
+
+def test_the_recorder_catches_a_planted_tool_result_leak(
+    specialist, generalist, recorded, monkeypatch
+):
+    from langchain_specsteer import ChatSpecSteer, chat_models
+
+    monkeypatch.setattr(chat_models, "_public_turn", lambda turn: dict(turn))  # leaks
+    chat = ChatSpecSteer(specialist=specialist, generalist=generalist, max_tokens=3)
+    chat.bind_tools([RECALL]).invoke(tool_history())
+    secret_runs = tool_secret_runs(specialist.tokenizer)
+    everything = [t for fed in recorded["generalist_inputs"] for t in fed]
+    assert runs(everything, 3) & secret_runs
+    assert any("Zorblax" in text for text in recorded["generalist_texts"])
+
+
+@pytest.mark.parametrize("client", ["session", "openai"])
+@pytest.mark.parametrize("method", METHODS)
+def test_a_private_tool_result_never_crosses_the_wire(
+    make_remote_llm, verifier, recorded, method, client
+):
+    """Every request body the verifier service receives, and every input its generalist is
+    fed, for a conversation holding a private tool result (blocking and async calls)."""
+    from langchain_specsteer import ChatSpecSteer
+
+    remote = make_remote_llm(client)
+    chat = ChatSpecSteer(
+        specialist=remote.specialist,
+        generalist=remote.generalist,
+        method=method,
+        gamma=0.3,
+        max_tokens=16,
+    ).bind_tools([RECALL])
+    verifier.requests.clear()
+    message = chat.invoke(tool_history())
+
+    async def awaited():
+        reply = await chat.ainvoke(tool_history())
+        await remote.generalist.aclose()
+        return reply
+
+    assert asyncio.run(awaited()).content == message.content
+    requests = list(verifier.requests)
+    if method == "specialist":  # the generalist is not even asked to encode
+        assert requests == [] and recorded["generalist_inputs"] == []
+    else:
+        assert any(r["path"].endswith("/tokenize") for r in requests) or client == "session"
+        assert any(r["path"].endswith(("/rounds", "/completions")) for r in requests)
+        assert recorded["generalist_inputs"]
+    decode = verifier.service.generalist.tokenizer.decode
+    secret_runs = tool_secret_runs(verifier.service.generalist.tokenizer, 5)
+    allowed = (SESSION_FIELDS if client == "session" else OPENAI_FIELDS) | TOKENIZE_FIELDS
+    for request in requests:
+        raw = request["path"] + request["query"] + request["body"].decode()
+        for word in ("Zorblax", "4417", "Quibble", "marmalade"):
+            assert word not in raw
+        if request["body"]:
+            body = json.loads(request["body"])
+            assert set(body) <= allowed, set(body) - allowed
+            for ids in id_lists(body):
+                assert not runs(ids, 5) & secret_runs
+                assert "Zorblax" not in decode(ids)
+    for ids in recorded["generalist_inputs"]:
+        assert not runs(ids, 5) & secret_runs
