@@ -76,7 +76,7 @@ class ByteVocabularies:
             )
             raise ValueError(msg)
         width = generalist.vocab_size or len(tokenizer)
-        return cls(TokenBytes(specialist.tokenizer), TokenBytes(tokenizer), width)
+        return cls(TokenBytes.of(specialist.tokenizer), TokenBytes.of(tokenizer), width)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import weakref
 from bisect import bisect_left
 from collections.abc import Sequence
 from functools import lru_cache
@@ -81,20 +82,14 @@ class TokenBytes:
 
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
+        self.size = len(tokenizer)
         special = set(getattr(tokenizer, "all_special_ids", []))
-        byte_level = _is_byte_level(tokenizer)
-        alphabet = byte_alphabet()
-        size = max(tokenizer.get_vocab().values()) + 1
-        self.table: list[bytes | None] = [None] * size
-        for token, index in tokenizer.get_vocab().items():
-            if index in special:
-                continue
-            if byte_level and all(c in alphabet for c in token):
-                self.table[index] = bytes(alphabet[c] for c in token)
-            elif token.startswith("<0x") and token.endswith(">") and len(token) == 6:
-                self.table[index] = bytes([int(token[3:5], 16)])
-            else:
-                self.table[index] = token.replace("▁", " ").encode()
+        to_bytes = _byte_level_table() if _is_byte_level(tokenizer) else None
+        vocab = tokenizer.get_vocab()
+        self.table: list[bytes | None] = [None] * (max(vocab.values()) + 1)
+        for token, index in vocab.items():
+            if index not in special:
+                self.table[index] = _spelling(token, to_bytes)
         self.single_byte: dict[int, int] = {}
         self.by_spelling: dict[bytes, list[int]] = {}
         for index, spelled in enumerate(self.table):
@@ -102,10 +97,29 @@ class TokenBytes:
                 self.by_spelling.setdefault(spelled, []).append(index)
                 if len(spelled) == 1:
                     self.single_byte.setdefault(spelled[0], index)
-        ordered = sorted((spelled, i) for i, spelled in enumerate(self.table) if spelled)
-        self._keys = [spelled for spelled, _ in ordered]
-        self._ids = torch.tensor([i for _, i in ordered], dtype=torch.long)
-        self._first = torch.tensor([spelled[0] for spelled, _ in ordered], dtype=torch.long)
+        table = self.table
+        ordered = sorted((i for i, spelled in enumerate(table) if spelled), key=table.__getitem__)
+        self._keys: list[bytes] = [table[i] for i in ordered]  # type: ignore[misc]
+        self._ids = torch.tensor(ordered, dtype=torch.long)
+        # Every spelling's bytes, back to back in sorted order, so that "the byte at position
+        # k of each token in a range" is one gather instead of a Python loop.
+        lengths = torch.tensor([len(key) for key in self._keys], dtype=torch.long)
+        self._starts = torch.cumsum(lengths, 0) - lengths
+        self._lengths = lengths
+        self._bytes = torch.frombuffer(bytearray(b"".join(self._keys) or b"\0"), dtype=torch.uint8)
+        self._first = self._bytes[self._starts].long() if self._keys else torch.zeros(0).long()
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> TokenBytes:
+        """The tables of `tokenizer`, built once per tokenizer object (they take seconds at
+        a 262k-token vocabulary) and rebuilt if tokens were added since."""
+        try:
+            cached = _TABLES.get(tokenizer)
+        except TypeError:  # not hashable or not weakly referenceable: no cache
+            return cls(tokenizer)
+        if cached is None or cached.size != len(tokenizer):
+            cached = _TABLES[tokenizer] = cls(tokenizer)
+        return cached
 
     def __len__(self) -> int:
         return len(self.table)
@@ -162,10 +176,9 @@ class TokenBytes:
         ids = self._ids[lo:hi]
         if prefix:  # a narrow range: the byte after the prefix, or END
             at = len(prefix)
-            index = torch.tensor(
-                [key[at] if len(key) > at else END for key in self._keys[lo:hi]],
-                dtype=torch.long,
-            )
+            ends = self._lengths[lo:hi] <= at
+            where = (self._starts[lo:hi] + at).masked_fill_(ends, 0)
+            index = self._bytes[where].long().masked_fill_(ends, END)
         else:  # the whole vocabulary: first bytes, precomputed
             index = self._first
         eos = [i for i in eos_ids if i < logp.shape[-1]]
@@ -176,11 +189,9 @@ class TokenBytes:
         if ids.numel() == 0:
             return out
         values = logp[ids.to(logp.device)].float().cpu()
-        keep = torch.isfinite(values)
-        values, index = values[keep], index[keep]
-        if values.numel() == 0:
-            return out
         peak = values.max()
+        if not torch.isfinite(peak):  # every token in reach has no mass (−inf)
+            return out
         mass = torch.zeros(EOS + 1).index_add_(0, index, torch.exp(values - peak))
         out = torch.log(mass) + peak
         return out - torch.logsumexp(out, dim=-1)
@@ -193,13 +204,37 @@ class TokenBytes:
         return [self.single_byte[b] for b in data]
 
 
+_TABLES: weakref.WeakKeyDictionary[Any, TokenBytes] = weakref.WeakKeyDictionary()
+
+
+@lru_cache(maxsize=1)
+def _byte_level_table() -> dict[int, int]:
+    """`str.translate` table from GPT-2's byte alphabet to latin-1 characters of the same
+    bytes; every other character below 256 maps to one that latin-1 cannot encode."""
+    table = {c: 0x110000 - 1 for c in range(256)}
+    table.update({ord(char): byte for char, byte in byte_alphabet().items()})
+    return table
+
+
+def _spelling(token: str, byte_level: dict[int, int] | None) -> bytes:
+    """The bytes a vocabulary entry spells."""
+    if byte_level is not None:
+        try:
+            return token.translate(byte_level).encode("latin-1")
+        except UnicodeEncodeError:  # not in the byte alphabet (e.g. an added token)
+            pass
+    if token.startswith("<0x") and token.endswith(">") and len(token) == 6:
+        return bytes([int(token[3:5], 16)])
+    return token.replace("▁", " ").encode()
+
+
 def _is_byte_level(tokenizer: Any) -> bool:
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
+    decoder = getattr(backend, "decoder", None)
+    if decoder is None:
         return False
-    config = json.loads(backend.to_str())
-    decoder = config.get("decoder") or {}
-    kinds = [decoder.get("type")] + [d.get("type") for d in decoder.get("decoders", [])]
+    config = json.loads(decoder.__getstate__())  # the decoder's JSON only, not the vocabulary
+    kinds = [config.get("type")] + [d.get("type") for d in config.get("decoders", [])]
     return "ByteLevel" in kinds
 
 

@@ -139,3 +139,59 @@ def test_next_byte_logprobs_group_the_tokens_by_their_next_byte(vocab):
             expected = float(torch.logsumexp(logp[ids], -1) - total) if ids else -math.inf
             assert float(got[bucket]) == pytest.approx(expected, abs=1e-5)
         assert float(torch.logsumexp(got, -1)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_next_byte_logprobs_skip_tokens_without_mass(vocab):
+    """Rows masked to −inf (padded or filtered ids) add nothing; a range with no mass is −inf."""
+    import torch
+
+    from langchain_specsteer.bytelevel import END
+
+    logp = torch.log_softmax(
+        torch.randn(len(vocab), generator=torch.Generator().manual_seed(3)), -1
+    )
+    inside = [i for i, s in enumerate(vocab.table) if s and s.startswith(b" b")]
+    assert len(inside) > 2
+    masked = logp.clone()
+    masked[inside[::2]] = -float("inf")
+    kept = inside[1::2]
+    got = vocab.next_byte_logprobs(masked, b" b")
+    total = torch.logsumexp(logp[kept], -1)
+    for bucket in range(END + 1):
+        if bucket == END:
+            ids = [i for i in kept if vocab.table[i] == b" b"]
+        else:
+            ids = [i for i in kept if vocab.table[i][2:3] == bytes([bucket])]
+        expected = float(torch.logsumexp(logp[ids], -1) - total) if ids else -float("inf")
+        assert float(got[bucket]) == pytest.approx(expected, abs=1e-5)
+    masked[inside] = -float("inf")
+    assert torch.isneginf(vocab.next_byte_logprobs(masked, b" b")).all()
+
+
+def test_tables_are_built_once_per_tokenizer_and_again_after_tokens_are_added():
+    tokenizer = train_tokenizer()
+    first = TokenBytes.of(tokenizer)
+    assert TokenBytes.of(tokenizer) is first
+    assert TokenBytes.of(train_tokenizer()) is not first  # another object: its own tables
+    tokenizer.add_tokens(["hello world"])  # not special: it spells its text
+    grown = TokenBytes.of(tokenizer)
+    assert grown is not first and len(grown) == len(first) + 1
+    assert grown.table[-1] == b"hello world"
+
+
+def test_sentencepiece_vocabularies_spell_spaces_and_byte_fallback():
+    """Gemma- and Llama-2-style vocabularies: "▁" is a space, "<0xNN>" one byte."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<0x20>", "<0xE2>", "<0x82>", "<0xAC>", "▁the", "▁", "the", "é", "s"]
+    backend = Tokenizer(models.BPE(vocab={w: i for i, w in enumerate(words)}, merges=[]))
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    vocab = TokenBytes(PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>"))
+    assert vocab.table == [None, b" ", b"\xe2", b"\x82", b"\xac", b" the", b" ", b"the",
+                           "é".encode(), b"s"]  # fmt: skip
+    assert vocab.by_spelling[b" "] == [1, 6]
+    assert vocab.single_byte[0xE2] == 2 and vocab.single_byte[ord(" ")] == 1
+    assert vocab.extending(b" t").tolist() == [5]
