@@ -1,34 +1,35 @@
-"""A personal assistant with private memory, on the shipped demo pair.
+"""A personal assistant agent with private memory, on the shipped demo pair.
 
-    python examples/personal_assistant.py --script      # a scripted conversation
-    python examples/personal_assistant.py               # type turns; "remember: ..." stores
+    python examples/personal_assistant.py --script      # a scripted conversation, traced
+    python examples/personal_assistant.py               # type requests yourself
     python examples/personal_assistant.py --verbose     # also transformers' loading bars
 
-Each turn goes through one LangChain runnable: "remember: <text>" writes the text into the
-user's `PrivateMemory` (an owner-only SQLite file on the device); any other turn is a
-request that `ChatSpecSteer` answers, with the specialist reading the memories a BM25
-retriever finds for it. The generalist never sees the memory. The demo pair was trained to
-write product reviews in a user's style, so remembered reviews are what steer it.
+LangChain's own `create_agent` runs over `ChatSpecSteer` with two tools on the user's
+`PrivateMemory` (an owner-only SQLite file on the device): `recall_memory(query)` and
+`save_memory(text)`. The model decides when to call them. `recall_memory`'s result is
+private: only the specialist reads it, and the generalist reads a placeholder in its place.
+The demo pair was trained on a synthetic review world, so ask it for a review "in my style"
+(it recalls your past reviews first), to "remember ..." something, or for the weather.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from langchain_core.runnables import RunnableBranch, RunnableLambda
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
 from langchain_specsteer import ChatSpecSteer, LocalGeneralist, LocalSpecialist, demo_pair
 from langchain_specsteer.demo import demo_users, quiet_loading
-from retrievers import PersonalBM25Retriever, PrivateMemory, task_templates
+from retrievers import PrivateMemory, memory_tools, task_templates
 
-PREFIX = "remember:"
 Models = tuple[LocalSpecialist, LocalGeneralist]
+REVIEW = task_templates("product_review")["document_template"]
 
 
 def load_models(verbose: bool = False) -> Models:
@@ -41,75 +42,85 @@ def load_models(verbose: bool = False) -> Models:
         )
 
 
-def load_chat(models: Models, memory: PrivateMemory, max_tokens: int) -> ChatSpecSteer:
-    """The demo pair as a chat model whose private context is retrieved from `memory`."""
+def build_agent(models: Models, memory: PrivateMemory, max_tokens: int) -> Any:
+    """`create_agent` over the pair, with the memory tools (`recall_memory` private)."""
     specialist, generalist = models
-    return ChatSpecSteer(
+    chat = ChatSpecSteer(
         specialist=specialist,
         generalist=generalist,
-        retriever=PersonalBM25Retriever.from_memory(memory, k=3),
         max_tokens=max_tokens,
-        **task_templates("product_review"),
+        private_tools={"recall_memory"},  # the default, spelled out
     )
+    return create_agent(chat, memory_tools(memory, k=3, document_template=REVIEW))
 
 
-def assistant(chat: ChatSpecSteer, memory: PrivateMemory) -> Any:
-    """One agent step: store a memory, or answer a request steered by the memories."""
-
-    def remember(turn: str) -> dict[str, Any]:
-        text = turn[len(PREFIX) :].strip()
-        try:  # a past review as JSON: {"reviewText": ..., "summary": ..., ...}
-            fact = json.loads(text)
-            memory.add(fact.pop("reviewText"), fact)
-        except (json.JSONDecodeError, AttributeError, KeyError, TypeError):
-            memory.add(text)  # a plain note: rendered as its text alone
-
-        return {"stored": len(memory), "answer": None}
-
-    def answer(turn: str) -> dict[str, Any]:
-        message = chat.invoke(turn)
-        return {"answer": message.content, "metadata": message.response_metadata}
-
-    return RunnableBranch((lambda turn: turn.startswith(PREFIX), RunnableLambda(remember)), answer)
+def remember_reviews(memory: PrivateMemory, profile: Sequence[dict]) -> None:
+    """A user's past reviews as memory entries (the text, the other fields as metadata)."""
+    for entry in profile:
+        fields = {key: value for key, value in entry.items() if key != "reviewText"}
+        memory.add([entry["reviewText"]], metadata=[fields])
 
 
-def scripted_turns(user: int = 0, memories: int = 4) -> list[str]:
-    """A held-out demo user's past reviews as memories, then that user's request."""
+def scripted(user: int = 0) -> tuple[list[dict], list[str]]:
+    """A held-out demo user's past reviews, and requests: their next review in their style,
+    something to remember, and the weather."""
     record = demo_users()[user]
-    stored = [PREFIX + json.dumps(entry) for entry in record["profile"][:memories]]
-    return [*stored, record["input"]]
+    last = record["profile"][-1]
+    request = (
+        f'Write my review of the "{last["description"]}" in my style. '
+        f'I rate it {round(last["overall"])} stars; the summary is "{last["summary"]}".'
+    )
+    turns = [request, "Remember that I prefer a glass jar on a blender.", "Weather in Oslo today?"]
+    return record["profile"][:-1], turns
+
+
+def trace(messages: Sequence[BaseMessage]) -> list[str]:
+    """One line per message of an agent run (tool results on the device are shown: this is
+    the device)."""
+    lines = []
+    for message in messages:
+        if isinstance(message, HumanMessage):
+            lines.append(f"user: {message.content}")
+        elif isinstance(message, AIMessage) and message.tool_calls:
+            calls = ", ".join(f"{c['name']}({c['args']})" for c in message.tool_calls)
+            lines.append(f"assistant calls: {calls}")
+        elif isinstance(message, ToolMessage):
+            lines.extend(f"  {message.name} → {line}" for line in message.content.splitlines())
+        elif isinstance(message, AIMessage):
+            lines.append(f"assistant: {message.content}")
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--script", action="store_true", help="replay a scripted conversation")
     parser.add_argument("--memory", help="memory file (default: a temporary one)")
+    parser.add_argument("--user", type=int, default=0, help="held-out demo user (0-4) to script")
     parser.add_argument("--max-tokens", type=int, default=80, help="default: %(default)s")
     parser.add_argument("--verbose", action="store_true", help="show model-loading progress")
     args = parser.parse_args(argv)
-    folder = tempfile.mkdtemp(prefix="assistant-")
-    models = load_models(args.verbose)  # once: both chats below share the two models
-    with PrivateMemory(args.memory or Path(folder) / "memory.db") as memory:
-        chat = load_chat(models, memory, args.max_tokens)
-        step = assistant(chat, memory)
-        turns = scripted_turns() if args.script else (line.strip() for line in sys.stdin)
-        results = []
+    path = args.memory or Path(tempfile.mkdtemp(prefix="assistant-")) / "memory.db"
+    models = load_models(args.verbose)
+    results = []
+    with PrivateMemory(path) as memory:
+        agent = build_agent(models, memory, args.max_tokens)
+        if args.script:
+            profile, turns = scripted(args.user)
+            remember_reviews(memory, profile)
+            print(f"[{len(memory)} past reviews in the private memory]")
+        else:
+            turns = (line.strip() for line in sys.stdin)
         for turn in turns:
             if not turn:
                 continue
-            result = step.invoke(turn)
-            results.append({"turn": turn, **result})
-            if result["answer"] is None:
-                print(f"[stored memory #{result['stored']}]")
-                continue
-            info = result["metadata"]
-            print(f"> {turn}\n{result['answer']}")
-            print(f"  (acceptance {info['acceptance_rate']:.0%}, {info['retrieved']} memories)")
-        if args.script:  # the same request with no memory, for contrast
-            with PrivateMemory(Path(folder) / "empty.db") as empty:
-                plain = assistant(load_chat(models, empty, args.max_tokens), empty).invoke(turn)
-            print(f"\nWithout the memories:\n{plain['answer']}")
-            results.append({"turn": turn, "without_memory": True, **plain})
+            state = agent.invoke({"messages": [HumanMessage(turn)]})
+            messages = state["messages"]
+            print("\n".join(trace(messages)) + "\n")
+            calls = [c["name"] for m in messages if isinstance(m, AIMessage) for c in m.tool_calls]
+            results.append(
+                {"turn": turn, "messages": messages, "calls": calls, "answer": messages[-1].content}
+            )
+        results.append({"memories": len(memory)})
     return results
 
 
