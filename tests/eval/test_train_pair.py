@@ -98,3 +98,54 @@ def test_an_interrupted_training_resumes_to_the_same_weights(world, tmp_path, mo
         assert whole.keys() == resumed.keys()
         for key in whole:
             assert torch.equal(whole[key], resumed[key]), key
+
+
+def test_episode_sequences_match_what_chat_specsteer_feeds_at_inference(world, tiny_dir):
+    """Each assistant turn's prompt is the specialist's (recall result) or the generalist's
+    (placeholder) prompt for that conversation in ChatSpecSteer; the turn ends with EOS."""
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    from eval.train_pair import (
+        CHAT_TEMPLATE,
+        build_episode_sequences,
+        load_episodes,
+        recall_result,
+    )
+    from eval.world import assistant_tools
+    from langchain_specsteer import ChatSpecSteer
+    from langchain_specsteer.chat_models import _planned
+
+    episodes = load_episodes(world, "train")
+    episodes = [next(e for e in episodes if e["kind"] == kind) for kind in ("recall", "weather")]
+    tokenizer = train_tokenizer(["Write my review " * 3, '{"query": "x"}'], 400)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    model = LocalSpecialist.from_pretrained(str(tiny_dir / "specialist")).model
+    chat = ChatSpecSteer(
+        specialist=LocalSpecialist(model, tokenizer), generalist=LocalGeneralist(model, tokenizer)
+    )
+    assert chat.tool_family() == "specsteer"
+    for private in (True, False):
+        rng = random.Random(0)
+        sequences = build_episode_sequences(episodes, tokenizer, private=private, k=2, rng=rng)
+        assert len(sequences) == 2 * len(episodes)
+        for episode, first, second in zip(episodes, sequences[::2], sequences[1::2], strict=True):
+            call = {
+                "name": episode["call"]["name"],
+                "args": episode["call"]["arguments"],
+                "id": "c",
+            }
+            result = recall_result(episode, 2) if episode["kind"] == "recall" else episode["result"]
+            history = [HumanMessage(episode["request"])]
+            then = [AIMessage("", tool_calls=[call]), ToolMessage(result, tool_call_id="c")]
+            plan = chat.tool_plan(assistant_tools(episode))
+            for (tokens, prompt_length), messages in ((first, history), (second, history + then)):
+                with _planned(plan):
+                    prompts = chat._prompts(chat.render_messages(messages), "")
+                expected = prompts.private if private else prompts.public_generalist
+                assert tokens[:prompt_length] == expected
+                assert tokens[-1] == tokenizer.eos_token_id
+            answer = tokenizer.decode(second[0][second[1] : -1])
+            assert answer == episode["answer"]
+            assert tokenizer.decode(first[0][first[1] : -1]).startswith("<|call|>")
+            if episode["kind"] == "recall":
+                assert (result in tokenizer.decode(second[0])) is private

@@ -234,3 +234,38 @@ def test_cli_writes_the_world(tmp_path, capsys):
 def test_too_few_users_is_an_error():
     with pytest.raises(ValueError, match="users"):
         generate_world(0, 2)
+
+
+def test_assistant_episodes_are_split_by_user_and_call_offered_tools(folder):
+    episodes = {
+        split: [json.loads(line) for line in (folder / "assistant" / f"{split}.jsonl").open()]
+        for split in SPLITS
+    }
+    assert episodes == w.generate_assistant(0, USERS)  # written as generated, deterministic
+    assert all(episodes.values())
+    users = {split: {e["user"] for e in rows} for split, rows in episodes.items()}
+    reviews = generate_world(0, USERS)
+    review_users = {split: {r["reviewerId"] for r in rows} for split, rows in reviews.items()}
+    assert users["val"] == review_users["val"] and users["test"] == review_users["test"]
+    assert users["train"] <= review_users["train"]
+    kinds = {e["kind"] for rows in episodes.values() for e in rows}
+    assert kinds == set(w.ASSISTANT_KINDS)
+    for episode in (e for rows in episodes.values() for e in rows):
+        tools = w.assistant_tools(episode)
+        names = [t["function"]["name"] for t in tools]
+        assert episode["call"]["name"] in names and len(set(names)) == len(names)
+        schema = tools[names.index(episode["call"]["name"])]["function"]["parameters"]
+        assert set(episode["call"]["arguments"]) == set(schema["properties"])  # fits its schema
+        messages = w.assistant_messages(episode, "RESULT")
+        assert [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant"]
+        if episode["kind"] == "recall":  # answered in the user's style: one of their reviews
+            assert episode["result"] is None and episode["answer"] not in {
+                p["reviewText"] for p in episode["profile"]
+            }
+            style = user_style(0, episode["user"])
+            assert episode["answer"].startswith(style["opener"])
+            assert episode["call"]["arguments"] == {"query": episode["query"]}
+        else:
+            assert episode["result"] and messages[2]["content"] == "RESULT"
+    with pytest.raises(ValueError, match="recall episode's result is its retrieval"):
+        w.assistant_messages(next(e for e in episodes["val"] if e["kind"] == "recall"))
