@@ -14,6 +14,7 @@ MODULES = [
     "eval.bench",
     "eval.bench_bytes",
     "eval.bench_remote",
+    "eval.bench_vllm",
     "eval.bench_retrieval",
     "eval.report",
     "eval.train_pair",

