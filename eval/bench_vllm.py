@@ -325,7 +325,7 @@ class UserRun:
     rounds: int = 0
     drafted: int = 0
     accepted: int = 0
-    bytes_down: int = 0
+    bytes_down: int | None = 0  # None for plain vLLM (its answer carries ids for the check)
     same_as_vllm: bool | None = None  # greedy speculative: vLLM's own text
     same_as_in_process: bool | None = None
 
@@ -370,7 +370,7 @@ def run_plain(server: VLLMServer, llm: SpecSteerLLM, case: Case, tokens: int) ->
     ids, seconds = complete(server, prompt, tokens)
     spent, _ = engine_seconds(metric_delta(before, read_metrics(server)))
     text = llm.generalist.tokenizer.decode(ids, skip_special_tokens=True)
-    return UserRun(case.id, PLAIN, text, len(ids), seconds, seconds, spent, 1)
+    return UserRun(case.id, PLAIN, text, len(ids), seconds, seconds, spent, 1, bytes_down=None)
 
 
 def measure_users(
@@ -423,7 +423,9 @@ def summarise_users(runs: Sequence[UserRun]) -> list[dict[str, Any]]:
                 "tokens_per_round": _ratio(tokens, rounds),
                 "drafted_per_round": _ratio(sum(r.drafted for r in group), rounds),
                 "requests_per_token": _ratio(sum(r.requests for r in group), tokens),
-                "bytes_down_per_token": _ratio(sum(r.bytes_down for r in group), tokens),
+                "bytes_down_per_token": None
+                if any(r.bytes_down is None for r in group)
+                else _ratio(sum(r.bytes_down for r in group), tokens),
                 "device_share": _ratio(seconds - inside, seconds),
                 "engine_share": _ratio(engine, seconds),
                 "http_share": _ratio(max(inside - engine, 0.0), seconds),
@@ -727,9 +729,11 @@ def plot(record: dict[str, Any], path: Path) -> None:
         time_axes.plot([r["length"] for r in series], [r["ms"] for r in series], "o-", label=label)
         if mode != "decode":
             xs = [r["length"] for r in series]
-            byte_axes.plot(xs, [r["bytes_down"] for r in series], "o-", label=mode)
+            (line,) = byte_axes.plot(xs, [r["bytes_down"] for r in series], "o-", label=mode)
+            ups = [r["bytes_up"] for r in series]
+            byte_axes.plot(xs, ups, "s--", color=line.get_color(), label=f"{mode} (sent)")
     time_axes.set(xlabel="tokens of text", ylabel="ms per round", title="(a) one round")
-    byte_axes.set(xlabel="tokens of text", ylabel="bytes received per round", yscale="log")
+    byte_axes.set(xlabel="tokens of text", ylabel="bytes per round", yscale="log")
     byte_axes.set_title("(a) bytes per round")
     for method in ("specsteer", PLAIN):
         series = [r for r in record["clients"] if r["method"] == method]

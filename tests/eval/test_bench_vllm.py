@@ -105,8 +105,8 @@ def test_summarise_users_splits_the_time_and_compares_with_plain_vllm():
         run("specsteer", 3.0, rounds=6, drafted=30, accepted=10, bytes_down=6000,
             same_as_in_process=False),
         run("speculative", 2.5, rounds=5, drafted=25, accepted=15, same_as_vllm=True),
-        run(PLAIN, 1.0, request_seconds=1.0, engine_seconds=0.8),
-        run(PLAIN, 1.0, request_seconds=1.0, engine_seconds=0.8),
+        run(PLAIN, 1.0, request_seconds=1.0, engine_seconds=0.8, bytes_down=None),
+        run(PLAIN, 1.0, request_seconds=1.0, engine_seconds=0.8, bytes_down=None),
     ]  # fmt: skip
     rows = {row["method"]: row for row in summarise_users(runs)}
     assert list(rows) == ["specsteer", "speculative", PLAIN]
@@ -125,6 +125,7 @@ def test_summarise_users_splits_the_time_and_compares_with_plain_vllm():
     assert rows["speculative"]["same_as_vllm_share"] == 1.0
     assert rows[PLAIN]["vs_vllm"] == 1.0
     assert rows[PLAIN]["device_share"] == 0.0
+    assert rows[PLAIN]["bytes_down_per_token"] is None  # not measured: shown as a dash
 
 
 def test_summarise_clients_pairs_each_count_with_plain_vllm():
