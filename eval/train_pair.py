@@ -426,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak learning rate")
     parser.add_argument(
+        "--batch-tokens", type=int, default=TrainConfig.batch_tokens, help="tokens per batch"
+    )
+    parser.add_argument(
         "--warmup-steps", type=int, default=TrainConfig.warmup_steps, help="linear warm-up steps"
     )
     parser.add_argument(
@@ -455,6 +458,7 @@ def main(argv: list[str] | None = None) -> None:
         review_examples=args.review_examples,
         lr=args.lr,
         warmup_steps=args.warmup_steps,
+        batch_tokens=args.batch_tokens,
     )
     train(config, Path(args.data), Path(args.out), limit=args.limit, only=args.only)
     if args.export:

@@ -50,8 +50,6 @@ ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
 DEFAULT_PRIVATE_TOOLS = frozenset({"recall_memory"})
 """Tools whose results only the specialist reads, unless `private_tools` says otherwise
 (`retrievers.memory_tools`' `recall_memory`)."""
-CALL_OPTIONS = ("tools", "tool_choice", "ls_structured_output_format")
-"""Keywords of a call that are not decoding fields (bound by `bind_tools`)."""
 _PRIVATE = "_specsteer_private"  # marks a rendered tool turn whose result is private
 
 
@@ -64,12 +62,14 @@ class ToolPlan:
         tools: the bound tools as OpenAI-style schemas.
         forced: text the reply is made to start with (`tool_choice` forcing a call).
         parse: read tool calls out of the reply (False with `tool_choice="none"`).
+        parallel: keep every call of the reply (`parallel_tool_calls=False`: the first only).
     """
 
     family: str
     tools: tuple[dict, ...] = ()
     forced: str = ""
     parse: bool = True
+    parallel: bool = True
 
 
 _PLAN: ContextVar[ToolPlan | None] = ContextVar("specsteer_tool_plan", default=None)
@@ -188,6 +188,7 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
             tool_choice: None or "auto" (the model decides), "none" (tools are not offered),
                 "any"/"required"/True (a call is forced: the reply starts with the format's
                 call marker), or a tool's name (or {"function": {"name": ...}}) to force it.
+            **kwargs: bound too; `parallel_tool_calls=False` keeps the first call of a reply.
         """
         formatted = [convert_to_openai_tool(tool) for tool in tools]
         _check_tool_choice(tool_choice, [t["function"]["name"] for t in formatted])
@@ -201,22 +202,39 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
             return "plain"
         return detect_family(getattr(self.specialist.tokenizer, "chat_template", None))
 
-    def tool_plan(self, tools: Sequence[dict] | None = None, tool_choice: Any = None) -> ToolPlan:
+    def tool_plan(
+        self,
+        tools: Sequence[dict] | None = None,
+        tool_choice: Any = None,
+        parallel_tool_calls: bool | None = None,
+    ) -> ToolPlan:
         """How a call with these bound tools renders and reads them."""
         family = self.tool_family()
         tools = tuple(tools or ())
+        parallel = parallel_tool_calls is not False
         if not tools:
-            return ToolPlan(family)
+            return ToolPlan(family, parallel=parallel)
         _check_tool_choice(tool_choice, [t["function"]["name"] for t in tools])
         if tool_choice == "none":
             return ToolPlan(family, parse=False)
+        forced = ""
         if tool_choice in ("any", "required", True):
-            return ToolPlan(family, tools, forced_prefix(family))
-        if isinstance(tool_choice, dict):
-            tool_choice = tool_choice.get("function", tool_choice).get("name")
-        if isinstance(tool_choice, str) and tool_choice != "auto":
-            return ToolPlan(family, tools, forced_prefix(family, tool_choice))
-        return ToolPlan(family, tools)
+            forced = forced_prefix(family)
+        elif isinstance(tool_choice, dict | str) and tool_choice != "auto":
+            name = tool_choice
+            if isinstance(tool_choice, dict):
+                name = tool_choice.get("function", tool_choice).get("name")
+            forced = forced_prefix(family, name)
+        return ToolPlan(family, tools, forced, parallel=parallel)
+
+    def _plan(self, kwargs: dict[str, Any]) -> ToolPlan:
+        """The call's tool plan, its tool keywords taken out of `kwargs`."""
+        kwargs.pop("ls_structured_output_format", None)
+        return self.tool_plan(
+            kwargs.pop("tools", None),
+            kwargs.pop("tool_choice", None),
+            kwargs.pop("parallel_tool_calls", None),
+        )
 
     def render_messages(self, messages: Sequence[BaseMessage]) -> list[Message]:
         """LangChain messages as chat-template turns: {"role", "content"}, an AI message's
@@ -300,8 +318,7 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
         private_context: PrivateContext = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        plan = self.tool_plan(kwargs.pop("tools", None), kwargs.pop("tool_choice", None))
-        kwargs.pop("ls_structured_output_format", None)
+        plan = self._plan(kwargs)
         params = self.decoding_params(**kwargs)
         turns = self.render_messages(messages)
         context, retrieved = self.private_context_for(_query(turns), unredact(private_context))
@@ -322,8 +339,7 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
         private_context: PrivateContext = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        plan = self.tool_plan(kwargs.pop("tools", None), kwargs.pop("tool_choice", None))
-        kwargs.pop("ls_structured_output_format", None)
+        plan = self._plan(kwargs)
         params = self.decoding_params(**kwargs)
         turns = self.render_messages(messages)
         context, retrieved = await self.aprivate_context_for(
@@ -406,6 +422,7 @@ class _Reader:
 
     def __init__(self, plan: ToolPlan):
         self.parser = ToolCallParser(plan.family) if plan.parse else None
+        self.parallel = plan.parallel
         self.count = 0
 
     def push(self, piece: str) -> tuple[str, list[tuple[int, ParsedCall]]]:
@@ -420,6 +437,8 @@ class _Reader:
 
     def _taken(self) -> list[tuple[int, ParsedCall]]:
         calls = self.parser.take()
+        if not self.parallel:  # the first call of the reply only
+            calls = calls[: max(0, 1 - self.count)]
         start, self.count = self.count, self.count + len(calls)
         return list(enumerate(calls, start))
 

@@ -266,6 +266,14 @@ def test_tool_calls_are_read_into_the_message_invoked_streamed_or_awaited(make_c
     assert call_pairs(awaited.tool_calls) == expected
 
 
+def test_parallel_tool_calls_false_keeps_the_first_call(make_chat, scripted):
+    scripted(TWO_CALLS)
+    chat = make_chat().bind_tools([WEATHER], parallel_tool_calls=False)
+    assert call_pairs(chat.invoke("Weather?").tool_calls) == [("get_weather", {"city": "Paris"})]
+    chunks = [c for c in chat.stream("Weather?") if c.tool_call_chunks]
+    assert len(chunks) == 1
+
+
 def test_a_malformed_call_is_an_invalid_tool_call(make_chat, scripted):
     scripted('<tool_call>{"name": "get_weather", "arguments": {"city": Paris}}</tool_call>')
     message = make_chat().bind_tools([WEATHER]).invoke("Weather in Paris?")
