@@ -438,7 +438,8 @@ class OpenAICompatibleGeneralist(_HTTPGeneralist):
       i = 0..K, each with `max_tokens=1, logprobs=top_logprobs`; row i is the top of prompt i's
       generated token. vLLM's prefix cache (`--enable-prefix-caching`) serves the shared prefix,
       so a round costs about K+1 decode steps and its answer does not grow with the text. A
-      draft token outside the top `top_logprobs` at its position counts as p_G = 0 (rejected).
+      draft token outside the top `top_logprobs` at its position is not listed: see
+      `exact_drafts`.
     - "prompt_logprobs": one prompt, the committed tokens + draft, with `prompt_logprobs`: the
       draft tokens' own log-probs are exact whatever `top_logprobs`, but vLLM skips its prefix
       cache for such requests, so a round costs a prefill of the whole text and the answer
@@ -456,6 +457,11 @@ class OpenAICompatibleGeneralist(_HTTPGeneralist):
             unlisted tokens' share is taken as 0) or "processed_logprobs" (the request carries
             the temperature and the server returns log-probs after it, normalised over the
             whole vocabulary: used as they are). Prompt log-probs are always raw in vLLM.
+        exact_drafts: with "prefixes", when the ratio test (or sampled speculative decoding)
+            needs a draft token's log p_G and it is outside the top `top_logprobs` at its
+            position, ask for it in a second request (the same prefixes, served by the cache,
+            with vLLM's `logprob_token_ids`), so acceptance is decided as in-process. False:
+            one request a round, and such a token counts as p_G = 0 (rejected).
         tokenizer: the generalist's tokenizer (e.g. `AutoTokenizer.from_pretrained(model)`):
             prompts are encoded locally and its vocabulary is checked against the
             specialist's. Without it prompts go through the server's `/tokenize`, and the
@@ -473,6 +479,7 @@ class OpenAICompatibleGeneralist(_HTTPGeneralist):
         top_logprobs: int = 20,
         scoring: Scoring = "prefixes",
         logprobs_mode: LogprobsMode = "raw_logprobs",
+        exact_drafts: bool = True,
         tokenizer: Any = None,
         eos_token_ids: Sequence[int] = (),
         timeout: float = 60.0,
@@ -509,6 +516,7 @@ class OpenAICompatibleGeneralist(_HTTPGeneralist):
         self.top_logprobs = top_logprobs
         self.scoring = scoring
         self.logprobs_mode = logprobs_mode
+        self.exact_drafts = exact_drafts
         self._eos = frozenset(eos_token_ids)
         self.last_usage: dict[str, Any] | None = None
         """The `usage` of the last scoring answer (vLLM's `prompt_tokens_details.cached_tokens`
@@ -577,12 +585,13 @@ class OpenAICompatibleSession(GeneralistSession):
     def verify(
         self, draft: list[int], rule: Rule, gamma: float, uniforms: list[float] | None = None
     ) -> Verdict:
-        return self.client.http.run(self._score(draft))
+        return self.client.http.run(self._score(draft, _reads_draft_values(rule, uniforms)))
 
     async def averify(
         self, draft: list[int], rule: Rule, gamma: float, uniforms: list[float] | None = None
     ) -> Verdict:
-        return await self.client.http.arun(self._score(draft))
+        exchange = self._score(draft, _reads_draft_values(rule, uniforms))
+        return await self.client.http.arun(exchange)
 
     @property
     def processed(self) -> bool:
@@ -609,8 +618,18 @@ class OpenAICompatibleSession(GeneralistSession):
             body |= NEUTRAL_SAMPLING
         return body
 
-    def _score(self, draft: list[int]) -> Exchange:
-        """The generalist's rows at the draft positions and after (the device decides)."""
+    def fill_in_body(self, draft: list[int], positions: list[int]) -> dict[str, Any]:
+        """The body asking, at each of `positions`, for the draft token's own log-prob: the
+        prefixes again (served by the cache) with vLLM's `logprob_token_ids`."""
+        body = self.request_body(draft)
+        body["prompt"] = [self.tokens + draft[:i] for i in positions]
+        body["logprobs"] = 0
+        body["logprob_token_ids"] = sorted({draft[i] for i in positions})
+        return body
+
+    def _score(self, draft: list[int], fill_in: bool = True) -> Exchange:
+        """The generalist's rows at the draft positions and after (the device decides); with
+        prefix scoring and `fill_in`, draft tokens outside the top m are asked for after."""
         client, k = self.client, len(draft)
         response = yield from client.http.exchange(
             "POST", "/v1/completions", self.request_body(draft)
@@ -627,6 +646,21 @@ class OpenAICompatibleSession(GeneralistSession):
             msg = f"unexpected /v1/completions answer from {client.http.base_url}: {err}"
             raise GeneralistError(msg) from err
         client.last_usage = answer.get("usage")
+        unlisted = [i for i, token in enumerate(draft) if token not in rows[i]]
+        if unlisted and fill_in and client.exact_drafts and client.scoring == "prefixes":
+            body = self.fill_in_body(draft, unlisted)
+            response = yield from client.http.exchange("POST", "/v1/completions", body)
+            if response.status_code != 200:
+                what = "asking for draft tokens outside the top m (exact_drafts=False skips it)"
+                raise refused(response, what)
+            try:
+                filled = prefix_rows(response.json(), len(unlisted) - 1, m=None)
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError) as err:
+                msg = f"unexpected /v1/completions answer from {client.http.base_url}: {err}"
+                raise GeneralistError(msg) from err
+            for i, row in zip(unlisted, filled, strict=True):
+                if draft[i] in row:  # a server without logprob_token_ids lists only its draw
+                    rows[i][draft[i]] = row[draft[i]]
         log_p_G = torch.full((k + 1, self.vocab_size), -math.inf)
         for i, row in enumerate(rows):
             ids = [t for t in row if t < self.vocab_size]
@@ -655,8 +689,15 @@ NEUTRAL_SAMPLING: dict[str, float] = {
 server took from the model's generation config (vLLM's `--generation-config auto`)."""
 
 
-def prefix_rows(answer: dict, k: int, m: int) -> list[dict[int, float]]:
-    """Rows 0..k from the answer to K+1 prefix prompts: choice i's generated-token top `m`."""
+def _reads_draft_values(rule: Rule, uniforms: list[float] | None) -> bool:
+    """Whether deciding `rule` reads the draft tokens' own log p_G (greedy "match" reads only
+    the argmax, which every row lists; "none" has no draft)."""
+    return rule not in ("none", "match") or uniforms is not None
+
+
+def prefix_rows(answer: dict, k: int, m: int | None) -> list[dict[int, float]]:
+    """Rows 0..k from the answer to K+1 prefix prompts: choice i's generated-token top `m`
+    (None: every entry)."""
     choices = answer["choices"]
     if not isinstance(choices, list) or len(choices) != k + 1:
         n = len(choices) if isinstance(choices, list) else type(choices).__name__
@@ -692,10 +733,10 @@ def _generated_row(choice: dict) -> dict[int, float]:
     return {_token_id(t): float(v) for t, v in tops[-1].items()}
 
 
-def _top_m(row: dict[int, float], m: int) -> dict[int, float]:
+def _top_m(row: dict[int, float], m: int | None) -> dict[int, float]:
     """The m highest entries: a sampled token listed beyond the top m is dropped, so the
     candidates do not depend on the server's random draw."""
-    return dict(sorted(row.items(), key=lambda item: -item[1])[:m])
+    return row if m is None else dict(sorted(row.items(), key=lambda item: -item[1])[:m])
 
 
 def _token_id(key: str) -> int:

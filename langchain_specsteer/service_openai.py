@@ -1,12 +1,12 @@
 """The verifier service's OpenAI-compatible subset: what `OpenAICompatibleGeneralist` uses.
 
 vLLM's `/v1/completions` for scoring (token-id prompts, one or a batch of them, `echo`,
-`logprobs`, `prompt_logprobs`, `max_tokens` 0 or 1), `/tokenize` and `/v1/models`, answered
-from a `VerifierService`'s generalist under its model lock. A batch is answered as vLLM answers
-it: one choice per prompt, in order, each with its `index`. Log-probs of −inf are written as
-vLLM's −9999.0 (`protocol.vllm_logprob`). `logprobs_mode` is vLLM's `--logprobs-mode`:
-"raw_logprobs" (the model's log-probs) or "processed_logprobs" (the generated token's after
-temperature); prompt log-probs are raw in both, as in vLLM.
+`logprobs`, `logprob_token_ids`, `prompt_logprobs`, `max_tokens` 0 or 1), `/tokenize` and
+`/v1/models`, answered from a `VerifierService`'s generalist under its model lock. A batch is
+answered as vLLM answers it: one choice per prompt, in order, each with its `index`. Log-probs
+of −inf are written as vLLM's −9999.0 (`protocol.vllm_logprob`). `logprobs_mode` is vLLM's
+`--logprobs-mode`: "raw_logprobs" (the model's log-probs) or "processed_logprobs" (the
+generated token's after temperature); prompt log-probs are raw in both, as in vLLM.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ NEUTRAL = {
     "frequency_penalty": (0.0,),
 }
 """Sampling processors this server does not apply: each may only be omitted or neutral."""
+
+MAX_LOGPROB_TOKEN_IDS = 128
+"""The longest `logprob_token_ids` (vLLM's limit)."""
 
 
 def _unicode(value: Any, field: str) -> Any:
@@ -77,6 +80,7 @@ class CompletionRequest(BaseModel):
     n: int = 1
     stream: bool = False
     return_tokens_as_token_ids: bool = False
+    logprob_token_ids: list[int] | None = None
     top_p: float | None = None
     top_k: int | None = None
     min_p: float | None = None
@@ -145,6 +149,8 @@ class OpenAICompatible:
             if value is not None and not 0 <= value <= limits.max_logprobs:
                 msg = f"{name} must be in [0, {limits.max_logprobs}] (max_logprobs), got {value}"
                 raise ServiceError(400, msg, param=name)
+        if request.logprob_token_ids:
+            self._check_logprob_token_ids(request)
         for name, neutral in NEUTRAL.items():
             value = getattr(request, name)
             if value is not None and value not in neutral:
@@ -183,6 +189,20 @@ class OpenAICompatible:
                 "prompt_tokens_details": {"cached_tokens": _shared_prefix(prompts)},
             },
         }
+
+    def _check_logprob_token_ids(self, request: CompletionRequest) -> None:
+        """vLLM's rules for `logprob_token_ids`: with `logprobs`, at most 128, in the vocabulary."""
+        ids = request.logprob_token_ids or []
+        vocab = self.service.generalist.vocab_size
+        problem = None
+        if request.logprobs is None:
+            problem = "when using `logprob_token_ids`, `logprobs` must be set"
+        elif len(ids) > MAX_LOGPROB_TOKEN_IDS:
+            problem = f"at most {MAX_LOGPROB_TOKEN_IDS} logprob_token_ids, got {len(ids)}"
+        elif bad := [t for t in ids if not 0 <= t < vocab]:
+            problem = f"logprob_token_ids holds {bad[0]}, outside the vocabulary [0, {vocab})"
+        if problem:
+            raise ServiceError(400, problem, param="logprob_token_ids")
 
     def _prompts(self, prompt: list[list[int]] | list[int] | str) -> list[list[int]]:
         """The request's prompts as token ids, checked against the limits and vocabulary."""
@@ -300,7 +320,12 @@ class OpenAICompatible:
                     continue
                 row = scored_row if pos == len(prompt) else rows[pos - 1]
                 token_logprobs.append(vllm_logprob(row[t]))
-                tops.append({name(u): v for u, (v, _) in _top(row, t, request.logprobs).items()})
+                if pos == len(prompt) and request.logprob_token_ids:  # instead of the top n
+                    chosen = [t, *request.logprob_token_ids]
+                    tops.append({name(u): vllm_logprob(row[u]) for u in chosen})
+                else:
+                    entries = _top(row, t, request.logprobs)
+                    tops.append({name(u): v for u, (v, _) in entries.items()})
             choice["logprobs"] = {
                 "text_offset": offsets,
                 "token_logprobs": token_logprobs,

@@ -7,6 +7,8 @@ as its public copy) from a uvicorn thread.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -840,3 +842,91 @@ def test_bad_batches_and_sampling_processors_get_4xx(verifier, body, status, par
     error = response.json()["error"]
     assert error["param"] == param
     assert re.search(match, error["message"]), error["message"]
+
+
+@pytest.mark.parametrize("method", ["specsteer", "speculative"])
+def test_prefix_scoring_at_m_20_equals_prompt_logprobs(make_remote_llm, verifier, method):
+    """At m = 20 a draft token outside the top 20 at its position is asked for in a second
+    request (vLLM's logprob_token_ids), so prefix scoring decides every round as prompt
+    log-probs do (exactly) and writes the same text; greedy speculative never needs it."""
+    fields = {"method": method, "gamma": 0.3, "max_new_tokens": 24}
+
+    def run(**options):
+        verifier.requests.clear()
+        llm = make_remote_llm("openai", hint=20, client_options=options, **fields)
+        text, info = generate(llm)
+        bodies = [json.loads(r["body"]) for r in verifier.requests if r["body"]]
+        # each fill-in follows its round's request: (that round's prompts, the fill-in)
+        fill_ins = [
+            (before["prompt"], body)
+            for before, body in itertools.pairwise(bodies)
+            if "logprob_token_ids" in body
+        ]
+        return text, {k: info[k] for k in COUNTS}, fill_ins
+
+    reference = run(scoring="prompt_logprobs")
+    text, counts, fill_ins = run()
+    assert (text, counts) == reference[:2]
+    if method == "speculative":
+        assert fill_ins == []
+        return
+    assert fill_ins  # some drafts fell outside the top 20
+    for prompts, body in fill_ins:  # again some of the round's prefixes; drafted ids asked
+        assert body["logprobs"] == 0 and body["max_tokens"] == 1
+        assert body["prompt"] and all(prompt in prompts for prompt in body["prompt"])
+        assert set(body["logprob_token_ids"]) <= set(prompts[-1][len(prompts[0]) :])
+    without, without_counts, none = run(exact_drafts=False)
+    assert none == []
+    assert (without, without_counts) != reference[:2]  # unlisted drafts rejected instead
+
+
+def test_unlisted_draft_tokens_get_their_exact_log_probs(generalist, verifier):
+    """A draft token ranked 30th and 45th: its own log p_G comes back exact (the in-process
+    value) from the second request; with exact_drafts=False it is not listed (−inf)."""
+    from langchain_specsteer.local import LocalSession
+
+    prompt = _prompt_ids(generalist)
+    draft = _draft_in_top(generalist, prompt, [1, 30, 2, 45])
+    local = LocalSession(generalist, prompt, vocab_size=verifier.vocab).verify(draft, "device", 1)
+    at = torch.arange(4), torch.tensor(draft)
+    name = verifier.service.model_name
+    for exact in (True, False):
+        client = _openai(verifier.url, name, exact_drafts=exact)
+        session = client.open_session(prompt, vocab_size=verifier.vocab)
+        assert session.fill_in_body(draft, [1, 3])["prompt"] == [
+            prompt + draft[:1],
+            prompt + draft[:3],
+        ]
+        rows = session.verify(draft, "ratio", 0.5).log_p_G
+        if exact:
+            torch.testing.assert_close(rows[at], local.log_p_G[at], atol=1e-4, rtol=0)
+        else:
+            assert rows[at][[1, 3]].isinf().all() and rows[at][[0, 2]].isfinite().all()
+        requests = client.stats.requests
+        session.verify(draft, "match", 0.5)  # greedy speculative reads only the argmax
+        assert client.stats.requests == requests + 1
+        assert client.stats.requests == (3 if exact else 2)
+
+
+def test_logprob_token_ids_list_the_draw_and_the_asked_tokens(generalist, verifier):
+    """As vLLM: the generated token's top_logprobs hold the drawn token, then the asked ids,
+    instead of the top n; refused without logprobs, past 128 ids or outside the vocabulary."""
+    prompt = [5, 6, 7, 8]
+    with torch.inference_mode():
+        raw = torch.log_softmax(generalist.model(torch.tensor([prompt])).logits[0, -1].float(), -1)
+    body = {"prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 0}
+    body |= {"logprob_token_ids": [400, 3], "return_tokens_as_token_ids": True}
+    top = _complete(verifier.url, body).json()["choices"][0]["logprobs"]["top_logprobs"][0]
+    argmax = int(raw.argmax())
+    assert list(top) == [f"token_id:{t}" for t in (argmax, 400, 3)]
+    for t in (argmax, 400, 3):
+        assert top[f"token_id:{t}"] == pytest.approx(float(raw[t]), abs=1e-4)
+    for bad, match in (
+        ({"logprobs": None}, "`logprobs` must be set"),
+        ({"logprob_token_ids": list(range(129))}, "at most 128"),
+        ({"logprob_token_ids": [10**6]}, "outside the vocabulary"),
+    ):
+        response = _complete(verifier.url, body | bad)
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["param"] == "logprob_token_ids" and match in error["message"]
