@@ -17,7 +17,13 @@ On one specialist/generalist pair (HF folders sharing a tokenizer; default: the 
    whether its tokens, ours (`speculative`) and the generalist's are the same;
 3. the analytical speed-up bound of speculative and specsteer from measured forward costs
    and the measured acceptance (`speedup_bound`), and measured / bound;
-4. a γ sweep of specsteer and a K sweep of specsteer (γ=--gamma) and speculative.
+4. a γ sweep of specsteer and a K sweep of specsteer (γ=--gamma) and speculative;
+5. adaptive rounds: at each γ of --adaptive-gammas, specsteer at every fixed K of
+   --adaptive-k beside `draft_tokens="auto"` and `gate="context"`, and speculative with
+   "auto"; and `transformers` assisted generation's own adaptive settings: its heuristic
+   schedule (`num_assistant_tokens_schedule="heuristic"`) and its confidence threshold
+   (`assistant_confidence_threshold`, at --hf-thresholds; 0.4 is its default), starting
+   from --hf-start drafts (20, its default).
 
 Every setting runs on every example in one process, interleaved: the order of the settings
 rotates by one from example to example (and from repetition to repetition), so machine
@@ -35,7 +41,7 @@ import platform
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +76,12 @@ __all__ = [
 TASK = "product_review"
 METHODS = TABLE_ORDER  # every method of the engine, in table order
 HF_PEER = "hf_assisted"  # transformers generate(assistant_model=...)
+HF_DEFAULT_CONFIDENCE = 0.4  # transformers' default assistant_confidence_threshold
 DRAFTERS = tuple(name for name, spec in METHOD_SPECS.items() if spec.drafts)  # K sweep, bounds
 DRAFTING = (*DRAFTERS, HF_PEER)  # settings that take a K
 GATED = tuple(name for name, spec in METHOD_SPECS.items() if spec.verify == "ratio")  # take a γ
 MIB = 2**20
+SUMMARY_FIELDS = frozenset(Summary.__dataclass_fields__)
 _num = num  # eval.bench_remote's name for it
 BASELINE_STYLE = {"generalist": ("s", "black"), "specialist": ("^", "tab:grey")}  # in plots
 
@@ -83,21 +91,39 @@ BASELINE_STYLE = {"generalist": ("s", "black"), "specialist": ("^", "tab:grey")}
 
 @dataclass(frozen=True)
 class Setting:
-    """One thing to time: a method of the engine (or the HF peer) with its γ and K."""
+    """One thing to time: a method of the engine (or the HF peer) with its γ and K.
+
+    Attributes:
+        k: drafts per round, or "auto" (`draft_tokens="auto"`); the HF peer's (first) K.
+        gate: "context" for `gate="context"` (None: the default, "fixed").
+        schedule: the HF peer's `num_assistant_tokens_schedule` (None: "constant").
+        confidence: the HF peer's `assistant_confidence_threshold` (None: 0, none).
+    """
 
     method: str
     gamma: float | None = None
-    k: int | None = None
+    k: int | str | None = None
+    gate: str | None = None
+    schedule: str | None = None
+    confidence: float | None = None
 
     @property
     def label(self) -> str:
         knobs = [f"γ={self.gamma:g}"] if self.gamma is not None else []
         knobs += [f"K={self.k}"] if self.k is not None else []
+        knobs += [f"gate={self.gate}"] if self.gate is not None else []
+        knobs += [self.schedule] if self.schedule is not None else []
+        knobs += [f"conf={self.confidence:g}"] if self.confidence is not None else []
         return f"{self.method} ({', '.join(knobs)})" if knobs else self.method
 
     def overrides(self) -> dict[str, Any]:
         """Per-call `DecodingParams` overrides for the engine."""
-        values = {"method": self.method, "gamma": self.gamma, "draft_tokens": self.k}
+        values = {
+            "method": self.method,
+            "gamma": self.gamma,
+            "draft_tokens": self.k,
+            "gate": self.gate,
+        }
         return {name: value for name, value in values.items() if value is not None}
 
 
@@ -108,10 +134,13 @@ class Plan:
     methods: list[Setting]
     gamma_sweep: list[Setting]
     k_sweep: list[Setting]
+    adaptive: list[Setting] = field(default_factory=list)
+    hf_adaptive: list[Setting] = field(default_factory=list)
 
     @property
     def settings(self) -> list[Setting]:
-        return list(dict.fromkeys([*self.methods, *self.gamma_sweep, *self.k_sweep]))
+        tables = [*self.methods, *self.gamma_sweep, *self.k_sweep, *self.adaptive]
+        return list(dict.fromkeys([*tables, *self.hf_adaptive]))
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Plan:
@@ -122,7 +151,29 @@ class Plan:
 
         methods = [setting(m, gamma, k if m in DRAFTING else None) for m in (*METHODS, HF_PEER)]
         k_sweep = [setting(m, gamma, kk) for m in DRAFTERS for kk in args.k_sweep]
-        return cls(methods, [setting("specsteer", g, k) for g in args.gammas], k_sweep)
+        adaptive = [
+            *(
+                Setting("specsteer", g, kk, gate)
+                for g in args.adaptive_gammas
+                for kk, gate in [
+                    *((kk, None) for kk in args.adaptive_k),
+                    (k, "context"),
+                    ("auto", None),
+                    ("auto", "context"),
+                ]
+            ),
+            Setting("speculative", k="auto"),
+        ]
+        start = args.hf_start
+        hf_adaptive = [
+            Setting(HF_PEER, k=start, schedule="heuristic"),
+            Setting(HF_PEER, k=start, schedule="heuristic", confidence=HF_DEFAULT_CONFIDENCE),
+            *(Setting(HF_PEER, k=start, confidence=c) for c in args.hf_thresholds),
+        ]
+        gamma_sweep = [setting("specsteer", g, k) for g in args.gammas]
+        if not args.adaptive:
+            return cls(methods, gamma_sweep, k_sweep)
+        return cls(methods, gamma_sweep, k_sweep, adaptive, hf_adaptive)
 
 
 @dataclass(frozen=True)
@@ -257,13 +308,17 @@ def run_engine(
 
 
 @contextmanager
-def assistant_config(assistant: Any, k: int) -> Iterator[None]:
-    """The assistant drafts exactly K tokens a round (the settings HF reads), then restores."""
+def assistant_config(
+    assistant: Any, k: int, schedule: str = "constant", confidence: float = 0.0
+) -> Iterator[None]:
+    """The assistant's drafting settings that HF reads, restored afterwards (so settings HF
+    carries from one call to the next, the heuristic's K and the tuned threshold, start
+    afresh each generation). Default: exactly K tokens a round."""
     config = assistant.generation_config
     wanted = {
         "num_assistant_tokens": k,
-        "num_assistant_tokens_schedule": "constant",
-        "assistant_confidence_threshold": 0.0,  # ≤ 0 adds no confidence stopping criterion
+        "num_assistant_tokens_schedule": schedule,
+        "assistant_confidence_threshold": confidence,  # ≤ 0 adds no confidence stopping
     }
     saved = {name: getattr(config, name, None) for name in wanted}
     for name, value in wanted.items():
@@ -290,8 +345,16 @@ def forward_counter(model: Any) -> Iterator[list[int]]:
         handle.remove()
 
 
-def run_hf_assisted(llm: SpecSteerLLM, case: Case, k: int, memory: PeakMemory) -> Sample:
-    """`transformers` assisted generation, greedy, the specialist drafting K tokens a round.
+def run_hf_assisted(
+    llm: SpecSteerLLM,
+    case: Case,
+    k: int,
+    memory: PeakMemory,
+    schedule: str = "constant",
+    confidence: float = 0.0,
+) -> Sample:
+    """`transformers` assisted generation, greedy, the specialist drafting K tokens a round
+    (its first K under the heuristic `schedule`; fewer past its `confidence` threshold).
 
     HF gives the assistant the target's prompt, so the specialist drafts from the public
     prompt here (our `speculative` drafts from the private one). Counts come from forward
@@ -318,7 +381,7 @@ def run_hf_assisted(llm: SpecSteerLLM, case: Case, k: int, memory: PeakMemory) -
         return output
 
     with (
-        assistant_config(assistant, k),
+        assistant_config(assistant, k, schedule, confidence),
         forward_counter(target) as rounds,
         forward_counter(assistant) as drafted,
         memory,
@@ -360,7 +423,8 @@ def run_interleaved(
     def one(case: Case, setting: Setting) -> Sample:
         memory = PeakMemory(memory_interval, cuda=cuda)
         if setting.method == HF_PEER:
-            return run_hf_assisted(llm, case, setting.k, memory)
+            schedule = setting.schedule or "constant"
+            return run_hf_assisted(llm, case, setting.k, memory, schedule, setting.confidence or 0)
         return run_engine(engine, llm, case, setting, memory)
 
     for setting in settings:  # warm-up, not counted
@@ -517,15 +581,22 @@ def add_speedups_and_bounds(
         if setting.method in DRAFTERS and row.acceptance is not None:
             row.tokens_per_round = row.new_tokens / row.generalist_calls
             drafts = row.drafted / row.generalist_calls
+            k = effective_k(setting, drafts, costs)
             row.bound_speedup = speedup_bound(
-                setting.method, row.acceptance, setting.k, costs, row.tokens_per_round, drafts
+                setting.method, row.acceptance, k, costs, row.tokens_per_round, drafts
             )
-            row.expected_tokens_per_round = expected_tokens(row.acceptance, setting.k)
-            row.round_seconds = round_seconds(
-                setting.method, row.acceptance, setting.k, costs, drafts
-            )
+            row.expected_tokens_per_round = expected_tokens(row.acceptance, k)
+            row.round_seconds = round_seconds(setting.method, row.acceptance, k, costs, drafts)
             if row.speedup is not None:
                 row.measured_over_bound = row.speedup / row.bound_speedup
+
+
+def effective_k(setting: Setting, drafts: float, costs: dict[str, dict[int, float]]) -> int:
+    """The K whose forward costs a row's bound uses: its own, or under "auto" the measured
+    drafts per round, rounded (within the measured verify sizes)."""
+    if isinstance(setting.k, int):
+        return setting.k
+    return min(max(1, round(drafts)), max(costs["generalist"]) - 1)
 
 
 def compare_outputs(a: Sequence[Sample], b: Sequence[Sample]) -> dict[str, Any]:
@@ -614,6 +685,89 @@ def sweep_table(rows: Sequence[Summary], knob: str) -> str:
     return table(header, body)
 
 
+def adaptive_table(rows: Sequence[Summary]) -> str:
+    """The adaptive settings beside every fixed K, γ by γ."""
+    header = [
+        "Method", "γ", "K", "gate", "tokens/s", "Speed-up", "Accept. %", "tokens/round",
+        "R-L", "Bound", "Meas./bound",
+    ]  # fmt: skip
+    body = [
+        [
+            row.method,
+            num(row.gamma, "g"),
+            str(row.k),
+            "context" if "gate=context" in (row.label or "") else "fixed",
+            *_speed_cells(row),
+            num(row.tokens_per_round, ".2f"),
+            num(row.rougeL),
+            num(row.bound_speedup, ".2f", "×"),
+            num(row.measured_over_bound, ".2f"),
+        ]
+        for row in rows
+    ]
+    return table(header, body)
+
+
+def adaptive_verdicts(rows: Sequence[Summary]) -> list[dict[str, Any]]:
+    """Per γ: the best fixed K (tokens/s) and each adaptive setting against it."""
+    verdicts = []
+    for gamma in dict.fromkeys(r.gamma for r in rows if r.method == "specsteer"):
+        at = [r for r in rows if r.method == "specsteer" and r.gamma == gamma]
+        fixed = [r for r in at if isinstance(r.k, int) and "gate=" not in (r.label or "")]
+        if not fixed:
+            continue
+        best = max(fixed, key=lambda r: r.tokens_per_second)
+        k6 = next((r for r in fixed if r.k == 6), None)
+        for row in at:
+            if row in fixed:
+                continue
+            verdicts.append(
+                {
+                    "gamma": gamma,
+                    "setting": row.label,
+                    "best_fixed": best.label,
+                    "over_best_fixed": row.tokens_per_second / best.tokens_per_second,
+                    "speedup": row.speedup,
+                    "rougeL_minus_k6": None if k6 is None else row.rougeL - k6.rougeL,
+                }
+            )
+    return verdicts
+
+
+def verdict_lines(verdicts: Sequence[dict[str, Any]]) -> str:
+    return "\n".join(
+        f"- {v['setting']}: {v['over_best_fixed']:.2f}× the best fixed K ({v['best_fixed']}), "
+        f"{num(v['speedup'], '.2f', '×')} the generalist, R-L "
+        f"{num(v['rougeL_minus_k6'], '+.2f')} against K=6"
+        for v in verdicts
+    )
+
+
+def hf_table(rows: Sequence[dict[str, Any]], ours: Sequence[Summary]) -> str:
+    """transformers' adaptive settings beside our speculative decoding."""
+    header = [
+        "Setting", "schedule", "first K", "threshold", "tokens/s", "Speed-up", "Accept. %",
+        "G calls/token",
+    ]  # fmt: skip
+    body = [
+        [
+            row["label"],
+            row["schedule"],
+            str(row["k"]),
+            num(row["confidence"], "g"),
+            *_speed_cells(Summary(**{k: v for k, v in row.items() if k in SUMMARY_FIELDS})),
+            num(row["generalist_calls_per_token"]),
+        ]
+        for row in rows
+    ]
+    body += [
+        [r.label, "auto" if r.k == "auto" else "constant", str(r.k), DASH, *_speed_cells(r),
+         num(r.generalist_calls_per_token)]
+        for r in ours
+    ]  # fmt: skip
+    return table(header, body)
+
+
 def costs_table(costs: dict[str, dict[int, float]]) -> str:
     names = {
         "generalist": "generalist, public prompt (c_G at 1; verify at K+1)",
@@ -645,7 +799,7 @@ def markdown_report(record: dict[str, Any]) -> str:
     config, machine = record["config"], record["machine"]
     rows = {
         key: [Summary(**row) for row in record[key]]
-        for key in ("methods", "gamma_sweep", "k_sweep")
+        for key in ("methods", "gamma_sweep", "k_sweep", "adaptive")
     }
     drafting = [r for r in rows["methods"] if r.bound_speedup is not None]
     bound_rows = [
@@ -724,8 +878,40 @@ def markdown_report(record: dict[str, Any]) -> str:
             "largest resident-memory growth during one generation, sampled every "
             f"{config['memory_interval_ms']:g} ms from /proc/self/statm (approximate: misses "
             "shorter spikes; memory the allocator already holds is not counted).",
+            *adaptive_section(record, rows["adaptive"]),
         ]
     )
+
+
+def adaptive_section(record: dict[str, Any], rows: Sequence[Summary]) -> list[str]:
+    """The adaptive rounds' tables (empty without --adaptive)."""
+    if not rows:
+        return []
+    speculative = [
+        r for r in [*record["k_sweep"], *record["adaptive"]] if r["method"] == "speculative"
+    ]
+    return [
+        "",
+        "## Adaptive rounds",
+        "",
+        '`draft_tokens="auto"` (the device stops drafting once its estimate that the whole '
+        'draft is accepted falls below `draft_stop`) and `gate="context"` '
+        "(γ·exp(−JSD(q_ctx, q_gen)) per position) beside every fixed K, γ by γ. Under "
+        '"auto" the bound uses the forward costs at the measured drafts per round.',
+        "",
+        adaptive_table(rows),
+        "",
+        verdict_lines(record["adaptive_verdicts"]),
+        "",
+        "## transformers assisted generation, adaptive",
+        "",
+        "Its heuristic schedule (K + 2 after a round accepted whole, else K − 1) and its "
+        "confidence threshold (the assistant stops drafting below it; `transformers` retunes it "
+        "from each round's matches), each generation starting afresh; beside our "
+        'speculative decoding at fixed K and "auto".',
+        "",
+        hf_table(record["hf_adaptive"], [Summary(**r) for r in speculative]),
+    ]
 
 
 def plot_sweeps(record: dict[str, Any], path: Path) -> None:
@@ -808,6 +994,37 @@ def build_parser() -> argparse.ArgumentParser:
         default=[1, 2, 4, 6, 8],
         metavar="K,..",
         help="K values of the speculative and specsteer sweeps",
+    )
+    parser.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="add the adaptive rounds: specsteer's fixed K vs draft_tokens='auto' and "
+        "gate='context' at each --adaptive-gammas, speculative with 'auto', and transformers' "
+        "heuristic schedule and confidence thresholds",
+    )
+    parser.add_argument(
+        "--adaptive-gammas",
+        type=_floats,
+        default=[1.0, 0.5, 0.1],
+        metavar="G,..",
+        help="γ values of the adaptive table",
+    )
+    parser.add_argument(
+        "--adaptive-k",
+        type=_ints,
+        default=[4, 6, 8, 12],
+        metavar="K,..",
+        help="fixed K values the adaptive settings are compared with at each γ",
+    )
+    parser.add_argument(
+        "--hf-start", type=int, default=20, help="transformers' num_assistant_tokens (its default)"
+    )
+    parser.add_argument(
+        "--hf-thresholds",
+        type=_floats,
+        default=[0.2, 0.4, 0.6],
+        metavar="C,..",
+        help="transformers' assistant_confidence_threshold values (0.4: its default)",
     )
     parser.add_argument("--reps", type=int, default=1, help="passes over the examples")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
@@ -896,7 +1113,9 @@ def main(argv: Sequence[str] | None = None, *, progress: Callable[[str], None] =
     engine = SpecSteerEngine(llm.specialist, llm.generalist, batch_specialist=llm.batch_specialist)
     interval = args.memory_interval_ms / 1e3
     samples = run_interleaved(engine, llm, cases, plan.settings, args.reps, interval)
-    ks = [s.k for s in plan.settings if s.k is not None]
+    ks = [s.k for s in plan.settings if s.method in DRAFTING and isinstance(s.k, int)]
+    if any(s.k == "auto" for s in plan.settings):  # any draft length up to the longest
+        ks += range(1, llm.max_draft_tokens + 1)
     costs = measure_costs(llm, cases[0], ks, args.cost_repeats, engine.batch_specialist)
     references = {case.example.id: case.example.output for case in cases}
     summaries = {s: summarise_setting(s, samples[s], references) for s in plan.settings}
@@ -908,7 +1127,17 @@ def main(argv: Sequence[str] | None = None, *, progress: Callable[[str], None] =
         "methods": [asdict(summaries[s]) for s in plan.methods],
         "gamma_sweep": [asdict(summaries[s]) for s in plan.gamma_sweep],
         "k_sweep": [asdict(summaries[s]) for s in plan.k_sweep],
+        "adaptive": [asdict(summaries[s]) for s in plan.adaptive],
+        "hf_adaptive": [
+            {
+                **asdict(summaries[s]),
+                "schedule": s.schedule or "constant",
+                "confidence": s.confidence,
+            }
+            for s in plan.hf_adaptive
+        ],
         "equivalence": equivalences(plan, samples),
+        "adaptive_verdicts": adaptive_verdicts([summaries[s] for s in plan.adaptive]),
         "forward_seconds": costs,
         "samples": {s.label: [asdict(x) for x in samples[s]] for s in plan.settings},
     }

@@ -32,8 +32,12 @@ __all__ = [
     "Rows",
     "accept",
     "chunk_accept",
+    "context_gate",
     "costeer_coefficient",
     "costeer_policy",
+    "draft_calibration",
+    "jensen_shannon",
+    "keep_drafting",
     "make_hint",
     "pick",
     "ratio_accept",
@@ -81,7 +85,7 @@ def pick(scores: torch.Tensor, *, greedy: bool, generator: torch.Generator | Non
 def ratio_accept(
     log_p_G: torch.Tensor,
     log_q_gen: torch.Tensor,
-    gamma: float,
+    gamma: float | torch.Tensor,
     *,
     greedy: bool = True,
     generator: torch.Generator | None = None,
@@ -95,13 +99,20 @@ def ratio_accept(
     Args:
         log_p_G: (K,) log p_G of each drafted token at its position.
         log_q_gen: (K,) log q_gen of each drafted token at its position.
+        gamma: γ, or (K,) one per position (`context_gate`).
         uniforms: (K,) the sampling test's uniform draws, when drawn elsewhere (the device
             draws them and a remote verifier applies them); implies sampling mode.
     """
-    if math.isinf(gamma) or log_p_G.numel() == 0:
+    if log_p_G.numel() == 0:
         return 0
-    margin = log_p_G - log_q_gen - math.log(gamma) if gamma > 0 else None
-    if margin is None:
+    if isinstance(gamma, torch.Tensor):  # per position: ∞ rejects there, 0 accepts there
+        log_gamma = torch.log(gamma.to(log_p_G.device, torch.float64)).to(log_p_G.dtype)
+        margin = torch.where(torch.isinf(log_gamma), -log_gamma, log_p_G - log_q_gen - log_gamma)
+    elif math.isinf(gamma):
+        return 0
+    elif gamma > 0:
+        margin = log_p_G - log_q_gen - math.log(gamma)
+    else:
         return int(log_p_G.numel())
     if uniforms is not None:
         passed = torch.log(uniforms.to(margin.device, margin.dtype)) < margin
@@ -147,7 +158,7 @@ def accept(
     draft: Sequence[int],
     log_p_G: torch.Tensor,
     log_q_gen: torch.Tensor | None,
-    gamma: float,
+    gamma: float | torch.Tensor,
     uniforms: Sequence[float] | None = None,
     *,
     proposal: torch.Tensor | None = None,
@@ -166,7 +177,7 @@ def accept(
         draft: drafted ids (k,).
         log_p_G: (k+1, V) generalist rows at the draft positions and after.
         log_q_gen: (≥k, V) public-specialist rows, or None.
-        gamma: γ of the ratio test.
+        gamma: γ of the ratio test, or (k,) one per draft position (`context_gate`).
         uniforms: the device's draws for a sampled ratio test (None: greedy).
         proposal: (k, V) the q_ctx rows the drafts were sampled from: sampled matching, which
             only the device may decide (target and proposal top-p filtered as they were sampled).
@@ -201,7 +212,7 @@ def chunk_accept(
     boundaries: Sequence[tuple[int, int]],
     log_q: Sequence[float],
     log_p: Sequence[float],
-    gamma: float,
+    gamma: float | Sequence[float],
     uniforms: Sequence[float] | None = None,
 ) -> tuple[int, int]:
     """SpecSteer's ratio test per aligned chunk (the byte path): summed log p_G against summed
@@ -215,23 +226,98 @@ def chunk_accept(
         boundaries: `bytelevel.aligned_boundaries(specialist ends, generalist ends)`.
         log_q: log q_gen of each specialist token.
         log_p: log p_G of each generalist token.
-        gamma: γ (inf: accept nothing; 0: everything).
+        gamma: γ (inf: accept nothing; 0: everything), or one per chunk (`context_gate`).
         uniforms: one draw per chunk in sampling mode.
 
     Returns:
         (specialist tokens, generalist tokens) accepted.
     """
-    if math.isinf(gamma):
-        return 0, 0
-    log_gamma = math.log(gamma) if gamma > 0 else -math.inf
+    gammas = [gamma] * len(boundaries) if isinstance(gamma, int | float) else list(gamma)
     accepted, previous = (0, 0), (0, 0)
     for c, (i, j) in enumerate(boundaries):
+        if math.isinf(gammas[c]):
+            break
+        log_gamma = math.log(gammas[c]) if gammas[c] > 0 else -math.inf
         margin = sum(log_p[previous[1] : j]) - sum(log_q[previous[0] : i]) - log_gamma
         passed = margin >= 0 if uniforms is None else math.log(max(uniforms[c], 1e-300)) < margin
         if not passed:
             break
         accepted = previous = (i, j)
     return accepted
+
+
+def jensen_shannon(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """JSD(p, q) over the last dimension, in nats (0 when equal, at most ln 2).
+
+    ½ KL(p ‖ m) + ½ KL(q ‖ m) with m = (p + q) / 2; tokens one distribution gives no mass add
+    nothing to its half.
+    """
+    log_m = torch.logaddexp(log_p, log_q) - math.log(2)
+
+    def half(log_a: torch.Tensor) -> torch.Tensor:
+        terms = log_a.exp() * (log_a - log_m)
+        return torch.where(torch.isfinite(log_a), terms, 0.0).sum(-1)
+
+    return (0.5 * (half(log_p) + half(log_q))).clamp_min(0.0)
+
+
+def context_gate(gamma: float, log_q_ctx: torch.Tensor, log_q_gen: torch.Tensor) -> torch.Tensor:
+    """AsymSpec's gate per position: γ_eff = γ · exp(−JSD(q_ctx, q_gen)).
+
+    Looser where the private context moved the specialist (its personal signal), γ where it
+    did not; γ = ∞ stays ∞ (nothing accepted) and γ = 0 stays 0. Device only: it reads q_ctx.
+
+    Args:
+        gamma: the gate γ.
+        log_q_ctx: (k, V) q_ctx rows at the draft positions.
+        log_q_gen: (k, V) q_gen rows at the same positions.
+    """
+    shrink = torch.exp(-jensen_shannon(log_q_ctx.double(), log_q_gen.double()))
+    return gamma * shrink
+
+
+# --------------------------------------------------------------------------- draft length
+
+DRAFT_STOP = 0.1
+"""`draft_tokens="auto"` stops drafting once the draft's estimated chance of being accepted
+whole falls below this (`DecodingParams.draft_stop`): about the cost of a specialist step over
+a generalist step (1.6–2.3 ms over 17 ms on the demo pair), below which one more draft costs
+more than it is expected to save (docs/concepts.md)."""
+CALIBRATION_PRIOR = 4.0
+"""Pseudo-counts behind `draft_calibration`: a generation starts trusting q_ctx as it is."""
+
+
+def draft_calibration(
+    accepted: float, confidence: float, prior: float = CALIBRATION_PRIOR
+) -> float:
+    """ρ: how far this generation's verdicts bear out the specialist's confidence.
+
+    (accepted + prior) / (confidence + prior), over the drafts of past rounds whose verdict
+    is known: those accepted and the first rejected one (`accepted` counts the former,
+    `confidence` sums q_ctx(d_i) over both). Above 1 when drafts fare better than q_ctx says
+    (a loose gate), below when worse (a strict one).
+    """
+    return (accepted + prior) / (confidence + prior)
+
+
+def keep_drafting(
+    confidences: Sequence[float], calibration: float = 1.0, stop: float = DRAFT_STOP
+) -> bool:
+    """Whether the device drafts one more token (`draft_tokens="auto"`).
+
+    Device-side quantities only: the drafted tokens' probabilities under q_ctx and the
+    calibration ρ from past verdicts. The estimated chance that the generalist side accepts
+    the whole draft, Π_i min(1, ρ·q_ctx(d_i)), must stay at least `stop`.
+
+    Args:
+        confidences: q_ctx(d_i) of each token drafted so far this round.
+        calibration: ρ (`draft_calibration`).
+        stop: the threshold (`DRAFT_STOP`).
+    """
+    chance = 1.0
+    for confidence in confidences:
+        chance *= min(1.0, calibration * confidence)
+    return chance >= stop
 
 
 def residual(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:

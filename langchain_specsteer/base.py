@@ -289,14 +289,17 @@ class SpecSteerBase(DecodingParams):
         )
 
     def _fit_draft(self, params: DecodingParams, prompts: Prompts) -> tuple[DecodingParams, int]:
-        """`params` with `draft_tokens` lowered to the generalist's longest draft per round (a
-        verifier service's `max_draft_tokens`), and the draft length the run may use."""
+        """`params` with `draft_tokens` (under "auto": `max_draft_tokens`) lowered to the
+        generalist's longest draft per round (a verifier service's `max_draft_tokens`), and
+        the longest draft the run may use."""
+        field = "max_draft_tokens" if params.draft_tokens == "auto" else "draft_tokens"
+        asked = getattr(params, field)
         limit = None
         if prompts.public_generalist is not None and METHOD_SPECS[params.method].drafts:
             limit = self.generalist.max_draft_tokens  # a remote one read it when encoding
-        if limit is None or params.draft_tokens <= limit:
-            return params, params.draft_tokens
-        return params.model_copy(update={"draft_tokens": limit}), limit
+        if limit is None or asked <= limit:
+            return params, asked
+        return params.model_copy(update={field: limit}), limit
 
     def _decode(
         self, prompts: Prompts, params: DecodingParams, stop: Sequence[str] | None
@@ -379,12 +382,14 @@ class RoundText:
         self, run: Run, prompts: Prompts, params: DecodingParams, draft_tokens: int
     ) -> dict[str, Any]:
         """The run's statistics, as `generation_info` (with `draft_tokens_clamped_to` when the
-        generalist's limit shortened the asked `draft_tokens`)."""
+        generalist's limit shortened the asked `draft_tokens`, or `max_draft_tokens` under
+        "auto")."""
         if self.stopped:
             run.stats.finish_reason = "stop"
         info = run.stats.as_dict()
         info["prompt_tokens"] = len(prompts.private)
-        if draft_tokens < params.draft_tokens:
+        auto = params.draft_tokens == "auto"
+        if draft_tokens < (params.max_draft_tokens if auto else params.draft_tokens):
             info["draft_tokens_clamped_to"] = draft_tokens
         return info
 

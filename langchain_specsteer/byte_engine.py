@@ -35,6 +35,7 @@ renormalised over the tokens that extend the pending bytes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -185,7 +186,7 @@ class ByteDecodeRun(Run):
             self._sync(self.gen)
         draft = ByteDraft(pending=self.pending)
         if self.spec.drafts:
-            k = min(self.params.draft_tokens, remaining - 1)
+            k = self._draft_length(remaining)
             eos = self.specialist.eos_token_ids
             draft.drafted = self._draft_tokens(self.ctx, k, eos, draft)
             if draft.drafted and draft.drafted[-1] in eos:  # it spells nothing: not drafted
@@ -221,8 +222,22 @@ class ByteDecodeRun(Run):
         log_q = [float(draft.q_gen[i][t]) for i, t in enumerate(draft.drafted)]
         log_p = [float(verdict.log_p_G[j][t]) for j, t in enumerate(draft.ids)]
         uniforms = self._draws(len(boundaries)) if not self.params.greedy and boundaries else None
-        s, n = alg.chunk_accept(boundaries, log_q, log_p, self.params.gamma, uniforms)
+        gamma = self._chunk_gates(draft, boundaries) if self._context_gate else self.params.gamma
+        s, n = alg.chunk_accept(boundaries, log_q, log_p, gamma, uniforms)
         return n, s
+
+    def _chunk_gates(self, draft: ByteDraft, boundaries: list[tuple[int, int]]) -> list[float]:
+        """γ_eff per aligned chunk: γ · exp(−mean JSD(q_ctx, q_gen)) over its specialist
+        tokens (one token per chunk, as with one tokenizer: the token path's gate)."""
+        k = len(draft.drafted)
+        q_ctx, q_gen = torch.stack(draft.q_ctx[:k]), torch.stack(draft.q_gen[:k])
+        jsd = alg.jensen_shannon(q_ctx.double(), q_gen.double())
+        gates, start = [], 0
+        for end, _ in boundaries:
+            mean = float(jsd[start:end].mean()) if end > start else 0.0
+            gates.append(self.params.gamma * math.exp(-mean))
+            start = end
+        return gates
 
     def _recover(self, draft: ByteDraft, verdict: Verdict | None, n: int, s: int) -> int:
         """The round's last token: a whole token of the model whose distribution the method

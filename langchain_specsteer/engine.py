@@ -121,7 +121,9 @@ class DecodeRun(Run):
         """The generalist's session (hosting q_gen when it can), then the specialist's
         sequences: with the context [+ without it, batched], and without it."""
         spec, prompts, V = self.spec, self.prompts, self.vocab_size
-        q_gen_prompt = prompts.public_specialist if spec.uses_q_gen else None
+        # The context gate reads q_gen's whole rows next to q_ctx: q_gen stays on the device.
+        hostable = spec.uses_q_gen and not self._context_gate
+        q_gen_prompt = prompts.public_specialist if hostable else None
         self.target = self._open_target(V, q_gen_prompt=q_gen_prompt)
         hosted = self.target is not None and self.target.hosts_q_gen
         q_gen_on_device = spec.uses_q_gen and not hosted
@@ -138,7 +140,7 @@ class DecodeRun(Run):
             self.gen = self.specialist.sequence(prompts.public_specialist, vocab_size=V)
 
     def _draft(self, remaining: int) -> Draft:
-        k = min(self.params.draft_tokens, remaining - 1) if self.spec.drafts else 0
+        k = self._draft_length(remaining) if self.spec.drafts else 0
         draft = Draft()
         draft.ids = self._draft_tokens(self.ctx, k, self.eos, draft)
         if draft.ids and self.spec.verify == "ratio" and not self.params.greedy:
@@ -146,7 +148,7 @@ class DecodeRun(Run):
         return draft
 
     def _rule(self, draft: Draft) -> Rule:
-        return "device" if self._sampled_match else self.spec.verify
+        return "device" if self._sampled_match or self._context_gate else self.spec.verify
 
     def _accept(self, draft: Draft, verdict: Verdict | None) -> tuple[int, int]:
         if self.gen is not None:  # q_gen over the draft, on the device
@@ -156,8 +158,9 @@ class DecodeRun(Run):
         if not draft.ids:
             return 0, 0
         proposal = draft.q_ctx if self._sampled_match else None
+        gamma = self._gates(draft, len(draft.ids)) if self._context_gate else None
         n = self._decide(
-            self.spec.verify, draft.ids, verdict, draft.q_gen, proposal, draft.uniforms
+            self.spec.verify, draft.ids, verdict, draft.q_gen, proposal, draft.uniforms, gamma
         )
         return n, n
 

@@ -47,11 +47,25 @@ class DecodingParams(BaseModel):
     """Verification gate γ: accept drafts while p_G/q_gen ≥ γ (larger is stricter; inf: none)."""
     alpha: float = Field(default=1.0, ge=0, allow_inf_nan=False)
     """Steering strength α: weight of log q_ctx − log q_gen in recovery."""
-    draft_tokens: int = Field(default=6, ge=1)
+    draft_tokens: int | Literal["auto"] = 6
     """K: tokens the specialist drafts per round (6: fastest-quality trade-off measured on the
-    demo pair, docs/results.md; sweep it with `python -m eval.bench` for your pair). A verifier
-    service (`RemoteGeneralist`) takes at most its `max_draft_tokens` per round: a larger K is
-    clamped to that limit, and `generation_info["draft_tokens_clamped_to"]` reports it."""
+    demo pair, docs/results.md; sweep it with `python -m eval.bench` for your pair), or
+    "auto": the device chooses each round's length, at most `max_draft_tokens`
+    (`algorithms.DraftLength`, docs/concepts.md). A verifier service (`RemoteGeneralist`)
+    takes at most its `max_draft_tokens` per round: a larger K (or `max_draft_tokens` under
+    "auto") is clamped to that limit, and `generation_info["draft_tokens_clamped_to"]`
+    reports it."""
+    max_draft_tokens: int = Field(default=16, ge=1)
+    """With `draft_tokens="auto"`: the longest draft of a round."""
+    draft_stop: float = Field(default=0.1, ge=0, le=1)
+    """With `draft_tokens="auto"`: stop drafting once the device's estimate that the whole
+    draft is accepted falls below this (about c_S / c_G, a specialist step's cost over a
+    generalist step's: 0.1 on the demo pair's CPU; lower it where verifying is dearer)."""
+    gate: Literal["fixed", "context"] = "fixed"
+    """The ratio test's gate per draft position: "fixed" uses γ everywhere; "context"
+    (AsymSpec) uses γ · exp(−JSD(q_ctx, q_gen)), looser where the private context moved the
+    specialist. "context" is decided on the device (it reads q_ctx), which therefore computes
+    q_gen itself."""
     max_new_tokens: int = Field(default=256, ge=1)
     """Most tokens to generate."""
     temperature: float = Field(default=0.0, ge=0, allow_inf_nan=False)
@@ -87,6 +101,23 @@ class DecodingParams(BaseModel):
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @field_validator("draft_tokens", mode="before")
+    @classmethod
+    def _check_draft_tokens(cls, value: object) -> object:
+        if value == "auto":
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)  # as pydantic's lax mode reads "6"
+        elif isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            msg = (
+                f"draft_tokens must be a positive integer (tokens drafted per round) or "
+                f"'auto' (the device chooses, up to max_draft_tokens), got {value!r}"
+            )
+            raise ValueError(msg)
+        return value
 
     @field_validator("temperature")
     @classmethod

@@ -117,12 +117,14 @@ class Draft:
             once the bonus step ran).
         q_gen: (V,) q_gen rows at the same positions, once known.
         uniforms: the device's draws for a sampled ratio test on the generalist side.
+        confidences: q_ctx(d_i) of the specialist's drafted tokens (`draft_tokens="auto"`).
     """
 
     ids: list[int] = field(default_factory=list)
     q_ctx: list[torch.Tensor] = field(default_factory=list)
     q_gen: list[torch.Tensor] = field(default_factory=list)
     uniforms: list[float] | None = None
+    confidences: list[float] = field(default_factory=list)
 
 
 class Run(ABC):
@@ -166,6 +168,8 @@ class Run(ABC):
         self.target: GeneralistSession | None = None
         self.sessions: list[GeneralistSession] = []  # opened by the steps, closed by the driver
         self._stepping = threading.Lock()  # one step at a time, then closing
+        self.adaptive = params.draft_tokens == "auto"
+        self.verified = [0.0, 0.0]  # past verdicts: drafts accepted, Σ q_ctx of those judged
         if not params.greedy:
             self.rng = torch.Generator(device=self.device)
             self.rng.manual_seed(params.seed if params.seed is not None else torch.seed())
@@ -306,6 +310,8 @@ class Run(ABC):
                     self._fall_back(err, draft)
                     continue
                 n, s = self._accept(draft, verdict)
+                if verdict is not None:
+                    self._observe(draft, s)
                 # Recover: the token at the first rejected position (or the bonus position).
                 if self.spec.recovers_with_q_ctx and s == len(draft.q_ctx):
                     self._step(self.ctx, draft.q_ctx, draft.q_gen)
@@ -357,9 +363,11 @@ class Run(ABC):
         q_gen: list[torch.Tensor] | None = None,
         proposal: list[torch.Tensor] | None = None,
         uniforms: list[float] | None = None,
+        gamma: float | torch.Tensor | None = None,
     ) -> int:
         """Drafts accepted: the generalist side's count, else the device decides with its own
-        rows (`algorithms.accept`; `proposal`: sampled matching's q_ctx rows)."""
+        rows (`algorithms.accept`; `proposal`: sampled matching's q_ctx rows; `gamma`: the
+        gate per position, default γ)."""
         if verdict.accepted is not None:
             return verdict.accepted
         return alg.accept(
@@ -367,7 +375,7 @@ class Run(ABC):
             draft,
             verdict.log_p_G,
             torch.stack(q_gen) if q_gen else None,
-            self.params.gamma,
+            self.params.gamma if gamma is None else gamma,
             uniforms,
             proposal=torch.stack(proposal) if proposal else None,
             top_p=self.params.top_p,
@@ -407,12 +415,20 @@ class Run(ABC):
             q_gen.append(rows[1])
         self.stats.specialist_calls += 1
 
+    def _draft_length(self, remaining: int) -> int:
+        """The most tokens this round may draft: K (or `max_draft_tokens` under "auto"), and
+        one fewer than the budget left (the round's last token is the recovered one)."""
+        p = self.params
+        return min(p.max_draft_tokens if self.adaptive else p.draft_tokens, remaining - 1)
+
     def _draft_tokens(
         self, seq: TokenSequence, k: int, eos: frozenset[int], draft: Draft
     ) -> list[int]:
         """Up to k tokens from q_ctx, each appended to `seq`, ending at the first in `eos`
-        (included); q_ctx (and batched q_gen) before each go to `draft`."""
+        (included), or under `draft_tokens="auto"` once `algorithms.keep_drafting` says stop
+        (that token included); q_ctx (and batched q_gen) before each go to `draft`."""
         tokens: list[int] = []
+        calibration = alg.draft_calibration(*self.verified) if self.adaptive else 1.0
         for _ in range(k):
             self._step(seq, draft.q_ctx, draft.q_gen)
             token = self._choose_draft(draft.q_ctx[-1])
@@ -420,7 +436,18 @@ class Run(ABC):
             seq.append([token])
             if token in eos:
                 break
+            if self.adaptive:
+                draft.confidences.append(float(draft.q_ctx[-1][token].exp()))
+                if not alg.keep_drafting(draft.confidences, calibration, self.params.draft_stop):
+                    break
         return tokens
+
+    def _observe(self, draft: Draft, accepted: int) -> None:
+        """Count a verdict for `draft_tokens="auto"`: the specialist's `accepted` drafts and
+        the first rejected one are judged; the rest were never looked at."""
+        judged = draft.confidences[: accepted + 1]
+        self.verified[0] += min(accepted, len(judged))
+        self.verified[1] += sum(judged)
 
     def _score(self, seq: TokenSequence, tokens: list[int]) -> torch.Tensor:
         """(len(tokens)+1, V) log-probs of `seq` at each token's position and after (on the
@@ -445,6 +472,16 @@ class Run(ABC):
         if not self.params.greedy:
             scores = self._sampling(torch.log_softmax(scores, dim=-1))
         return alg.pick(scores, greedy=self.params.greedy, generator=self.rng)
+
+    @property
+    def _context_gate(self) -> bool:
+        """The ratio test's gate varies per position (`gate="context"`): the device decides."""
+        return self.params.gate == "context" and self.spec.verify == "ratio"
+
+    def _gates(self, draft: Draft, k: int) -> torch.Tensor:
+        """γ_eff at the first k drafted positions (`algorithms.context_gate`)."""
+        q_ctx, q_gen = torch.stack(draft.q_ctx[:k]), torch.stack(draft.q_gen[:k])
+        return alg.context_gate(self.params.gamma, q_ctx, q_gen)
 
     def _draws(self, k: int) -> list[float]:
         """k uniform draws for a sampled ratio test, from this run's RNG."""

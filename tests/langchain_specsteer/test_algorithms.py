@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from langchain_specsteer import algorithms as alg
 from langchain_specsteer.algorithms import (
     Hint,
     RecoveryParams,
@@ -735,3 +736,78 @@ def test_pick_sampling_is_reproducible_and_follows_softmax():
     g = gen(1)
     masked = torch.tensor([-math.inf, 10.0, 10.0, -math.inf])
     assert {pick(masked, greedy=False, generator=g) for _ in range(200)} == {1, 2}
+
+
+# ---------------------------------------------------------------- adaptive rounds (issue 17)
+
+
+def test_keep_drafting_is_the_calibrated_product_against_the_stop():
+    assert alg.keep_drafting([], 1.0, 0.1)
+    assert alg.keep_drafting([0.5, 0.5], 1.0, 0.1)  # 0.25
+    assert not alg.keep_drafting([0.5, 0.5, 0.3], 1.0, 0.1)  # 0.075
+    assert alg.keep_drafting([0.5, 0.5, 0.3], 1.5, 0.1)  # 0.75 · 0.75 · 0.45 = 0.253
+    assert alg.keep_drafting([0.9] * 40, 2.0, 0.1)  # min(1, ρ·q) caps each factor at 1
+    assert alg.keep_drafting([0.1], 1.0, 0.1)  # at the stop: still drafting
+    assert not alg.keep_drafting([0.0999], 1.0, 0.1)
+    assert alg.keep_drafting([1e-9] * 3, 1.0, 0.0)  # stop 0: never stops
+
+
+def test_draft_calibration_starts_at_one_and_follows_the_verdicts():
+    assert alg.draft_calibration(0, 0) == 1.0
+    assert alg.draft_calibration(6, 3.0) == pytest.approx(10 / 7)
+    assert alg.draft_calibration(0, 5.0) == pytest.approx(4 / 9)
+    assert alg.draft_calibration(2, 2.0, prior=0.0) == 1.0
+
+
+def test_jensen_shannon_against_its_formula():
+    p = torch.tensor([[0.7, 0.2, 0.1], [0.5, 0.5, 0.0]]).log()
+    q = torch.tensor([[0.1, 0.2, 0.7], [0.0, 0.0, 1.0]]).log()
+    m1 = torch.tensor([0.4, 0.2, 0.4])
+    expected = 0.5 * sum(
+        a * math.log(a / b) for a, b in zip([0.7, 0.2, 0.1], m1.tolist(), strict=True)
+    ) + 0.5 * sum(a * math.log(a / b) for a, b in zip([0.1, 0.2, 0.7], m1.tolist(), strict=True))
+    got = alg.jensen_shannon(p, q)
+    assert got[0].item() == pytest.approx(expected, rel=1e-5)
+    assert got[1].item() == pytest.approx(math.log(2), rel=1e-6)  # disjoint supports
+    assert torch.equal(alg.jensen_shannon(q, p), got)  # symmetric
+    assert alg.jensen_shannon(p, p).abs().max().item() < 1e-7
+
+
+def test_context_gate_scales_gamma_by_the_specialists_shift():
+    same = torch.log_softmax(torch.randn(3, 11, generator=torch.Generator().manual_seed(0)), -1)
+    other = torch.log_softmax(torch.randn(3, 11, generator=torch.Generator().manual_seed(1)), -1)
+    assert torch.allclose(
+        alg.context_gate(0.5, same, same), torch.full((3,), 0.5, dtype=torch.float64)
+    )
+    gates = alg.context_gate(0.5, same, other)
+    jsd = alg.jensen_shannon(same.double(), other.double())
+    assert torch.allclose(gates, 0.5 * torch.exp(-jsd))
+    assert bool((gates < 0.5).all()) and bool((gates >= 0.25).all())  # JSD ≤ ln 2
+    assert bool(torch.isinf(alg.context_gate(math.inf, same, other)).all())
+    assert bool((alg.context_gate(0.0, same, other) == 0).all())
+
+
+def test_ratio_accept_per_position_gates():
+    log_p = torch.tensor([-1.0, -1.0, -1.0, -1.0])
+    log_q = torch.tensor([-0.5, -0.5, -0.5, -0.5])  # r = e^-0.5 ≈ 0.61 everywhere
+    for gamma in (0.5, 0.7, 0.0, math.inf):
+        constant = torch.full((4,), gamma, dtype=torch.float64)
+        assert alg.ratio_accept(log_p, log_q, constant) == alg.ratio_accept(log_p, log_q, gamma)
+    assert alg.ratio_accept(log_p, log_q, torch.tensor([0.5, 0.5, 0.7, 0.5])) == 2
+    assert alg.ratio_accept(log_p, log_q, torch.tensor([0.5, math.inf, 0.0, 0.0])) == 1
+    assert alg.ratio_accept(log_p, log_q, torch.tensor([0.0, 0.0, 0.0, 0.7])) == 3
+    uniforms = torch.tensor([0.5, 0.5, 0.99, 0.5])  # u < r/γ: 0.61/0.7 = 0.87
+    assert alg.ratio_accept(log_p, log_q, torch.full((4,), 0.7), uniforms=uniforms) == 2
+
+
+def test_chunk_accept_per_chunk_gates():
+    boundaries = [(1, 1), (2, 3), (3, 4)]
+    log_q = [-1.0, -1.0, -1.0]
+    log_p = [-1.5, -0.5, -0.6, -1.5]  # chunk margins: -0.5, -0.1, -0.5 (before log γ)
+    assert alg.chunk_accept(boundaries, log_q, log_p, 0.5) == (3, 4)  # log 0.5 = -0.69
+    assert alg.chunk_accept(boundaries, log_q, log_p, 0.7) == (0, 0)  # log 0.7 = -0.36
+    assert alg.chunk_accept(boundaries, log_q, log_p, [0.5, 0.5, 0.5]) == (3, 4)
+    assert alg.chunk_accept(boundaries, log_q, log_p, [0.5, 0.95, 0.5]) == (1, 1)
+    assert alg.chunk_accept(boundaries, log_q, log_p, [0.5, 0.5, 0.7]) == (2, 3)
+    assert alg.chunk_accept(boundaries, log_q, log_p, [0.0, 0.0, math.inf]) == (2, 3)
+    assert alg.chunk_accept(boundaries, log_q, log_p, [math.inf, 0.0, 0.0]) == (0, 0)
