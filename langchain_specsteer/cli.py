@@ -116,6 +116,13 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="serve /openapi.json, /docs and /redoc without the API key",
     )
+    serve.add_argument(
+        "--logprobs-mode",
+        choices=["raw_logprobs", "processed_logprobs"],
+        default="raw_logprobs",
+        help="what /v1/completions reports for a generated token, as vLLM's flag: the model's "
+        "log-probs, or those after temperature (default: %(default)s)",
+    )
     capped = {"max_prompt_tokens", "max_session_tokens"}
     for field in dataclasses.fields(ServiceLimits):
         flag = "--" + field.name.replace("_", "-")
@@ -178,7 +185,12 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         )
     except ValueError as err:  # e.g. a public specialist with another vocabulary
         parser.error(str(err))
-    app = create_app(service, api_key=args.api_key, public_docs=args.public_docs)
+    app = create_app(
+        service,
+        api_key=args.api_key,
+        public_docs=args.public_docs,
+        logprobs_mode=args.logprobs_mode,
+    )
     uvicorn.run(
         app,
         host=args.host,

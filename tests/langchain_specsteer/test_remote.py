@@ -851,10 +851,10 @@ def test_prefix_scoring_at_m_20_equals_prompt_logprobs(make_remote_llm, verifier
     log-probs do (exactly) and writes the same text; greedy speculative never needs it."""
     fields = {"method": method, "gamma": 0.3, "max_new_tokens": 24}
 
-    def run(**options):
+    def run(api="sync", **options):
         verifier.requests.clear()
         llm = make_remote_llm("openai", hint=20, client_options=options, **fields)
-        text, info = generate(llm)
+        text, info = generate(llm, api=api)
         bodies = [json.loads(r["body"]) for r in verifier.requests if r["body"]]
         # each fill-in follows its round's request: (that round's prompts, the fill-in)
         fill_ins = [
@@ -867,6 +867,7 @@ def test_prefix_scoring_at_m_20_equals_prompt_logprobs(make_remote_llm, verifier
     reference = run(scoring="prompt_logprobs")
     text, counts, fill_ins = run()
     assert (text, counts) == reference[:2]
+    assert run(api="async")[:2] == reference[:2]  # the async driver performs both requests
     if method == "speculative":
         assert fill_ins == []
         return
@@ -930,3 +931,29 @@ def test_logprob_token_ids_list_the_draw_and_the_asked_tokens(generalist, verifi
         assert response.status_code == 400
         error = response.json()["error"]
         assert error["param"] == "logprob_token_ids" and match in error["message"]
+
+
+def test_serve_takes_the_logprobs_mode_flag(tiny_dir, generalist, monkeypatch):
+    """`specsteer serve --logprobs-mode processed_logprobs` answers as vLLM with that flag
+    (the generated token's log-probs after temperature); the default stays raw."""
+    import uvicorn
+    from starlette.testclient import TestClient
+
+    from langchain_specsteer.cli import main
+
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: apps.append(app))
+    serve = ["serve", "--generalist", str(tiny_dir / "generalist"), "--device", "cpu"]
+    assert main(serve) == 0
+    assert main([*serve, "--logprobs-mode", "processed_logprobs"]) == 0
+    prompt = [5, 6, 7]
+    with torch.inference_mode():
+        logits = generalist.model(torch.tensor([prompt])).logits[0, -1].float()
+    body = {"prompt": prompt, "max_tokens": 1, "temperature": 0.5, "logprobs": 1}
+    body["return_tokens_as_token_ids"] = True
+    for app, temperature in zip(apps, (1.0, 0.5), strict=True):
+        top = TestClient(app).post("/v1/completions", json=body).json()["choices"][0]
+        best, value = max(top["logprobs"]["top_logprobs"][0].items(), key=lambda kv: kv[1])
+        expected = torch.log_softmax(logits / temperature, -1)
+        assert best == f"token_id:{int(expected.argmax())}"
+        assert value == pytest.approx(float(expected.max()), abs=1e-4)
