@@ -249,7 +249,7 @@ def measure_rounds(
                 stats = client.stats
                 up, down = stats.body_bytes_sent, stats.body_bytes_received
                 before = read_metrics(server)
-                _, seconds = timed(lambda d=draft, s=session: s.verify(d, "greedy", 0.5))
+                _, seconds = timed(lambda d=draft, s=session: s.verify(d, "match", 0.5))
                 spent, prompts = engine_seconds(metric_delta(before, read_metrics(server)))
                 session.commit(len(draft), ids[position + len(draft)])
                 position += len(draft) + 1
@@ -423,6 +423,7 @@ def summarise_users(runs: Sequence[UserRun]) -> list[dict[str, Any]]:
                 "tokens_per_round": _ratio(tokens, rounds),
                 "drafted_per_round": _ratio(sum(r.drafted for r in group), rounds),
                 "requests_per_token": _ratio(sum(r.requests for r in group), tokens),
+                "requests_per_round": _ratio(sum(r.requests for r in group), rounds),
                 "bytes_down_per_token": None
                 if any(r.bytes_down is None for r in group)
                 else _ratio(sum(r.bytes_down for r in group), tokens),
@@ -581,7 +582,8 @@ def rounds_table(rows: Sequence[dict[str, Any]]) -> str:
 def users_table(rows: Sequence[dict[str, Any]]) -> str:
     header = [
         "method", "users", "tokens/s", "per user (min–max)", "× vLLM", "tokens/round",
-        "B down/token", "device", "engine", "API+HTTP", "= vLLM text", "= in-process",
+        "req./round", "B down/token", "device", "engine", "API+HTTP", "= vLLM text",
+        "= in-process",
     ]  # fmt: skip
     body = [
         [
@@ -591,6 +593,7 @@ def users_table(rows: Sequence[dict[str, Any]]) -> str:
             _range(row["min_tokens_per_second"], row["max_tokens_per_second"]),
             num(row["vs_vllm"], ".2f", "×"),
             num(row["tokens_per_round"], ".2f"),
+            num(row["requests_per_round"], ".2f"),
             num(row["bytes_down_per_token"], ".0f"),
             percent(row["device_share"], ".0f", " %"),
             percent(row["engine_share"], ".0f", " %"),
@@ -665,10 +668,12 @@ def markdown_report(record: dict[str, Any]) -> str:
         rounds_table(record["rounds"]),
         "",
         f"Medians of {config['rounds']} rounds of {config['draft_tokens']} drafts per length and "
-        "mode, after a warm-up round; each round commits its drafts. engine ms: vLLM's own "
-        "inference time of the round's prompts (they run as one batch); the rest of a round is "
-        "the API server (JSON, detokenisation) and HTTP. cached: prompt tokens the prefix cache "
-        f"served (vLLM's usage). Plain vLLM decode step: (a request of {DECODE_TOKENS} tokens − "
+        "mode, after a warm-up round; each round commits its drafts. The scoring request alone "
+        "(rule `match`); the ratio test adds a second, cache-served request in rounds where a "
+        "draft token is outside the top m (`exact_drafts`: req./round in (b)). engine ms: "
+        "vLLM's own inference time of the round's prompts (they run as one batch); the rest of "
+        "a round is the API server (JSON, detokenisation) and HTTP. cached: prompt tokens the "
+        f"prefix cache served (vLLM's usage). Plain vLLM decode step: (a request of {DECODE_TOKENS} tokens − "
         f"one of 1) / {DECODE_TOKENS - 1}, same cached prompt.",
         "",
         "## (b) End to end per user",
@@ -679,10 +684,9 @@ def markdown_report(record: dict[str, Any]) -> str:
         "plain request. device / engine / API+HTTP: shares of that time on the device (wall − "
         "time inside requests), in vLLM's engine (its inference-time histogram; for the "
         "prefixes mode a round's prompts are one batch), and the rest of the time inside "
-        "requests. = vLLM text: greedy speculative wrote what vLLM generated itself. "
-        "= in-process: specsteer over vLLM wrote the in-process specsteer text (a draft token "
-        f"outside the generalist's top {config['hint']} counts as rejected over the prefixes "
-        "dialect).",
+        "requests. req./round: scoring requests per round (2 where a draft token outside the "
+        "top m was asked for). = vLLM text: greedy speculative wrote what vLLM generated "
+        "itself. = in-process: specsteer over vLLM wrote the in-process specsteer text.",
         "",
     ]
     if record["clients"]:

@@ -115,6 +115,7 @@ def test_summarise_users_splits_the_time_and_compares_with_plain_vllm():
     assert spec["tokens_per_second"] == pytest.approx(20 / 5.0)
     assert spec["tokens_per_second_per_user"] == [5.0, pytest.approx(10 / 3)]
     assert spec["tokens_per_round"] == 2.0 and spec["drafted_per_round"] == 5.0
+    assert spec["requests_per_round"] == 0.4  # 4 requests over 10 rounds
     assert spec["bytes_down_per_token"] == 500.0
     assert spec["device_share"] == pytest.approx(0.5)  # half of the time inside requests
     assert spec["engine_share"] == pytest.approx(0.25)
