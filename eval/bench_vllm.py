@@ -673,8 +673,8 @@ def markdown_report(record: dict[str, Any]) -> str:
         "draft token is outside the top m (`exact_drafts`: req./round in (b)). engine ms: "
         "vLLM's own inference time of the round's prompts (they run as one batch); the rest of "
         "a round is the API server (JSON, detokenisation) and HTTP. cached: prompt tokens the "
-        f"prefix cache served (vLLM's usage). Plain vLLM decode step: (a request of {DECODE_TOKENS} tokens − "
-        f"one of 1) / {DECODE_TOKENS - 1}, same cached prompt.",
+        "prefix cache served (vLLM's usage). Plain vLLM decode step: (a request of "
+        f"{DECODE_TOKENS} tokens − one of 1) / {DECODE_TOKENS - 1}, same cached prompt.",
         "",
         "## (b) End to end per user",
         "",
