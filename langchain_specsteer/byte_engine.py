@@ -207,8 +207,22 @@ class ByteDecodeRun(Run):
             draft.q_gen[0] = self._constrained(draft.q_gen[0])
         if not draft.ids:
             return 0, 0
+        s_ends, g_ends = self._ends(draft)
         if self.spec.verify == "match":
-            return self._decide("match", draft.ids, verdict), 0
+            n = self._decide("match", draft.ids, verdict)
+            # the specialist's drafts within the accepted bytes (what "auto" learns from)
+            return n, sum(end <= (g_ends[n - 1] if n else 0) for end in s_ends)
+        boundaries = aligned_boundaries(s_ends, g_ends)
+        log_q = [float(draft.q_gen[i][t]) for i, t in enumerate(draft.drafted)]
+        log_p = [float(verdict.log_p_G[j][t]) for j, t in enumerate(draft.ids)]
+        uniforms = self._draws(len(boundaries)) if not self.params.greedy and boundaries else None
+        gamma = self._chunk_gates(draft, boundaries) if self._context_gate else self.params.gamma
+        s, n = alg.chunk_accept(boundaries, log_q, log_p, gamma, uniforms)
+        return n, s
+
+    def _ends(self, draft: ByteDraft) -> tuple[list[int], list[int]]:
+        """Where each drafted specialist token and each generalist token of the draft ends, in
+        bytes of the draft (the pending bytes before it)."""
         words = self.vocabularies
         s_ends, offset = [], -len(draft.pending)
         for token in draft.drafted:
@@ -218,13 +232,7 @@ class ByteDecodeRun(Run):
         for token in draft.ids:
             offset += len(words.generalist.table[token] or b"")
             g_ends.append(offset)
-        boundaries = aligned_boundaries(s_ends, g_ends)
-        log_q = [float(draft.q_gen[i][t]) for i, t in enumerate(draft.drafted)]
-        log_p = [float(verdict.log_p_G[j][t]) for j, t in enumerate(draft.ids)]
-        uniforms = self._draws(len(boundaries)) if not self.params.greedy and boundaries else None
-        gamma = self._chunk_gates(draft, boundaries) if self._context_gate else self.params.gamma
-        s, n = alg.chunk_accept(boundaries, log_q, log_p, gamma, uniforms)
-        return n, s
+        return s_ends, g_ends
 
     def _chunk_gates(self, draft: ByteDraft, boundaries: list[tuple[int, int]]) -> list[float]:
         """γ_eff per aligned chunk: γ · exp(−mean JSD(q_ctx, q_gen)) over its specialist

@@ -9,6 +9,7 @@ more than one token a round.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 from langchain_specsteer import algorithms as alg
 from langchain_specsteer.run import Run
 from tests.conftest import CONTEXT, PROMPTS
+from tests.langchain_specsteer import test_privacy as privacy
 
 AUTO = {"draft_tokens": "auto", "max_draft_tokens": 5, "draft_stop": 1e-4}
 BOTH = {**AUTO, "gate": "context"}
@@ -242,3 +244,192 @@ def test_the_context_gate_loosens_only_where_the_context_moved_the_specialist(ma
         _, context = run_ids(llm, method="specsteer", gamma=gamma, gate="context")
         looser.append(context.accepted / context.rounds - fixed.accepted / fixed.rounds)
     assert max(looser) > 0 and min(looser) >= -0.5
+
+
+# ---------------------------------------------------------------- privacy
+
+recorded = privacy.recorded  # the generalist-side recorder of test_privacy (a fixture)
+
+
+@pytest.mark.parametrize("batch_specialist", [False, True])
+@pytest.mark.parametrize("method", ["specsteer", "speculative"])
+@pytest.mark.parametrize("options", [AUTO, BOTH])
+def test_private_context_never_reaches_the_generalist(
+    make_llm, recorded, method, batch_specialist, options
+):
+    llm = make_llm(method=method, gamma=0.3, batch_specialist=batch_specialist, **options)
+    secret_runs = privacy.runs(
+        llm.specialist.tokenizer.encode(privacy.SECRET, add_special_tokens=False), 3
+    )
+    context = [privacy.SECRET, "Also: I hate mornings."]
+    recorded["generalist_texts"].clear()
+    info = llm.generate([PROMPTS[0]], private_context=context).generations[0][0].generation_info
+    assert info["drafted"] > info["rounds"]  # drafts longer than one token crossed
+    privacy.assert_generalist_saw_only_public(recorded, llm, PROMPTS[0], secret_runs, 3)
+    private = llm.render_prompts(PROMPTS[0], context).private
+    for seq in recorded["sequences"]:
+        if seq.lm is llm.generalist or seq.tokens[: len(private)] != private:
+            assert not privacy.runs(seq.tokens, 3) & secret_runs
+
+
+@pytest.mark.parametrize("client", ["session", "openai"])
+@pytest.mark.parametrize("method", ["specsteer", "speculative"])
+def test_nothing_private_crosses_the_wire(make_remote_llm, verifier, method, client):
+    """Every request body holds only the protocol's public fields (no γ_eff, no q_ctx value,
+    no draft length rule input) and no private word or id run."""
+    decode = verifier.service.generalist.tokenizer.decode
+    encode = verifier.service.generalist.tokenizer.encode
+    llm = make_remote_llm(client, method=method, gamma=0.3, max_new_tokens=16, **BOTH)
+    verifier.requests.clear()
+    context = [privacy.SECRET, "I hate mornings."]
+    info = llm.generate([PROMPTS[0]], private_context=context).generations[0][0].generation_info
+    assert info["degraded"] is False and info["drafted"] > 0
+    requests = list(verifier.requests)
+    assert any(r["path"].endswith(("/rounds", "/completions")) for r in requests)
+    secret_runs = privacy.runs(encode(privacy.SECRET), 5) - privacy.runs(encode(PROMPTS[0]), 5)
+    allowed = privacy.SESSION_FIELDS if client == "session" else privacy.OPENAI_FIELDS
+    allowed = allowed | privacy.TOKENIZE_FIELDS
+    for request in requests:
+        raw = request["path"] + request["query"] + request["body"].decode()
+        for word in ("Zorblax", "4417", "Quibble", "mornings", "marmalade"):
+            assert word not in raw
+        if not request["body"]:
+            continue
+        body = json.loads(request["body"])
+        assert set(body) <= allowed, set(body) - allowed
+        if body.get("gamma") is not None:
+            assert body["gamma"] == 0.3  # γ itself, never a γ_eff derived from q_ctx
+        for ids in privacy.id_lists(body):
+            assert not privacy.runs(ids, 5) & secret_runs
+            assert "Zorblax" not in decode(ids)
+
+
+# ---------------------------------------------------------------- transports
+
+
+COUNTS = ("new_tokens", "rounds", "drafted", "accepted", "generalist_calls", "finish_reason")
+
+
+def generate(llm, prompt=PROMPTS[0], context=CONTEXT, **kwargs):
+    generation = llm.generate([prompt], private_context=context, **kwargs).generations[0][0]
+    return generation.text, generation.generation_info
+
+
+@pytest.mark.parametrize("client", ["session", "openai"])
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("specsteer", AUTO), ("specsteer", {"gate": "context"}), ("specsteer", BOTH),
+     ("speculative", AUTO)],
+)  # fmt: skip
+def test_remote_output_equals_in_process(make_llm, make_remote_llm, client, method, options):
+    """Greedy, hints as large as the vocabulary: the in-process text and counters, over the
+    session protocol (q_gen hosted by the service, unless the context gate keeps it on the
+    device) and the OpenAI dialect (q_gen always on the device)."""
+    local_text, local_info = generate(make_llm(method=method, gamma=0.3, **options))
+    remote_text, remote_info = generate(
+        make_remote_llm(client, method=method, gamma=0.3, **options)
+    )
+    assert remote_text == local_text
+    assert {k: remote_info[k] for k in COUNTS} == {k: local_info[k] for k in COUNTS}
+    assert remote_info["degraded"] is False
+    assert local_info["drafted"] > local_info["rounds"]
+
+
+def test_the_services_draft_limit_bounds_auto(make_llm, make_remote_llm, specialist, generalist):
+    from langchain_specsteer.service import ServiceLimits, VerifierService, create_app
+    from langchain_specsteer.testing import BackgroundServer
+
+    vocab = min(specialist.vocab_size, generalist.vocab_size)
+    limits = ServiceLimits(max_draft_tokens=2, max_top_m=vocab, max_logprobs=20)
+    service = VerifierService(generalist, specialist, limits=limits)
+    fields = {"method": "specsteer", "gamma": 0.3, **AUTO}
+    local_text, local_info = generate(make_llm(**{**fields, "max_draft_tokens": 2}))
+    with BackgroundServer(create_app(service)) as server:
+        text, info = generate(make_remote_llm(url=server.url, **fields))
+    assert info["degraded"] is False and info["draft_tokens_clamped_to"] == 2
+    assert text == local_text
+    assert {k: info[k] for k in COUNTS} == {k: local_info[k] for k in COUNTS}
+    assert "draft_tokens_clamped_to" not in local_info
+
+
+# ---------------------------------------------------------------- the byte path
+
+
+@pytest.fixture
+def make_cross_llm(specialist, cross_generalist):
+    from langchain_specsteer import SpecSteerLLM
+
+    def make(**fields):
+        fields.setdefault("max_new_tokens", 24)
+        return SpecSteerLLM(specialist=specialist, generalist=cross_generalist, **fields)
+
+    return make
+
+
+@pytest.mark.parametrize("options", [AUTO, BOTH])
+def test_byte_path_oracles_hold_with_the_new_options(make_cross_llm, options):
+    """Across tokenizers: speculative with "auto" is the generalist; specsteer at γ = ∞ is
+    light_costeer."""
+    drafted = 0
+    for prompt in PROMPTS:
+        expected, _ = generate(make_cross_llm(method="generalist"), prompt)
+        text, info = generate(make_cross_llm(method="speculative", **options), prompt)
+        assert text == expected
+        drafted += info["drafted"] - info["rounds"]
+        light, _ = generate(make_cross_llm(method="light_costeer"), prompt)
+        steered = make_cross_llm(method="specsteer", gamma=float("inf"), **options)
+        assert generate(steered, prompt)[0] == light
+    assert drafted > 0  # some rounds drafted more than one token
+
+
+def test_with_one_tokenizer_the_byte_path_decides_like_the_token_path(demo_pair):
+    """On the trained pair, with "auto" and the context gate: speculative writes the token
+    path's text round for round (the draft lengths learn from the same verdicts); specsteer's
+    first round drafts and accepts what the token path's does (every chunk one token, the
+    gate's mean over one token; later rounds may differ, as the byte recovery scores
+    candidates by the bytes they spell)."""
+    from pathlib import Path
+
+    import langchain_specsteer
+    from langchain_specsteer import SpecSteerLLM
+    from retrievers import PersonalBM25Retriever
+
+    specialist, generalist = demo_pair
+
+    def make(alignment, **fields):
+        return SpecSteerLLM(
+            specialist=specialist,
+            generalist=generalist,
+            alignment=alignment,
+            draft_tokens="auto",
+            gate="context",
+            **fields,
+        )
+
+    prompt = "Write a review of a phone case. Rating: 5 out of 5."
+    infos, texts = {}, {}
+    for alignment in ("token", "byte"):
+        llm = make(alignment, method="speculative", max_new_tokens=40)
+        texts[alignment], infos[alignment] = generate(llm, prompt, "I always say crunchy.")
+    assert texts["byte"] == texts["token"]
+    assert {k: infos["byte"][k] for k in COUNTS} == {k: infos["token"][k] for k in COUNTS}
+    assert infos["token"]["drafted"] > 2 * infos["token"]["rounds"]
+
+    users = Path(langchain_specsteer.__file__).parent / "demo_pair" / "users.jsonl"
+    accepted = []
+    for line in users.read_text().splitlines():
+        user = json.loads(line)
+        texts = [entry["reviewText"] for entry in user["profile"]]
+        context = PersonalBM25Retriever.from_texts(texts, k=3).invoke(user["input"])
+        firsts = {}
+        for alignment in ("token", "byte"):
+            llm = make(alignment)
+            prompts = llm.render_prompts(user["input"], [d.page_content for d in context])
+            run = llm._engine.run(prompts, llm.decoding_params())
+            rounds = iter(run)
+            first = next(rounds)
+            rounds.close()
+            firsts[alignment] = (first.tokens[: first.accepted], run.stats.drafted)
+        assert firsts["byte"] == firsts["token"]
+        accepted.append(len(firsts["token"][0]))
+    assert max(accepted) > 0
