@@ -192,3 +192,102 @@ def test_the_pair_defaults_to_the_shipped_one(monkeypatch, capsys, tmp_path):
         parse_args(["--data", "d", "--specialist", "S"])
     error = capsys.readouterr().err
     assert "--generalist is required" in error and "eval.train_pair --export" in error
+
+
+# ---------------------------------------------------------------- adaptive rounds (issue 17)
+
+
+@pytest.fixture(scope="module")
+def adaptive_bench(tiny_dir, tmp_path_factory):
+    """A small run with --adaptive: (record, printed report)."""
+    root = tmp_path_factory.mktemp("bench_adaptive")
+    write_world(root / "world", users=20)
+    printed: list[str] = []
+    record = main(
+        [
+            *("--specialist", str(tiny_dir / "specialist")),
+            *("--generalist", str(tiny_dir / "generalist")),
+            *("--data", str(root / "world"), "--split", "test", "--prompts", "2"),
+            *("--max-new-tokens", "6", "--gammas", "0.5", "--k-sweep", "1"),
+            *("--draft-tokens", "2", "--adaptive", "--adaptive-gammas", "0.5,0.1"),
+            *("--adaptive-k", "1,2", "--hf-start", "4", "--hf-thresholds", "0.4"),
+            *("--threads", "1", "--cost-repeats", "3", "--device", "cpu"),
+            *("--out", str(root / "out")),
+        ],
+        progress=printed.append,
+    )
+    return record, printed[0]
+
+
+def test_the_adaptive_table_sets_every_fixed_k_beside_auto_and_the_context_gate(adaptive_bench):
+    record, report = adaptive_bench
+    rows = [(r["method"], r["gamma"], r["k"], r["label"]) for r in record["adaptive"]]
+    expected = []
+    for g in (0.5, 0.1):
+        expected += [
+            ("specsteer", g, 1, f"specsteer (γ={g:g}, K=1)"),
+            ("specsteer", g, 2, f"specsteer (γ={g:g}, K=2)"),
+            ("specsteer", g, 2, f"specsteer (γ={g:g}, K=2, gate=context)"),
+            ("specsteer", g, "auto", f"specsteer (γ={g:g}, K=auto)"),
+            ("specsteer", g, "auto", f"specsteer (γ={g:g}, K=auto, gate=context)"),
+        ]
+    expected.append(("speculative", None, "auto", "speculative (K=auto)"))
+    assert rows == expected
+    for row in record["adaptive"]:
+        assert row["new_tokens"] > 0 and row["bound_speedup"] > 0
+        assert 1 <= row["tokens_per_round"] <= 7
+    verdicts = record["adaptive_verdicts"]
+    assert [v["setting"] for v in verdicts] == [
+        label for _, g, k, label in expected if g is not None and (k == "auto" or "gate" in label)
+    ]
+    for v in verdicts:
+        fixed = [r for r in record["adaptive"] if r["label"] == v["best_fixed"]]
+        assert fixed and fixed[0]["k"] in (1, 2) and "gate" not in v["best_fixed"]
+        at = [r for r in record["adaptive"] if r["gamma"] == v["gamma"] and r["k"] in (1, 2)]
+        best = max(r["tokens_per_second"] for r in at if "gate" not in r["label"])
+        assert fixed[0]["tokens_per_second"] == best
+    assert (
+        "## Adaptive rounds" in report and "## transformers assisted generation, adaptive" in report
+    )
+
+
+def test_transformers_adaptive_settings_run_and_equal_the_generalist(adaptive_bench):
+    record, _ = adaptive_bench
+    labels = [r["label"] for r in record["hf_adaptive"]]
+    assert labels == [
+        "hf_assisted (K=4, heuristic)",
+        "hf_assisted (K=4, heuristic, conf=0.4)",
+        "hf_assisted (K=4, conf=0.4)",
+    ]
+    assert [(r["schedule"], r["confidence"]) for r in record["hf_adaptive"]] == [
+        ("heuristic", None),
+        ("heuristic", 0.4),
+        ("constant", 0.4),
+    ]
+    checks = {(c["a"], c["b"]): c for c in record["equivalence"]}
+    for label in [*labels, "speculative (K=auto)"]:
+        check = checks[label, "generalist"]
+        assert check["equal"] == check["total"] == 2
+    for row in record["hf_adaptive"]:
+        # the tiny pair's drafts are always rejected: the heuristic shrinks K below its first
+        # 4, and the assistant is never 40 % sure, so the threshold stops each draft at one
+        assert row["drafted"] < 4 * row["generalist_calls"]
+    threshold = record["hf_adaptive"][2]  # at most one draft a round (none at the budget)
+    assert 0 < threshold["drafted"] <= threshold["generalist_calls"]
+
+
+def test_assistant_config_sets_transformers_knobs_and_restores_them(generalist):
+    config = generalist.model.generation_config
+    before = {
+        name: getattr(config, name, None)
+        for name in (
+            "num_assistant_tokens",
+            "num_assistant_tokens_schedule",
+            "assistant_confidence_threshold",
+        )
+    }
+    with bench_module.assistant_config(generalist.model, 7, "heuristic", 0.3):
+        assert config.num_assistant_tokens == 7
+        assert config.num_assistant_tokens_schedule == "heuristic"
+        assert config.assistant_confidence_threshold == 0.3
+    assert {name: getattr(config, name, None) for name in before} == before
