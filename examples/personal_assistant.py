@@ -3,13 +3,14 @@
     python examples/personal_assistant.py --script      # a scripted conversation, traced
     python examples/personal_assistant.py               # type requests yourself
     python examples/personal_assistant.py --verbose     # also transformers' loading bars
+    python examples/personal_assistant.py --script --pair build/demo_pair   # another pair
 
 LangChain's own `create_agent` runs over `ChatSpecSteer` with two tools on the user's
 `PrivateMemory` (an owner-only SQLite file on the device): `recall_memory(query)` and
 `save_memory(text)`. The model decides when to call them. `recall_memory`'s result is
 private: only the specialist reads it, and the generalist reads a placeholder in its place.
 The demo pair was trained on a synthetic review world, so ask it for a review "in my style"
-(it recalls your past reviews first), to "remember ..." something, or for the weather.
+(it recalls your past reviews first) or to "remember ..." something.
 """
 
 from __future__ import annotations
@@ -32,9 +33,12 @@ Models = tuple[LocalSpecialist, LocalGeneralist]
 REVIEW = task_templates("product_review")["document_template"]
 
 
-def load_models(verbose: bool = False) -> Models:
-    """The shipped demo pair on the CPU (transformers' loading bars only when `verbose`)."""
-    specialist, generalist = demo_pair()
+def load_models(verbose: bool = False, pair: str | None = None) -> Models:
+    """The shipped demo pair (or the pair in folder `pair`: specialist/, generalist/) on the
+    CPU (transformers' loading bars only when `verbose`)."""
+    specialist, generalist = (
+        demo_pair() if pair is None else (f"{pair}/specialist", f"{pair}/generalist")
+    )
     with quiet_loading(not verbose):
         return (
             LocalSpecialist.from_pretrained(specialist, device="cpu"),
@@ -42,13 +46,16 @@ def load_models(verbose: bool = False) -> Models:
         )
 
 
-def build_agent(models: Models, memory: PrivateMemory, max_tokens: int) -> Any:
+def build_agent(
+    models: Models, memory: PrivateMemory, max_tokens: int, method: str = "specsteer"
+) -> Any:
     """`create_agent` over the pair, with the memory tools (`recall_memory` private)."""
     specialist, generalist = models
     chat = ChatSpecSteer(
         specialist=specialist,
         generalist=generalist,
         max_tokens=max_tokens,
+        method=method,
         private_tools={"recall_memory"},  # the default, spelled out
     )
     return create_agent(chat, memory_tools(memory, k=3, document_template=REVIEW))
@@ -62,15 +69,15 @@ def remember_reviews(memory: PrivateMemory, profile: Sequence[dict]) -> None:
 
 
 def scripted(user: int = 0) -> tuple[list[dict], list[str]]:
-    """A held-out demo user's past reviews, and requests: their next review in their style,
-    something to remember, and the weather."""
+    """A held-out demo user's past reviews, and two requests: their next review in their
+    style, and something to remember."""
     record = demo_users()[user]
     last = record["profile"][-1]
     request = (
         f'Write my review of the "{last["description"]}" in my style. '
         f'I rate it {round(last["overall"])} stars; the summary is "{last["summary"]}".'
     )
-    turns = [request, "Remember that I prefer a glass jar on a blender.", "Weather in Oslo today?"]
+    turns = [request, "Remember that I prefer a glass jar on a blender."]
     return record["profile"][:-1], turns
 
 
@@ -98,12 +105,16 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--user", type=int, default=0, help="held-out demo user (0-4) to script")
     parser.add_argument("--max-tokens", type=int, default=80, help="default: %(default)s")
     parser.add_argument("--verbose", action="store_true", help="show model-loading progress")
+    parser.add_argument("--pair", help="folder with specialist/ and generalist/ (default: shipped)")
+    parser.add_argument(
+        "--method", default="specsteer", help="decoding method (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     path = args.memory or Path(tempfile.mkdtemp(prefix="assistant-")) / "memory.db"
-    models = load_models(args.verbose)
+    models = load_models(args.verbose, args.pair)
     results = []
     with PrivateMemory(path) as memory:
-        agent = build_agent(models, memory, args.max_tokens)
+        agent = build_agent(models, memory, args.max_tokens, args.method)
         if args.script:
             profile, turns = scripted(args.user)
             remember_reviews(memory, profile)

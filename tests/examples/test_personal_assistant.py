@@ -1,9 +1,17 @@
-"""The personal-assistant example: memories are stored, and they steer the answer."""
+"""The personal-assistant agent (LangChain's `create_agent` over ChatSpecSteer and the memory
+tools): it recalls, answers in the user's style, remembers, and the recalled memories never
+reach the generalist."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
+
+import pytest
+from langchain_core.messages import AIMessage, ToolMessage
+
+from langchain_specsteer.tools import PRIVATE_RESULT
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -16,32 +24,152 @@ def load_example():
     return module
 
 
-def test_the_scripted_conversation(tmp_path, demo_pair, capfd):
+def runs(ids, n=3):
+    return {tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)}
+
+
+@pytest.fixture
+def recorded_pair(demo_pair, monkeypatch):
+    """The demo pair, with every text the generalist is asked to encode and every input its
+    model is fed recorded."""
+    specialist, generalist = demo_pair
+    seen = {"texts": [], "inputs": []}
+    hook = generalist.model.register_forward_pre_hook(
+        lambda _m, _a, kw: seen["inputs"].append(kw["input_ids"][0].tolist()), with_kwargs=True
+    )
+    original = type(generalist).encode_messages
+
+    def encode_messages(self, messages, **kwargs):
+        if self is generalist:
+            seen["texts"].append(json.dumps(list(messages), ensure_ascii=False))
+        return original(self, messages, **kwargs)
+
+    monkeypatch.setattr(type(generalist), "encode_messages", encode_messages)
+    yield specialist, generalist, seen
+    hook.remove()
+
+
+def scripted_replies(monkeypatch, replies):
+    """ChatSpecSteer's decoding replaced by `replies`, one per model call (the prompts it was
+    given are recorded), to drive the agent where the shipped pair cannot call tools yet."""
+    from langchain_specsteer import ChatSpecSteer
+
+    prompts_seen, replies = [], iter(replies)
+
+    def decode(self, prompts, params, stop):
+        prompts_seen.append(prompts)
+        yield next(replies), None
+        yield "", {"prompt_tokens": len(prompts.private), "new_tokens": 1}
+
+    monkeypatch.setattr(ChatSpecSteer, "_decode", decode)
+    return prompts_seen
+
+
+def test_the_agent_loop_keeps_recalled_memories_on_the_device(
+    tmp_path, recorded_pair, monkeypatch, capfd
+):
+    """create_agent over ChatSpecSteer and the memory tools, on the shipped pair's models
+    and templates, with each reply scripted: the recall runs on the device, its result is in
+    the specialist's prompt only, and save_memory stores."""
+    from langchain_specsteer import ChatSpecSteer
+
+    specialist, generalist, seen = recorded_pair
     example = load_example()
+    monkeypatch.setattr(
+        example, "load_models", lambda verbose=False, pair=None: (specialist, generalist)
+    )
+    profile, turns = example.scripted(0)
+    family = ChatSpecSteer(specialist=specialist, generalist=generalist).tool_family()
+    call = '<tool_call>{{"name": "{name}", "arguments": {args}}}</tool_call>'
+    if family == "specsteer":
+        call = "<|call|>{name} {args}"
+    description = turns[0].split('"')[1]
+    replies = [
+        call.format(name="recall_memory", args=json.dumps({"query": description})),
+        "Opener and the review.",
+        call.format(name="save_memory", args=json.dumps({"text": "I prefer a glass jar."})),
+        "Got it, I will remember that.",
+    ]
+    prompts = scripted_replies(monkeypatch, replies)
     memory = tmp_path / "memory.db"
-    results = example.main(["--script", "--memory", str(memory), "--max-tokens", "24"])
-    out, err = capfd.readouterr()
-    assert "Loading weights" not in out + err  # no progress bars unless --verbose
-    assert "deprecated" not in out + err
-    assert "Without the memories:" in out
-    stored = [r for r in results if r["answer"] is None]
-    assert [r["stored"] for r in stored] == [1, 2, 3, 4]
-    steered, plain = results[-2], results[-1]
-    assert steered["metadata"]["retrieved"] == 3 and plain["without_memory"]
-    assert steered["answer"] and plain["answer"]
-    assert steered["answer"] != plain["answer"]  # the memories changed the text
+    results = example.main(["--script", "--memory", str(memory), "--max-tokens", "8"])
+    review, remember, final = results
+    assert review["calls"] == ["recall_memory"] and remember["calls"] == ["save_memory"]
+    assert review["answer"] == "Opener and the review." and final["memories"] == len(profile) + 1
+    [result] = [m for m in review["messages"] if isinstance(m, ToolMessage)]
+    assert result.content.count("\n") == 2 and "-star review of" in result.content  # 3 entries
+    decode = specialist.tokenizer.decode
+    assert len(prompts) == 4
+    assert result.content in decode(prompts[1].private)  # the specialist read the memories
+    for prompt in prompts:
+        for ids in (prompt.public_specialist, prompt.public_generalist):
+            assert result.content not in decode(ids)
+    assert PRIVATE_RESULT in decode(prompts[1].public_generalist)
+    texts = seen["texts"]
+    assert len(texts) == 4 and all(result.content not in text for text in texts)
+    assert PRIVATE_RESULT in texts[1] and description in texts[0]
+    assert "assistant calls: recall_memory(" in capfd.readouterr().out
     assert memory.exists() and (memory.stat().st_mode & 0o777) == 0o600
 
 
-def test_plain_notes_are_remembered_too(tmp_path, demo_pair, monkeypatch):
-    import io
+def test_the_agent_recalls_answers_in_style_and_keeps_the_memory_on_the_device(
+    tmp_path, recorded_pair, monkeypatch, capfd
+):
+    """The shipped pair itself, deciding: it recalls, answers in the user's style, remembers."""
+    from langchain_specsteer import ChatSpecSteer
 
+    specialist, generalist, seen = recorded_pair
+    if ChatSpecSteer(specialist=specialist, generalist=generalist).tool_family() != "specsteer":
+        pytest.skip(
+            "the shipped demo pair predates tool calling: fine-tune it on the assistant episodes"
+            " (docs/results.md, 'Assistant fine-tuning') to run this test"
+        )
     example = load_example()
-    turns = "remember: I always start with Full review:\nWrite a review of a red kettle.\n"
-    monkeypatch.setattr("sys.stdin", io.StringIO(turns))
-    results = example.main(["--memory", str(tmp_path / "m.db"), "--max-tokens", "8"])
-    assert results[0]["stored"] == 1
-    assert results[1]["answer"] and results[1]["metadata"]["retrieved"] == 1
+    monkeypatch.setattr(
+        example, "load_models", lambda verbose=False, pair=None: (specialist, generalist)
+    )
+    memory = tmp_path / "memory.db"
+    results = example.main(["--script", "--memory", str(memory), "--max-tokens", "80"])
+    out = capfd.readouterr().out
+    review, remember, final = results
+    profile, turns = example.scripted(0)
+    assert [r["turn"] for r in (review, remember)] == turns
+
+    # 1. The review request: recall_memory, then the review in the user's style.
+    assert review["calls"] == ["recall_memory"]
+    [result] = [m for m in review["messages"] if isinstance(m, ToolMessage)]
+    assert result.name == "recall_memory" and result.content.count("\n") == 2  # k=3 memories
+    lines = result.content.split("\n")
+    assert all(line.startswith("- ") and "-star review of" in line for line in lines)
+    opener = profile[0]["reviewText"].split()[0]  # the user's habit, in every past review
+    assert all(entry["reviewText"].startswith(opener) for entry in profile)
+    assert review["answer"].startswith(opener)  # written in their style
+    description = turns[0].split('"')[1]
+    assert description.split(" with ")[0] in review["answer"]  # and about the requested product
+
+    # 2. "Remember ...": save_memory stored it, on the device.
+    assert remember["calls"] == ["save_memory"]
+    assert final["memories"] == len(profile) + 1
+    assert remember["answer"] == "Got it, I will remember that."
+
+    # 3. The recalled memories stayed on the device: the generalist read the placeholder.
+    texts, inputs = seen["texts"], seen["inputs"]
+    assert texts and inputs
+    assert any(PRIVATE_RESULT in text for text in texts)
+    assert all(result.content not in text for text in texts)
+    tokenizer = specialist.tokenizer
+    public = [turns[0], review["answer"], PRIVATE_RESULT]
+    calls = [c for m in review["messages"] if isinstance(m, AIMessage) for c in m.tool_calls]
+    public += [json.dumps(call["args"]) for call in calls]
+    public_runs = set().union(
+        *(runs(tokenizer.encode(t, add_special_tokens=False)) for t in public)
+    )
+    secret_runs = runs(tokenizer.encode(result.content, add_special_tokens=False)) - public_runs
+    assert len(secret_runs) > 30
+    for ids in inputs:
+        assert not runs(ids) & secret_runs
+    assert "recall_memory → - " in out and "assistant calls: recall_memory(" in out
+    assert memory.exists() and (memory.stat().st_mode & 0o777) == 0o600
 
 
 def test_verbose_shows_the_loading_bars_and_quiet_restores_them(demo_pair, capfd):
