@@ -237,6 +237,7 @@ SESSION_FIELDS = {
 OPENAI_FIELDS = {
     "model", "prompt", "max_tokens", "temperature", "logprobs", "prompt_logprobs",
     "return_tokens_as_token_ids",
+    "logprob_token_ids",  # exact_drafts' second request: the draft's own ids (output)
 }  # fmt: skip
 TOKENIZE_FIELDS = {"model", "prompt", "messages", "add_generation_prompt", "chat_template_kwargs"}
 
@@ -252,7 +253,7 @@ def id_lists(value) -> list[list[int]]:
     return []
 
 
-@pytest.mark.parametrize("client", ["session", "openai"])
+@pytest.mark.parametrize("client", ["session", "openai", "openai-top20"])
 @pytest.mark.parametrize("method", METHODS)
 def test_nothing_private_crosses_the_wire(make_remote_llm, verifier, tmp_path, method, client):
     """Every request the verifier service receives (URL and body) is recorded, for a call with
@@ -265,7 +266,15 @@ def test_nothing_private_crosses_the_wire(make_remote_llm, verifier, tmp_path, m
     with PrivateMemory(tmp_path / "secret.db") as memory:
         memory.add([SECRET, "I hate mornings.", "Crunchy is my favourite word."])
         bm25 = PersonalBM25Retriever.from_memory(memory, k=2)
-        llm = make_remote_llm(client, method=method, gamma=0.3, max_new_tokens=16, retriever=bm25)
+        hint = 20 if client == "openai-top20" else None  # prefix scoring's second requests
+        llm = make_remote_llm(
+            client.removesuffix("-top20"),
+            hint=hint,
+            method=method,
+            gamma=0.3,
+            max_new_tokens=16,
+            retriever=bm25,
+        )
         verifier.requests.clear()
         explicit = llm.generate([PROMPTS[0]], private_context=[SECRET, "I hate mornings."])
         retrieved = llm.generate([prompt])
@@ -288,6 +297,8 @@ def test_nothing_private_crosses_the_wire(make_remote_llm, verifier, tmp_path, m
     # runs the public prompts share with the secret (" quantum") are public
     secret_runs = runs(encode(SECRET), 5) - runs(encode(prompt), 5) - runs(encode(PROMPTS[0]), 5)
     allowed = (SESSION_FIELDS if client == "session" else OPENAI_FIELDS) | TOKENIZE_FIELDS
+    if client == "openai-top20" and method == "specsteer":  # its second requests were made
+        assert any(b"logprob_token_ids" in r["body"] for r in requests)
     for request in requests:
         raw = request["path"] + request["query"] + request["body"].decode()
         for word in ("Zorblax", "4417", "Quibble", "mornings", "Crunchy", "marmalade"):
