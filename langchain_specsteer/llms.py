@@ -43,8 +43,9 @@ class SpecSteerLLM(LLM, SpecSteerBase):
             )
             llm.invoke("Write a review of this blender.", private_context="<past reviews>")
 
-    Every decoding field (`method`, `gamma`, `alpha`, `draft_tokens`, `max_new_tokens`,
-    `temperature`, `top_p`, `seed`, `costeer_*`) can also be overridden per call:
+    Every decoding field (`method`, `gamma`, `alpha`, `draft_tokens` (or "auto", with
+    `max_draft_tokens` and `draft_stop`), `gate`, `max_new_tokens`, `temperature`, `top_p`,
+    `seed`, `costeer_*`) can also be overridden per call:
     `llm.invoke(prompt, method="generalist")`.
     """
 
