@@ -148,18 +148,28 @@ class StepCosts:
     rtt_ms: float  # the device's round trip to vLLM
 
 
-def project(drafted_per_round: float, tokens_per_round: float, costs: StepCosts) -> dict:
-    """Seconds per token of SpecSteer over vLLM and of plain vLLM, and the speed-up, from
-    measured tokens per round and stated step costs.
+def project(
+    drafted_per_round: float,
+    tokens_per_round: float,
+    costs: StepCosts,
+    requests_per_round: float = 1.0,
+) -> dict:
+    """Milliseconds per token of SpecSteer over vLLM and of plain vLLM, and the speed-up, from
+    measured tokens (and requests) per round and stated step costs.
 
-    A SpecSteer round: the device drafts (one step per drafted token), the scoring request
-    (a round trip and a verify step), the device's recovery step. Plain vLLM streams its own
-    decode steps (its one round trip is spread over the text: left out).
+    A SpecSteer round: the device drafts (one step per drafted token), the scoring requests
+    (each a round trip and a verify step: a second one asks for draft tokens outside the top
+    m), the device's recovery step. Plain vLLM streams its own decode steps (its one round
+    trip is spread over the text: left out).
     """
-    if tokens_per_round <= 0 or drafted_per_round < 0:
-        msg = "tokens_per_round must be positive and drafted_per_round non-negative"
+    if tokens_per_round <= 0 or drafted_per_round < 0 or requests_per_round < 1:
+        msg = (
+            "tokens_per_round must be positive, drafted_per_round non-negative and "
+            "requests_per_round at least 1"
+        )
         raise ValueError(msg)
-    round_ms = (drafted_per_round + 1) * costs.device_ms + costs.rtt_ms + costs.verify_ms
+    requests_ms = requests_per_round * (costs.rtt_ms + costs.verify_ms)
+    round_ms = (drafted_per_round + 1) * costs.device_ms + requests_ms
     specsteer_ms = round_ms / tokens_per_round
     return {
         "round_ms": round_ms,
@@ -547,12 +557,18 @@ def projection(users: Sequence[dict[str, Any]], costs: StepCosts, rtts: Sequence
             continue
         for rtt in rtts:
             stated = StepCosts(costs.device_ms, costs.decode_ms, costs.verify_ms, rtt)
-            figures = project(row["drafted_per_round"], row["tokens_per_round"], stated)
+            figures = project(
+                row["drafted_per_round"],
+                row["tokens_per_round"],
+                stated,
+                row["requests_per_round"],
+            )
             rows.append(
                 {
                     "method": row["method"],
                     "rtt_ms": rtt,
                     "tokens_per_round": row["tokens_per_round"],
+                    "requests_per_round": row["requests_per_round"],
                     **figures,
                 }
             )
@@ -634,12 +650,16 @@ def clients_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def projection_table(rows: Sequence[dict[str, Any]]) -> str:
-    header = ["method", "RTT ms", "tokens/round", "ms/round", "ms/token", "vLLM ms/token", "×"]
+    header = [
+        "method", "RTT ms", "tokens/round", "req./round", "ms/round", "ms/token",
+        "vLLM ms/token", "×",
+    ]  # fmt: skip
     body = [
         [
             row["method"],
             num(row["rtt_ms"], "g"),
             num(row["tokens_per_round"], ".2f"),
+            num(row["requests_per_round"], ".2f"),
             num(row["round_ms"], ".0f"),
             num(row["specsteer_ms_per_token"], ".1f"),
             num(row["vllm_ms_per_token"], ".1f"),
@@ -707,8 +727,9 @@ def markdown_report(record: dict[str, Any]) -> str:
         "",
         f"Stated step costs: device step {costs['device_ms']:g} ms, vLLM decode step "
         f"{costs['decode_ms']:g} ms, scoring request (K+1 cached prefixes) {costs['verify_ms']:g} "
-        "ms; tokens/round and drafts/round as measured in (b) on the demo pair. A round = "
-        "(drafts + 1) device steps + RTT + one scoring request; plain vLLM = one decode step "
+        "ms; tokens, drafts and requests per round as measured in (b) on the demo pair. A "
+        "round = (drafts + 1) device steps + requests × (RTT + scoring request); plain vLLM = "
+        "one decode step "
         "per token. A larger generalist agrees with its drafts differently: the measured "
         "tokens/round is the weakest input of this projection.",
     ]

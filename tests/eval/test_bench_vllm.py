@@ -88,14 +88,19 @@ def test_project_counts_device_steps_round_trip_and_verify():
         "vllm_ms_per_token": 25.0,
         "speedup": pytest.approx(25.0 / 24.5),
     }
+    # a second request in half the rounds: + 0.5 x (20 + 30) ms
+    assert project(5.0, 4.0, costs, requests_per_round=1.5)["round_ms"] == 123.0
     with pytest.raises(ValueError, match="tokens_per_round must be positive"):
         project(5.0, 0.0, costs)
+    with pytest.raises(ValueError, match="requests_per_round at least 1"):
+        project(5.0, 4.0, costs, requests_per_round=0.5)
 
 
 def run(method, seconds, tokens=10, **fields):
     fields.setdefault("request_seconds", seconds / 2)
     fields.setdefault("engine_seconds", seconds / 4)
-    return UserRun("u", method, "text", tokens, seconds, requests=2, **fields)
+    fields.setdefault("requests", 2)
+    return UserRun("u", method, "text", tokens, seconds, **fields)
 
 
 def test_summarise_users_splits_the_time_and_compares_with_plain_vllm():
@@ -166,8 +171,18 @@ def test_summarise_rounds_takes_medians_per_length_and_mode():
 
 def test_projection_rows_per_method_and_round_trip():
     users = [
-        {"method": "specsteer", "tokens_per_round": 4.0, "drafted_per_round": 5.0},
-        {"method": PLAIN, "tokens_per_round": None, "drafted_per_round": None},
+        {
+            "method": "specsteer",
+            "tokens_per_round": 4.0,
+            "drafted_per_round": 5.0,
+            "requests_per_round": 1.0,
+        },
+        {
+            "method": PLAIN,
+            "tokens_per_round": None,
+            "drafted_per_round": None,
+            "requests_per_round": None,
+        },
     ]
     rows = projection(users, StepCosts(8.0, 25.0, 30.0, 0.0), [0, 50])
     assert [(r["method"], r["rtt_ms"]) for r in rows] == [("specsteer", 0), ("specsteer", 50)]
@@ -175,7 +190,8 @@ def test_projection_rows_per_method_and_round_trip():
 
 
 def record():
-    users = summarise_users([run("specsteer", 2.0, rounds=4, drafted=20), run(PLAIN, 1.0)])
+    specsteer = run("specsteer", 2.0, rounds=4, drafted=20, requests=5)
+    users = summarise_users([specsteer, run(PLAIN, 1.0)])
     rounds = summarise_rounds(
         [
             bench_vllm.RoundSample(64, "prefixes", 0.1, 900, 5000, 64, 0.02),
@@ -207,7 +223,8 @@ def test_markdown_report_has_every_section_and_labels_the_projection():
         assert heading in report
     assert "| 64 | prefixes | 100.0 | 20.0 | 900 | 5000 | 64 |" in report
     assert "| 64 | plain vLLM decode step | 10.0 | — | — | — | — |" in report
-    assert "| specsteer | 0 | 2.50 | 78 | 31.2 | 25.0 | 0.80× |" in report  # 78 ms / 2.5 tokens
+    # 6 device steps x 8 ms + 1.25 requests x 30 ms = 85.5 ms a round of 2.5 tokens
+    assert "| specsteer | 0 | 2.50 | 1.25 | 86 | 34.2 | 25.0 | 0.73× |" in report
 
 
 def test_plot_writes_a_png(tmp_path):
