@@ -1,16 +1,19 @@
 """LangChain's standard chat-model tests (`langchain-tests`) on ChatSpecSteer.
 
 Unit tests run on the tiny random pair; integration tests on the shipped trained demo pair,
-which writes real text. No test is marked xfail. Every skip (35 with langchain-tests 1.1.9)
-is decided by langchain-tests from the capabilities declared below; why each is absent:
+which writes real text. No test is marked xfail. Every skip is decided by langchain-tests
+from the capabilities declared below; why each is absent:
 
-- tool calling (test_bind_tool_pydantic, test_tool_calling[_async], ..._with_no_arguments,
-  test_tool_choice, test_tool_message_*, test_bind_runnables_as_tools, test_agent_loop,
-  test_unicode_tool_call_integration, test_structured_few_shot_examples): the generalist
-  verifies free text drafted by a specialist; there is no tool-call grammar to verify.
-- structured output and JSON mode (test_with_structured_output, test_structured_output*,
-  test_json_mode): they are built on tool calling / constrained decoding, neither of which
-  the draft-verify loop provides.
+- tool calling and structured output: declared (`bind_tools`, `with_structured_output` on
+  top of it) and tested by the unit tests on the tiny pair (binding, schemas). The
+  integration tests that need a model that *decides* to call a tool (test_tool_calling[_async],
+  ..._with_no_arguments, test_tool_choice, test_tool_message_*, test_bind_runnables_as_tools,
+  test_agent_loop, test_unicode_tool_call_integration, test_structured_few_shot_examples,
+  test_structured_output*) run when the shipped demo pair is tool-trained (its chat template
+  writes the `specsteer` tool format); the pair shipped now predates tool calling, so they
+  are skipped as before. tests/langchain_specsteer/test_chat_models.py tests parsing,
+  forcing and structured output on scripted replies.
+- JSON mode: no constrained decoding in the draft-verify loop.
 - image, audio, PDF and Anthropic-format inputs: both models are text-only.
 - per-call `model=` override: the models are objects loaded at construction.
 - test_serdes: a model holding loaded weights is not LangChain-serialisable.
@@ -46,6 +49,13 @@ def demo_models():
     )
 
 
+@cache
+def demo_tool_trained() -> bool:
+    """Whether the shipped demo pair was trained to call tools (its template's format)."""
+    specialist, generalist = demo_models()
+    return ChatSpecSteer(specialist=specialist, generalist=generalist).tool_family() != "plain"
+
+
 class Declared:
     """What ChatSpecSteer supports, as langchain-tests asks."""
 
@@ -67,12 +77,8 @@ class Declared:
         return False
 
     @property
-    def has_tool_calling(self) -> bool:
-        return False
-
-    @property
-    def has_structured_output(self) -> bool:
-        return False
+    def tool_choice_value(self) -> str:
+        return "any"
 
     @property
     def supports_json_mode(self) -> bool:
@@ -89,6 +95,14 @@ class Declared:
 
 class TestChatSpecSteerUnit(Declared, ChatModelUnitTests):
     @property
+    def has_tool_calling(self) -> bool:
+        return True
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True  # through tool calling (`with_structured_output`'s default)
+
+    @property
     def chat_model_params(self) -> dict:
         specialist, generalist = tiny_models()
         return {"specialist": specialist, "generalist": generalist}
@@ -97,6 +111,14 @@ class TestChatSpecSteerUnit(Declared, ChatModelUnitTests):
 
 
 class TestChatSpecSteerIntegration(Declared, ChatModelIntegrationTests):
+    @property
+    def has_tool_calling(self) -> bool:
+        return demo_tool_trained()
+
+    @property
+    def has_structured_output(self) -> bool:
+        return demo_tool_trained()
+
     @property
     def chat_model_params(self) -> dict:
         specialist, generalist = demo_models()
