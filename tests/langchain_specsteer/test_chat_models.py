@@ -352,3 +352,52 @@ def test_private_tools_is_a_set_of_names(make_chat):
         make_chat(private_tools="a")
     with pytest.raises(ValueError, match="tool_format"):
         make_chat(tool_format="json")
+
+
+# A Qwen-shaped template (tools in the system turn, calls in <tool_call>, results as tool
+# turns), to test rendering through a template that takes `tools=`.
+HERMES_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\n# Tools\n{% for tool in tools %}{{ tool | tojson }}\n"
+    "{% endfor %}<|im_end|>\n{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n"
+    "{{ m.content }}{% for call in m.tool_calls or [] %}<tool_call>\n"
+    '{"name": "{{ call.function.name }}", "arguments": {{ call.function.arguments | tojson }}}'
+    "\n</tool_call>{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_a_template_that_takes_tools_renders_them_and_private_results_stay_private(
+    specialist, generalist, scripted
+):
+    import copy
+
+    from langchain_specsteer import LocalGeneralist, LocalSpecialist
+    from langchain_specsteer.tools import PRIVATE_RESULT
+
+    tokenizer = copy.deepcopy(specialist.tokenizer)
+    tokenizer.chat_template = HERMES_TEMPLATE
+    chat = ChatSpecSteer(
+        specialist=LocalSpecialist(specialist.model, tokenizer),
+        generalist=LocalGeneralist(specialist.model, tokenizer),
+        max_tokens=4,
+    )
+    assert chat.tool_family() == "hermes"
+    seen = scripted("Done.")
+    recall = {**WEATHER, "function": {**WEATHER["function"], "name": "recall_memory"}}
+    call = {"name": "recall_memory", "args": {"city": "Paris"}, "id": "c1"}
+    history = [
+        HumanMessage("Weather in Paris?"),
+        AIMessage("", tool_calls=[call]),
+        ToolMessage("Zorblax secret memory", tool_call_id="c1"),
+    ]
+    chat.bind_tools([recall]).invoke(history)
+    private, public = (
+        tokenizer.decode(ids) for ids in (seen[0].private, seen[0].public_generalist)
+    )
+    for text in (private, public):
+        assert text.startswith("<|im_start|>system\n# Tools\n" + json.dumps(recall))
+        assert '<tool_call>\n{"name": "recall_memory", "arguments": {"city": "Paris"}}' in text
+        assert text.endswith("<|im_start|>assistant\n")
+    assert "<|im_start|>tool\nZorblax secret memory<|im_end|>" in private
+    assert f"<|im_start|>tool\n{PRIVATE_RESULT}<|im_end|>" in public and "Zorblax" not in public
+    assert tokenizer.decode(seen[0].public_specialist) == public
