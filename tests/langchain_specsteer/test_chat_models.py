@@ -401,3 +401,52 @@ def test_a_template_that_takes_tools_renders_them_and_private_results_stay_priva
     assert "<|im_start|>tool\nZorblax secret memory<|im_end|>" in private
     assert f"<|im_start|>tool\n{PRIVATE_RESULT}<|im_end|>" in public and "Zorblax" not in public
     assert tokenizer.decode(seen[0].public_specialist) == public
+
+
+@pytest.mark.parametrize("client", ["session", "openai"])
+def test_a_remote_generalist_renders_the_tools_with_its_own_template(specialist, client):
+    """Tools reach a remote generalist's template through `/tokenize` (chat_template_kwargs);
+    the private result stays on the device."""
+    import copy
+
+    from langchain_specsteer import LocalGeneralist, LocalSpecialist
+    from langchain_specsteer.remote import OpenAICompatibleGeneralist, RemoteGeneralist
+    from langchain_specsteer.service import ServiceLimits, VerifierService, create_app
+    from langchain_specsteer.testing import BackgroundServer
+
+    tokenizer = copy.deepcopy(specialist.tokenizer)
+    tokenizer.chat_template = HERMES_TEMPLATE
+    local = LocalSpecialist(specialist.model, tokenizer)
+    vocab = local.vocab_size
+    service = VerifierService(
+        LocalGeneralist(specialist.model, tokenizer),
+        local,
+        limits=ServiceLimits(max_top_m=vocab, max_logprobs=vocab),
+    )
+    recall = {**WEATHER, "function": {**WEATHER["function"], "name": "recall_memory"}}
+    call = {"name": "recall_memory", "args": {"city": "Paris"}, "id": "c1"}
+    history = [
+        HumanMessage("Weather in Paris?"),
+        AIMessage("", tool_calls=[call]),
+        ToolMessage("Zorblax secret memory", tool_call_id="c1"),
+    ]
+    with BackgroundServer(create_app(service)) as server:
+        remote = (
+            RemoteGeneralist(server.url, top_m=20)
+            if client == "session"
+            else OpenAICompatibleGeneralist(server.url, service.model_name, top_logprobs=20)
+        )
+        chat = ChatSpecSteer(specialist=local, generalist=remote, max_tokens=4)
+        local_chat = ChatSpecSteer(specialist=local, generalist=service.generalist, max_tokens=4)
+        from langchain_specsteer.chat_models import _planned
+
+        plan = chat.tool_plan([recall])
+        with _planned(plan):
+            prompts = chat._prompts(chat.render_messages(history), "")
+            expected = local_chat._prompts(local_chat.render_messages(history), "")
+        assert prompts.public_generalist == expected.public_generalist
+        assert "# Tools" in tokenizer.decode(prompts.public_generalist)
+        assert "Zorblax" not in tokenizer.decode(prompts.public_generalist)
+        message = chat.bind_tools([recall]).invoke(history)
+        assert message.response_metadata["new_tokens"] == 4
+        remote.close()
