@@ -113,8 +113,8 @@ class DecodingParams(BaseModel):
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             msg = (
-                f"draft_tokens must be a positive integer (tokens drafted per round) or "
-                f"'auto' (the device chooses, up to max_draft_tokens), got {value!r}"
+                "draft_tokens must be an integer greater than or equal to 1 (tokens drafted "
+                f"per round) or 'auto' (the device chooses, up to max_draft_tokens), got {value!r}"
             )
             raise ValueError(msg)
         return value

@@ -53,8 +53,8 @@ def rounds(monkeypatch):
     ("fields", "words"),
     [
         ({"draft_tokens": "fast"}, ("draft_tokens", "'auto'")),
-        ({"draft_tokens": 0}, ("draft_tokens", "positive integer")),
-        ({"draft_tokens": 2.5}, ("draft_tokens", "positive integer")),
+        ({"draft_tokens": 0}, ("draft_tokens", "greater than or equal to 1")),
+        ({"draft_tokens": 2.5}, ("draft_tokens", "greater than or equal to 1")),
         ({"max_draft_tokens": 0}, ("max_draft_tokens", "greater than or equal to 1")),
         ({"draft_stop": 1.5}, ("draft_stop", "less than or equal to 1")),
         ({"gate": "asym"}, ("gate", "'fixed' or 'context'")),
