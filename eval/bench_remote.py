@@ -57,7 +57,7 @@ from langchain_core.documents import Document
 
 from eval.__main__ import _floats
 from eval.bench import DASH, DEMO_PAIR, METHODS, TASK, _num, machine_info, rotated
-from eval.cli import HelpFormatter
+from eval.cli import HelpFormatter, counts
 from eval.data import load_longlamp
 from eval.prompts import retrieve_profile
 from langchain_specsteer import LocalGeneralist, LocalSpecialist, SpecSteerEngine, SpecSteerLLM
@@ -683,18 +683,6 @@ def _latencies(text: str) -> list[float]:
     return sorted({0.0, *values})  # the model needs the time at 0
 
 
-def _counts(text: str) -> list[int]:
-    """Burst sizes such as "1,4"; "0" (or nothing) skips the phase."""
-    try:
-        values = sorted({int(v) for v in text.split(",") if v.strip()})
-    except ValueError:
-        values = [-1]
-    if any(v < 0 for v in values):
-        msg = f"expected non-negative user counts such as 1,4, got {text!r}"
-        raise argparse.ArgumentTypeError(msg)
-    return [v for v in values if v]
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m eval.bench_remote",
@@ -727,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--exact-cases", type=int, default=1, help="cases run with full-vocabulary hints (0: none)"
     )
     parser.add_argument(
-        "--users", type=_counts, default=[1, 4], metavar="N,..",
+        "--users", type=counts, default=[1, 4], metavar="N,..",
         help="concurrent generations in phase 4, one burst size each (0: skip the phase)",
     )  # fmt: skip
     parser.add_argument(

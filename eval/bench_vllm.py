@@ -45,7 +45,7 @@ import torch
 
 from eval.bench import TASK, machine_info, rotated
 from eval.bench_remote import Case, load_cases
-from eval.cli import HelpFormatter
+from eval.cli import HelpFormatter, counts, counts_with_zero
 from eval.pair import DEMO_PAIR, load_pair
 from eval.tables import num, percent, table
 from eval.timing import timed
@@ -775,17 +775,6 @@ def plot(record: dict[str, Any], path: Path) -> None:
 # ---------------------------------------------------------------- command line
 
 
-def _counts(text: str) -> list[int]:
-    try:
-        values = sorted({int(v) for v in text.split(",") if v.strip()})
-    except ValueError:
-        values = [-1]
-    if any(v < 0 for v in values):
-        msg = f"expected non-negative integers such as 1,4,16, got {text!r}"
-        raise argparse.ArgumentTypeError(msg)
-    return [v for v in values if v]
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m eval.bench_vllm",
@@ -808,12 +797,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--draft-tokens", type=int, default=6, help="K, drafts per round")
     parser.add_argument("--hint", type=int, default=20, help="top_logprobs per position")
     parser.add_argument(
-        "--lengths", type=_counts, default=[64, 256, 512, 1024, 1536], metavar="N,..",
+        "--lengths", type=counts, default=[64, 256, 512, 1024, 1536], metavar="N,..",
         help="tokens of text in (a)",
     )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds per length in (a)")
     parser.add_argument(
-        "--clients", type=_counts, default=[1, 4, 16], metavar="N,..",
+        "--clients", type=counts, default=[1, 4, 16], metavar="N,..",
         help="concurrent clients in (c) (0: skip it)",
     )  # fmt: skip
     parser.add_argument(
@@ -829,7 +818,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="(d) one scoring request of K+1 cached prefixes on GPU vLLM, ms (stated)",
     )  # fmt: skip
     parser.add_argument(
-        "--projection-rtts", type=_counts, default=[0, 20, 50, 100], metavar="MS,..",
+        "--projection-rtts", type=counts_with_zero, default=[0, 20, 50, 100], metavar="MS,..",
         help="(d) round trips from the device to vLLM, ms",
     )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch threads on the device")

@@ -147,7 +147,7 @@ def test_bad_user_counts_are_refused(capsys):
     for bad in ("-1", "two"):
         with pytest.raises(SystemExit):
             parse_args(["--users", bad])
-        assert "user counts such as 1,4" in capsys.readouterr().err
+        assert "non-negative integers such as 1,4" in capsys.readouterr().err
 
 
 def test_outputs_are_written_and_printed(bench):

