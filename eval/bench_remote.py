@@ -57,7 +57,7 @@ from langchain_core.documents import Document
 
 from eval.__main__ import _floats
 from eval.bench import DASH, DEMO_PAIR, METHODS, TASK, _num, machine_info, rotated
-from eval.cli import HelpFormatter, counts
+from eval.cli import HelpFormatter, add_heldout_options, counts
 from eval.data import load_longlamp
 from eval.prompts import retrieve_profile
 from langchain_specsteer import LocalGeneralist, LocalSpecialist, SpecSteerEngine, SpecSteerLLM
@@ -696,17 +696,8 @@ def build_parser() -> argparse.ArgumentParser:
         "default: the shipped demo pair)",
     )
     parser.add_argument("--seed", type=int, default=0, help="torch seed; the tiny pair's seed")
-    parser.add_argument(
-        "--data",
-        default="data/world",
-        help="LongLaMP-schema folder, as eval.bench's (eval.world writes it here if missing)",
-    )
-    parser.add_argument("--split", default="test", choices=("val", "test"), help="held-out split")
+    add_heldout_options(parser, max_new_tokens=64)
     parser.add_argument("--cases", type=int, default=6, help="held-out examples used")
-    parser.add_argument("--k", type=int, default=3, help="BM25 profile entries retrieved")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per generation")
-    parser.add_argument("--gamma", type=float, default=0.5, help="specsteer's verification gate γ")
-    parser.add_argument("--draft-tokens", type=int, default=6, help="K, drafts per round")
     parser.add_argument(
         "--latencies", type=_latencies, default=[0.0, 20.0, 50.0], metavar="MS,..",
         help="injected round trips in ms (0 is always added)",

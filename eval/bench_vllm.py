@@ -45,7 +45,7 @@ import torch
 
 from eval.bench import TASK, machine_info, rotated
 from eval.bench_remote import Case, load_cases
-from eval.cli import HelpFormatter, counts, counts_with_zero
+from eval.cli import HelpFormatter, add_heldout_options, counts, counts_with_zero
 from eval.pair import DEMO_PAIR, load_pair
 from eval.tables import num, percent, table
 from eval.timing import timed
@@ -784,17 +784,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--pair", default=str(DEMO_PAIR), help="folder with specialist/ and generalist/"
     )
-    parser.add_argument(
-        "--data",
-        default="data/world",
-        help="LongLaMP-schema folder, as eval.bench's (eval.world writes it here if missing)",
-    )
-    parser.add_argument("--split", default="test", choices=("val", "test"), help="held-out split")
+    add_heldout_options(parser, max_new_tokens=32)
     parser.add_argument("--users", type=int, default=20, help="held-out users in (b)")
-    parser.add_argument("--k", type=int, default=3, help="BM25 profile entries retrieved")
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens per generation")
-    parser.add_argument("--gamma", type=float, default=0.5, help="specsteer's verification gate γ")
-    parser.add_argument("--draft-tokens", type=int, default=6, help="K, drafts per round")
     parser.add_argument("--hint", type=int, default=20, help="top_logprobs per position")
     parser.add_argument(
         "--lengths", type=counts, default=[64, 256, 512, 1024, 1536], metavar="N,..",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["HelpFormatter", "counts", "counts_with_zero"]
+__all__ = ["HelpFormatter", "add_heldout_options", "counts", "counts_with_zero"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -45,3 +45,20 @@ def counts_with_zero(text: str) -> list[int]:
         msg = f"expected non-negative integers such as 1,4,16, got {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return values
+
+
+def add_heldout_options(parser: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
+    """The options of a bench over held-out users of the synthetic world: where the data is,
+    which split, retrieval depth, and the decoding fields every bench varies."""
+    parser.add_argument(
+        "--data",
+        default="data/world",
+        help="LongLaMP-schema folder, as eval.bench's (eval.world writes it here if missing)",
+    )
+    parser.add_argument("--split", default="test", choices=("val", "test"), help="held-out split")
+    parser.add_argument("--k", type=int, default=3, help="BM25 profile entries retrieved")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=max_new_tokens, help="tokens per generation"
+    )
+    parser.add_argument("--gamma", type=float, default=0.5, help="specsteer's verification gate γ")
+    parser.add_argument("--draft-tokens", type=int, default=6, help="K, drafts per round")
