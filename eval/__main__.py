@@ -56,7 +56,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dense-model", help="sentence-transformers model for --retriever dense")
     run.add_argument("--limit", type=int, help="first N examples only")
     run.add_argument("--max-new-tokens", type=int, default=1024, help="tokens per generation")
-    run.add_argument("--draft-tokens", type=int, default=6, help="K, drafts per round")
+    run.add_argument(
+        "--draft-tokens",
+        default=6,
+        help="K, drafts per round, or auto: the device chooses each round's length",
+    )
+    run.add_argument(
+        "--max-draft-tokens", type=int, default=16, help="with --draft-tokens auto: the longest"
+    )
+    run.add_argument(
+        "--draft-stop",
+        type=float,
+        default=0.1,
+        help="with --draft-tokens auto: stop drafting below this estimated acceptance",
+    )
+    run.add_argument(
+        "--gate",
+        choices=["fixed", "context"],
+        default="fixed",
+        help="fixed: γ at every draft position; context: γ·exp(−JSD(q_ctx, q_gen))",
+    )
     run.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
     run.add_argument("--dtype", help="e.g. bfloat16 (default: float32 on CPU, auto on CUDA)")
     run.add_argument("--stem", action="store_true", help="ROUGE with the Porter stemmer")
@@ -103,6 +122,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "limit": args.limit,
         "max_new_tokens": args.max_new_tokens,
         "draft_tokens": args.draft_tokens,
+        "max_draft_tokens": args.max_draft_tokens,
+        "draft_stop": args.draft_stop,
+        "gate": args.gate,
         "device": args.device,
         "dtype": args.dtype,
         "stem": args.stem,

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from eval.data import SETTINGS, SPLITS, TASKS, Example, load_longlamp
 from eval.metrics import rouge
 from eval.prompts import RETRIEVERS, retrieve_profile
-from langchain_specsteer.params import MethodName
+from langchain_specsteer.params import MethodName, check_draft_tokens
 
 __all__ = ["RunConfig", "Setting", "grid", "run"]
 
@@ -37,6 +37,9 @@ IDENTITY = (
     "dense_model",
     "max_new_tokens",
     "draft_tokens",
+    "max_draft_tokens",
+    "draft_stop",
+    "gate",
     "stem",
 )
 Setting = tuple[str, float | None, float | None]  # (method, γ, α); None where unused
@@ -62,11 +65,20 @@ class RunConfig(BaseModel):
     dense_model: str | None = None
     limit: int | None = Field(default=None, ge=1)
     max_new_tokens: int = Field(default=1024, ge=1)
-    draft_tokens: int = Field(default=6, ge=1)
+    draft_tokens: int | Literal["auto"] = 6
+    """K, or "auto": the device chooses each round's length (DecodingParams.draft_tokens)."""
+    max_draft_tokens: int = Field(default=16, ge=1)
+    draft_stop: float = Field(default=0.1, ge=0, le=1)
+    gate: Literal["fixed", "context"] = "fixed"
     device: str | None = None
     dtype: str | None = None
     stem: bool = False
     name: str | None = None
+
+    @field_validator("draft_tokens", mode="before")
+    @classmethod
+    def _draft_tokens(cls, value: object) -> object:
+        return check_draft_tokens(value)
 
     @field_validator("gammas", "alphas")
     @classmethod
@@ -113,7 +125,10 @@ def prepare(out: Path, config: RunConfig) -> set[tuple]:
     config_path = out / "config.json"
     if done and config_path.exists():
         previous = json.loads(config_path.read_text(encoding="utf-8"))
-        changed = [f for f in IDENTITY if previous.get(f) != getattr(config, f)]
+        defaults = RunConfig.model_fields  # a run from before a field existed had its default
+        changed = [
+            f for f in IDENTITY if previous.get(f, defaults[f].default) != getattr(config, f)
+        ]
         if changed:
             msg = (
                 f"{out} holds results of a run with other {', '.join(changed)}; resume it with "
@@ -151,6 +166,9 @@ def _load_llm(config: RunConfig) -> Any:
         dtype=config.dtype,
         max_new_tokens=config.max_new_tokens,
         draft_tokens=config.draft_tokens,
+        max_draft_tokens=config.max_draft_tokens,
+        draft_stop=config.draft_stop,
+        gate=config.gate,
     )
 
 

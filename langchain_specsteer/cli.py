@@ -47,7 +47,18 @@ def _parser() -> argparse.ArgumentParser:
         "--gamma", type=float, help="verification gate γ (default 0.5; inf accepts no draft)"
     )
     demo.add_argument("--alpha", type=float, help="steering strength α (default 1.0)")
-    demo.add_argument("--draft-tokens", type=int, help="K, drafts per round (default 6)")
+    demo.add_argument(
+        "--draft-tokens",
+        help="K, drafts per round (default 6), or auto: the device chooses each round's length",
+    )
+    demo.add_argument(
+        "--max-draft-tokens", type=int, help="with --draft-tokens auto: the longest (default 16)"
+    )
+    demo.add_argument(
+        "--gate",
+        choices=["fixed", "context"],
+        help="fixed (default): γ at every draft position; context: γ·exp(−JSD(q_ctx, q_gen))",
+    )
     demo.add_argument("--temperature", type=float, help="0 (default) decodes greedily")
     demo.add_argument(
         "--seed",
@@ -211,6 +222,8 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "gamma": args.gamma,
         "alpha": args.alpha,
         "draft_tokens": args.draft_tokens,
+        "max_draft_tokens": args.max_draft_tokens,
+        "gate": args.gate,
         "temperature": args.temperature,
     }
     try:

@@ -262,8 +262,13 @@ def settings_line(params: DecodingParams) -> str:
     decoding = (
         "greedy" if params.greedy else f"temperature={params.temperature}, seed={params.seed}"
     )
+    drafts = f"draft_tokens={params.draft_tokens}"
+    if params.draft_tokens == "auto":
+        drafts += f" (at most {params.max_draft_tokens}, stop below {params.draft_stop})"
+    if params.gate != "fixed":
+        drafts += f" gate={params.gate}"
     return (
-        f"gamma={params.gamma} alpha={params.alpha} draft_tokens={params.draft_tokens} "
+        f"gamma={params.gamma} alpha={params.alpha} {drafts} "
         f"max_new_tokens={params.max_new_tokens} {decoding}"
     )
 

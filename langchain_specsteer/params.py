@@ -18,6 +18,7 @@ __all__ = [
     "MIN_TEMPERATURE",
     "DecodingParams",
     "MethodName",
+    "check_draft_tokens",
 ]
 
 MethodName = Literal[METHODS]
@@ -105,19 +106,7 @@ class DecodingParams(BaseModel):
     @field_validator("draft_tokens", mode="before")
     @classmethod
     def _check_draft_tokens(cls, value: object) -> object:
-        if value == "auto":
-            return value
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value)  # as pydantic's lax mode reads "6"
-        elif isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            msg = (
-                "draft_tokens must be an integer greater than or equal to 1 (tokens drafted "
-                f"per round) or 'auto' (the device chooses, up to max_draft_tokens), got {value!r}"
-            )
-            raise ValueError(msg)
-        return value
+        return check_draft_tokens(value)
 
     @field_validator("temperature")
     @classmethod
@@ -143,6 +132,24 @@ class DecodingParams(BaseModel):
             )
             raise ValueError(msg)
         return self
+
+
+def check_draft_tokens(value: object) -> int | str:
+    """`draft_tokens` as given: an integer ≥ 1 (or its digits, as a command line gives it) or
+    "auto"; anything else raises ValueError naming the field."""
+    if value == "auto":
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)  # as pydantic's lax mode reads "6"
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        msg = (
+            "draft_tokens must be an integer greater than or equal to 1 (tokens drafted "
+            f"per round) or 'auto' (the device chooses, up to max_draft_tokens), got {value!r}"
+        )
+        raise ValueError(msg)
+    return value
 
 
 def costeer_peak(*, steps: int, a: float, b: float, lam: float, eta: float) -> float:

@@ -218,3 +218,43 @@ def test_cli_run_report_and_show_prompt(tiny_dir, data_file, tmp_path, capsys):
     assert not (tmp_path / "fresh").exists()  # nothing written for a run that could not start
     assert main(["report", str(tmp_path / "nothing-here")]) == 2
     assert "no results.jsonl" in capsys.readouterr().err
+
+
+def test_adaptive_rounds_run_and_define_the_run(config, data_file, tiny_dir, tmp_path, capsys):
+    """--draft-tokens auto (and its knobs, and the gate) reach the LLM and a run's identity;
+    a folder written before those fields existed resumes as the defaults it ran with."""
+    folder = tmp_path / "auto"
+    argv = ["run", "--task", "product_review", "--data", data_file, "--limit", "1", "--k", "1"]
+    argv += [
+        "--specialist",
+        str(tiny_dir / "specialist"),
+        "--generalist",
+        str(tiny_dir / "generalist"),
+    ]
+    argv += ["--methods", "specsteer", "--max-new-tokens", "5", "--device", "cpu", "--no-progress"]
+    auto = [*argv, "--draft-tokens", "auto", "--max-draft-tokens", "3", "--gate", "context"]
+    assert main([*auto, "--out", str(folder)]) == 0
+    saved = json.loads((folder / "config.json").read_text())
+    assert (saved["draft_tokens"], saved["max_draft_tokens"], saved["gate"]) == (
+        "auto",
+        3,
+        "context",
+    )
+    [result] = lines(folder / "results.jsonl")
+    assert result["method"] == "specsteer"
+    capsys.readouterr()
+    assert main([*argv, "--draft-tokens", "auto", "--out", str(folder)]) == 2
+    assert "other max_draft_tokens, gate" in capsys.readouterr().err
+    assert main([*argv, "--draft-tokens", "many", "--out", str(tmp_path / "bad")]) == 2
+    assert "draft_tokens must be an integer greater than or equal to 1" in capsys.readouterr().err
+
+    old = tmp_path / "old"  # a run from before max_draft_tokens, draft_stop and gate
+    assert main([*argv, "--out", str(old)]) == 0
+    saved = json.loads((old / "config.json").read_text())
+    for field in ("max_draft_tokens", "draft_stop", "gate"):
+        del saved[field]
+    (old / "config.json").write_text(json.dumps(saved))
+    assert main([*argv, "--out", str(old)]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="draft_tokens must be"):
+        RunConfig(**{**saved, "draft_tokens": 0})

@@ -79,6 +79,9 @@ def test_trace_spans_match_the_llm_output_and_rounds(make_llm, gamma):
     [
         (["demo", "--gamma", "-1"], "gamma"),
         (["demo", "--draft-tokens", "0"], "draft_tokens"),
+        (["demo", "--draft-tokens", "some"], "or 'auto'"),
+        (["demo", "--gate", "loose"], "invalid choice: 'loose'"),
+        (["demo", "--max-draft-tokens", "0"], "max_draft_tokens"),
         (["demo", "--max-new-tokens", "zero"], "invalid int value"),
         (["demo", "--user", "5"], "--user=5 is out of range of the demo pair's held-out users"),
         (["demo", "--user", "-1"], "pick one from 0 to 4"),
@@ -116,6 +119,15 @@ def test_a_user_outside_an_exported_pair_is_refused_before_loading(capsys, micro
     assert "--user=1 is out of range" in capsys.readouterr().err
     with pytest.raises(ValueError, match="pick one from 0 to 0"):
         run_demo(pair_dir=pair, user=7)
+
+
+def test_the_demo_runs_adaptive_rounds_and_says_so(capsys, micro_pair_dir):
+    argv = ["demo", "--pair", str(micro_pair_dir / "export"), "--no-color"]
+    argv += ["--max-new-tokens", "6", "--draft-tokens", "auto", "--max-draft-tokens", "3"]
+    assert main([*argv, "--gate", "context"]) == 0
+    out = capsys.readouterr().out
+    assert "draft_tokens=auto (at most 3, stop below 0.1) gate=context" in out
+    assert "── specsteer:" in out
 
 
 def test_verbose_demo_shows_the_loading_bars(capfd, micro_pair_dir):
