@@ -170,8 +170,9 @@ class TokenSequence:
             self.cached = length
 
 
-Message = dict[str, str]
-"""A chat turn as chat templates take it: {"role": ..., "content": ...}."""
+Message = dict[str, Any]
+"""A chat turn as chat templates take it: {"role": ..., "content": ...}, and for tool use
+"tool_calls" (an assistant turn's calls) or "name" and "tool_call_id" (a tool result)."""
 
 
 def encode_messages(
