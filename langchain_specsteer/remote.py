@@ -94,11 +94,14 @@ def _tokenize(
     (None: when asked, if the server has one, else the turns' text as a plain prompt)."""
     base = {"model": model} if model else {}
     if chat is not False:
+        kwargs = dict(kwargs or {})
+        tools = kwargs.pop("tools", None)  # vLLM takes the template's tools as their own field
         body = {
             **base,
             "messages": list(messages),
             "add_generation_prompt": True,
-            "chat_template_kwargs": kwargs or {},
+            "chat_template_kwargs": kwargs,
+            **({"tools": list(tools)} if tools else {}),
         }
         response = yield from http.exchange("POST", "/tokenize", body)
         if response.status_code == 200:

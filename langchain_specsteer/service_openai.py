@@ -105,8 +105,10 @@ class TokenizeRequest(BaseModel):
     add_special_tokens: bool | None = None
     add_generation_prompt: bool = True
     chat_template_kwargs: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    """The tools the chat template lists (vLLM's field; `chat_template_kwargs` may override)."""
 
-    @field_validator("prompt", "messages", "chat_template_kwargs")
+    @field_validator("prompt", "messages", "chat_template_kwargs", "tools")
     @classmethod
     def text_is_unicode(cls, value: Any, info: ValidationInfo) -> Any:
         return _unicode(value, info.field_name)
@@ -348,7 +350,7 @@ class OpenAICompatible:
                     request.messages,
                     tokenize=False,
                     add_generation_prompt=request.add_generation_prompt,
-                    **(request.chat_template_kwargs or {}),
+                    **{"tools": request.tools, **(request.chat_template_kwargs or {})},
                 )
             except Exception as err:  # a template error is the caller's input
                 raise ServiceError(400, f"chat template failed: {err}", param="messages") from err

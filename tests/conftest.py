@@ -160,6 +160,12 @@ class RequestRecorder:
         return await self.app(scope, recording_receive, send)
 
 
+@pytest.fixture
+def request_recorder() -> type[RequestRecorder]:
+    """`RequestRecorder`, for tests that serve their own app."""
+    return RequestRecorder
+
+
 @pytest.fixture(scope="session")
 def verifier(specialist, generalist):
     """The verifier service on the tiny generalist, with the specialist as its public copy,

@@ -404,9 +404,11 @@ def test_a_template_that_takes_tools_renders_them_and_private_results_stay_priva
 
 
 @pytest.mark.parametrize("client", ["session", "openai"])
-def test_a_remote_generalist_renders_the_tools_with_its_own_template(specialist, client):
-    """Tools reach a remote generalist's template through `/tokenize` (chat_template_kwargs);
-    the private result stays on the device."""
+def test_a_remote_generalist_renders_the_tools_with_its_own_template(
+    specialist, client, request_recorder
+):
+    """Tools reach a remote generalist's template through `/tokenize` (in its `tools` field,
+    as vLLM takes them); the private result stays on the device."""
     import copy
 
     from langchain_specsteer import LocalGeneralist, LocalSpecialist
@@ -430,7 +432,8 @@ def test_a_remote_generalist_renders_the_tools_with_its_own_template(specialist,
         AIMessage("", tool_calls=[call]),
         ToolMessage("Zorblax secret memory", tool_call_id="c1"),
     ]
-    with BackgroundServer(create_app(service)) as server:
+    recorder = request_recorder(create_app(service))
+    with BackgroundServer(recorder) as server:
         remote = (
             RemoteGeneralist(server.url, top_m=20)
             if client == "session"
@@ -446,6 +449,8 @@ def test_a_remote_generalist_renders_the_tools_with_its_own_template(specialist,
             expected = local_chat._prompts(local_chat.render_messages(history), "")
         assert prompts.public_generalist == expected.public_generalist
         assert "# Tools" in tokenizer.decode(prompts.public_generalist)
+        [body] = [json.loads(r["body"]) for r in recorder.requests if r["path"] == "/tokenize"]
+        assert body["tools"] == [recall] and "tools" not in body["chat_template_kwargs"]
         assert "Zorblax" not in tokenizer.decode(prompts.public_generalist)
         message = chat.bind_tools([recall]).invoke(history)
         assert message.response_metadata["new_tokens"] == 4

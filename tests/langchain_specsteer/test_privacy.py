@@ -239,7 +239,14 @@ OPENAI_FIELDS = {
     "return_tokens_as_token_ids",
     "logprob_token_ids",  # exact_drafts' second request: the draft's own ids (output)
 }  # fmt: skip
-TOKENIZE_FIELDS = {"model", "prompt", "messages", "add_generation_prompt", "chat_template_kwargs"}
+TOKENIZE_FIELDS = {
+    "model",
+    "prompt",
+    "messages",
+    "add_generation_prompt",
+    "chat_template_kwargs",
+    "tools",
+}
 
 
 def id_lists(value) -> list[list[int]]:
