@@ -187,7 +187,8 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
             tools: LangChain tools, functions, pydantic models or OpenAI-style schemas.
             tool_choice: None or "auto" (the model decides), "none" (tools are not offered),
                 "any"/"required"/True (a call is forced: the reply starts with the format's
-                call marker), or a tool's name (or {"function": {"name": ...}}) to force it.
+                call marker, and the tool's name when only one is bound), or a tool's name
+                (or {"function": {"name": ...}}) to force it.
             **kwargs: bound too; `parallel_tool_calls=False` keeps the first call of a reply.
         """
         formatted = [convert_to_openai_tool(tool) for tool in tools]
@@ -219,7 +220,10 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
             return ToolPlan(family, parse=False)
         forced = ""
         if tool_choice in ("any", "required", True):
-            forced = forced_prefix(family)
+            # A call is required: with one tool bound, which one is decided too.
+            forced = forced_prefix(
+                family, tools[0]["function"]["name"] if len(tools) == 1 else None
+            )
         elif isinstance(tool_choice, dict | str) and tool_choice != "auto":
             name = tool_choice
             if isinstance(tool_choice, dict):

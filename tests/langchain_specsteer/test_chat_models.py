@@ -206,6 +206,10 @@ WEATHER = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
     },
 }
+TIME = {
+    "type": "function",
+    "function": {"name": "get_time", "description": "The time now.", "parameters": {}},
+}
 TWO_CALLS = (
     "Let me check. "
     '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
@@ -315,9 +319,15 @@ def test_tool_choice_forces_a_call(make_chat, specialist, scripted):
     prompts = seen[0]
     for ids in (prompts.private, prompts.public_specialist, prompts.public_generalist):
         assert ids[-len(forced) :] == forced
-    scripted('{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>')
+    seen = scripted('{"city": "Oslo"}}</tool_call>')  # one tool bound: "any" names it too
     message = make_chat().bind_tools([WEATHER], tool_choice="any").invoke("Weather?")
     assert call_pairs(message.tool_calls) == [("get_weather", {"city": "Oslo"})]
+    assert seen[-1].private[-len(forced) :] == forced
+    seen = scripted('{"name": "get_time", "arguments": {}}</tool_call>')  # two: the marker
+    message = make_chat().bind_tools([WEATHER, TIME], tool_choice="any").invoke("Time?")
+    assert call_pairs(message.tool_calls) == [("get_time", {})]
+    marker = specialist.tokenizer.encode("<tool_call>", add_special_tokens=False)
+    assert seen[-1].private[-len(marker) :] == marker
     seen = scripted('<tool_call>{"name": "get_weather", "arguments": {}}</tool_call>')
     message = make_chat().bind_tools([WEATHER], tool_choice="none").invoke("Weather?")
     assert message.tool_calls == [] and "<tool_call>" in message.content  # not offered, not read
@@ -335,7 +345,7 @@ def test_structured_output_is_built_on_tool_calling(make_chat, scripted):
         city: str
         degrees: int
 
-    seen = scripted('{"name": "Weather", "arguments": {"city": "Oslo", "degrees": 3}}</tool_call>')
+    seen = scripted('{"city": "Oslo", "degrees": 3}}</tool_call>')  # the one tool is forced
     structured = make_chat().with_structured_output(Weather)
     assert structured.invoke("Weather in Oslo?") == Weather(city="Oslo", degrees=3)
     assert seen and structured.invoke("again") == Weather(city="Oslo", degrees=3)
