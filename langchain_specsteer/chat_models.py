@@ -543,16 +543,23 @@ def _strict_calls(chunks: Sequence[dict[str, Any]]) -> tuple[list, list]:
     return calls, invalid
 
 
+_CALL_BLOCKS = frozenset({"tool_use", "tool_call", "function_call"})
+
+
 def _text(message: BaseMessage) -> str:
-    """A message's text; non-text content blocks are refused."""
+    """A message's text; an AI message's call blocks (Anthropic's `tool_use`, LangChain's
+    `tool_call`) are read from its `tool_calls` instead; other non-text blocks are refused."""
     if isinstance(message.content, str):
         return message.content
+    calls = isinstance(message, AIMessage) and bool(message.tool_calls)
     parts = []
     for block in message.content:
         if isinstance(block, str):
             parts.append(block)
         elif isinstance(block, dict) and block.get("type") == "text":
             parts.append(block.get("text", ""))
+        elif calls and isinstance(block, dict) and block.get("type") in _CALL_BLOCKS:
+            continue
         else:
             kind = block.get("type") if isinstance(block, dict) else type(block).__name__
             msg = f"ChatSpecSteer reads text only; got a {kind!r} content block"

@@ -306,6 +306,13 @@ def test_tools_and_tool_messages_are_rendered_for_both_models(make_chat, special
         assert "Weather in Paris?" in text
         assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}' in text
         assert text.endswith("<tool_response>\nsunny, 21 C\n</tool_response>")
+    # The call as a content block too (Anthropic's `tool_use`): the same conversation.
+    block = {"type": "tool_use", "id": "c1", "name": "get_weather", "input": {"city": "Paris"}}
+    blocks = AIMessage([{"type": "text", "text": ""}, block], tool_calls=[call])
+    make_chat().bind_tools([WEATHER]).invoke([*history[:2], blocks, history[3]])
+    assert seen[1] == seen[0]
+    with pytest.raises(ValueError, match="reads text only; got a 'tool_use' content block"):
+        make_chat().invoke([HumanMessage([block])])  # not a call of an AI message
 
 
 def test_tool_choice_forces_a_call(make_chat, specialist, scripted):
