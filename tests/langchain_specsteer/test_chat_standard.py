@@ -5,14 +5,13 @@ which writes real text. No test is marked xfail. Every skip is decided by langch
 from the capabilities declared below; why each is absent:
 
 - tool calling and structured output: declared (`bind_tools`, `with_structured_output` on
-  top of it) and tested by the unit tests on the tiny pair (binding, schemas). The
-  integration tests that need a model that *decides* to call a tool (test_tool_calling[_async],
-  ..._with_no_arguments, test_tool_choice, test_tool_message_*, test_bind_runnables_as_tools,
-  test_agent_loop, test_unicode_tool_call_integration, test_structured_few_shot_examples,
-  test_structured_output*) run when the shipped demo pair is tool-trained (its chat template
-  writes the `specsteer` tool format); the pair shipped now predates tool calling, so they
-  are skipped as before. tests/langchain_specsteer/test_chat_models.py tests parsing,
-  forcing and structured output on scripted replies.
+  top of it). The unit tests run on the tiny pair (binding, schemas); the integration tests
+  on the shipped pair, which was trained to call the tools of its world (memory, weather,
+  currency, timer, ...) in its `specsteer` format (docs/results.md, 'Assistant
+  fine-tuning'). The ones in `BEYOND_THE_DEMO_PAIR` fail, each for the reason given there:
+  they are marked xfail(strict), so one that starts to pass fails the suite until it is
+  taken off the list. tests/langchain_specsteer/test_chat_models.py tests parsing, forcing
+  and structured output on scripted replies, whatever a model writes.
 - JSON mode: no constrained decoding in the draft-verify loop.
 - image, audio, PDF and Anthropic-format inputs: both models are text-only.
 - per-call `model=` override: the models are objects loaded at construction.
@@ -23,9 +22,11 @@ from the capabilities declared below; why each is absent:
 
 from __future__ import annotations
 
+import functools
 from functools import cache
 from pathlib import Path
 
+import pytest
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
@@ -110,6 +111,29 @@ class TestChatSpecSteerUnit(Declared, ChatModelUnitTests):
     max_tokens = 16
 
 
+# The 13 M-parameter demo generalist and 0.6 M specialist learned six tools' names and
+# arguments from 3,810 episodes; they do not copy an unseen tool's name or argument values
+# reliably (docs/results.md shows its calls). A test that needs that fails with the model's
+# text, not with an error of ChatSpecSteer's.
+UNSEEN_TOOL = "the demo pair writes no valid call of a tool outside its training world"
+BEYOND_THE_DEMO_PAIR: dict[str, str] = {}
+
+
+def _expected_to_fail(test: str, reason: str):
+    """langchain-tests' `test`, marked xfail(strict) for this class only."""
+    base = getattr(ChatModelIntegrationTests, test)
+
+    @functools.wraps(base)
+    def run(self, *args, **kwargs):
+        return base(self, *args, **kwargs)
+
+    run.pytestmark = [
+        *getattr(base, "pytestmark", []),
+        pytest.mark.xfail(strict=True, reason=reason),
+    ]
+    return run
+
+
 class TestChatSpecSteerIntegration(Declared, ChatModelIntegrationTests):
     @property
     def has_tool_calling(self) -> bool:
@@ -125,3 +149,7 @@ class TestChatSpecSteerIntegration(Declared, ChatModelIntegrationTests):
         return {"specialist": specialist, "generalist": generalist}
 
     max_tokens = 24
+
+
+for _test, _reason in BEYOND_THE_DEMO_PAIR.items():
+    setattr(TestChatSpecSteerIntegration, _test, _expected_to_fail(_test, _reason))
