@@ -98,6 +98,7 @@ class TrainConfig:
     minutes: float = 35.0  # cap per model
     init: str | None = None  # fine-tune this pair's folders instead of starting from scratch
     review_examples: int | None = None  # train on the first N review examples (None: all)
+    episodes: int | None = None  # train on the first N assistant episodes (None: all)
 
 
 def extend_tokenizer(tokenizer: Any) -> Any:
@@ -424,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--review-examples", type=int, help="train on the first N review examples only"
     )
+    parser.add_argument("--episodes", type=int, help="train on the first N assistant episodes only")
     parser.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak learning rate")
     parser.add_argument(
         "--batch-tokens", type=int, default=TrainConfig.batch_tokens, help="tokens per batch"
@@ -456,6 +458,7 @@ def main(argv: list[str] | None = None) -> None:
         minutes=args.minutes,
         init=args.init,
         review_examples=args.review_examples,
+        episodes=args.episodes,
         lr=args.lr,
         warmup_steps=args.warmup_steps,
         batch_tokens=args.batch_tokens,
@@ -478,11 +481,13 @@ def train(
     HF model folder in `out`."""
     from transformers import AutoTokenizer
 
-    reviews = (
-        limit if config.review_examples is None else min(limit or 1e18, config.review_examples)
+    def first(n: int | None) -> int | None:
+        return limit if n is None else min(limit or n, n)
+
+    examples = load_longlamp(
+        "product_review", "user", "train", data, limit=first(config.review_examples)
     )
-    examples = load_longlamp("product_review", "user", "train", data, limit=reviews)
-    episodes = load_episodes(data, "train", limit)
+    episodes = load_episodes(data, "train", first(config.episodes))
     tokenizer_dir = out / "tokenizer"
     if tokenizer_dir.exists():
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)

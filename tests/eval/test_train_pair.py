@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -149,3 +150,14 @@ def test_episode_sequences_match_what_chat_specsteer_feeds_at_inference(world, t
             assert tokenizer.decode(first[0][first[1] : -1]).startswith("<|call|>")
             if episode["kind"] == "recall":
                 assert (result in tokenizer.decode(second[0])) is private
+
+
+def test_review_examples_and_episodes_cap_the_training_data(world, tmp_path):
+    config = TrainConfig(**{**MICRO, "generalist_steps": 1, "review_examples": 5, "episodes": 3})
+    train(config, world, tmp_path / "capped", limit=20, progress=False, only="generalist")
+    report = json.loads((tmp_path / "capped" / "training.json").read_text())
+    assert (report["examples"], report["episodes"]) == (5, 3)
+    assert report["generalist"]["steps"] == 1 and "specialist" not in report
+    train(config, world, tmp_path / "limited", limit=2, progress=False, only="generalist")
+    report = json.loads((tmp_path / "limited" / "training.json").read_text())
+    assert (report["examples"], report["episodes"]) == (2, 2)  # --limit caps both
