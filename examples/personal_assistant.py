@@ -91,6 +91,9 @@ def trace(messages: Sequence[BaseMessage]) -> list[str]:
         elif isinstance(message, AIMessage) and message.tool_calls:
             calls = ", ".join(f"{c['name']}({c['args']})" for c in message.tool_calls)
             lines.append(f"assistant calls: {calls}")
+        elif isinstance(message, AIMessage) and message.invalid_tool_calls:
+            calls = ", ".join(f"{c['name']}({c['args']})" for c in message.invalid_tool_calls)
+            lines.append(f"assistant writes a malformed call (not run): {calls}")
         elif isinstance(message, ToolMessage):
             lines.extend(f"  {message.name} → {line}" for line in message.content.splitlines())
         elif isinstance(message, AIMessage):
