@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
 import threading
@@ -83,6 +84,21 @@ LogprobsMode = Literal["raw_logprobs", "processed_logprobs"]
 """What the server's log-probs are (vLLM's `--logprobs-mode`): before or after temperature."""
 
 
+def _wire_turn(turn: dict) -> dict:
+    """A chat turn as the OpenAI dialect sends it: a call's `arguments` as a JSON string (vLLM
+    parses it back to the object a chat template expects)."""
+    if not turn.get("tool_calls"):
+        return turn
+    calls = []
+    for call in turn["tool_calls"]:
+        function = call.get("function", {})
+        if not isinstance(function.get("arguments"), str):
+            arguments = json.dumps(function.get("arguments") or {}, ensure_ascii=False)
+            call = {**call, "function": {**function, "arguments": arguments}}
+        calls.append(call)
+    return {**turn, "tool_calls": calls}
+
+
 def _tokenize(
     http: HTTPClient,
     model: str | None,
@@ -98,7 +114,7 @@ def _tokenize(
         tools = kwargs.pop("tools", None)  # vLLM takes the template's tools as their own field
         body = {
             **base,
-            "messages": list(messages),
+            "messages": [_wire_turn(message) for message in messages],
             "add_generation_prompt": True,
             "chat_template_kwargs": kwargs,
             **({"tools": list(tools)} if tools else {}),

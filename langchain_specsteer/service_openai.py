@@ -11,6 +11,7 @@ generated token's after temperature); prompt log-probs are raw in both, as in vL
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
 import time
@@ -112,6 +113,24 @@ class TokenizeRequest(BaseModel):
     @classmethod
     def text_is_unicode(cls, value: Any, info: ValidationInfo) -> Any:
         return _unicode(value, info.field_name)
+
+
+def _template_turn(turn: dict[str, Any]) -> dict[str, Any]:
+    """A chat turn as templates take it: a call's JSON-string `arguments` parsed to an object
+    (as vLLM does; a malformed string becomes {})."""
+    if not isinstance(turn.get("tool_calls"), list):
+        return turn
+    calls = []
+    for call in turn["tool_calls"]:
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+            try:
+                arguments = json.loads(function["arguments"] or "{}")
+            except json.JSONDecodeError:
+                arguments = {}
+            call = {**call, "function": {**function, "arguments": arguments}}
+        calls.append(call)
+    return {**turn, "tool_calls": calls}
 
 
 class OpenAICompatible:
@@ -347,7 +366,7 @@ class OpenAICompatible:
                 raise ServiceError(400, "this model has no chat template", param="messages")
             try:
                 text = tokenizer.apply_chat_template(
-                    request.messages,
+                    [_template_turn(message) for message in request.messages],
                     tokenize=False,
                     add_generation_prompt=request.add_generation_prompt,
                     **{"tools": request.tools, **(request.chat_template_kwargs or {})},

@@ -468,6 +468,8 @@ def test_a_remote_generalist_renders_the_tools_with_its_own_template(
         assert "# Tools" in tokenizer.decode(prompts.public_generalist)
         [body] = [json.loads(r["body"]) for r in recorder.requests if r["path"] == "/tokenize"]
         assert body["tools"] == [recall] and "tools" not in body["chat_template_kwargs"]
+        [sent] = body["messages"][1]["tool_calls"]  # OpenAI's wire form: arguments as JSON text
+        assert sent["function"] == {"name": "recall_memory", "arguments": '{"city": "Paris"}'}
         assert "Zorblax" not in tokenizer.decode(prompts.public_generalist)
         message = chat.bind_tools([recall]).invoke(history)
         assert message.response_metadata["new_tokens"] == 4

@@ -441,6 +441,27 @@ def test_tokenize_follows_the_chat_template(http, generalist, monkeypatch):
     plain = http.post("/tokenize", json={"prompt": PROMPTS[2]}).json()["tokens"]
     assert plain == encode_prompt(generalist.tokenizer, PROMPTS[2], chat=False)
     error(http.post("/tokenize", json={}), 400, "exactly one")
+    # A call's arguments arrive as JSON text (OpenAI's form) and reach the template as an
+    # object, as vLLM does; malformed text becomes {} rather than failing the conversation.
+    call = "{% for c in m.tool_calls or [] %}[{{ c.function.arguments.city }}]{% endfor %}"
+    monkeypatch.setattr(
+        generalist.tokenizer, "chat_template", template.replace("}}{%", "}}" + call + "{%", 1)
+    )
+    turns = [
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"type": "function", "function": {"name": "w", "arguments": args}}],
+        }
+        for args in ('{"city": "Oslo"}', "{oops")
+    ]
+    shown = [
+        generalist.tokenizer.decode(
+            http.post("/tokenize", json={"messages": [turn]}).json()["tokens"]
+        )
+        for turn in turns
+    ]
+    assert "[Oslo]" in shown[0] and "[]" in shown[1]
 
 
 @pytest.fixture
