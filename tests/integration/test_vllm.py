@@ -213,6 +213,56 @@ def test_both_scoring_modes_give_the_same_verdicts(server, pair):
     assert compared == 60
 
 
+def test_an_agent_turn_over_vllm_equals_in_process(server, pair, tmp_path):
+    """The memory tools bound and a private recall result in the conversation: vLLM's
+    `/tokenize` (no tokenizer on the device) renders the tools as the demo template does on
+    the device, the result reaches vLLM only as the placeholder, and the agent's next turns
+    (a call, then the answer) equal the in-process ones."""
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    from langchain_specsteer import ChatSpecSteer
+    from langchain_specsteer.chat_models import _planned
+    from langchain_specsteer.tools import PRIVATE_RESULT
+    from retrievers import PrivateMemory, memory_tools
+
+    specialist, generalist = pair
+    remote = OpenAICompatibleGeneralist(server.url, MODEL, max_retries=1, backoff_s=0.01)
+    with PrivateMemory(tmp_path / "memory.db") as memory:
+        tools = memory_tools(memory)
+        chats = [
+            ChatSpecSteer(specialist=specialist, generalist=g, max_tokens=NEW)
+            for g in (remote, generalist)
+        ]
+        if chats[1].tool_family() != "specsteer":
+            pytest.skip("the shipped demo pair predates tool calling")
+        request = HumanMessage("Write my review of the Kelmo Q200 blender in my style.")
+        first = [chat.bind_tools(tools).invoke([request]) for chat in chats]
+        assert first[0].content == first[1].content
+        assert first[0].tool_calls == first[1].tool_calls
+        call = {"name": "recall_memory", "args": {"query": "blender"}, "id": "c1"}
+        secret = "- 5-star review of a Zorblax blender: Zorblax marmalade, PIN 4417."
+        history = [
+            request,
+            AIMessage("", tool_calls=[call]),
+            ToolMessage(secret, tool_call_id="c1"),
+        ]
+        schemas = [convert_to_openai_tool(tool) for tool in tools]
+        plans = [chat.tool_plan(schemas) for chat in chats]
+        with _planned(plans[0]):
+            prompts = chats[0]._prompts(chats[0].render_messages(history), "")
+        with _planned(plans[1]):
+            expected = chats[1]._prompts(chats[1].render_messages(history), "")
+        assert prompts.public_generalist == expected.public_generalist
+        public = specialist.tokenizer.decode(prompts.public_generalist)
+        assert public.startswith("<|bos|><|tools|>") and PRIVATE_RESULT in public
+        assert "Zorblax" not in public and "Zorblax" in specialist.tokenizer.decode(prompts.private)
+        answers = [chat.bind_tools(tools).invoke(history) for chat in chats]
+        assert answers[0].content == answers[1].content and answers[0].content
+    assert remote.stats.requests > 0
+    remote.close()
+
+
 def test_vllm_killed_mid_generation_completes_degraded(server, pair, users):
     """Killed as the third round starts: the text still reaches its length, the two verified
     rounds open it, and generation_info says it degraded (and why). Last: it kills the
