@@ -406,12 +406,16 @@ def test_with_one_tokenizer_the_byte_path_decides_like_the_token_path(demo_pair)
             **fields,
         )
 
-    prompt = "Write a review of a phone case. Rating: 5 out of 5."
+    # A held-out user's request, cut before the review's end: the byte path never drafts EOS
+    # (it spells nothing), so there an EOS draft the token path accepts is a recovery.
+    prompt = json.loads((Path(langchain_specsteer.__file__).parent / "demo_pair" / "users.jsonl")
+                        .read_text().splitlines()[0])["input"]  # fmt: skip
     infos, texts = {}, {}
     for alignment in ("token", "byte"):
-        llm = make(alignment, method="speculative", max_new_tokens=40)
+        llm = make(alignment, method="speculative", max_new_tokens=30)
         texts[alignment], infos[alignment] = generate(llm, prompt, "I always say crunchy.")
     assert texts["byte"] == texts["token"]
+    assert infos["token"]["finish_reason"] == "length"
     assert {k: infos["byte"][k] for k in COUNTS} == {k: infos["token"][k] for k in COUNTS}
     assert infos["token"]["drafted"] > 2 * infos["token"]["rounds"]
 

@@ -75,20 +75,25 @@ def test_the_generalist_writes_what_generate_writes(make_cross_llm, cross_genera
 
 @pytest.mark.parametrize("method", ["generalist", "specialist", "speculative"])
 def test_with_one_tokenizer_the_byte_path_writes_the_token_paths_text(demo_pair, method):
-    """On the trained demo pair, where drafts are mostly accepted."""
+    """On the trained demo pair, where drafts are mostly accepted: a held-out user's request,
+    cut before the review's end (the byte path never drafts EOS, which spells nothing, so an
+    EOS the token path accepts as a draft is a recovery there: one drafted token fewer)."""
+    from langchain_specsteer.demo import demo_users
+
     specialist, generalist = demo_pair
-    prompt = "Write a review of a phone case. Rating: 5 out of 5."
+    prompt = demo_users()[0]["input"]
     texts, infos = {}, {}
     for alignment in ("token", "byte"):
         llm = SpecSteerLLM(
             specialist=specialist,
             generalist=generalist,
             method=method,
-            max_new_tokens=40,
+            max_new_tokens=30,
             alignment=alignment,
         )
         texts[alignment], infos[alignment] = generate(llm, prompt, "I always say crunchy.")
     assert texts["byte"] == texts["token"]
+    assert infos["token"]["finish_reason"] == "length"
     # the trained specialist drafts in its tokenizer's own split, so re-spelling the draft in
     # the (same) generalist vocabulary changes nothing: the same decisions, round by round
     counts = ("new_tokens", "rounds", "drafted", "accepted", "generalist_calls")
