@@ -383,6 +383,19 @@ HERMES_TEMPLATE = (
 )
 
 
+def recall_history() -> tuple[dict, list]:
+    """A `recall_memory` schema, and a conversation that called it and holds its private
+    result ("Zorblax secret memory")."""
+    recall = {**WEATHER, "function": {**WEATHER["function"], "name": "recall_memory"}}
+    call = {"name": "recall_memory", "args": {"city": "Paris"}, "id": "c1"}
+    history = [
+        HumanMessage("Weather in Paris?"),
+        AIMessage("", tool_calls=[call]),
+        ToolMessage("Zorblax secret memory", tool_call_id="c1"),
+    ]
+    return recall, history
+
+
 def test_a_template_that_takes_tools_renders_them_and_private_results_stay_private(
     specialist, generalist, scripted
 ):
@@ -400,13 +413,7 @@ def test_a_template_that_takes_tools_renders_them_and_private_results_stay_priva
     )
     assert chat.tool_family() == "hermes"
     seen = scripted("Done.")
-    recall = {**WEATHER, "function": {**WEATHER["function"], "name": "recall_memory"}}
-    call = {"name": "recall_memory", "args": {"city": "Paris"}, "id": "c1"}
-    history = [
-        HumanMessage("Weather in Paris?"),
-        AIMessage("", tool_calls=[call]),
-        ToolMessage("Zorblax secret memory", tool_call_id="c1"),
-    ]
+    recall, history = recall_history()
     chat.bind_tools([recall]).invoke(history)
     private, public = (
         tokenizer.decode(ids) for ids in (seen[0].private, seen[0].public_generalist)
@@ -442,13 +449,7 @@ def test_a_remote_generalist_renders_the_tools_with_its_own_template(
         local,
         limits=ServiceLimits(max_top_m=vocab, max_logprobs=vocab),
     )
-    recall = {**WEATHER, "function": {**WEATHER["function"], "name": "recall_memory"}}
-    call = {"name": "recall_memory", "args": {"city": "Paris"}, "id": "c1"}
-    history = [
-        HumanMessage("Weather in Paris?"),
-        AIMessage("", tool_calls=[call]),
-        ToolMessage("Zorblax secret memory", tool_call_id="c1"),
-    ]
+    recall, history = recall_history()
     recorder = request_recorder(create_app(service))
     with BackgroundServer(recorder) as server:
         remote = (
