@@ -1,6 +1,6 @@
 """The math of Draft–Verify–Recover: pure functions over log-probability tensors.
 
-Glossary (DESIGN.md §1). At one generation step, with committed output y<t:
+Glossary (docs/design.md §1). At one generation step, with committed output y<t:
 
     p_G        log-probs of the generalist given the public prompt x       (never sees c)
     q_ctx      log-probs of the specialist given private context c ⊕ x     (device only)

@@ -1,4 +1,4 @@
-"""The byte-level path: a specialist and a generalist that share only text (DESIGN.md §2).
+"""The byte-level path: a specialist and a generalist that share only text (docs/design.md §2).
 
 The committed output is bytes, always a whole number of the generalist's tokens: the
 generalist writes and verifies in its own vocabulary, with the same `GeneralistSession` as

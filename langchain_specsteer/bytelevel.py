@@ -390,7 +390,7 @@ def recover_bytewise(
     generalist_eos: Sequence[int] = (),
     specialist_eos: Sequence[int] = (),
 ) -> int:
-    """DESIGN.md §2's byte-by-byte recovery (`byte_recovery="byte"`, the default): fuse the
+    """docs/design.md §2's byte-by-byte recovery (`byte_recovery="byte"`, the default): fuse the
     two models' next-byte distributions, one byte at a time, until the generalist's token
     ends.
 

@@ -1,4 +1,4 @@
-"""The engine: any method of DESIGN.md §1 on a specialist and a generalist.
+"""The engine: any method of docs/design.md §1 on a specialist and a generalist.
 
 `SpecSteerEngine` picks the alignment and starts runs. On one shared vocabulary a run is a
 `DecodeRun`: the specialist drafts token ids the generalist verifies as they are; the loop,
@@ -31,7 +31,7 @@ __all__ = [
 
 
 class SpecSteerEngine:
-    """Runs any method of DESIGN.md §1 on a specialist and a generalist (one vocabulary, or
+    """Runs any method of docs/design.md §1 on a specialist and a generalist (one vocabulary, or
     different tokenizers on the byte-level path).
 
     Args:

@@ -1,4 +1,4 @@
-"""The decoding methods of DESIGN.md §1, one row each: the single source of their names.
+"""The decoding methods of docs/design.md §1, one row each: the single source of their names.
 
 A method is what the specialist drafts, how the generalist side verifies, and which pure
 function of `algorithms` recovers the round's last token from the rows at its position.
@@ -16,7 +16,7 @@ from langchain_specsteer import algorithms as alg
 __all__ = ["METHODS", "METHOD_SPECS", "MethodSpec"]
 
 Distribution = Literal["p_G", "q_ctx", "q_gen"]
-"""A next-token distribution a recovery may read (DESIGN.md §1's notation)."""
+"""A next-token distribution a recovery may read (docs/design.md §1's notation)."""
 
 
 @dataclass(frozen=True)

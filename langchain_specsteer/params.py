@@ -38,7 +38,7 @@ SEED_RANGE = (-(2**63), 2**64)
 
 
 class DecodingParams(BaseModel):
-    """How one text is decoded: the method and its knobs (DESIGN.md §1)."""
+    """How one text is decoded: the method and its knobs (docs/design.md §1)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

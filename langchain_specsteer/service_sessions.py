@@ -74,7 +74,7 @@ class VerifierService:
     Args:
         generalist: the model that verifies.
         public_specialist: a public copy of the device's specialist, so q_gen is computed
-            here and the ratio test is decided here (DESIGN.md §3).
+            here and the ratio test is decided here (docs/design.md §3).
         model_name: the name `/v1/models`, `ServiceInfo.model` and completions report (vLLM's
             served model name); default `served_name` of the generalist's.
         limits: see `ServiceLimits`; prompt and session lengths are lowered to the models'

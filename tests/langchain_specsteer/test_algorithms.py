@@ -1,4 +1,4 @@
-"""The pure SpecSteer math (DESIGN.md §1) on small hand-made tensors.
+"""The pure SpecSteer math (docs/design.md §1) on small hand-made tensors.
 
 Expected values are computed independently here (plain Python / numpy), never copied from the
 functions under test. Statistical checks use fixed seeds and tolerances of several σ.
@@ -428,7 +428,7 @@ def test_the_costeer_recovery_is_the_policy_with_the_rows_knobs():
 
 
 def costeer_reference(log_p_G: np.ndarray, delta: np.ndarray, T, a, b, lam, eta) -> np.ndarray:
-    """DESIGN.md's CoSteer recursion in float64 numpy."""
+    """docs/design.md's CoSteer recursion in float64 numpy."""
 
     def log_softmax(x):
         x = x - x.max()

@@ -1,4 +1,4 @@
-"""The engine against its oracles (DESIGN.md §1) and a cache-free reference implementation."""
+"""The engine against its oracles (docs/design.md §1) and a cache-free reference implementation."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_the_rows_are_the_one_list_of_methods():
 
 
 def test_each_row_is_what_the_design_says():
-    """DESIGN.md §1: (drafts, verify, recovery, uses the generalist, uses q_gen, reads q_ctx)."""
+    """docs/design.md §1: (drafts, verify, recovery, uses the generalist, uses q_gen, reads q_ctx)."""
     expected = {
         "generalist": (False, "none", alg.recover_generalist, True, False, False),
         "specialist": (False, "none", alg.recover_specialist, False, False, True),

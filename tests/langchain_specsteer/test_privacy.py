@@ -1,4 +1,4 @@
-"""Privacy (DESIGN.md §3): nothing derived from the private context reaches the public side.
+"""Privacy (docs/design.md §3): nothing derived from the private context reaches the public side.
 
 The generalist's weights and every public sequence (the generalist's, and the specialist's
 q_gen sequence, which a cloud copy may compute) are recorded; the private context's text
