@@ -1,7 +1,9 @@
 """Tool calling: how tools and tool calls are written for each chat-template family, and how
 the model's tool calls are read back (whole, or incrementally while streaming).
 
-Families (`tool_format`):
+Families (`tool_format`), each a row of `CALL_FORMATS` (its call openers and closer, the
+parser of a call's text, the prefix that forces a call), as methods are rows of
+`methods.METHOD_SPECS`:
 
 - ``hermes``: Qwen 2.5/3, Hermes and most open templates: each call is
   ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``.
@@ -11,25 +13,30 @@ Families (`tool_format`):
 - ``plain``: a template without tools (or none): the tools are listed in a system turn asking
   for ``hermes`` calls, calls are written back as that text and tool results as user turns.
 
-Pure functions over strings and dicts; `ChatSpecSteer` does the LangChain side.
+`check_call` is the one validator of a parsed call against the bound tools. Pure functions
+over strings and dicts; `ChatSpecSteer` does the LangChain side.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = [
+    "CALL_FORMATS",
     "FAMILIES",
     "PLAIN_TOOLS_PROMPT",
     "PRIVATE_RESULT",
+    "CallFormat",
     "ParsedCall",
     "ToolCallParser",
     "ToolFormat",
+    "check_call",
     "detect_family",
     "forced_prefix",
     "parse_tool_calls",
@@ -37,7 +44,6 @@ __all__ = [
 ]
 
 ToolFormat = Literal["auto", "hermes", "llama3", "specsteer", "plain"]
-FAMILIES: tuple[str, ...] = ("hermes", "llama3", "specsteer", "plain")
 
 PRIVATE_RESULT = "[private result: kept on the device]"
 """What the generalist reads in place of a private tool's result (same turn structure)."""
@@ -72,6 +78,123 @@ class ParsedCall:
         return self.error is None
 
 
+@dataclass(frozen=True)
+class CallFormat:
+    """How one family writes tool calls in a reply.
+
+    Attributes:
+        name: what `tool_format` calls it.
+        openers: the text a call starts with.
+        closer: the text a call ends with; "": at the next opener, or at the reply's end.
+        leading: calls only open the reply, and then the whole reply is the call text (llama3);
+            otherwise calls may follow text, and each call's text is between its markers.
+        body: the calls in a call's text ([]: it is no call, and stays text).
+        forced: what a reply starts with to force a call.
+        named: what follows `forced` to force the call of one tool ({name}: its name).
+    """
+
+    name: str
+    openers: tuple[str, ...]
+    closer: str
+    leading: bool
+    body: Callable[[str], list[ParsedCall]]
+    forced: str
+    named: str
+
+    @property
+    def markers(self) -> tuple[str, ...]:
+        """The marker texts (openers, closer) that may be special tokens of a tokenizer."""
+        return tuple(m for m in (*self.openers, self.closer) if m.startswith("<"))
+
+    def prefix(self, name: str | None = None) -> str:
+        """The text a reply starts with to force a tool call (of tool `name`, when given)."""
+        return self.forced + (self.named.replace("{name}", name) if name else "")
+
+
+def _json_call(text: str) -> ParsedCall:
+    """A call written as one JSON object: {"name": ..., "arguments" (or "parameters"): {...}}."""
+    text = text.strip()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        match = re.search(r'"name"\s*:\s*"([^"]*)"', text)
+        return ParsedCall(match.group(1) if match else None, None, text, error=_malformed(err))
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        return ParsedCall(None, None, text, error="a tool call is an object with a name")
+    arguments = value.get("parameters", value.get("arguments", {}))
+    return _with_arguments(value["name"], arguments, text)
+
+
+def _hermes_calls(body: str) -> list[ParsedCall]:
+    return [_json_call(body)]
+
+
+def _llama_calls(reply: str) -> list[ParsedCall]:
+    """The reply's JSON calls (after the python tag, separated by `;`), or none when the
+    JSON is not a call (then it is the answer itself)."""
+    body = reply.strip().removeprefix(PYTHON_TAG).strip()
+    if not body.startswith("{"):
+        return []
+    calls = [_json_call(part) for part in _json_objects(body)]
+    return calls if any(c.valid or '"name"' in c.args_text for c in calls) else []
+
+
+def _specsteer_calls(body: str) -> list[ParsedCall]:
+    """`name {json arguments}`."""
+    body = body.strip()
+    brace = body.find("{")
+    if brace < 0:
+        error = "a call's arguments are a JSON object after its name"
+        return [ParsedCall(body or None, None, "", error=error)]
+    name, arguments = body[:brace].strip(), body[brace:]
+    if not name:
+        return [ParsedCall(None, None, arguments, error="a tool call needs a name")]
+    try:
+        value = json.loads(arguments)
+    except json.JSONDecodeError as err:
+        return [ParsedCall(name, None, arguments, error=_malformed(err))]
+    return [_with_arguments(name, value, arguments)]
+
+
+_HERMES = CallFormat(
+    "hermes",
+    openers=(HERMES_OPEN,),
+    closer=HERMES_CLOSE,
+    leading=False,
+    body=_hermes_calls,
+    forced=HERMES_OPEN,
+    named='{"name": "{name}", "arguments": ',
+)
+CALL_FORMATS: dict[str, CallFormat] = {
+    row.name: row
+    for row in (
+        _HERMES,
+        CallFormat(
+            "llama3",
+            openers=(PYTHON_TAG, "{"),
+            closer="",
+            leading=True,
+            body=_llama_calls,
+            forced='{"name": "',
+            named='{name}", "parameters": ',
+        ),
+        CallFormat(
+            "specsteer",
+            openers=(SPECSTEER_CALL,),
+            closer="",
+            leading=False,
+            body=_specsteer_calls,
+            forced=SPECSTEER_CALL,
+            named="{name} ",
+        ),
+        dataclasses.replace(_HERMES, name="plain"),  # tools listed in a system turn
+    )
+}
+"""The tool-call formats, one row each: the single source of their names."""
+
+FAMILIES: tuple[str, ...] = tuple(CALL_FORMATS)
+
+
 def detect_family(chat_template: str | None) -> str:
     """The tool-call family a chat template writes (`plain` when it takes no tools)."""
     if not chat_template or "tools" not in chat_template:
@@ -87,11 +210,7 @@ def detect_family(chat_template: str | None) -> str:
 
 def forced_prefix(family: str, name: str | None = None) -> str:
     """The text a reply starts with to force a tool call (of tool `name`, when given)."""
-    if family == "specsteer":
-        return SPECSTEER_CALL + (f"{name} " if name else "")
-    if family == "llama3":
-        return '{"name": "' + (f'{name}", "parameters": ' if name else "")
-    return HERMES_OPEN + ('{"name": "' + name + '", "arguments": ' if name else "")
+    return CALL_FORMATS[family].prefix(name)
 
 
 def plain_turns(turns: Sequence[dict[str, Any]], tools: Sequence[dict]) -> list[dict[str, Any]]:
@@ -143,31 +262,31 @@ class ToolCallParser:
     """
 
     def __init__(self, family: str):
-        if family not in FAMILIES:
+        if family not in CALL_FORMATS:
             msg = f"unknown tool-call family {family!r}; choose one of {', '.join(FAMILIES)}"
             raise ValueError(msg)
-        self.family = "hermes" if family == "plain" else family
+        self.format = CALL_FORMATS[family]
         self.calls: list[ParsedCall] = []
         self._taken = 0
         self._buffer = ""
         self._in_call = False
-        self._emitted_text = False  # llama3: a JSON reply must start the message
+        self._text_started = False  # leading formats: text came first, so no call follows
 
     def push(self, piece: str) -> str:
         self._buffer += piece
-        if self.family == "llama3":
-            return self._push_llama()
-        return self._push_marked()
+        return self._push_leading() if self.format.leading else self._push_marked()
 
     def flush(self) -> str:
         """The end of the reply: an unclosed call is parsed as it stands."""
-        if self.family == "llama3":
-            return self._flush_llama()
-        if self._in_call:
-            self._finish(self._buffer)
-            self._buffer, self._in_call = "", False
-            return ""
         text, self._buffer = self._buffer, ""
+        if self.format.leading and not self._text_started:
+            calls = self.format.body(text)
+            self.calls.extend(calls)
+            return "" if calls else text
+        if self._in_call:
+            self.calls.extend(self.format.body(text))
+            self._in_call = False
+            return ""
         return text
 
     def take(self) -> list[ParsedCall]:
@@ -175,10 +294,11 @@ class ToolCallParser:
         self._taken = len(self.calls)
         return new
 
-    # hermes / specsteer: calls between markers
     def _push_marked(self) -> str:
+        """Calls between an opener and the closer (or the next opener)."""
         out = []
-        opener = HERMES_OPEN if self.family == "hermes" else SPECSTEER_CALL
+        [opener] = self.format.openers
+        end_marker = self.format.closer or opener
         while True:
             if not self._in_call:
                 start = self._buffer.find(opener)
@@ -190,52 +310,89 @@ class ToolCallParser:
                 out.append(self._buffer[:start])
                 self._buffer = self._buffer[start + len(opener) :]
                 self._in_call = True
-            if self.family == "hermes":
-                end = self._buffer.find(HERMES_CLOSE)
-                if end < 0:
-                    return "".join(out)
-                self._finish(self._buffer[:end])
-                self._buffer = self._buffer[end + len(HERMES_CLOSE) :]
-            else:
-                end = self._buffer.find(SPECSTEER_CALL)
-                if end < 0:
-                    return "".join(out)
-                self._finish(self._buffer[:end])
-                self._buffer = self._buffer[end:]
+            end = self._buffer.find(end_marker)
+            if end < 0:
+                return "".join(out)
+            self.calls.extend(self.format.body(self._buffer[:end]))
+            # A closer is consumed; a next opener starts the next call.
+            self._buffer = self._buffer[end + len(self.format.closer) :]
             self._in_call = False
 
-    def _finish(self, body: str) -> None:
-        if self.family == "hermes":
-            self.calls.append(_hermes_body(body))
-        else:
-            self.calls.append(_specsteer_body(body))
-
-    # llama3: the whole reply is JSON when it starts with "{" (or the python tag)
-    def _push_llama(self) -> str:
-        if self._emitted_text:
-            text, self._buffer = self._buffer, ""
-            return text
-        stripped = self._buffer.lstrip()
-        if not stripped or PYTHON_TAG.startswith(stripped) or stripped.startswith(PYTHON_TAG):
-            return ""
-        if stripped.startswith("{"):
-            return ""  # held until the end: a call, or text that looked like one
-        self._emitted_text = True
+    def _push_leading(self) -> str:
+        """A reply that opens as a call is held to its end; one that opens as text streams."""
+        if not self._text_started:
+            start = self._buffer.lstrip()
+            openers = self.format.openers
+            if not start or any(o.startswith(start) or start.startswith(o) for o in openers):
+                return ""  # a call, or text that looked like one: decided at the end
+            self._text_started = True
         text, self._buffer = self._buffer, ""
         return text
 
-    def _flush_llama(self) -> str:
-        text, self._buffer = self._buffer, ""
-        if self._emitted_text:
-            return text
-        body = text.strip().removeprefix(PYTHON_TAG).strip()
-        if not body.startswith("{"):
-            return text
-        calls = [_llama_call(part) for part in _json_objects(body)]
-        if not calls or not any(c.valid or '"name"' in c.args_text for c in calls):
-            return text  # JSON that is not a call is the answer itself
-        self.calls.extend(calls)
-        return ""
+
+def check_call(call: ParsedCall, tools: Sequence[dict]) -> ParsedCall:
+    """`call` as the reply's `tool_calls` may hold it, or with the error that makes it invalid:
+    it names no tool of `tools` (OpenAI-style schemas), or its arguments do not fit that
+    tool's parameter schema (`schema_error`). A call already malformed keeps its error."""
+    if not call.valid:
+        return call
+    schemas = {t["function"]["name"]: t["function"].get("parameters") or {} for t in tools}
+    if call.name not in schemas:
+        error = f"no bound tool is named {call.name!r}; bound: {sorted(schemas)}"
+        return dataclasses.replace(call, error=error)
+    if error := schema_error(call.args, schemas[call.name]):
+        return dataclasses.replace(call, error=error)
+    return call
+
+
+_JSON_TYPES: dict[str, Callable[[Any], bool]] = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: (
+        (isinstance(v, int) and not isinstance(v, bool))
+        or (isinstance(v, float) and v.is_integer())
+    ),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+}
+
+
+def schema_error(value: Any, schema: dict, where: str = "arguments") -> str | None:
+    """Why `value` does not fit the JSON schema `schema`, or None when it fits.
+
+    Checks `type`, `enum`/`const`, `required`, `properties`, `additionalProperties: false`,
+    `items` and `anyOf`/`oneOf`; other keywords (`$ref`, formats, bounds) are not checked.
+    """
+    kinds = schema.get("type")
+    kinds = [kinds] if isinstance(kinds, str) else kinds or []
+    if kinds and not any(_JSON_TYPES.get(kind, lambda _: True)(value) for kind in kinds):
+        article = "an" if kinds[0][0] in "aeiou" else "a"
+        return f"{where} is not {article} {' or '.join(kinds)}"
+    if "enum" in schema and value not in schema["enum"]:
+        return f"{where} is not one of {schema['enum']}"
+    if "const" in schema and value != schema["const"]:
+        return f"{where} is not {schema['const']!r}"
+    options = schema.get("anyOf") or schema.get("oneOf")
+    if options and all(schema_error(value, option, where) for option in options):
+        return f"{where} fits none of its schemas"
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        for key in schema.get("required", ()):
+            if key not in value:
+                return f"{where}: {key!r} is required"
+        for key, item in value.items():
+            if key in properties:
+                if error := schema_error(item, properties[key], f"{where}.{key}"):
+                    return error
+            elif schema.get("additionalProperties") is False:
+                return f"{where}: {key!r} is not in the schema"
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            if error := schema_error(item, schema["items"], f"{where}[{i}]"):
+                return error
+    return None
 
 
 def _partial_suffix(text: str, marker: str) -> int:
@@ -246,39 +403,8 @@ def _partial_suffix(text: str, marker: str) -> int:
     return 0
 
 
-def _hermes_body(body: str) -> ParsedCall:
-    text = body.strip()
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        match = re.search(r'"name"\s*:\s*"([^"]*)"', text)
-        return ParsedCall(match.group(1) if match else None, None, text, error=str(err))
-    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
-        return ParsedCall(None, None, text, error="a tool call is an object with a name")
-    return _with_arguments(value["name"], value.get("arguments", {}), text)
-
-
-def _specsteer_body(body: str) -> ParsedCall:
-    body = body.strip()
-    brace = body.find("{")
-    name, arguments = (body, "{}") if brace < 0 else (body[:brace].strip(), body[brace:])
-    try:
-        value = json.loads(arguments)
-    except json.JSONDecodeError as err:
-        return ParsedCall(name or None, None, arguments, error=str(err))
-    return _with_arguments(name, value, arguments) if name else _no_name(arguments)
-
-
-def _llama_call(text: str) -> ParsedCall:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        match = re.search(r'"name"\s*:\s*"([^"]*)"', text)
-        return ParsedCall(match.group(1) if match else None, None, text, error=str(err))
-    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
-        return ParsedCall(None, None, text, error="a tool call is an object with a name")
-    arguments = value.get("parameters", value.get("arguments", {}))
-    return _with_arguments(value["name"], arguments, text)
+def _malformed(err: json.JSONDecodeError) -> str:
+    return f"malformed JSON: {err}"
 
 
 def _with_arguments(name: str, arguments: Any, text: str) -> ParsedCall:
@@ -286,14 +412,10 @@ def _with_arguments(name: str, arguments: Any, text: str) -> ParsedCall:
         try:
             arguments = json.loads(arguments)
         except json.JSONDecodeError as err:
-            return ParsedCall(name, None, arguments, error=str(err))
+            return ParsedCall(name, None, arguments, error=_malformed(err))
     if not isinstance(arguments, dict):
         return ParsedCall(name, None, text, error="tool arguments must be a JSON object")
     return ParsedCall(name, arguments, json.dumps(arguments, ensure_ascii=False))
-
-
-def _no_name(arguments: str) -> ParsedCall:
-    return ParsedCall(None, None, arguments, error="a tool call needs a name")
 
 
 def _json_objects(text: str) -> list[str]:

@@ -10,9 +10,12 @@ import random
 import pytest
 
 from langchain_specsteer.tools import (
+    CALL_FORMATS,
     FAMILIES,
     PLAIN_TOOLS_PROMPT,
+    ParsedCall,
     ToolCallParser,
+    check_call,
     detect_family,
     forced_prefix,
     parse_tool_calls,
@@ -92,7 +95,8 @@ def test_llama_json_that_is_not_a_call_stays_the_answer():
     ("family", "reply", "expected"),
     [
         ("hermes", '<tool_call>{"name": "f", "arguments": {"a": 1}}', [("f", {"a": 1})]),
-        ("specsteer", "<|call|>f", [("f", {})]),
+        ("specsteer", '<|call|>f {"a": 1}', [("f", {"a": 1})]),
+        ("specsteer", "<|call|>f", [("f", None)]),  # no JSON arguments: not a call of f()
         ("hermes", '<tool_call>{"name": "f", "arguments": "{\\"a\\": 1}"}</tool_call>',
          [("f", {"a": 1})]),
         ("hermes", '<tool_call>["f"]</tool_call>', [(None, None)]),
@@ -102,7 +106,7 @@ def test_llama_json_that_is_not_a_call_stays_the_answer():
 )  # fmt: skip
 def test_edge_cases(family, reply, expected):
     """An unclosed call at the end is read as it stands; arguments written as a JSON string
-    are decoded; a call without a name or with non-object arguments is invalid."""
+    are decoded; a call without a name, or with no or non-object arguments, is invalid."""
     _, calls = parse_tool_calls(reply, family)
     assert calls_of(calls) == expected
     assert all(
@@ -201,3 +205,76 @@ def test_plain_turns_write_tools_calls_and_results_as_text():
     ]
     assert plain_turns(turns[1:2], [tool])[0] == {"role": "system", "content": listed}
     assert parse_tool_calls(out[2]["content"], "plain")[1][0].args == {"a": 1}  # round trip
+
+
+def test_each_format_is_a_row():
+    """Families are rows (opener, closer, body parser, forced prefix), as methods are: the
+    parser, the forced prefixes and detection read them, and `plain` reads as `hermes`."""
+    assert set(CALL_FORMATS) == set(FAMILIES)
+    assert CALL_FORMATS["hermes"].openers == ("<tool_call>",)
+    assert CALL_FORMATS["hermes"].closer == "</tool_call>"
+    assert CALL_FORMATS["specsteer"].openers == ("<|call|>",)
+    assert CALL_FORMATS["specsteer"].closer == ""  # a call ends at the next one, or the reply
+    assert CALL_FORMATS["llama3"].leading
+    for family, row in CALL_FORMATS.items():
+        assert forced_prefix(family) == row.forced
+        assert forced_prefix(family, "f").startswith(row.forced)
+    markers = {family: row.markers for family, row in CALL_FORMATS.items()}
+    assert markers == {
+        "hermes": ("<tool_call>", "</tool_call>"),
+        "plain": ("<tool_call>", "</tool_call>"),
+        "specsteer": ("<|call|>",),
+        "llama3": ("<|python_tag|>",),
+    }  # what a tokenizer may hold as special tokens, kept in the text a chat parses
+    plain, hermes = CALL_FORMATS["plain"], CALL_FORMATS["hermes"]
+    assert (plain.openers, plain.closer, plain.body) == (hermes.openers, hermes.closer, hermes.body)
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "days": {"type": "integer"},
+                "unit": {"enum": ["C", "F"]},
+                "stops": {"type": "array", "items": {"type": "string"}},
+                "note": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            },
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+NO_ARGUMENTS = {"type": "function", "function": {"name": "get_time", "parameters": {}}}
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "error"),
+    [
+        ("get_weather", {"city": "Oslo"}, None),
+        ("get_weather", {"city": "Oslo", "days": 3, "unit": "F", "stops": ["a"]}, None),
+        ("get_weather", {"city": "Oslo", "note": None}, None),
+        ("get_time", {}, None),
+        ("lukewarm.", {}, "no bound tool is named 'lukewarm.'; bound: ['get_time', 'get_weather']"),
+        ("get_weather", {}, "arguments: 'city' is required"),
+        ("get_weather", {"city": 3}, "arguments.city is not a string"),
+        ("get_weather", {"city": "Oslo", "days": True}, "arguments.days is not an integer"),
+        ("get_weather", {"city": "Oslo", "days": 2.5}, "arguments.days is not an integer"),
+        ("get_weather", {"city": "Oslo", "unit": "K"}, "arguments.unit is not one of ['C', 'F']"),
+        ("get_weather", {"city": "Oslo", "stops": [1]}, "arguments.stops[0] is not a string"),
+        ("get_weather", {"city": "Oslo", "note": 1}, "arguments.note fits none of its schemas"),
+        ("get_weather", {"city": "Oslo", "x": 1}, "arguments: 'x' is not in the schema"),
+    ],
+)
+def test_a_call_is_checked_against_the_bound_tools(name, args, error):
+    """The one validator: a call naming no bound tool, or whose arguments its tool's schema
+    refuses, is invalid, with the reason; a valid call keeps its id."""
+    call = ParsedCall(name, args, json.dumps(args))
+    checked = check_call(call, [WEATHER, NO_ARGUMENTS])
+    assert checked.error == error
+    assert checked.id == call.id and checked.args_text == call.args_text
+    malformed = ParsedCall("get_weather", None, "{", error="malformed JSON: x")
+    assert check_call(malformed, [WEATHER]) is malformed  # its own error stands
