@@ -7,14 +7,19 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForRetrieverRun,
+    CallbackManagerForRetrieverRun,
+)
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from retrievers.memory import MemoryEntry, PrivateMemory
 from retrievers.privacy import retrieve_privately
 
-__all__ = ["MemoryRetriever", "load_sentence_model", "retrieve_privately"]
+__all__ = ["MemoryRetriever", "call_k", "load_sentence_model", "retrieve_privately"]
 
 
 class MemoryRetriever(BaseRetriever):
@@ -25,7 +30,7 @@ class MemoryRetriever(BaseRetriever):
     memory: PrivateMemory
     """The on-device store searched; it is re-read whenever its revision changes."""
     k: int = Field(default=5, ge=1)
-    """How many documents to return."""
+    """How many documents to return (a call's `k`, as in `invoke(query, k=2)`, wins)."""
 
     _built: Any = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -40,6 +45,24 @@ class MemoryRetriever(BaseRetriever):
 
     def _build(self, revision: int) -> Any:
         """A search structure over every entry, with a `revision` attribute."""
+        raise NotImplementedError
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None
+    ) -> list[Document]:
+        return self._search(query, call_k(k, self.k))
+
+    async def _aget_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: AsyncCallbackManagerForRetrieverRun,
+        k: int | None = None,
+    ) -> list[Document]:
+        return await run_in_executor(None, self._search, query, call_k(k, self.k))
+
+    def _search(self, query: str, k: int) -> list[Document]:
+        """The `k` best entries for `query`, best first, as documents."""
         raise NotImplementedError
 
     @classmethod
@@ -73,6 +96,17 @@ class MemoryRetriever(BaseRetriever):
     def _document(entry: MemoryEntry, score: float) -> Document:
         metadata = {**entry.metadata, "memory_id": entry.id, "score": float(score)}
         return Document(id=str(entry.id), page_content=entry.text, metadata=metadata)
+
+
+def call_k(k: object, default: int) -> int:
+    """How many documents a call returns: its `k` when given (LangChain's convention: a call's
+    `k` wins over the retriever's), else `default`; a `k` below 1 is a ValueError."""
+    if k is None:
+        return default
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        msg = f"k must be a positive integer (how many documents to return), got {k!r}"
+        raise ValueError(msg)
+    return k
 
 
 def load_sentence_model(kind: str, model: str, device: str | None) -> Any:

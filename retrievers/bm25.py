@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from pydantic import Field, PrivateAttr, model_validator
 
@@ -95,9 +94,7 @@ class PersonalBM25Retriever(MemoryRetriever):
         ids = np.array([e.id for e in entries], dtype=np.int64)
         return _Index(revision, ids, tokenizer, bm25)
 
-    def _get_relevant_documents(
-        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
-    ) -> list[Document]:
+    def _search(self, query: str, k: int) -> list[Document]:
         index = self.index()
         n = len(index.ids)
         if n == 0:
@@ -105,7 +102,7 @@ class PersonalBM25Retriever(MemoryRetriever):
         query_ids = index.tokenizer.tokenize(
             [query], update_vocab=False, return_as="ids", show_progress=False
         )
-        positions, scores = index.bm25.retrieve(query_ids, k=min(self.k, n), show_progress=False)
+        positions, scores = index.bm25.retrieve(query_ids, k=min(k, n), show_progress=False)
         hits = [
             (int(index.ids[p]), float(s))
             for p, s in zip(positions[0], scores[0], strict=True)

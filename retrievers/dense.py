@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from pydantic import Field, PrivateAttr, model_validator
 
@@ -81,14 +80,12 @@ class PersonalDenseRetriever(MemoryRetriever):
         matrix = np.stack([cached[i] for i in ids]) if ids else np.zeros((0, 0), np.float32)
         return _Matrix(revision, np.array(ids, dtype=np.int64), matrix)
 
-    def _get_relevant_documents(
-        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
-    ) -> list[Document]:
+    def _search(self, query: str, k: int) -> list[Document]:
         index = self.index()
         if len(index.ids) == 0:
             return []
         scores = index.vectors @ self._embed([self.query_prompt + query])[0]  # (N,)
-        top = np.argpartition(-scores, min(self.k, len(scores)) - 1)[: self.k]
+        top = np.argpartition(-scores, min(k, len(scores)) - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]  # best first
         entries = {e.id: e for e in self.memory.get(index.ids[top].tolist())}
         hits = [(int(index.ids[p]), float(scores[p])) for p in top]

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForRetrieverRun,
+    CallbackManagerForRetrieverRun,
+)
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from retrievers.base import load_sentence_model
-from retrievers.privacy import retrieve_privately
+from retrievers.base import call_k, load_sentence_model
+from retrievers.privacy import aretrieve_privately, retrieve_privately
 
 __all__ = ["RerankingRetriever"]
 
@@ -31,7 +35,7 @@ class RerankingRetriever(BaseRetriever):
     cross_encoder: str | Any = "BAAI/bge-reranker-base"
     """A hub id or local folder of a sentence-transformers CrossEncoder, or a loaded one."""
     k: int = Field(default=3, ge=1)
-    """How many documents to keep."""
+    """How many documents to keep (a call's `k`, as in `invoke(query, k=2)`, wins)."""
     device: str | None = None
     """Where the cross-encoder runs; None lets sentence-transformers choose."""
     batch_size: int = Field(default=32, ge=1)
@@ -48,9 +52,22 @@ class RerankingRetriever(BaseRetriever):
         return self
 
     def _get_relevant_documents(
-        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None
     ) -> list[Document]:
-        candidates = retrieve_privately(self.base, query)
+        return self._rerank(query, retrieve_privately(self.base, query), call_k(k, self.k))
+
+    async def _aget_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: AsyncCallbackManagerForRetrieverRun,
+        k: int | None = None,
+    ) -> list[Document]:
+        candidates = await aretrieve_privately(self.base, query)
+        return await run_in_executor(None, self._rerank, query, candidates, call_k(k, self.k))
+
+    def _rerank(self, query: str, candidates: list[Document], k: int) -> list[Document]:
+        """The `k` best of `candidates` by the cross-encoder's score, best first."""
         if not candidates:
             return []
         scores = self._scorer.predict(
@@ -65,5 +82,5 @@ class RerankingRetriever(BaseRetriever):
                 page_content=doc.page_content,
                 metadata={**doc.metadata, "rerank_score": float(score)},
             )
-            for score, doc in ranked[: self.k]
+            for score, doc in ranked[:k]
         ]

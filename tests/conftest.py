@@ -67,6 +67,14 @@ def minilm_path():
 
 
 @pytest.fixture(scope="session")
+def minilm(minilm_path):
+    """`minilm_path` loaded once, as a sentence-transformers bi-encoder on the CPU."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(minilm_path, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def tiny_cross_encoder_dir(tmp_path_factory):
     """A tiny random BERT cross-encoder (one relevance logit) with a WordPiece tokenizer."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
@@ -101,6 +109,14 @@ def tiny_cross_encoder_dir(tmp_path_factory):
     BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tiny_cross_encoder_dir):
+    """`tiny_cross_encoder_dir` loaded once, as a sentence-transformers CrossEncoder."""
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(tiny_cross_encoder_dir, device="cpu")
 
 
 @pytest.fixture(scope="session")

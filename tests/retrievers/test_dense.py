@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sentence_transformers import SentenceTransformer
 
 from retrievers import PersonalDenseRetriever, PrivateMemory
 
@@ -25,11 +24,6 @@ class CountingEncoder:
     def encode(self, texts, **kwargs):
         self.texts += list(texts)
         return self.model.encode(texts, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def minilm(minilm_path):
-    return SentenceTransformer(minilm_path, device="cpu")
 
 
 def test_semantic_match_ranks_first_with_cosine_scores(minilm_path, minilm):
