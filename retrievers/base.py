@@ -19,7 +19,14 @@ from pydantic import ConfigDict, Field, PrivateAttr
 from retrievers.memory import MemoryEntry, PrivateMemory
 from retrievers.privacy import retrieve_privately
 
-__all__ = ["MemoryRetriever", "call_k", "load_sentence_model", "retrieve_privately"]
+__all__ = [
+    "HUB_TIMEOUT",
+    "MemoryRetriever",
+    "call_k",
+    "hub_unreachable",
+    "load_sentence_model",
+    "retrieve_privately",
+]
 
 
 class MemoryRetriever(BaseRetriever):
@@ -109,8 +116,31 @@ def call_k(k: object, default: int) -> int:
     return k
 
 
+HUB_TIMEOUT = 3.0
+"""Seconds the Hugging Face hub has to answer before a hub id is loaded from the local cache
+alone (instead of huggingface_hub's retries, 26-50 s without a network)."""
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be asked for a model now, or None when it answers."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if constants.is_offline_mode():
+        return "HF_HUB_OFFLINE is set"
+    try:
+        get_session().head(constants.ENDPOINT, timeout=HUB_TIMEOUT)
+    except Exception as err:  # no answer at all: name resolution, refused, timeout, proxy
+        return f"{constants.ENDPOINT}: {err}"
+    return None
+
+
 def load_sentence_model(kind: str, model: str, device: str | None) -> Any:
     """A `SentenceTransformer` or `CrossEncoder` from a hub id or local folder, or a clear error.
+
+    A hub id is fetched from the Hugging Face hub, or read from the local cache alone when the
+    hub does not answer within `HUB_TIMEOUT` (or `HF_HUB_OFFLINE` is set); a model in neither
+    place is a ValueError at once, saying that a local folder works.
 
     Args:
         kind: "SentenceTransformer" or "CrossEncoder".
@@ -122,15 +152,27 @@ def load_sentence_model(kind: str, model: str, device: str | None) -> Any:
     except ImportError as err:
         msg = f'{kind} needs sentence-transformers: pip install "langchain-specsteer[retrievers]"'
         raise ImportError(msg) from err
+    load = getattr(sentence_transformers, kind)
     path = Path(model).expanduser()
     looks_local = model.startswith((".", "/", "~")) or path.exists() or model.count("/") > 1
     if looks_local and not path.is_dir():
         msg = f"model path {model!r} does not exist (or is not a folder)"
         raise ValueError(msg)
     try:
-        return getattr(sentence_transformers, kind)(
-            str(path) if looks_local else model, device=device
-        )
+        if looks_local:
+            return load(str(path), device=device)
+        unreachable = hub_unreachable()
+        if unreachable is None:
+            return load(model, device=device)
+        return load(model, device=device, local_files_only=True)
     except (OSError, ValueError) as err:
-        msg = f"could not load the {kind} model {model!r}: {err}"
-        raise ValueError(msg) from err
+        if looks_local or unreachable is None:
+            msg = f"could not load the {kind} model {model!r}: {err}"
+            raise ValueError(msg) from err
+        msg = (
+            f"could not load the {kind} model {model!r}: the Hugging Face hub is unreachable "
+            f"({unreachable}) and the model is not in the local cache. A local folder works: "
+            f"download it where the hub is reachable (`hf download {model} --local-dir DIR`) "
+            "and pass DIR instead of the hub id"
+        )
+        raise ValueError(msg) from None
