@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--verbose", action="store_true", help="show transformers' model-loading progress bars"
     )
-    demo.set_defaults(handler=_demo)
+    demo.set_defaults(handler=_demo, command_parser=demo)
     _add_serve(commands)
     return parser
 
@@ -150,7 +150,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         help="include token ids in the logs (off: sizes and timings only)",
     )
     serve.add_argument("--log-level", default="info", help="default: %(default)s")
-    serve.set_defaults(handler=_serve)
+    serve.set_defaults(handler=_serve, command_parser=serve)
 
 
 def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -265,4 +265,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return args.handler(args, parser)
+    return args.handler(args, args.command_parser)  # errors show the command's own usage

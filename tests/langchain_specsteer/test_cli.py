@@ -85,13 +85,19 @@ def test_trace_spans_match_the_llm_output_and_rounds(make_llm, gamma):
         (["demo", "--max-new-tokens", "zero"], "invalid int value"),
         (["demo", "--user", "5"], "--user=5 is out of range of the demo pair's held-out users"),
         (["demo", "--user", "-1"], "pick one from 0 to 4"),
+        (["serve", "--generalist", "g", "--max-top-m", "0"], "max_top_m must be positive"),
     ],
 )
 def test_bad_arguments_exit_2_naming_the_option(capsys, argv, message):
+    """With the subcommand's usage, not the top level's: that is where the option is."""
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    command = argv[0]
+    assert err.startswith(f"usage: specsteer {command} [-h]")
+    assert err.splitlines()[-1].startswith(f"specsteer {command}: error: ")
 
 
 def test_no_command_prints_help(capsys):
