@@ -2,6 +2,7 @@
 
     python examples/personal_assistant.py --script      # a scripted conversation, traced
     python examples/personal_assistant.py               # type requests yourself
+    python examples/personal_assistant.py --user 2      # another held-out user's memory
     python examples/personal_assistant.py --verbose     # also transformers' loading bars
     python examples/personal_assistant.py --script --pair build/demo_pair   # another pair
 
@@ -9,8 +10,10 @@ LangChain's own `create_agent` runs over `ChatSpecSteer` with two tools on the u
 `PrivateMemory` (an owner-only SQLite file on the device): `recall_memory(query)` and
 `save_memory(text)`. The model decides when to call them. `recall_memory`'s result is
 private: only the specialist reads it, and the generalist reads a placeholder in its place.
-The demo pair was trained on a synthetic review world, so ask it for a review "in my style"
-(it recalls your past reviews first) or to "remember ..." something.
+The memory starts with a held-out demo user's past reviews (`--user`, 0 by default), unless
+`--memory` names a file that already holds entries. The demo pair was trained on a synthetic
+review world, so ask it for a review "in my style" (it recalls your past reviews first) or to
+"remember ..." something.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
 from langchain_specsteer import ChatSpecSteer, LocalGeneralist, LocalSpecialist, demo_pair
-from langchain_specsteer.demo import demo_users, quiet_loading
+from langchain_specsteer.demo import demo_users, pick_user, quiet_loading
 from retrievers import PrivateMemory, memory_tools, task_templates
 
 Models = tuple[LocalSpecialist, LocalGeneralist]
@@ -68,10 +71,10 @@ def remember_reviews(memory: PrivateMemory, profile: Sequence[dict]) -> None:
         memory.add([entry["reviewText"]], metadata=[fields])
 
 
-def scripted(user: int = 0) -> tuple[list[dict], list[str]]:
+def scripted(user: int = 0, pair: str | None = None) -> tuple[list[dict], list[str]]:
     """A held-out demo user's past reviews, and two requests: their next review in their
-    style, and something to remember."""
-    record = demo_users()[user]
+    style, and something to remember (`pair`: another pair's folder)."""
+    record = pick_user(demo_users(pair), user)
     last = record["profile"][-1]
     request = (
         f'Write my review of the "{last["description"]}" in my style. '
@@ -105,7 +108,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--script", action="store_true", help="replay a scripted conversation")
     parser.add_argument("--memory", help="memory file (default: a temporary one)")
-    parser.add_argument("--user", type=int, default=0, help="held-out demo user (0-4) to script")
+    parser.add_argument(
+        "--user",
+        type=int,
+        default=0,
+        help="held-out demo user whose past reviews start the memory (the shipped pair has 5: "
+        "0 to 4; default: 0)",
+    )
     parser.add_argument("--max-tokens", type=int, default=80, help="default: %(default)s")
     parser.add_argument("--verbose", action="store_true", help="show model-loading progress")
     parser.add_argument("--pair", help="folder with specialist/ and generalist/ (default: shipped)")
@@ -113,17 +122,32 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         "--method", default="specsteer", help="decoding method (default: %(default)s)"
     )
     args = parser.parse_args(argv)
+    try:
+        record = pick_user(demo_users(args.pair), args.user)
+    except ValueError as err:
+        parser.error(f"--{err}")
     path = args.memory or Path(tempfile.mkdtemp(prefix="assistant-")) / "memory.db"
     models = load_models(args.verbose, args.pair)
     results = []
     with PrivateMemory(path) as memory:
         agent = build_agent(models, memory, args.max_tokens, args.method)
         if args.script:
-            profile, turns = scripted(args.user)
+            profile, turns = scripted(args.user, args.pair)
+        else:
+            profile = record["profile"]
+            turns = (line.strip() for line in sys.stdin)
+        if len(memory):
+            print(f"[{len(memory)} entries already in the private memory {path}]")
+        elif args.script:
             remember_reviews(memory, profile)
             print(f"[{len(memory)} past reviews in the private memory]")
         else:
-            turns = (line.strip() for line in sys.stdin)
+            remember_reviews(memory, profile)
+            print(
+                f"[{len(memory)} past reviews of demo user {args.user} ({record['user']}) in the "
+                'private memory. Ask for a review "in my style", e.g. of a product with a '
+                'summary and a rating, or to "remember ..." something; one request a line.]'
+            )
         for turn in turns:
             if not turn:
                 continue

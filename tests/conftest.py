@@ -243,8 +243,8 @@ def demo_pair():
     from langchain_specsteer import LocalGeneralist, LocalSpecialist
 
     root = Path(langchain_specsteer.__file__).parent / "demo_pair"
-    if not (root / "specialist").is_dir():
-        pytest.skip("the demo pair is not shipped in this checkout")
+    # package data: a checkout or wheel without it is broken, so this fails rather than skips
+    assert (root / "specialist").is_dir(), f"the shipped demo pair is missing from {root}"
     return (
         LocalSpecialist.from_pretrained(str(root / "specialist"), device="cpu"),
         LocalGeneralist.from_pretrained(str(root / "generalist"), device="cpu"),

@@ -7,8 +7,6 @@ import io
 import re
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -17,10 +15,6 @@ def python_blocks(page: Path) -> list[str]:
 
 
 def test_readme_and_getting_started_load_the_demo_pair_the_same_way():
-    from langchain_specsteer.demo import DEMO_PAIR
-
-    if not (DEMO_PAIR / "specialist").is_dir():
-        pytest.skip("the demo pair is not shipped in this checkout")
     [readme] = [b for b in python_blocks(ROOT / "README.md") if "demo_pair()" in b]
     [guide] = [b for b in python_blocks(ROOT / "docs" / "getting-started.md") if "demo_pair()" in b]
     assert readme == guide

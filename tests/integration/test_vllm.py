@@ -234,8 +234,7 @@ def test_an_agent_turn_over_vllm_equals_in_process(server, pair, tmp_path):
             ChatSpecSteer(specialist=specialist, generalist=g, max_tokens=NEW)
             for g in (remote, generalist)
         ]
-        if chats[1].tool_family() != "specsteer":
-            pytest.skip("the shipped demo pair predates tool calling")
+        assert chats[1].tool_family() == "specsteer"  # the shipped pair calls tools
         request = HumanMessage("Write my review of the Kelmo Q200 blender in my style.")
         first = [chat.bind_tools(tools).invoke([request]) for chat in chats]
         assert first[0].content == first[1].content
