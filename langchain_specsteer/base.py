@@ -19,7 +19,13 @@ from langchain_specsteer.context import (
 )
 from langchain_specsteer.engine import SpecSteerEngine
 from langchain_specsteer.methods import METHOD_SPECS
-from langchain_specsteer.models import LocalGeneralist, LocalSpecialist, Message
+from langchain_specsteer.models import (
+    LocalGeneralist,
+    Message,
+    Specialist,
+    SpecialistRuntime,
+    load_specialist,
+)
 from langchain_specsteer.params import (
     DEFAULT_CONTEXT_TEMPLATE,
     DecodingParams,
@@ -75,8 +81,9 @@ class SpecSteerBase(DecodingParams):
         extra="forbid", arbitrary_types_allowed=True, validate_assignment=True
     )
 
-    specialist: LocalSpecialist
-    """The on-device model; the only one that sees private context."""
+    specialist: Specialist
+    """The on-device model (`LocalSpecialist`, or `LlamaCppSpecialist` on llama.cpp); the only
+    one that sees private context."""
     generalist: Generalist
     """The large model: `LocalGeneralist` in this process, `RemoteGeneralist` (our verifier
     service) or `OpenAICompatibleGeneralist` (e.g. vLLM). It receives public token ids only."""
@@ -156,6 +163,7 @@ class SpecSteerBase(DecodingParams):
         torch_dtype: Any = None,
         specialist_gguf_file: str | None = None,
         generalist_gguf_file: str | None = None,
+        specialist_runtime: SpecialistRuntime = "transformers",
         **fields: Any,
     ) -> Self:
         """Load both models (hub ids, folders or `.gguf` files) with `transformers` and build
@@ -169,12 +177,15 @@ class SpecSteerBase(DecodingParams):
             specialist_gguf_file: a GGUF file in `specialist` (folder or hub repo) holding the
                 weights, tokenizer and chat template; dequantised on load (`gguf` extra).
             generalist_gguf_file: the same for `generalist`.
+            specialist_runtime: "llama.cpp" runs the specialist's GGUF file quantised with
+                llama.cpp (`LlamaCppSpecialist`, `llamacpp` extra; `device` and `torch_dtype`
+                are then the generalist's only); "transformers" (default) dequantises it.
             **fields: any other field (`gamma=`, `retriever=`, ...).
         """
         options = {"device": device, "torch_dtype": torch_dtype}
         return cls(
-            specialist=LocalSpecialist.from_pretrained(
-                specialist, gguf_file=specialist_gguf_file, **options
+            specialist=load_specialist(
+                specialist, runtime=specialist_runtime, gguf_file=specialist_gguf_file, **options
             ),
             generalist=LocalGeneralist.from_pretrained(
                 generalist, gguf_file=generalist_gguf_file, **options

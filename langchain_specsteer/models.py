@@ -1,18 +1,22 @@
-"""Thin adapters over Hugging Face causal LMs: they only turn token ids into log-prob tensors.
+"""Thin adapters over causal LMs: they only turn token ids into log-prob tensors.
 
-`TokenSequence` is one model's view of one growing sequence. Its KV cache always holds a
-prefix of `tokens`; `forward()` feeds whatever is not cached yet and returns the next-token
-log-probs after each fed position, and `rollback()` cuts both back after a rejection, so a
-round never re-prefills the committed text.
+The engine's whole contract with a specialist is two small abstract classes: `Specialist`
+(its tokenizer, vocabulary, end-of-text ids, prompts, and `sequence()`) and `ModelSequence`,
+one model's view of one growing sequence. Its KV cache always holds a prefix of `tokens`;
+`forward()` feeds whatever is not cached yet and returns the next-token log-probs after each
+fed position, and `rollback()` cuts both back after a rejection, so a round never re-prefills
+the committed text. `LocalSpecialist` and `TokenSequence` implement them with `transformers`;
+`llamacpp.LlamaCppSpecialist` with llama.cpp.
 """
 
 from __future__ import annotations
 
 import inspect
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -25,10 +29,14 @@ __all__ = [
     "LocalModel",
     "LocalSpecialist",
     "Message",
+    "ModelSequence",
+    "Specialist",
+    "SpecialistRuntime",
     "TokenSequence",
     "cache_keyword",
     "encode_messages",
     "encode_prompt",
+    "load_specialist",
     "spelled_width",
 ]
 
@@ -67,41 +75,30 @@ def spelled_width(tokenizer: Any) -> int:
     return max(tokenizer.get_vocab().values()) + 1
 
 
-class TokenSequence:
-    """One continuation on one model after one or more prompts, with a KV cache of a prefix.
+class ModelSequence(ABC):
+    """One continuation on one model after one or more prompts, with a KV cache of a prefix:
+    what the engine holds of a specialist (`Specialist.sequence`).
 
-    With several prompts (the specialist with and without the private context) the prompts are
-    left-padded to one length and the rows advance in lockstep as one batch, since they share
-    every token generated after the prompts: one forward gives q_ctx and q_gen together.
+    With several prompts (the specialist with and without the private context) the rows
+    share every token generated after their prompts (`suffix`), so one `forward` gives q_ctx
+    and q_gen together.
 
-    Positions count from the start of the padded prompts: `length` = padded prompt length +
-    generated tokens; the cache holds the first `cached` positions.
+    Positions count as if the prompts were left-padded to one length: `length` = the longest
+    prompt's length + generated tokens, and `rollback(prompt_length + n)` keeps n generated
+    tokens.
 
     Attributes:
-        prompts: each row's prompt ids (unpadded).
+        prompts: each row's prompt ids.
         suffix: tokens after the prompts (committed, then any tentative draft tokens).
-        cached: how many leading positions have their keys/values in the cache.
     """
 
-    def __init__(
-        self, lm: LocalModel, prompts: Sequence[Sequence[int]], vocab_size: int | None = None
-    ):
+    def __init__(self, prompts: Sequence[Sequence[int]]):
         if not prompts or any(len(p) == 0 for p in prompts):
             msg = "a prompt is empty: a sequence needs at least one token (e.g. a BOS token)."
             raise ValueError(msg)
-        from transformers import DynamicCache
-
-        self.lm = lm
         self.prompts = [list(p) for p in prompts]
         self.prompt_length = max(len(p) for p in self.prompts)
         self.suffix: list[int] = []
-        self.cached = 0
-        self.cache = DynamicCache()
-        self.vocab_size = min(vocab_size or lm.vocab_size, lm.vocab_size)
-        pads = [self.prompt_length - len(p) for p in self.prompts]
-        padded = [[0] * pad + p for pad, p in zip(pads, self.prompts, strict=True)]
-        self._prompt_ids = torch.tensor(padded, dtype=torch.long, device=lm.device)  # (B, P)
-        self._pads = torch.tensor(pads, device=lm.device).unsqueeze(-1) if any(pads) else None
 
     @property
     def length(self) -> int:
@@ -119,6 +116,56 @@ class TokenSequence:
     def append(self, token_ids: Sequence[int]) -> None:
         """Add tokens to the end without computing anything."""
         self.suffix.extend(token_ids)
+
+    @abstractmethod
+    def forward(self, rows: int = 1) -> torch.Tensor:
+        """Feed the uncached positions; return (B, rows, V) log-probs at the last `rows` ones.
+
+        Row i along dim 1 is the next-token distribution after position length − rows + i;
+        V is the sequence's vocabulary width (padded output rows excluded).
+        """
+
+    def rollback(self, length: int) -> None:
+        """Keep only the first `length` positions (and at most that much cache)."""
+        if length < self.prompt_length:
+            msg = f"cannot roll back into the prompt ({length} < {self.prompt_length})"
+            raise ValueError(msg)
+        del self.suffix[length - self.prompt_length :]
+        self.rollback_cache(length)
+
+    @abstractmethod
+    def rollback_cache(self, length: int) -> None:
+        """Drop cached keys/values past `length` positions."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Free the KV cache now (the sequence is not used after)."""
+
+
+class TokenSequence(ModelSequence):
+    """A `ModelSequence` on a `transformers` model (`LocalModel.sequence`).
+
+    Several prompts are left-padded to one length and the rows advance in lockstep as one
+    batch.
+
+    Attributes:
+        cached: how many leading positions have their keys/values in the cache.
+    """
+
+    def __init__(
+        self, lm: LocalModel, prompts: Sequence[Sequence[int]], vocab_size: int | None = None
+    ):
+        super().__init__(prompts)
+        from transformers import DynamicCache
+
+        self.lm = lm
+        self.cached = 0
+        self.cache = DynamicCache()
+        self.vocab_size = min(vocab_size or lm.vocab_size, lm.vocab_size)
+        pads = [self.prompt_length - len(p) for p in self.prompts]
+        padded = [[0] * pad + p for pad, p in zip(pads, self.prompts, strict=True)]
+        self._prompt_ids = torch.tensor(padded, dtype=torch.long, device=lm.device)  # (B, P)
+        self._pads = torch.tensor(pads, device=lm.device).unsqueeze(-1) if any(pads) else None
 
     def forward(self, rows: int = 1) -> torch.Tensor:
         """Feed the uncached positions; return (B, rows, V) log-probs at the last `rows` ones.
@@ -154,20 +201,16 @@ class TokenSequence:
         logits = out.logits[:, -rows:, : self.vocab_size]  # (B, rows, V)
         return torch.log_softmax(logits.float(), dim=-1)
 
-    def rollback(self, length: int) -> None:
-        """Keep only the first `length` positions (and at most that much cache)."""
-        if length < self.prompt_length:
-            msg = f"cannot roll back into the prompt ({length} < {self.prompt_length})"
-            raise ValueError(msg)
-        del self.suffix[length - self.prompt_length :]
-        self.rollback_cache(length)
-
     def rollback_cache(self, length: int) -> None:
         """Drop cached keys/values past `length` positions."""
         extra = self.cached - length
         if extra > 0:
             self.cache.crop(-extra)  # negative: remove that many (transformers 4.x and 5.x)
             self.cached = length
+
+    def close(self) -> None:
+        """Free the KV cache now (the sequence is not used after)."""
+        self.cache = None
 
 
 Message = dict[str, Any]
@@ -210,6 +253,110 @@ def encode_prompt(
         chat=chat,
         chat_template_kwargs=chat_template_kwargs,
     )
+
+
+class Specialist(ABC):
+    """The small on-device model, as the engine and the LangChain classes use it: it drafts
+    with the private context (q_ctx) and gives q_gen without it.
+
+    `LocalSpecialist` runs it with `transformers`, `llamacpp.LlamaCppSpecialist` with
+    llama.cpp (a GGUF file, kept quantised). Both tokenize with a Hugging Face tokenizer, so
+    prompts, chat templates, tools and the byte-level path are the same on either.
+
+    Attributes:
+        tokenizer: a Hugging Face tokenizer (`encode`, `decode`, `get_vocab`,
+            `apply_chat_template`, `chat_template`, special tokens).
+    """
+
+    tokenizer: Any
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Token ids the model can output that its tokenizer spells: every log-prob row stops
+        there, so a padded output row is never drafted, emitted or sampled."""
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device:
+        """Where its log-prob rows are (the engine's sampling runs there)."""
+
+    @property
+    @abstractmethod
+    def eos_token_ids(self) -> frozenset[int]:
+        """Token ids that end a generation."""
+
+    @property
+    @abstractmethod
+    def name(self) -> str:
+        """What `model_info()` reports (a hub id or a file path)."""
+
+    @abstractmethod
+    def sequence(self, *prompts: Sequence[int], vocab_size: int | None = None) -> ModelSequence:
+        """Start a continuation after one prompt, or several that share what follows (q_ctx
+        and q_gen in one forward).
+
+        Args:
+            *prompts: token ids of each row's prompt.
+            vocab_size: log-probs cover the first `vocab_size` tokens (default and at most:
+                `vocab_size`).
+        """
+
+    @cached_property
+    def vocab_signature(self) -> str:
+        """Fingerprint of the tokenizer's vocabulary (`verification.vocab_signature`)."""
+        return vocab_signature(self.tokenizer)
+
+    def encode(
+        self, text: str, *, chat: bool, chat_template_kwargs: dict | None = None
+    ) -> list[int]:
+        """Token ids for a user turn: through the chat template when asked and available."""
+        return encode_prompt(
+            self.tokenizer, text, chat=chat, chat_template_kwargs=chat_template_kwargs
+        )
+
+    def encode_messages(
+        self,
+        messages: Sequence[Message],
+        *,
+        chat: bool,
+        chat_template_kwargs: dict | None = None,
+    ) -> list[int]:
+        """Token ids for a conversation (`encode_messages`)."""
+        return encode_messages(
+            self.tokenizer, messages, chat=chat, chat_template_kwargs=chat_template_kwargs
+        )
+
+
+SpecialistRuntime = Literal["transformers", "llama.cpp"]
+"""What runs a specialist: `LocalSpecialist` or `llamacpp.LlamaCppSpecialist`."""
+
+
+def load_specialist(
+    model_id: str,
+    *,
+    runtime: SpecialistRuntime = "transformers",
+    gguf_file: str | None = None,
+    device: str | torch.device | None = None,
+    torch_dtype: str | torch.dtype | None = None,
+) -> Specialist:
+    """A specialist from a hub id, folder or `.gguf` file, run by `runtime`.
+
+    "transformers": `LocalSpecialist.from_pretrained` (a GGUF file is dequantised to
+    `torch_dtype`). "llama.cpp": `LlamaCppSpecialist.from_pretrained`, which needs a GGUF file
+    and the `llamacpp` extra, keeps the file's quantisation and ignores `device` and
+    `torch_dtype` (its log-probs are on the CPU).
+    """
+    if runtime == "transformers":
+        return LocalSpecialist.from_pretrained(
+            model_id, gguf_file=gguf_file, device=device, torch_dtype=torch_dtype
+        )
+    if runtime == "llama.cpp":
+        from langchain_specsteer.llamacpp import LlamaCppSpecialist
+
+        return LlamaCppSpecialist.from_pretrained(model_id, gguf_file=gguf_file)
+    msg = f"specialist_runtime must be 'transformers' or 'llama.cpp', got {runtime!r}"
+    raise ValueError(msg)
 
 
 class LocalModel:
@@ -346,8 +493,9 @@ class LocalModel:
         return f"{type(self).__name__}({self.name!r}, device={self.device})"
 
 
-class LocalSpecialist(LocalModel):
-    """The small on-device model: drafts with the private context (q_ctx), and gives q_gen."""
+class LocalSpecialist(LocalModel, Specialist):
+    """The small on-device model in `transformers`: drafts with the private context (q_ctx),
+    and gives q_gen."""
 
 
 class LocalGeneralist(LocalModel, Generalist):
