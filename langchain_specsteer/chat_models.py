@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForLLMRun,
+    CallbackManagerForLLMRun,
+    Callbacks,
+)
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
@@ -25,7 +26,6 @@ from pydantic import Field, field_validator, model_validator
 
 from langchain_specsteer.base import (
     PrivateContext,
-    RedactedContext,
     SpecSteerBase,
     redact,
     stop_strings,
@@ -35,10 +35,12 @@ from langchain_specsteer.models import Message
 from langchain_specsteer.params import DecodingParams
 from langchain_specsteer.run import Prompts
 from langchain_specsteer.tools import (
+    CALL_FORMATS,
     PRIVATE_RESULT,
     ParsedCall,
     ToolCallParser,
     ToolFormat,
+    check_call,
     detect_family,
     forced_prefix,
     plain_turns,
@@ -61,7 +63,8 @@ class ToolPlan:
         family: the tool-call format (`langchain_specsteer.tools`).
         tools: the bound tools as OpenAI-style schemas.
         forced: text the reply is made to start with (`tool_choice` forcing a call).
-        parse: read tool calls out of the reply (False with `tool_choice="none"`).
+        parse: read tool calls out of the reply (False without tools bound, or with
+            `tool_choice="none"`: the reply is text).
         parallel: keep every call of the reply (`parallel_tool_calls=False`: the first only).
     """
 
@@ -71,8 +74,15 @@ class ToolPlan:
     parse: bool = True
     parallel: bool = True
 
+    @property
+    def markers(self) -> tuple[str, ...]:
+        """The call markers the reply's text keeps (special tokens or not) to be parsed."""
+        return CALL_FORMATS[self.family].markers if self.parse else ()
 
-_PLAN: ContextVar[ToolPlan | None] = ContextVar("specsteer_tool_plan", default=None)
+    @property
+    def chat_template_tools(self) -> list[dict] | None:
+        """The tools a chat template renders (None: none, or listed in a `plain` turn)."""
+        return list(self.tools) if self.tools and self.family != "plain" else None
 
 
 class ChatSpecSteer(BaseChatModel, SpecSteerBase):
@@ -100,12 +110,19 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
     Tools: `bind_tools(tools, tool_choice=...)` renders them with each model's chat template
     (`apply_chat_template(..., tools=...)`; the `plain` format for a template without tools),
     and tool calls in the reply become `AIMessage.tool_calls` (`invalid_tool_calls` when
-    malformed; `tool_call_chunks` when streaming). A `ToolMessage` from one of
-    `private_tools` is read by the specialist only: the generalist reads `PRIVATE_RESULT`
-    in its place. `with_structured_output` is built on tool calling.
+    malformed, naming a tool not bound, or with arguments its schema refuses;
+    `tool_call_chunks` when streaming); without tools bound the reply is text. A
+    `ToolMessage` from one of `private_tools` is read by the specialist only: the generalist
+    reads `PRIVATE_RESULT` in its place. `with_structured_output` is built on tool calling.
     `response_metadata` carries the decoding statistics (acceptance rate, rounds, ...);
     `usage_metadata` counts the specialist's prompt tokens in and the generated tokens out.
     """
+
+    _prompt_fields: ClassVar[tuple[str, ...]] = (
+        *SpecSteerBase._prompt_fields,
+        "private_tools",
+        "tool_format",
+    )
 
     streaming: bool = False
     """Stream by default inside `invoke` (LangChain's convention): tokens reach callbacks as
@@ -166,9 +183,58 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
         return super()._get_invocation_params(stop=stop, **redact(kwargs))
 
     def _get_llm_string(self, stop: list[str] | None = None, **kwargs: Any) -> str:
-        # LangChain's cache key: a digest of the private context, so different contexts
-        # never share an entry and the key carries no text.
-        return super()._get_llm_string(stop=stop, **_digest(kwargs))
+        # LangChain's cache key: never the private context; `_for_call`'s `CallCache` adds
+        # its keyed digest.
+        kwargs.pop("private_context", None)
+        return super()._get_llm_string(stop=stop, **kwargs)
+
+    def generate(
+        self,
+        messages: list[list[BaseMessage]],
+        stop: list[str] | None = None,
+        callbacks: Callbacks = None,
+        *,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        run_name: str | None = None,
+        run_id: uuid.UUID | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        return BaseChatModel.generate(
+            self._for_call(kwargs),
+            messages,
+            stop,
+            callbacks,
+            tags=tags,
+            metadata=metadata,
+            run_name=run_name,
+            run_id=run_id,
+            **kwargs,
+        )
+
+    async def agenerate(
+        self,
+        messages: list[list[BaseMessage]],
+        stop: list[str] | None = None,
+        callbacks: Callbacks = None,
+        *,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        run_name: str | None = None,
+        run_id: uuid.UUID | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        return await BaseChatModel.agenerate(
+            self._for_call(kwargs),
+            messages,
+            stop,
+            callbacks,
+            tags=tags,
+            metadata=metadata,
+            run_name=run_name,
+            run_id=run_id,
+            **kwargs,
+        )
 
     def decoding_params(self, **overrides: Any) -> DecodingParams:
         """Decoding fields with per-call overrides (`max_tokens` too)."""
@@ -214,7 +280,7 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
         tools = tuple(tools or ())
         parallel = parallel_tool_calls is not False
         if not tools:
-            return ToolPlan(family, parallel=parallel)
+            return ToolPlan(family, parse=False, parallel=parallel)
         _check_tool_choice(tool_choice, [t["function"]["name"] for t in tools])
         if tool_choice == "none":
             return ToolPlan(family, parse=False)
@@ -266,27 +332,54 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
             turns.append(turn)
         return turns
 
-    @property
-    def _chat(self) -> dict[str, Any]:
-        chat = super()._chat
-        plan = _PLAN.get()
-        if plan is None or plan.family == "plain" or not plan.tools:
+    def _chat_for(self, plan: ToolPlan) -> dict[str, Any]:
+        """The chat-template options of a call under `plan` (its tools, for a template that
+        renders them)."""
+        chat = self._chat
+        if (tools := plan.chat_template_tools) is None:
             return chat
-        kwargs = {**chat["chat_template_kwargs"], "tools": list(plan.tools)}
-        return {**chat, "chat_template_kwargs": kwargs}
+        return {**chat, "chat_template_kwargs": {**chat["chat_template_kwargs"], "tools": tools}}
 
     def _turns(
-        self, messages: Sequence[Message], context: str
+        self, messages: Sequence[Message], context: str, plan: ToolPlan | None = None
     ) -> tuple[list[Message], list[Message]]:
         """(public, private) turns: a private tool's result only in the private ones (the
-        placeholder in the public ones), then the private context as `SpecSteerLLM` adds it."""
-        plan = _PLAN.get() or ToolPlan(self.tool_family())
+        placeholder in the public ones), then the private context as `SpecSteerLLM` adds it;
+        under a `plain` plan, tools and calls as text."""
+        plan = plan or self.tool_plan()
         public = [_public_turn(turn) for turn in messages]
         private = [{k: v for k, v in turn.items() if k != _PRIVATE} for turn in messages]
         _, private = super()._turns(private, context)  # into the request, not a tool result
         if plan.family == "plain":
             public, private = plain_turns(public, plan.tools), plain_turns(private, plan.tools)
         return public, private
+
+    def _prompts(
+        self,
+        messages: Sequence[Message],
+        context: str,
+        params: DecodingParams | None = None,
+        plan: ToolPlan | None = None,
+    ) -> Prompts:
+        """The three prompts of a conversation under `plan` (default: no tools), ending in
+        the reply's forced start when the plan forces a call."""
+        plan = plan or self.tool_plan()
+        public, private = self._turns(messages, context, plan)
+        prompts = self._encode_turns(public, private, params, self._chat_for(plan))
+        return self._force(prompts, plan.forced)
+
+    async def _aprompts(
+        self,
+        messages: Sequence[Message],
+        context: str,
+        params: DecodingParams | None = None,
+        plan: ToolPlan | None = None,
+    ) -> Prompts:
+        """`_prompts` from a coroutine."""
+        plan = plan or self.tool_plan()
+        public, private = self._turns(messages, context, plan)
+        prompts = await self._aencode_turns(public, private, params, self._chat_for(plan))
+        return self._force(prompts, plan.forced)
 
     def _force(self, prompts: Prompts, forced: str) -> Prompts:
         """The prompts with the reply's forced start appended (a forced tool call)."""
@@ -319,45 +412,81 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
         messages: list[BaseMessage],
         stop: list[str] | None = None,
         run_manager: CallbackManagerForLLMRun | None = None,
-        private_context: PrivateContext = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        plan = self._plan(kwargs)
-        params = self.decoding_params(**kwargs)
-        turns = self.render_messages(messages)
-        context, retrieved = self.private_context_for(_query(turns), unredact(private_context))
-        with _planned(plan):
-            prompts = self._force(self._prompts(turns, context, params), plan.forced)
-        reader = _Reader(plan)
-        for piece, info in _with_forced(plan.forced, self._decode(prompts, params, stop)):
-            for chunk in self._chunks(reader, piece, info, context, retrieved):
-                if run_manager and info is None:
-                    run_manager.on_llm_new_token(_piece_text(chunk), chunk=chunk)
-                yield chunk
+        reader = _Reader(self._plan(kwargs))
+        yield from self._reply(reader, messages, stop, run_manager, **kwargs)
 
     async def _astream(
         self,
         messages: list[BaseMessage],
         stop: list[str] | None = None,
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        reader = _Reader(self._plan(kwargs))
+        async for chunk in self._areply(reader, messages, stop, run_manager, **kwargs):
+            yield chunk
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        reader = _Reader(self._plan(kwargs))
+        chunks = list(self._reply(reader, messages, stop, run_manager, **kwargs))
+        return _result(chunks, reader.calls)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        reader = _Reader(self._plan(kwargs))
+        replied = self._areply(reader, messages, stop, run_manager, **kwargs)
+        return _result([chunk async for chunk in replied], reader.calls)
+
+    def _reply(
+        self,
+        reader: _Reader,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: CallbackManagerForLLMRun | None,
+        private_context: PrivateContext = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        """The reply's chunks, read by `reader` (which holds the call's tool plan)."""
+        params = self.decoding_params(**kwargs)
+        turns = self.render_messages(messages)
+        context, retrieved = self.private_context_for(_query(turns), unredact(private_context))
+        prompts = self._prompts(turns, context, params, reader.plan)
+        for piece, info in self._decode(prompts, params, stop, reader.plan.markers):
+            for chunk in self._chunks(reader, piece, info, context, retrieved):
+                if run_manager and info is None:
+                    run_manager.on_llm_new_token(_piece_text(chunk), chunk=chunk)
+                yield chunk
+
+    async def _areply(
+        self,
+        reader: _Reader,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: AsyncCallbackManagerForLLMRun | None,
         private_context: PrivateContext = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        plan = self._plan(kwargs)
+        """`_reply` without blocking the event loop."""
         params = self.decoding_params(**kwargs)
         turns = self.render_messages(messages)
         context, retrieved = await self.aprivate_context_for(
             _query(turns), unredact(private_context)
         )
-        with _planned(plan):
-            prompts = self._force(await self._aprompts(turns, context, params), plan.forced)
-        reader = _Reader(plan)
-        if plan.forced:  # the reply's forced start, as the first piece
-            for chunk in self._chunks(reader, plan.forced, None, context, retrieved):
-                if run_manager:
-                    await run_manager.on_llm_new_token(_piece_text(chunk), chunk=chunk)
-                yield chunk
-        async for piece, info in self._adecode(prompts, params, stop):
+        prompts = await self._aprompts(turns, context, params, reader.plan)
+        async for piece, info in self._adecode(prompts, params, stop, reader.plan.markers):
             for chunk in self._chunks(reader, piece, info, context, retrieved):
                 if run_manager and info is None:
                     await run_manager.on_llm_new_token(_piece_text(chunk), chunk=chunk)
@@ -400,34 +529,19 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
         )
         return ChatGenerationChunk(message=last, generation_info=info)
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        return _result(list(self._stream(messages, stop, run_manager, **kwargs)))
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        chunks = [c async for c in self._astream(messages, stop, run_manager, **kwargs)]
-        return _result(chunks)
-
 
 class _Reader:
-    """A reply's text split into content and tool calls (or passed through, when the call
-    parses none)."""
+    """A reply's text split into content and tool calls under a tool plan (passed through
+    when the plan reads none). The plan's forced start is read first: the reply is made to
+    begin with it, for the specialist and the generalist alike (`ChatSpecSteer._force`).
+    `calls` holds every call kept, each checked against the bound tools (`check_call`)."""
 
     def __init__(self, plan: ToolPlan):
+        self.plan = plan
         self.parser = ToolCallParser(plan.family) if plan.parse else None
-        self.parallel = plan.parallel
-        self.count = 0
+        self.calls: list[ParsedCall] = []
+        if self.parser is not None and plan.forced:
+            self.parser.push(plan.forced)  # a call's start: no text to emit
 
     def push(self, piece: str) -> tuple[str, list[tuple[int, ParsedCall]]]:
         if self.parser is None:
@@ -440,30 +554,12 @@ class _Reader:
         return self.parser.flush(), self._taken()
 
     def _taken(self) -> list[tuple[int, ParsedCall]]:
-        calls = self.parser.take()
-        if not self.parallel:  # the first call of the reply only
-            calls = calls[: max(0, 1 - self.count)]
-        start, self.count = self.count, self.count + len(calls)
+        calls = [check_call(call, self.plan.tools) for call in self.parser.take()]
+        if not self.plan.parallel:  # the first call of the reply only
+            calls = calls[: max(0, 1 - len(self.calls))]
+        start = len(self.calls)
+        self.calls.extend(calls)
         return list(enumerate(calls, start))
-
-
-@contextmanager
-def _planned(plan: ToolPlan) -> Iterator[None]:
-    """Render prompts under `plan` (read by `_chat` and `_turns`; per call, thread-safe)."""
-    token = _PLAN.set(plan)
-    try:
-        yield
-    finally:
-        _PLAN.reset(token)
-
-
-def _with_forced(
-    forced: str, decoded: Iterator[tuple[str, dict[str, Any] | None]]
-) -> Iterator[tuple[str, dict[str, Any] | None]]:
-    """The decoded pieces after the forced start of the reply."""
-    if forced:
-        yield forced, None
-    yield from decoded
 
 
 def _piece_text(chunk: ChatGenerationChunk) -> str:
@@ -505,42 +601,28 @@ def _query(turns: list[Message]) -> str:
     return next((t["content"] for t in reversed(turns) if t["role"] == "user"), "")
 
 
-def _result(chunks: list[ChatGenerationChunk]) -> ChatResult:
-    """One message from the streamed chunks."""
+def _result(chunks: list[ChatGenerationChunk], calls: Sequence[ParsedCall]) -> ChatResult:
+    """One message from the streamed chunks and the reply's checked calls: the valid ones
+    its `tool_calls`, the others its `invalid_tool_calls` with their errors."""
     final = chunks[0]
     for chunk in chunks[1:]:
         final += chunk
-    calls, invalid = _strict_calls(final.message.tool_call_chunks)
     message = AIMessage(
         content=final.message.content,
-        tool_calls=calls,
-        invalid_tool_calls=invalid,
+        tool_calls=[
+            tool_call(name=call.name, args=call.args, id=call.id) for call in calls if call.valid
+        ],
+        invalid_tool_calls=[
+            invalid_tool_call(name=call.name, args=call.args_text, id=call.id, error=call.error)
+            for call in calls
+            if not call.valid
+        ],
         usage_metadata=final.message.usage_metadata,
         response_metadata=final.message.response_metadata,
     )
     return ChatResult(
         generations=[ChatGeneration(message=message, generation_info=final.generation_info)]
     )
-
-
-def _strict_calls(chunks: Sequence[dict[str, Any]]) -> tuple[list, list]:
-    """(tool calls, invalid tool calls) of a whole reply: a call is valid when it has a name
-    and its arguments are a JSON object."""
-    calls, invalid = [], []
-    for chunk in chunks:
-        name, args = chunk.get("name"), chunk.get("args") or "{}"
-        try:
-            value = json.loads(args)
-            error = None if isinstance(value, dict) else "the arguments are not a JSON object"
-        except json.JSONDecodeError as err:
-            value, error = None, f"malformed JSON arguments: {err}"
-        if not name:
-            error = "a tool call needs a name"
-        if error is None:
-            calls.append(tool_call(name=name, args=value, id=chunk.get("id")))
-        else:
-            invalid.append(invalid_tool_call(name=name, args=args, id=chunk.get("id"), error=error))
-    return calls, invalid
 
 
 _CALL_BLOCKS = frozenset({"tool_use", "tool_call", "function_call"})
@@ -586,13 +668,3 @@ def _call_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The decoding fields among a call's keyword arguments."""
     names = {*DecodingParams.model_fields, "max_tokens"}
     return {k: v for k, v in kwargs.items() if k in names}
-
-
-def _digest(kwargs: dict[str, Any]) -> dict[str, Any]:
-    context = kwargs.get("private_context")
-    if context is None:
-        return kwargs
-    if isinstance(context, RedactedContext):
-        context = context.reveal()
-    digest = hashlib.sha256(repr(context).encode()).hexdigest()
-    return {**kwargs, "private_context": f"sha256:{digest}"}

@@ -114,7 +114,6 @@ def test_episode_sequences_match_what_chat_specsteer_feeds_at_inference(world, t
     )
     from eval.world import assistant_tools
     from langchain_specsteer import ChatSpecSteer
-    from langchain_specsteer.chat_models import _planned
 
     episodes = load_episodes(world, "train")
     episodes = [next(e for e in episodes if e["kind"] == kind) for kind in ("recall", "weather")]
@@ -140,8 +139,7 @@ def test_episode_sequences_match_what_chat_specsteer_feeds_at_inference(world, t
             then = [AIMessage("", tool_calls=[call]), ToolMessage(result, tool_call_id="c")]
             plan = chat.tool_plan(assistant_tools(episode))
             for (tokens, prompt_length), messages in ((first, history), (second, history + then)):
-                with _planned(plan):
-                    prompts = chat._prompts(chat.render_messages(messages), "")
+                prompts = chat._prompts(chat.render_messages(messages), "", plan=plan)
                 expected = prompts.private if private else prompts.public_generalist
                 assert tokens[:prompt_length] == expected
                 assert tokens[-1] == tokenizer.eos_token_id

@@ -222,7 +222,6 @@ def test_an_agent_turn_over_vllm_equals_in_process(server, pair, tmp_path):
     from langchain_core.utils.function_calling import convert_to_openai_tool
 
     from langchain_specsteer import ChatSpecSteer
-    from langchain_specsteer.chat_models import _planned
     from langchain_specsteer.tools import PRIVATE_RESULT
     from retrievers import PrivateMemory, memory_tools
 
@@ -248,10 +247,8 @@ def test_an_agent_turn_over_vllm_equals_in_process(server, pair, tmp_path):
         ]
         schemas = [convert_to_openai_tool(tool) for tool in tools]
         plans = [chat.tool_plan(schemas) for chat in chats]
-        with _planned(plans[0]):
-            prompts = chats[0]._prompts(chats[0].render_messages(history), "")
-        with _planned(plans[1]):
-            expected = chats[1]._prompts(chats[1].render_messages(history), "")
+        prompts = chats[0]._prompts(chats[0].render_messages(history), "", plan=plans[0])
+        expected = chats[1]._prompts(chats[1].render_messages(history), "", plan=plans[1])
         assert prompts.public_generalist == expected.public_generalist
         public = specialist.tokenizer.decode(prompts.public_generalist)
         assert public.startswith("<|bos|><|tools|>") and PRIVATE_RESULT in public

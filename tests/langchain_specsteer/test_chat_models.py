@@ -116,8 +116,9 @@ def test_private_context_stays_out_of_callbacks_and_cache_keys(make_chat):
     assert len(recorder.seen) == 7
     for event in recorder.seen:
         assert "Zorblax" not in event and "4417" not in event
-    key = chat._get_llm_string(private_context=SECRET)
-    assert "Zorblax" not in key and key != chat._get_llm_string(private_context="other")
+    # LangChain's own key leaves the context out; the cache keys it by a keyed digest
+    # (`CallCache`, tests/langchain_specsteer/test_privacy.py)
+    assert chat._get_llm_string(private_context=SECRET) == chat._get_llm_string()
     # ...while the specialist did read it
     plain = chat.invoke(PROMPTS[0], method="specialist").content
     assert chat.invoke(PROMPTS[0], method="specialist", private_context=SECRET).content != plain
@@ -227,11 +228,11 @@ def scripted(monkeypatch):
             seen.append(prompts)
             return {"prompt_tokens": len(prompts.private), "new_tokens": len(pieces)}
 
-        def decode(self, prompts, params, stop):
+        def decode(self, prompts, params, stop, keep=()):
             yield from ((piece, None) for piece in pieces)
             yield "", info(prompts)
 
-        async def adecode(self, prompts, params, stop):
+        async def adecode(self, prompts, params, stop, keep=()):
             for piece in pieces:
                 yield piece, None
             yield "", info(prompts)
@@ -284,7 +285,43 @@ def test_a_malformed_call_is_an_invalid_tool_call(make_chat, scripted):
     assert message.tool_calls == [] and len(message.invalid_tool_calls) == 1
     invalid = message.invalid_tool_calls[0]
     assert invalid["name"] == "get_weather" and "Paris" in invalid["args"]
-    assert invalid["error"].startswith("malformed JSON arguments")
+    assert invalid["error"].startswith("malformed JSON: Expecting value")
+
+
+def test_without_tools_bound_the_reply_is_text(make_chat, scripted):
+    """No tools bound (or tool_choice="none"): nothing is read as a call, whatever the
+    model writes (issue 23 item 10)."""
+    scripted(TWO_CALLS)
+    chat = make_chat()
+    assert chat.tool_plan().parse is False
+    message = chat.invoke("Weather in Paris and Lima?")
+    assert message.content == TWO_CALLS
+    assert message.tool_calls == [] and message.invalid_tool_calls == []
+    chunks = list(chat.stream("Weather in Paris and Lima?"))
+    assert "".join(c.content for c in chunks) == TWO_CALLS
+    assert not any(c.tool_call_chunks for c in chunks)
+    assert asyncio.run(chat.ainvoke("Weather?")).content == TWO_CALLS
+
+
+UNFIT = (
+    '<tool_call>{"name": "lukewarm.", "arguments": {}}</tool_call>'
+    '<tool_call>{"name": "get_weather", "arguments": {"city": 3}}</tool_call>'
+    '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'
+)
+
+
+def test_a_call_of_an_unbound_tool_or_with_unfit_arguments_is_invalid(make_chat, scripted):
+    """A call naming no bound tool, or whose arguments its schema refuses, goes to
+    `invalid_tool_calls` with the reason, never to `tool_calls` (issue 23 item 10)."""
+    scripted(UNFIT)
+    chat = make_chat().bind_tools([WEATHER])
+    for message in (chat.invoke("Weather?"), asyncio.run(chat.ainvoke("Weather?"))):
+        assert call_pairs(message.tool_calls) == [("get_weather", {"city": "Oslo"})]
+        assert [(c["name"], c["error"]) for c in message.invalid_tool_calls] == [
+            ("lukewarm.", "no bound tool is named 'lukewarm.'; bound: ['get_weather']"),
+            ("get_weather", "arguments.city is not a string"),
+        ]
+        assert json.loads(message.invalid_tool_calls[1]["args"]) == {"city": 3}
 
 
 def test_tools_and_tool_messages_are_rendered_for_both_models(make_chat, specialist, scripted):
@@ -437,7 +474,7 @@ def test_a_remote_generalist_renders_the_tools_with_its_own_template(
 
     from langchain_specsteer import LocalGeneralist, LocalSpecialist
     from langchain_specsteer.remote import OpenAICompatibleGeneralist, RemoteGeneralist
-    from langchain_specsteer.service import ServiceLimits, VerifierService, create_app
+    from langchain_specsteer.server import ServiceLimits, VerifierService, create_app
     from langchain_specsteer.testing import BackgroundServer
 
     tokenizer = copy.deepcopy(specialist.tokenizer)
@@ -459,12 +496,11 @@ def test_a_remote_generalist_renders_the_tools_with_its_own_template(
         )
         chat = ChatSpecSteer(specialist=local, generalist=remote, max_tokens=4)
         local_chat = ChatSpecSteer(specialist=local, generalist=service.generalist, max_tokens=4)
-        from langchain_specsteer.chat_models import _planned
-
-        plan = chat.tool_plan([recall])
-        with _planned(plan):
-            prompts = chat._prompts(chat.render_messages(history), "")
-            expected = local_chat._prompts(local_chat.render_messages(history), "")
+        plan = chat.tool_plan([recall])  # passed explicitly: no state between calls
+        prompts = chat._prompts(chat.render_messages(history), "", plan=plan)
+        expected = local_chat._prompts(local_chat.render_messages(history), "", plan=plan)
+        unplanned = local_chat._prompts(local_chat.render_messages(history), "")
+        assert "# Tools" not in tokenizer.decode(unplanned.public_generalist)  # no plan: no tools
         assert prompts.public_generalist == expected.public_generalist
         assert "# Tools" in tokenizer.decode(prompts.public_generalist)
         [body] = [json.loads(r["body"]) for r in recorder.requests if r["path"] == "/tokenize"]
@@ -475,3 +511,65 @@ def test_a_remote_generalist_renders_the_tools_with_its_own_template(
         message = chat.bind_tools([recall]).invoke(history)
         assert message.response_metadata["new_tokens"] == 4
         remote.close()
+
+
+RECALL = {
+    "type": "function",
+    "function": {
+        "name": "recall_memory",
+        "description": "Search the private memory.",
+        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
+    },
+}
+
+
+@pytest.fixture
+def scripted_ids(monkeypatch):
+    """Make every run commit `ids` in one round: the detokenizer and the call reader still
+    run on them, whatever the models would write."""
+    from langchain_specsteer.engine import SpecSteerEngine
+    from langchain_specsteer.run import DecodeStats, Round
+
+    def script(ids):
+        class Scripted:
+            stats = DecodeStats("specsteer", new_tokens=len(ids))
+
+            def __iter__(self):
+                yield Round(list(ids), 0)
+
+            async def __aiter__(self):
+                yield Round(list(ids), 0)
+
+        monkeypatch.setattr(SpecSteerEngine, "run", lambda self, prompts, params: Scripted())
+
+    return script
+
+
+def test_the_demo_pairs_call_marker_is_special_read_by_the_chat_and_never_text(
+    demo_pair, scripted_ids
+):
+    """`<|call|>` is one special token of the demo pair (its id unchanged): `SpecSteerLLM`'s
+    text and a chat without tools never show it, and a chat with tools still reads the call
+    it opens (issue 23 item 11)."""
+    from langchain_specsteer import SpecSteerLLM
+
+    specialist, generalist = demo_pair
+    tokenizer = specialist.tokenizer
+    assert tokenizer.convert_tokens_to_ids("<|call|>") == 1665
+    assert "<|call|>" in tokenizer.all_special_tokens
+    ids = tokenizer.encode('<|call|>recall_memory {"query": "blender"}', add_special_tokens=False)
+    assert ids[0] == 1665
+    scripted_ids(ids)
+    text = 'recall_memory {"query": "blender"}'
+    assert SpecSteerLLM(specialist=specialist, generalist=generalist).invoke("Hi") == text
+    chat = ChatSpecSteer(specialist=specialist, generalist=generalist)
+    assert chat.invoke("Hi").content == text
+    bound = chat.bind_tools([RECALL])
+    for message in (bound.invoke("Hi"), asyncio.run(bound.ainvoke("Hi"))):
+        assert message.content == "" and message.invalid_tool_calls == []
+        assert call_pairs(message.tool_calls) == [("recall_memory", {"query": "blender"})]
+    chunks = list(bound.stream("Hi"))
+    assert [c.tool_call_chunks[0]["name"] for c in chunks if c.tool_call_chunks] == [
+        "recall_memory"
+    ]
+    assert "".join(c.content for c in chunks) == ""
