@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
+import os
+import secrets
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
+from langchain_core.caches import BaseCache
 from langchain_core.documents import Document
+from langchain_core.globals import get_llm_cache
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -36,7 +43,15 @@ from langchain_specsteer.run import Prompts, Round, Run
 from langchain_specsteer.text import ByteDetokenizer, IncrementalDetokenizer, StopStringFilter
 from langchain_specsteer.verification import Generalist, GeneralistError
 
-__all__ = ["PrivateContext", "RedactedContext", "SpecSteerBase", "stop_strings"]
+__all__ = [
+    "CACHE_SECRET_ENV",
+    "CallCache",
+    "PrivateContext",
+    "RedactedContext",
+    "SpecSteerBase",
+    "context_digest",
+    "stop_strings",
+]
 
 PrivateContext = str | Document | Sequence[str | Document] | None
 
@@ -72,6 +87,52 @@ def redact(kwargs: dict[str, Any]) -> dict[str, Any]:
 def unredact(context: PrivateContext | RedactedContext) -> PrivateContext:
     """The context a call passed (unwrapped from its redaction)."""
     return context.reveal() if isinstance(context, RedactedContext) else context
+
+
+CACHE_SECRET_ENV = "SPECSTEER_CACHE_SECRET"
+"""The environment variable holding the key of cache-key digests: set it (to a secret kept
+like the cache itself) for a persistent cache to be hit across processes."""
+_PROCESS_SECRET = secrets.token_bytes(32)
+
+
+def context_digest(context: str) -> str:
+    """A keyed digest (HMAC-SHA256) of a rendered private context, for LangChain's cache keys.
+
+    Equal contexts give equal digests under one key: the `SPECSTEER_CACHE_SECRET` environment
+    variable, else a random key of this process. Without the key a digest tells nothing about
+    the context; a plain hash would not do, as a short context (a PIN, a name) is found from
+    it by hashing guesses (docs/privacy.md).
+    """
+    key = os.environ.get(CACHE_SECRET_ENV, "").encode() or _PROCESS_SECRET
+    return "hmac-sha256:" + hmac.new(key, context.encode(), hashlib.sha256).hexdigest()
+
+
+class CallCache(BaseCache):
+    """LangChain's cache seen by one call: its entries keyed by the call's fields too (its
+    keyword arguments, the digest of its private context, the fields that shape its prompts),
+    which LangChain's own key (`SpecSteerLLM`'s) leaves out."""
+
+    def __init__(self, cache: BaseCache, fields: dict[str, Any]):
+        self.cache = cache
+        self.suffix = "---specsteer:" + json.dumps(fields, sort_keys=True, default=_plain)
+
+    def lookup(self, prompt: str, llm_string: str) -> Any:
+        return self.cache.lookup(prompt, llm_string + self.suffix)
+
+    def update(self, prompt: str, llm_string: str, return_val: Any) -> None:
+        self.cache.update(prompt, llm_string + self.suffix, return_val)
+
+    def clear(self, **kwargs: Any) -> None:
+        self.cache.clear(**kwargs)
+
+    async def alookup(self, prompt: str, llm_string: str) -> Any:
+        return await self.cache.alookup(prompt, llm_string + self.suffix)
+
+    async def aupdate(self, prompt: str, llm_string: str, return_val: Any) -> None:
+        await self.cache.aupdate(prompt, llm_string + self.suffix, return_val)
+
+    async def aclear(self, **kwargs: Any) -> None:
+        await self.cache.aclear(**kwargs)
 
 
 class SpecSteerBase(DecodingParams):
@@ -110,6 +171,16 @@ class SpecSteerBase(DecodingParams):
     alignment: Literal["auto", "token", "byte"] = "auto"
     """"token": both models share one vocabulary; "byte": they share only text (different
     tokenizers); "auto": "token" when the vocabularies match, else "byte"."""
+
+    _prompt_fields: ClassVar[tuple[str, ...]] = (
+        "use_chat_template",
+        "chat_template_kwargs",
+        "context_template",
+        "context_separator",
+        "document_template",
+        "alignment",
+    )
+    """Fields besides the decoding ones that shape a call's prompts or text: in its cache key."""
 
     _engine_cache: SpecSteerEngine | None = PrivateAttr(default=None)
     _engine_key: tuple[Any, ...] = PrivateAttr(default=())
@@ -225,6 +296,26 @@ class SpecSteerBase(DecodingParams):
             return self._retrieved(await aretrieve_privately(self.retriever, prompt))
         return self._given(private_context)
 
+    def _for_call(self, kwargs: dict[str, Any]) -> Self:
+        """The model that runs a call under LangChain's LLM cache: itself when no cache
+        applies; a copy without the cache when a retriever would fetch the call's context
+        (its documents are unknown until it runs); else a copy whose cache keys entries by
+        the call too (`CallCache`: its settings, and its context as `context_digest`)."""
+        cache = self.cache if isinstance(self.cache, BaseCache) else None
+        if cache is None and self.cache is not False:
+            cache = get_llm_cache()
+        if cache is None:
+            return self
+        context = unredact(kwargs.get("private_context"))
+        if context is None and self.retriever is not None:
+            return self.model_copy(update={"cache": False})
+        fields = {name: v for name, v in kwargs.items() if name != "private_context"}
+        fields["private_context"] = (
+            None if context is None else context_digest(self._given(context)[0])
+        )
+        fields["prompt_fields"] = {name: getattr(self, name) for name in self._prompt_fields}
+        return self.model_copy(update={"cache": CallCache(cache, fields)})
+
     def _retrieved(self, documents: list[Document]) -> tuple[str, int]:
         documents = documents[: self.retrieval_k]
         return self._render_context(documents), len(documents)
@@ -258,31 +349,50 @@ class SpecSteerBase(DecodingParams):
     def _prompts(
         self, messages: Sequence[Message], context: str, params: DecodingParams | None = None
     ) -> Prompts:
-        """The three prompts of a conversation ending in a user turn. The generalist's prompt
-        is encoded only when `params.method` uses it (a remote one may ask its service)."""
-        public, private = self._turns(messages, context)
-        public_generalist, error = [], None
-        if _uses_generalist(params):
-            try:
-                public_generalist = self.generalist.encode_messages(public, **self._chat)
-            except GeneralistError as err:
-                public_generalist, error = _unencoded(err, params)
-        return self._specialist_prompts(public, private, public_generalist, error)
+        """The three prompts of a conversation ending in a user turn."""
+        return self._encode_turns(*self._turns(messages, context), params, self._chat)
 
     async def _aprompts(
         self, messages: Sequence[Message], context: str, params: DecodingParams | None = None
     ) -> Prompts:
-        """`_prompts` from a coroutine: the generalist's encoding awaited (asynchronous HTTP
-        for a remote one), the specialist's tokenizing in a worker thread."""
-        public, private = self._turns(messages, context)
+        """`_prompts` from a coroutine."""
+        return await self._aencode_turns(*self._turns(messages, context), params, self._chat)
+
+    def _encode_turns(
+        self,
+        public: list[Message],
+        private: list[Message],
+        params: DecodingParams | None,
+        chat: dict[str, Any],
+    ) -> Prompts:
+        """The three prompts of (public, private) turns, rendered with the template options
+        `chat`. The generalist's prompt is encoded only when `params.method` uses it (a remote
+        one may ask its service)."""
         public_generalist, error = [], None
         if _uses_generalist(params):
             try:
-                public_generalist = await self.generalist.aencode_messages(public, **self._chat)
+                public_generalist = self.generalist.encode_messages(public, **chat)
+            except GeneralistError as err:
+                public_generalist, error = _unencoded(err, params)
+        return self._specialist_prompts(public, private, public_generalist, error, chat)
+
+    async def _aencode_turns(
+        self,
+        public: list[Message],
+        private: list[Message],
+        params: DecodingParams | None,
+        chat: dict[str, Any],
+    ) -> Prompts:
+        """`_encode_turns` from a coroutine: the generalist's encoding awaited (asynchronous
+        HTTP for a remote one), the specialist's tokenizing in a worker thread."""
+        public_generalist, error = [], None
+        if _uses_generalist(params):
+            try:
+                public_generalist = await self.generalist.aencode_messages(public, **chat)
             except GeneralistError as err:
                 public_generalist, error = _unencoded(err, params)
         return await asyncio.to_thread(
-            self._specialist_prompts, public, private, public_generalist, error
+            self._specialist_prompts, public, private, public_generalist, error, chat
         )
 
     def _specialist_prompts(
@@ -291,10 +401,11 @@ class SpecSteerBase(DecodingParams):
         private: list[Message],
         public_generalist: list[int] | None,
         error: str | None,
+        chat: dict[str, Any],
     ) -> Prompts:
         return Prompts(
-            private=self.specialist.encode_messages(private, **self._chat),
-            public_specialist=self.specialist.encode_messages(public, **self._chat),
+            private=self.specialist.encode_messages(private, **chat),
+            public_specialist=self.specialist.encode_messages(public, **chat),
             public_generalist=public_generalist,
             generalist_error=error,
         )
@@ -313,11 +424,16 @@ class SpecSteerBase(DecodingParams):
         return params.model_copy(update={field: limit}), limit
 
     def _decode(
-        self, prompts: Prompts, params: DecodingParams, stop: Sequence[str] | None
+        self,
+        prompts: Prompts,
+        params: DecodingParams,
+        stop: Sequence[str] | None,
+        keep: Sequence[str] = (),
     ) -> Iterator[tuple[str, dict[str, Any] | None]]:
-        """(text piece, None) as rounds commit tokens, then ("", statistics)."""
+        """(text piece, None) as rounds commit tokens, then ("", statistics). Special tokens
+        spell nothing, except those in `keep` (a chat's tool-call markers)."""
         fitted, draft_tokens = self._fit_draft(params, prompts)
-        run, text = self._engine.run(prompts, fitted), self._text(stop)
+        run, text = self._engine.run(prompts, fitted), self._text(stop, keep)
         rounds = iter(run)
         try:
             for round_ in rounds:
@@ -332,11 +448,15 @@ class SpecSteerBase(DecodingParams):
         yield "", text.info(run, prompts, params, draft_tokens)
 
     async def _adecode(
-        self, prompts: Prompts, params: DecodingParams, stop: Sequence[str] | None
+        self,
+        prompts: Prompts,
+        params: DecodingParams,
+        stop: Sequence[str] | None,
+        keep: Sequence[str] = (),
     ) -> AsyncIterator[tuple[str, dict[str, Any] | None]]:
         """`_decode` without blocking the event loop (`async for` over the run)."""
         fitted, draft_tokens = self._fit_draft(params, prompts)
-        run, text = self._engine.run(prompts, fitted), self._text(stop)
+        run, text = self._engine.run(prompts, fitted), self._text(stop, keep)
         rounds = aiter(run)
         try:
             async for round_ in rounds:
@@ -350,10 +470,12 @@ class SpecSteerBase(DecodingParams):
             yield piece, None
         yield "", text.info(run, prompts, params, draft_tokens)
 
-    def _text(self, stop: Sequence[str] | None) -> RoundText:
+    def _text(self, stop: Sequence[str] | None, keep: Sequence[str] = ()) -> RoundText:
         byte_level = self._engine.alignment == "byte"
         return RoundText(
-            ByteDetokenizer() if byte_level else IncrementalDetokenizer(self.specialist.tokenizer),
+            ByteDetokenizer()
+            if byte_level
+            else IncrementalDetokenizer(self.specialist.tokenizer, keep),
             StopStringFilter([*stop_strings(self.stop), *stop_strings(stop)]),
             byte_level=byte_level,
         )
@@ -403,6 +525,11 @@ class RoundText:
         if draft_tokens < (params.max_draft_tokens if auto else params.draft_tokens):
             info["draft_tokens_clamped_to"] = draft_tokens
         return info
+
+
+def _plain(value: Any) -> Any:
+    """A cache-key field as JSON: a set in order, anything else as its repr."""
+    return sorted(value) if isinstance(value, set | frozenset) else repr(value)
 
 
 def stop_strings(stop: str | Sequence[str] | None) -> list[str]:

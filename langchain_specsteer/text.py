@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 __all__ = ["ByteDetokenizer", "IncrementalDetokenizer", "StopStringFilter"]
@@ -14,17 +14,23 @@ class IncrementalDetokenizer:
     Decodes a short window of recent tokens twice (with and without the new ones) and emits
     the difference, so tokenizers that merge spaces or bytes across tokens still concatenate
     to `tokenizer.decode(all_ids)`.
+
+    Special tokens spell nothing, except those named in `keep` (e.g. a chat template's
+    tool-call marker, which a chat model reads calls from).
     """
 
-    def __init__(self, tokenizer: Any):
+    def __init__(self, tokenizer: Any, keep: Collection[str] = ()):
         self.tokenizer = tokenizer
         self.ids: list[int] = []
         self.prefix_offset = 0  # start of the window decoded for context
         self.read_offset = 0  # tokens before this are already emitted
+        self.skip = _skipped(tokenizer, keep)  # None: every special token
 
     def _decode(self, ids: Sequence[int]) -> str:
+        if self.skip is not None:
+            ids = [i for i in ids if i not in self.skip]
         return self.tokenizer.decode(
-            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+            ids, skip_special_tokens=self.skip is None, clean_up_tokenization_spaces=False
         )
 
     def push(self, token_ids: Sequence[int]) -> str:
@@ -96,6 +102,18 @@ class StopStringFilter:
         """Release the held text at the end of generation."""
         out, self.held = self.held, ""
         return "" if self.stopped else out
+
+
+def _skipped(tokenizer: Any, keep: Collection[str]) -> frozenset[int] | None:
+    """The special token ids to skip when some (`keep`) must be spelled; None when none of
+    `keep` is a special token (the tokenizer skips them all)."""
+    if not keep:
+        return None
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    special = {i for i, token in added.items() if getattr(token, "special", False)}
+    special |= set(getattr(tokenizer, "all_special_ids", ()))
+    kept = {i for i in special if tokenizer.convert_ids_to_tokens(i) in keep}
+    return frozenset(special - kept) if kept else None
 
 
 def _overlap(text: str, stop: str) -> int:

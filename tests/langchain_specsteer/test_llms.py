@@ -7,6 +7,7 @@ import copy
 import math
 
 import pytest
+import torch
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
 from langchain_core.language_models.llms import LLM
@@ -420,3 +421,22 @@ def test_abatch_equals_batch(make_llm):
 
     assert asyncio.run(run_all()) == sync
     assert asyncio.run(llm.abatch(list(PROMPTS))) == llm.batch(list(PROMPTS))
+
+
+def test_the_demo_pairs_markers_never_reach_the_text(demo_pair):
+    """Off its world the demo generalist opens with its call marker; the marker is a special
+    token, so the LLM's text never shows it (issue 23 item 11)."""
+    from retrievers import task_templates
+
+    specialist, generalist = demo_pair
+    llm = SpecSteerLLM(
+        specialist=specialist,
+        generalist=generalist,
+        max_new_tokens=16,
+        **task_templates("product_review"),
+    )
+    ids = llm.render_prompts("What is the capital of France?").public_generalist
+    logits = generalist.model(torch.tensor([ids])).logits[0, -1]
+    assert specialist.tokenizer.convert_ids_to_tokens(int(logits.argmax())) == "<|call|>"
+    text = llm.invoke("What is the capital of France?", method="generalist")
+    assert text and "<|" not in text
