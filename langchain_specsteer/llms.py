@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
     CallbackManagerForLLMRun,
+    Callbacks,
 )
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.llms import LLM
@@ -22,6 +24,7 @@ from langchain_specsteer.base import (
 )
 from langchain_specsteer.engine import Prompts
 from langchain_specsteer.params import DecodingParams
+from langchain_specsteer.run import Run
 
 __all__ = ["SpecSteerLLM"]
 
@@ -61,9 +64,71 @@ class SpecSteerLLM(LLM, SpecSteerBase):
         """Token ids of the private (specialist + context) and public prompts of a request."""
         return self._encode(prompt, self.private_context_for(prompt, private_context)[0])
 
+    def rounds(self, prompt: str, private_context: PrivateContext = None, **params: Any) -> Run:
+        """One generation as the engine's rounds, for tools, demos and tests.
+
+        `for round_ in llm.rounds(prompt, private_context=...)` (or `async for`) gives each
+        `Round` as it is committed (its token ids, how many were accepted drafts), and the
+        run's `stats` fill in as it goes. `params` override decoding fields for this call, as
+        in `invoke`; stop strings and LangChain callbacks do not apply.
+        """
+        decoding = self.decoding_params(**params)
+        context = self.private_context_for(prompt, private_context)[0]
+        prompts = self._encode(prompt, context, decoding)
+        return self._engine.run(prompts, self._fit_draft(decoding, prompts)[0])
+
     def _encode(self, prompt: str, context: str, params: DecodingParams | None = None) -> Prompts:
         """The three prompts of one user turn (`SpecSteerBase._prompts`)."""
         return self._prompts([{"role": "user", "content": prompt}], context, params)
+
+    def generate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        callbacks: Callbacks = None,
+        *,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        run_name: str | None = None,
+        run_id: uuid.UUID | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        # LangChain's cache key is the prompt and the model alone: `_for_call` adds the call.
+        return LLM.generate(
+            self._for_call(kwargs),
+            prompts,
+            stop,
+            callbacks,
+            tags=tags,
+            metadata=metadata,
+            run_name=run_name,
+            run_id=run_id,
+            **kwargs,
+        )
+
+    async def agenerate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        callbacks: Callbacks = None,
+        *,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        run_name: str | None = None,
+        run_id: uuid.UUID | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        return await LLM.agenerate(
+            self._for_call(kwargs),
+            prompts,
+            stop,
+            callbacks,
+            tags=tags,
+            metadata=metadata,
+            run_name=run_name,
+            run_id=run_id,
+            **kwargs,
+        )
 
     def stream(
         self,

@@ -483,3 +483,128 @@ def test_a_private_tool_result_never_crosses_the_wire(
                 assert "Zorblax" not in decode(ids)
     for ids in recorded["generalist_inputs"]:
         assert not runs(ids, 5) & secret_runs
+
+
+# LangChain's LLM cache (issue 23 item 1): an entry is keyed by the prompt and the model's
+# "llm string"; a stored key must tell nothing about the private context, and no entry may be
+# served to a call with another context, other decoding settings or a retrieved context.
+OTHER = "Quorvane velvet teapot, my PIN is 9023, I only drink rooibos"
+PROMPT = PROMPTS[1]  # one the tiny specialist answers differently for SECRET and OTHER
+
+
+@pytest.fixture
+def llm_cache():
+    from langchain_core.caches import InMemoryCache
+    from langchain_core.globals import get_llm_cache, set_llm_cache
+
+    before = get_llm_cache()
+    cache = InMemoryCache()
+    set_llm_cache(cache)
+    yield cache
+    set_llm_cache(before)
+
+
+@pytest.fixture(params=["llm", "chat"])
+def make_model(request, specialist, generalist):
+    """`SpecSteerLLM` or `ChatSpecSteer` on the tiny pair, and a call giving its text."""
+    from langchain_specsteer import ChatSpecSteer, SpecSteerLLM
+
+    cls = SpecSteerLLM if request.param == "llm" else ChatSpecSteer
+
+    def make(**fields):
+        fields = {"max_new_tokens": 12, "method": "specialist", **fields}
+        return cls(specialist=specialist, generalist=generalist, **fields)
+
+    def text(model, *args, **kwargs):
+        out = model.invoke(*args, **kwargs)
+        return out if isinstance(out, str) else out.content
+
+    return make, text
+
+
+def test_the_cache_never_serves_one_context_or_setting_for_another(make_model, llm_cache):
+    make, text = make_model
+    model, uncached = make(), make(cache=False)
+    assert text(model, PROMPT, private_context=SECRET) == text(
+        uncached, PROMPT, private_context=SECRET
+    )
+    calls = [
+        {"private_context": OTHER},
+        {"method": "generalist"},
+        {"private_context": SECRET, "temperature": 0.8, "seed": 1},
+        {"private_context": SECRET, "temperature": 0.8, "seed": 2},
+        {"private_context": SECRET, "max_new_tokens": 5},
+    ]
+    for kwargs in calls:
+        assert text(model, PROMPT, **kwargs) == text(uncached, PROMPT, **kwargs)
+    assert text(model, PROMPT, private_context=OTHER) != text(model, PROMPT, private_context=SECRET)
+    templated = make(context_template="Known: {context}\nTask: {prompt}")
+    assert text(templated, PROMPT, private_context=SECRET) == text(
+        make(context_template="Known: {context}\nTask: {prompt}", cache=False),
+        PROMPT,
+        private_context=SECRET,
+    )
+    entries = len(llm_cache._cache)
+    assert entries == 1 + len(calls) + 1
+
+
+def test_the_cache_serves_the_same_call_again(make_model, llm_cache, monkeypatch):
+    from langchain_specsteer.base import SpecSteerBase
+
+    make, text = make_model
+    model = make()
+    first = text(model, PROMPT, private_context=[SECRET])
+    monkeypatch.setattr(SpecSteerBase, "_decode", lambda *a, **k: pytest.fail("not cached"))
+    assert text(model, PROMPT, private_context=SECRET) == first  # the same context
+    assert text(make(), PROMPT, private_context=SECRET) == first  # another instance
+    assert asyncio.run(model.ainvoke(PROMPT, private_context=SECRET)) is not None
+    assert len(llm_cache._cache) == 1
+
+
+def test_a_cache_key_tells_nothing_about_the_context(make_model, llm_cache, monkeypatch):
+    """A stored key holds a keyed digest (HMAC) of the context: not its text, not a plain hash
+    (which a short context can be found from by trying guesses); the key is stable where the
+    secret is (one process, or SPECSTEER_CACHE_SECRET) and differs where it is not."""
+    import hashlib
+
+    from langchain_specsteer.base import context_digest
+
+    make, text = make_model
+    model = make()
+    for context in (SECRET, OTHER, "4417"):
+        text(model, PROMPT, private_context=context)
+    keys = [llm_string for _, llm_string in llm_cache._cache]
+    assert len(set(keys)) == 3
+    for context in (SECRET, OTHER, "4417"):
+        hashes = {hashlib.sha256(v.encode()).hexdigest() for v in (context, repr(context))}
+        for key in keys:
+            assert context not in key and "Zorblax" not in key and "Quorvane" not in key
+            assert not any(h in key for h in hashes)
+    assert sum(context_digest("4417") in key for key in keys) == 1
+    monkeypatch.setenv("SPECSTEER_CACHE_SECRET", "install secret")
+    shared = context_digest("4417")
+    assert shared == context_digest("4417") != context_digest("4418")
+    monkeypatch.setenv("SPECSTEER_CACHE_SECRET", "another install")
+    assert context_digest("4417") != shared
+
+
+def test_a_retrieved_context_is_never_cached(make_model, llm_cache):
+    """Two users' models, each with a retriever over their own memory: neither is served the
+    other's text, and nothing retrieved is cached (the documents are unknown before the
+    retriever runs)."""
+    from langchain_core.documents import Document
+    from langchain_core.retrievers import BaseRetriever
+
+    class Fixed(BaseRetriever):
+        text: str
+
+        def _get_relevant_documents(self, query, *, run_manager):
+            return [Document(page_content=self.text)]
+
+    make, text = make_model
+    for context in (SECRET, OTHER):
+        model = make(retriever=Fixed(text=context))
+        expected = text(make(cache=False), PROMPT, private_context=context)
+        assert text(model, PROMPT) == expected
+        assert asyncio.run(model.ainvoke(PROMPT)) is not None
+    assert len(llm_cache._cache) == 0
