@@ -101,13 +101,27 @@ def test_with_one_tokenizer_the_byte_path_writes_the_token_paths_text(demo_pair,
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_every_method_runs_across_tokenizers(make_cross_llm, method):
+def test_every_method_runs_across_tokenizers(make_cross_llm, method, monkeypatch):
+    """The text is the committed bytes decoded: a character split across rounds is whole, and
+    U+FFFD stands only where the bytes themselves are not UTF-8 (a random pair writes some)."""
+    from langchain_specsteer.base import RoundText
+
+    committed, push = [], RoundText.push
+
+    def recording_push(self, round_):
+        committed.append(round_.data)
+        return push(self, round_)
+
+    monkeypatch.setattr(RoundText, "push", recording_push)
     for prompt in PROMPTS:
+        committed.clear()
         text, info = generate(make_cross_llm(method=method, gamma=0.3), prompt)
-        assert isinstance(text, str) and info["new_tokens"] > 0
+        assert info["new_tokens"] > 0
         assert info["finish_reason"] in ("eos", "length")
         assert info["new_tokens"] == 24 or info["finish_reason"] == "eos"
-        text.encode("utf-8")  # valid text, even where a character was cut
+        data = b"".join(committed)
+        assert "\ufffd".encode() not in data  # so every U+FFFD in the text is a decoding's
+        assert text == data.decode("utf-8", errors="replace")
 
 
 @pytest.mark.parametrize("recovery", ["byte", "token"])
@@ -208,12 +222,15 @@ def test_streamed_text_is_whole_characters_and_equals_invoke(make_cross_llm):
 
 
 def test_stop_strings_cut_byte_path_text(make_cross_llm):
+    """The text ends before the stop string's first occurrence, and decoding stops there."""
     llm = make_cross_llm(method="speculative", max_new_tokens=40)
-    full = llm.invoke(PROMPTS[0], private_context=CONTEXT)
+    full, full_info = generate(llm)
     stop = full[10:13]
-    assert stop and full.index(stop) >= 0
-    cut = llm.invoke(PROMPTS[0], private_context=CONTEXT, stop=[stop])
+    assert len(stop) == 3 and full_info["finish_reason"] == "length"
+    cut, info = generate(llm, stop=[stop])
     assert cut == full[: full.index(stop)]
+    assert info["finish_reason"] == "stop" and info["new_tokens"] < full_info["new_tokens"]
+    assert "".join(llm.stream(PROMPTS[0], private_context=CONTEXT, stop=[stop])) == cut
 
 
 def test_an_unreachable_generalist_falls_back_to_the_specialist(

@@ -43,7 +43,8 @@ def test_the_rows_are_the_one_list_of_methods():
 
 
 def test_each_row_is_what_the_design_says():
-    """docs/design.md §1: (drafts, verify, recovery, uses the generalist, uses q_gen, reads q_ctx)."""
+    """docs/design.md §1: (drafts, verify, recovery, uses the generalist, uses q_gen, reads
+    q_ctx)."""
     expected = {
         "generalist": (False, "none", alg.recover_generalist, True, False, False),
         "specialist": (False, "none", alg.recover_specialist, False, False, True),
@@ -131,8 +132,13 @@ def test_specsteer_with_zero_gamma_accepts_every_draft(make_llm):
     assert stats.rounds == 30 // 4 + (30 % 4 > 0)  # each round: 3 drafts + 1 bonus token
 
 
-def reference_specsteer(specialist, generalist, prompts, *, gamma, alpha, k, max_new_tokens):
-    """SpecSteer greedy with no KV cache: every distribution from a full forward pass."""
+def reference_specsteer(
+    specialist, generalist, prompts, *, gamma, alpha, k, max_new_tokens, rounds=None
+):
+    """SpecSteer greedy with no KV cache: every distribution from a full forward pass.
+
+    `rounds`, a list, receives (drafted, accepted) of each round.
+    """
 
     def logprobs(lm, ids):
         with torch.no_grad():
@@ -150,6 +156,8 @@ def reference_specsteer(specialist, generalist, prompts, *, gamma, alpha, k, max
             if float(p - q) < torch.log(torch.tensor(gamma)):
                 break
             n += 1
+        if rounds is not None:
+            rounds.append((len(draft), n))
         prefix = out + draft[:n]
         fused = logprobs(generalist, prompts.public_generalist + prefix) + alpha * (
             logprobs(specialist, prompts.private + prefix)
@@ -249,13 +257,32 @@ def test_sampling_is_reproducible_with_a_seed(make_llm, method):
     assert stats.accepted <= stats.drafted
 
 
-def test_acceptance_statistics_are_consistent(make_llm):
-    llm = make_llm(max_new_tokens=40)
-    for gamma in (1.0, 0.5, 0.1):
-        _, stats = run_ids(llm, PROMPTS[0], method="specsteer", gamma=gamma)
-        assert 0 <= stats.accepted <= stats.drafted
-        assert stats.acceptance_rate == stats.accepted / stats.drafted
-        assert stats.new_tokens == stats.accepted + stats.rounds  # one recovered token a round
+def test_acceptance_statistics_count_what_the_reference_decided(make_llm):
+    """Rounds, drafts and acceptances as counted by the cache-free reference, round by round,
+    and the committed tokens as the rounds delivered them."""
+    llm = make_llm(max_new_tokens=24, draft_tokens=4)
+    prompts = llm.render_prompts(PROMPTS[0], CONTEXT)
+    for gamma in (1.0, 0.1):
+        run = llm._engine.run(prompts, llm.decoding_params(method="specsteer", gamma=gamma))
+        delivered = [(len(round_.tokens), round_.accepted) for round_ in run]
+        rounds = []
+        reference_specsteer(
+            llm.specialist,
+            llm.generalist,
+            prompts,
+            gamma=gamma,
+            alpha=1.0,
+            k=4,
+            max_new_tokens=24,
+            rounds=rounds,
+        )
+        drafted, accepted = (sum(counts) for counts in zip(*rounds, strict=True))
+        stats = run.stats
+        assert (stats.rounds, stats.drafted, stats.accepted) == (len(rounds), drafted, accepted)
+        assert stats.acceptance_rate == pytest.approx(accepted / drafted)
+        assert delivered == [(n + 1, n) for _, n in rounds]  # accepted drafts + one recovered
+        assert stats.new_tokens == 24
+    assert 0 < stats.accepted < stats.drafted  # at γ = 0.1 both branches were taken
 
 
 def test_different_vocabularies_are_refused(specialist):
