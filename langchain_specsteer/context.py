@@ -10,8 +10,8 @@ from typing import Any
 
 from langchain_core.documents import Document
 
-# Quiet retrieval and document rendering live with the retrievers (they depend on nothing
-# here); they are re-exported under their old names.
+# Quiet retrieval and document rendering live with the retrievers, which depend on nothing
+# here; the LangChain classes (base.py) import them from this module with the rest.
 from retrievers.privacy import aretrieve_privately, retrieve_privately
 from retrievers.templates import render_document
 

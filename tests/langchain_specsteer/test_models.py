@@ -341,7 +341,7 @@ def test_the_service_never_offers_padded_rows(padded_pair):
 def tiny_gguf(generalist, tmp_path_factory):
     """The tiny generalist written as a float32 GGUF with its tokenizer and a ChatML template."""
     pytest.importorskip("gguf", reason="the [gguf] extra is not installed")
-    from langchain_specsteer.tiny import save_gguf
+    from tests.gguf_files import save_gguf
 
     path = tmp_path_factory.mktemp("gguf") / "tiny-llama.F32.gguf"
     save_gguf(generalist, path)
@@ -351,7 +351,7 @@ def tiny_gguf(generalist, tmp_path_factory):
 def test_a_gguf_file_loads_with_its_tokenizer_and_chat_template(tiny_gguf, generalist):
     """`gguf_file=` (or a path to the file) gives the weights, the tokenizer and the chat
     template from the one file: before, the tokenizer was looked up beside it and not found."""
-    from langchain_specsteer.tiny import CHATML
+    from tests.gguf_files import CHATML
 
     by_name = LocalGeneralist.from_pretrained(
         str(tiny_gguf.parent), gguf_file=tiny_gguf.name, device="cpu"
@@ -380,7 +380,7 @@ def test_from_pretrained_and_serve_take_gguf_files(tiny_gguf, tiny_dir, monkeypa
 
     from langchain_specsteer import SpecSteerLLM
     from langchain_specsteer.cli import main
-    from langchain_specsteer.tiny import CHATML
+    from tests.gguf_files import CHATML
 
     llm = SpecSteerLLM.from_pretrained(
         str(tiny_dir / "generalist"),
