@@ -62,7 +62,7 @@ from eval.data import load_longlamp
 from eval.prompts import retrieve_profile
 from langchain_specsteer import LocalGeneralist, LocalSpecialist, SpecSteerEngine, SpecSteerLLM
 from langchain_specsteer.remote import OpenAICompatibleGeneralist, RemoteGeneralist
-from langchain_specsteer.service import ServiceLimits, VerifierService, create_app
+from langchain_specsteer.server import ServiceLimits, VerifierService, create_app
 from langchain_specsteer.testing import BackgroundServer, simulated_rtt
 from langchain_specsteer.verification import Generalist
 from retrievers import task_templates

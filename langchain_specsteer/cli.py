@@ -158,7 +158,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from langchain_specsteer.extras import optional_import
     from langchain_specsteer.models import LocalGeneralist, LocalSpecialist
-    from langchain_specsteer.service import (
+    from langchain_specsteer.server import (
         ServiceLimits,
         VerifierService,
         bounded_h11,

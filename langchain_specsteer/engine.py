@@ -9,6 +9,7 @@ byte-level path (`byte_engine.ByteDecodeRun`).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
 from langchain_specsteer import algorithms as alg
@@ -17,7 +18,7 @@ from langchain_specsteer.methods import METHOD_SPECS, MethodSpec
 from langchain_specsteer.models import LocalSpecialist, TokenSequence
 from langchain_specsteer.params import DecodingParams
 from langchain_specsteer.run import DecodeStats, Draft, Prompts, Round, Run
-from langchain_specsteer.verification import Generalist, Rule, Verdict
+from langchain_specsteer.verification import Generalist, GeneralistUnreachable, Rule, Verdict
 
 __all__ = [
     "METHOD_SPECS",
@@ -59,22 +60,37 @@ class SpecSteerEngine:
         if batch_specialist is None:
             batch_specialist = specialist.device.type == "cuda"
         self.batch_specialist = batch_specialist
+        if alignment not in ("auto", "token", "byte"):
+            msg = f"alignment must be 'auto', 'token' or 'byte', got {alignment!r}"
+            raise ValueError(msg)
+        self.asked_alignment = alignment
+        self.alignment: Literal["token", "byte"] | None = None
+        self.vocab_size = specialist.vocab_size
+        # A generalist that cannot describe itself yet (a verifier service down) is aligned
+        # with at the first run it answers; runs before that fall back to the specialist.
+        with contextlib.suppress(GeneralistUnreachable):
+            self._align()
+
+    def _align(self) -> None:
+        """Pick the alignment from both vocabularies (a remote generalist's may need it to
+        answer: GeneralistUnreachable while it does not)."""
+        specialist, generalist, alignment = self.specialist, self.generalist, self.asked_alignment
         if alignment == "auto":
             shared = generalist.vocab_signature in (None, specialist.vocab_signature)
             alignment = "token" if shared else "byte"
-        self.alignment = alignment
         if alignment == "token":
             self.vocab_size = _shared_vocab_size(specialist, generalist)
-        elif alignment == "byte":
-            self.vocab_size = specialist.vocab_size
-            self.bytes = ByteVocabularies.of(specialist, generalist)
         else:
-            msg = f"alignment must be 'auto', 'token' or 'byte', got {alignment!r}"
-            raise ValueError(msg)
+            self.bytes = ByteVocabularies.of(specialist, generalist)
+        self.alignment = alignment
 
     def run(self, prompts: Prompts, params: DecodingParams) -> Run:
         """A lazy generation: `for` (or `async for`) over it gives `Round`s; its `stats` fill
-        in as it goes."""
+        in as it goes. Until the generalist could be aligned with, a run whose prompt it did
+        not encode (it was unreachable, or the method does not use it) runs on the
+        specialist's vocabulary, and falls back to the specialist alone when it needs it."""
+        if self.alignment is None and prompts.public_generalist is not None:
+            self._align()  # it answered this run's prompt, so it describes itself now
         if self.alignment == "byte":
             return ByteDecodeRun(
                 self.specialist, self.generalist, prompts, params, vocabularies=self.bytes

@@ -1,6 +1,6 @@
 """The verifier service's session protocol, `specsteer/1`: bodies, limits, errors and codec.
 
-Shared by the service (`service.py` and its modules) and the clients (`remote.py`);
+Shared by the service (`server/`) and its clients (`remote/`);
 docs/protocol.md explains it with examples. A generation is a **session** that holds the
 generalist's KV cache (and a public specialist's, when the service hosts one). Each
 **round** the device sends the tokens it committed since its last round (normally one: the
@@ -116,7 +116,7 @@ class ServiceLimits:
         session_idle_seconds: a session without requests this long is dropped.
         max_body_bytes: largest request body.
         max_body_chunks: most chunks in a chunked request body (the HTTP server parses each
-            one; see `service.bounded_h11`).
+            one; see `server.bounded_h11`).
         body_timeout_seconds: a request body must arrive within this long (else 408).
     """
 

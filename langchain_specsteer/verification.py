@@ -7,7 +7,8 @@ verifier service (`RemoteGeneralist`), or behind an OpenAI-compatible server
 the draft positions and after it (dense in-process; over the network only what was sent, the
 rest −inf), q_gen when the generalist side hosts a public copy of the specialist, and the
 accepted count when the generalist side could decide it without anything private
-(`algorithms.accept`). This module holds only the interfaces; no implementation.
+(`algorithms.accept`). This module holds the interfaces, their errors, and
+`vocab_signature`, the fingerprint by which two tokenizers are found to share a vocabulary.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "Generalist",
     "GeneralistError",
     "GeneralistSession",
+    "GeneralistUnreachable",
     "Rule",
     "Verdict",
     "VerifyCall",
@@ -40,6 +42,11 @@ decides; the generalist side returns what it needs at every position)."""
 
 class GeneralistError(RuntimeError):
     """The generalist side could not answer, after the client's retries."""
+
+
+class GeneralistUnreachable(GeneralistError):
+    """The generalist side gave no answer, after the client's retries (connection errors,
+    timeouts, 5xx), as opposed to a refusal (e.g. a wrong API key): it may answer later."""
 
 
 @dataclass

@@ -188,7 +188,7 @@ def verifier(specialist, generalist):
     served on loopback with hints as large as the vocabulary; every request is recorded."""
     from types import SimpleNamespace
 
-    from langchain_specsteer.service import ServiceLimits, VerifierService, create_app
+    from langchain_specsteer.server import ServiceLimits, VerifierService, create_app
     from langchain_specsteer.testing import BackgroundServer
 
     vocab = min(specialist.vocab_size, generalist.vocab_size)

@@ -115,7 +115,7 @@ def test_the_probe_sees_an_optional_library():
     "statement",
     [
         "import langchain_specsteer",
-        "import langchain_specsteer.remote, langchain_specsteer.service, langchain_specsteer.cli",
+        "import langchain_specsteer.remote, langchain_specsteer.server, langchain_specsteer.cli",
         "import retrievers\nfor name in retrievers.__all__: getattr(retrievers, name)",
     ],
     ids=["core", "transports", "retrievers"],
@@ -161,7 +161,7 @@ def _openai() -> Any:
 
 
 def _service() -> Any:
-    from langchain_specsteer.service import create_app
+    from langchain_specsteer.server import create_app
 
     return create_app(None)
 

@@ -336,7 +336,7 @@ def test_remote_output_equals_in_process(make_llm, make_remote_llm, client, meth
 
 
 def test_the_services_draft_limit_bounds_auto(make_llm, make_remote_llm, specialist, generalist):
-    from langchain_specsteer.service import ServiceLimits, VerifierService, create_app
+    from langchain_specsteer.server import ServiceLimits, VerifierService, create_app
     from langchain_specsteer.testing import BackgroundServer
 
     vocab = min(specialist.vocab_size, generalist.vocab_size)

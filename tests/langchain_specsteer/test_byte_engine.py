@@ -252,7 +252,7 @@ def test_an_unreachable_generalist_falls_back_to_the_specialist(
 
 def test_the_byte_path_runs_through_the_verifier_service(specialist, cross_generalist):
     from langchain_specsteer.remote import OpenAICompatibleGeneralist, RemoteGeneralist
-    from langchain_specsteer.service import ServiceLimits, VerifierService, create_app
+    from langchain_specsteer.server import ServiceLimits, VerifierService, create_app
     from langchain_specsteer.testing import BackgroundServer
 
     tokenizer, vocab = cross_generalist.tokenizer, len(cross_generalist.tokenizer)

@@ -8,9 +8,9 @@ import asyncio
 import httpx
 import pytest
 
-from langchain_specsteer.http_client import HTTPClient
 from langchain_specsteer.protocol import SESSION_BUSY, ServiceError
-from langchain_specsteer.verification import GeneralistError
+from langchain_specsteer.remote.http import HTTPClient, refused
+from langchain_specsteer.verification import GeneralistError, GeneralistUnreachable
 
 
 def mocked(answers: list[tuple[int, dict]], **options) -> tuple[HTTPClient, list[str]]:
@@ -53,10 +53,15 @@ def test_a_busy_session_is_retried_and_another_conflict_is_not(api):
 
 
 def test_retries_run_out_with_the_services_reason():
+    """Retries run out: the server never answered (unreachable, it may later); a refusal it
+    answered is another GeneralistError."""
     client, sent = mocked([BUSY], max_retries=2)
-    with pytest.raises(GeneralistError, match=r"after 3 attempt\(s\): HTTP 409: one at a time"):
+    with pytest.raises(GeneralistUnreachable, match=r"after 3 attempt\(s\): HTTP 409: one at"):
         client.run(client.exchange("GET", "/info"))
     assert len(sent) == 3
+    client, _ = mocked([(401, ServiceError(401, "wrong API key").body())])
+    error = refused(client.run(client.exchange("GET", "/info")), "info")
+    assert isinstance(error, GeneralistError) and not isinstance(error, GeneralistUnreachable)
 
 
 def test_the_transport_hook_must_be_callable():

@@ -305,7 +305,7 @@ def test_the_service_never_offers_padded_rows(padded_pair):
     row they have, list only ids the tokenizer spells; padded ids are refused as input."""
     from fastapi.testclient import TestClient
 
-    from langchain_specsteer.service import ServiceLimits, VerifierService, create_app
+    from langchain_specsteer.server import ServiceLimits, VerifierService, create_app
 
     specialist, generalist = padded_pair
     spelled = len(generalist.tokenizer)

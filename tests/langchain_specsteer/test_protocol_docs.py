@@ -10,7 +10,7 @@ import pytest
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 REGENERATE = (
     'python -c "import json; from langchain_specsteer.tiny import tiny_pair; '
-    "from langchain_specsteer.service import VerifierService, create_app; s, g = tiny_pair(); "
+    "from langchain_specsteer.server import VerifierService, create_app; s, g = tiny_pair(); "
     "open('docs/openapi.json', 'w').write(json.dumps(create_app(VerifierService(g, "
     "public_specialist=s)).openapi(), indent=2) + '\\n')\""
 )
@@ -19,7 +19,7 @@ REGENERATE = (
 @pytest.fixture(scope="module")
 def openapi(specialist, generalist):
     """The OpenAPI document of the app on the tiny models, as JSON would carry it."""
-    from langchain_specsteer.service import VerifierService, create_app
+    from langchain_specsteer.server import VerifierService, create_app
 
     app = create_app(VerifierService(generalist, public_specialist=specialist))
     return json.loads(json.dumps(app.openapi()))

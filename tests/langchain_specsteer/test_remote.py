@@ -7,9 +7,11 @@ as its public copy) from a uvicorn thread.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import re
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,7 +22,7 @@ from pydantic import ValidationError
 from langchain_specsteer import METHODS
 from langchain_specsteer.params import MIN_TEMPERATURE
 from langchain_specsteer.remote import RemoteGeneralist
-from langchain_specsteer.service import ServiceLimits, VerifierService, create_app
+from langchain_specsteer.server import ServiceLimits, VerifierService, create_app
 from langchain_specsteer.testing import BackgroundServer, simulated_rtt
 from langchain_specsteer.verification import GeneralistError
 from tests.conftest import CONTEXT, PROMPTS
@@ -251,12 +253,43 @@ def test_a_simulated_round_trip_waits_before_every_request(make_llm, make_remote
     assert waits == [(api, 0.25)] * requests
 
 
-def test_an_unreachable_service_at_construction_is_a_clear_error(specialist):
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_service_down_at_construction_degrades_until_it_answers(
+    make_llm, specialist, verifier, api
+):
+    """An assistant that starts offline still answers: built without its service, a call
+    gives the specialist's text (degraded), or the error when asked to raise; once the
+    service answers, the next call uses it."""
     from langchain_specsteer import SpecSteerLLM
 
-    generalist = RemoteGeneralist("http://127.0.0.1:9", max_retries=0)
-    with pytest.raises(GeneralistError, match=r"127\.0\.0\.1:9.*ConnectError"):
-        SpecSteerLLM(specialist=specialist, generalist=generalist)
+    port = _free_port()
+    generalist = RemoteGeneralist(f"http://127.0.0.1:{port}", top_m=verifier.vocab, max_retries=0)
+    llm = SpecSteerLLM(specialist=specialist, generalist=generalist, max_new_tokens=24)
+    text, info = generate(llm, api=api)
+    assert info["degraded"] is True and "ConnectError" in info["degraded_reason"]
+    assert text == generate(make_llm(method="specialist"))[0]
+    with pytest.raises(GeneralistError, match="ConnectError"):
+        generate(llm, api=api, on_generalist_error="raise")
+    with BackgroundServer(create_app(verifier.service), port=port):
+        text, info = generate(llm, api=api)
+        generalist.close()
+    assert info["degraded"] is False and info["generalist_calls"] > 0
+    assert text == generate(make_llm())[0]
+
+
+def test_a_wrong_key_fails_at_construction(specialist, verifier):
+    from langchain_specsteer import SpecSteerLLM
+
+    with BackgroundServer(create_app(verifier.service, api_key="right")) as server:
+        generalist = RemoteGeneralist(server.url, api_key="wrong", max_retries=0)
+        with pytest.raises(GeneralistError, match="HTTP 401: wrong API key"):
+            SpecSteerLLM(specialist=specialist, generalist=generalist)
 
 
 def test_a_service_with_another_vocabulary_is_refused(specialist, verifier, monkeypatch):
@@ -434,8 +467,8 @@ def test_async_calls_use_async_http_on_the_event_loop(
 def test_wait_released_waits_for_the_background_session_release(
     make_remote_llm, verifier, monkeypatch
 ):
-    """A blocking call releases its session in a background thread; `wait_released` (and
-    `close`) return only once the DELETE was answered, so counts read after it are whole."""
+    """A blocking call releases its session in the background; `wait_released` (and `close`)
+    return only once the DELETE was answered, so counts read after it are whole."""
     llm = make_remote_llm(method="specsteer", max_new_tokens=8)
     started, go = threading.Event(), threading.Event()
     close = verifier.service.close
@@ -449,12 +482,36 @@ def test_wait_released_waits_for_the_background_session_release(
     verifier.requests.clear()
     llm.invoke(PROMPTS[0])
     assert started.wait(5)  # the release is under way, held
-    releasing = set(llm.generalist._releasing_threads)
-    assert releasing and all(t.is_alive() for t in releasing)
+    assert llm.generalist.wait_released(timeout=0.05) is False  # still held
     threading.Timer(0.05, go.set).start()
-    llm.generalist.wait_released()
-    assert not any(t.is_alive() for t in releasing)
+    assert llm.generalist.wait_released() is True
     assert not verifier.service.sessions
+    assert sum(r["method"] == "DELETE" for r in verifier.requests) == 1
+
+
+def test_blocking_calls_release_their_sessions_on_one_thread(make_remote_llm):
+    """The client's background releaser is one thread, not a thread per closed session."""
+    threads = []
+    record = simulated_rtt(0, sleep=lambda _: threads.append(threading.current_thread()))
+    llm = make_remote_llm(max_new_tokens=8, client_options={"wrap_transport": record})
+    for _ in range(3):
+        llm.invoke(PROMPTS[0])
+        llm.generalist.wait_released()
+    releasing = [thread for thread in threads if thread is not threading.current_thread()]
+    assert len(releasing) == 3 and len(set(releasing)) == 1
+
+
+def test_a_collected_client_still_releases_its_session_and_its_thread_ends(
+    make_remote_llm, verifier
+):
+    llm = make_remote_llm(max_new_tokens=8)
+    verifier.requests.clear()
+    llm.invoke(PROMPTS[0])
+    thread = llm.generalist.releaser._thread
+    del llm
+    gc.collect()
+    thread.join(5)
+    assert not thread.is_alive()
     assert sum(r["method"] == "DELETE" for r in verifier.requests) == 1
 
 
@@ -699,7 +756,7 @@ def test_sampling_over_the_dialect_with_full_hints_equals_in_process(
 
 
 def test_bad_scoring_or_logprobs_mode_fail_at_construction(verifier):
-    from langchain_specsteer.service_openai import OpenAICompatible
+    from langchain_specsteer.server.openai import OpenAICompatible
 
     with pytest.raises(ValueError, match=r"scoring must be one of \('prefixes', 'prompt_logp"):
         _openai("http://127.0.0.1:9", "m", scoring="prefix")
@@ -770,6 +827,51 @@ def test_malformed_or_refused_answers_are_generalist_errors(status, answer, matc
     client.top_logprobs = 1  # a sampled token listed beyond the top m is dropped
     rows = client.open_session([1, 2], vocab_size=16).verify([5], "device", 0.5).log_p_G
     assert torch.isfinite(rows).nonzero().tolist() == [[0, 5], [1, 9]]
+
+
+@pytest.mark.parametrize(
+    ("status", "answer", "match"),
+    [
+        (200, "not json", "unexpected /v1/completions answer"),
+        (200, {"choices": []}, "expected 1 choices"),
+        (400, {"error": {"message": "unknown field", "code": 400}}, "outside the top m.*400"),
+    ],
+)
+def test_a_malformed_or_refused_fill_in_answer_is_a_generalist_error(status, answer, match):
+    """The second request of `exact_drafts` (a draft token outside the top m) is read as
+    carefully as the first."""
+    import httpx
+
+    def reply(request):
+        if "logprob_token_ids" not in json.loads(request.content):
+            return httpx.Response(
+                200, json={"choices": [_choice(0, GOOD_ROWS[0]), _choice(1, GOOD_ROWS[1])]}
+            )
+        if answer == "not json":
+            return httpx.Response(status, content=b"<html>")
+        return httpx.Response(status, json=answer)
+
+    client = _openai(
+        "http://scorer", "m", max_retries=0, wrap_transport=lambda t: httpx.MockTransport(reply)
+    )
+    with pytest.raises(GeneralistError, match=match):
+        client.open_session([1, 2], vocab_size=16).verify([3], "ratio", 0.5)  # 3 is not listed
+
+
+@pytest.mark.parametrize(
+    ("mode", "scoring", "raw"),
+    [
+        ("raw_logprobs", "prefixes", 4),
+        ("raw_logprobs", "prompt_logprobs", 4),
+        ("processed_logprobs", "prefixes", 0),
+        ("processed_logprobs", "prompt_logprobs", 3),
+    ],
+)
+def test_the_rows_tempered_on_the_device(mode, scoring, raw):
+    """Of a 3-token draft's 4 rows, those the server sends untempered: all with raw
+    log-probs; with processed ones, only prompt log-probs' (the draft rows)."""
+    client = _openai("http://127.0.0.1:9", "m", logprobs_mode=mode, scoring=scoring)
+    assert client.open_session([1], vocab_size=16, temperature=0.7).raw_rows(3) == raw
 
 
 def _complete(url, body):

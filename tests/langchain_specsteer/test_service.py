@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from langchain_specsteer.protocol import MIN_TEMPERATURE, SESSION_BUSY
-from langchain_specsteer.service import (
+from langchain_specsteer.server import (
     Gate,
     OpenAICompatible,
     ServiceLimits,
@@ -520,7 +520,7 @@ def test_a_concurrent_second_request_on_one_session_gets_409(small_service):
 
 def test_logs_carry_no_prompt_unless_asked(make_remote_llm, verifier, caplog, specialist):
     secretive = "Zorblax"
-    with caplog.at_level(logging.INFO, logger="langchain_specsteer.service"):
+    with caplog.at_level(logging.INFO, logger="langchain_specsteer.server"):
         llm = make_remote_llm(method="specsteer", max_new_tokens=8)
         llm.invoke(f"{secretive} {PROMPTS[0]}", private_context=CONTEXT)
     events = [json.loads(r.getMessage()) for r in caplog.records]
@@ -534,7 +534,7 @@ def test_logs_carry_no_prompt_unless_asked(make_remote_llm, verifier, caplog, sp
     verifier.service.log_prompts = True
     try:
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="langchain_specsteer.service"):
+        with caplog.at_level(logging.INFO, logger="langchain_specsteer.server"):
             llm.invoke(f"{secretive} {PROMPTS[0]}", private_context=CONTEXT)
         logged = [json.loads(r.getMessage()) for r in caplog.records]
         assert any("prompt_ids" in e for e in logged)

@@ -1,6 +1,6 @@
-"""The cloud side: a verifier service hosting the generalist (and a public specialist copy).
+"""The verifier service's HTTP app: `create_app`, the `Gate` in front of it, `bounded_h11`.
 
-`VerifierService` (service_sessions.py) holds the models and the sessions and does the work;
+`VerifierService` (sessions.py) holds the models and the sessions and does the work;
 `create_app` puts it behind HTTP (FastAPI). Two dialects are served:
 
 - the session protocol `specsteer/1` (`protocol.py`, docs/protocol.md) under /specsteer/v1:
@@ -8,7 +8,7 @@
   count plus a sparse hint;
 - the subset of vLLM's OpenAI-compatible API that verification uses (`/v1/completions` with
   token-id prompts, `echo`, `logprobs`, `prompt_logprobs`, `max_tokens` 0 or 1; `/v1/models`,
-  `/tokenize`, `/health`; service_openai.py), so `OpenAICompatibleGeneralist` is tested
+  `/tokenize`, `/health`; openai.py), so `OpenAICompatibleGeneralist` is tested
   against a real server.
 
 Every bad request gets a 4xx with a reason (`protocol.ServiceError`, OpenAI's error body).
@@ -28,7 +28,6 @@ from typing import Any
 
 from langchain_specsteer.extras import optional_import
 from langchain_specsteer.protocol import (
-    API_KEY_ENV,
     PROTOCOL,
     ErrorBody,
     OpenSession,
@@ -40,27 +39,15 @@ from langchain_specsteer.protocol import (
     SessionOpened,
     error_body,
 )
-from langchain_specsteer.service_openai import (
+from langchain_specsteer.server.openai import (
     CompletionRequest,
     LogprobsMode,
     OpenAICompatible,
     TokenizeRequest,
 )
-from langchain_specsteer.service_sessions import VerifierService, log, served_name
+from langchain_specsteer.server.sessions import VerifierService, log
 
-__all__ = [
-    "API_KEY_ENV",
-    "CompletionRequest",
-    "Gate",
-    "OpenAICompatible",
-    "ServiceError",
-    "ServiceLimits",
-    "TokenizeRequest",
-    "VerifierService",
-    "bounded_h11",
-    "create_app",
-    "served_name",
-]
+__all__ = ["Gate", "bounded_h11", "create_app"]
 
 
 def create_app(

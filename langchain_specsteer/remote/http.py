@@ -20,7 +20,7 @@ from typing import Any
 
 from langchain_specsteer.extras import optional_import
 from langchain_specsteer.protocol import SESSION_BUSY
-from langchain_specsteer.verification import GeneralistError
+from langchain_specsteer.verification import GeneralistError, GeneralistUnreachable
 
 __all__ = ["Exchange", "HTTPClient", "Send", "TransportStats", "error_message", "refused"]
 
@@ -72,7 +72,7 @@ class HTTPClient:
         wrap_transport: takes the transport of each httpx client this opens
             (`httpx.HTTPTransport` for blocking calls, `httpx.AsyncHTTPTransport` for async
             ones) and returns the one to use: to record, mock or delay requests
-            (`testing.simulated_rtt`). None: httpx's own.
+            (`latency.simulated_rtt`). None: httpx's own.
     """
 
     def __init__(
@@ -150,7 +150,7 @@ class HTTPClient:
         self, method: str, path: str, body: Any = None, *, retries: bool = True
     ) -> Exchange:
         """One request with the retry policy: returns the response (2xx or a 4xx the caller
-        handles); raises GeneralistError once retries run out."""
+        handles); raises GeneralistUnreachable once retries run out."""
         content = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         headers = {"content-type": "application/json"} if content is not None else None
         attempts = 1 + (self.max_retries if retries else 0)
@@ -174,7 +174,7 @@ class HTTPClient:
             reason = f"HTTP {response.status_code}: {error_message(response)}"
             wait_s = _retry_after(response)
         msg = f"{method} {self.base_url}{path} failed after {attempts} attempt(s): {reason}"
-        raise GeneralistError(msg)
+        raise GeneralistUnreachable(msg)
 
     def run(self, steps: Exchange) -> Any:
         """Perform an exchange with the blocking client; its result."""

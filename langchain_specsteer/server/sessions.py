@@ -42,7 +42,7 @@ from langchain_specsteer.protocol import (
 
 __all__ = ["VerifierService", "check_ids", "log_event", "max_positions", "served_name"]
 
-log = logging.getLogger("langchain_specsteer.service")
+log = logging.getLogger("langchain_specsteer.server")
 """Every part of the service logs here: one JSON object per event (docs/protocol.md)."""
 
 
@@ -68,8 +68,8 @@ class _Session:
 class VerifierService:
     """The generalist (and optionally a public specialist) serving sessions.
 
-    The OpenAI-compatible subset (`service_openai.OpenAICompatible`) answers from the same
-    models, limits and lock; `service.create_app` serves both over HTTP.
+    The OpenAI-compatible subset (`server.openai.OpenAICompatible`) answers from the same
+    models, limits and lock; `server.create_app` serves both over HTTP.
 
     Args:
         generalist: the model that verifies.

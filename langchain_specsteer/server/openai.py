@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from langchain_specsteer import algorithms as alg
 from langchain_specsteer.protocol import MIN_TEMPERATURE, ServiceError, vllm_logprob
-from langchain_specsteer.service_sessions import VerifierService, log_event, max_positions
+from langchain_specsteer.server.sessions import VerifierService, log_event, max_positions
 
 __all__ = ["CompletionRequest", "LogprobsMode", "OpenAICompatible", "TokenizeRequest"]
 

@@ -1,0 +1,381 @@
+"""`OpenAICompatibleGeneralist`: a generalist behind a vLLM-style OpenAI-compatible server.
+
+It speaks vLLM's `/v1/completions` (token-id prompts with `logprobs`), so the generalist can
+be a 32B+ model on many GPUs; q_gen is then computed on the device and the device decides
+acceptance. That API is stateless: each round re-sends the token sequence. By default a round
+is K+1 prefix prompts of one generated token each, which vLLM's prefix cache serves
+(`scoring="prefixes"`); `scoring="prompt_logprobs"` asks for prompt log-probs instead, for
+which vLLM skips its prefix cache (a prefill of the text a round). The answer parsers
+(`prefix_rows`, `prompt_logprob_rows`) turn vLLM's JSON into rows of token id → log-prob.
+docs/protocol.md has the requests and answers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, get_args
+
+import torch
+
+from langchain_specsteer import algorithms as alg
+from langchain_specsteer.models import encode_messages
+from langchain_specsteer.protocol import logprobs_from_vllm
+from langchain_specsteer.remote.base import HTTPGeneralist, tokenize
+from langchain_specsteer.remote.http import Exchange, refused
+from langchain_specsteer.verification import (
+    GeneralistError,
+    GeneralistSession,
+    Rule,
+    Verdict,
+    vocab_signature,
+)
+
+__all__ = [
+    "NEUTRAL_SAMPLING",
+    "LogprobsMode",
+    "OpenAICompatibleGeneralist",
+    "OpenAICompatibleSession",
+    "Scoring",
+    "prefix_rows",
+    "prompt_logprob_rows",
+]
+
+Row = dict[int, float]
+"""One position's listed entries: token id → log-prob (unlisted tokens are absent)."""
+
+Scoring = Literal["prefixes", "prompt_logprobs"]
+"""How `OpenAICompatibleGeneralist` asks for a round's rows: K+1 prefix prompts with one
+generated token each (served by a prefix cache), or one prompt with prompt log-probs."""
+
+LogprobsMode = Literal["raw_logprobs", "processed_logprobs"]
+"""What the server's log-probs are (vLLM's `--logprobs-mode`): before or after temperature."""
+
+
+class OpenAICompatibleGeneralist(HTTPGeneralist):
+    """A generalist behind a vLLM-style OpenAI-compatible server (`/v1/completions`).
+
+    Each round is one request whose answer gives the generalist's top `top_logprobs` at every
+    draft position and after the draft; q_gen is computed on the device and the device decides
+    acceptance. How the rows are asked for is `scoring`:
+
+    - "prefixes" (default): K+1 token-id prompts, the committed tokens + draft[:i] for
+      i = 0..K, each with `max_tokens=1, logprobs=top_logprobs`; row i is the top of prompt i's
+      generated token. vLLM's prefix cache (`--enable-prefix-caching`) serves the shared prefix,
+      so a round costs about K+1 decode steps and its answer does not grow with the text. A
+      draft token outside the top `top_logprobs` at its position is not listed: see
+      `exact_drafts`.
+    - "prompt_logprobs": one prompt, the committed tokens + draft, with `prompt_logprobs`: the
+      draft tokens' own log-probs are exact whatever `top_logprobs`, but vLLM skips its prefix
+      cache for such requests, so a round costs a prefill of the whole text and the answer
+      lists every position. For servers without a prefix cache.
+
+    Args:
+        base_url: the server, e.g. "http://gpu-box:8000" (a trailing "/v1" is accepted).
+        model: the served model name (`vllm serve ... --served-model-name`).
+        api_key: bearer token (vLLM's `--api-key`).
+        top_logprobs: candidates per position (at most the server's `--max-logprobs`, 20).
+        scoring: "prefixes" or "prompt_logprobs", see above.
+        logprobs_mode: what the server's log-probs are, as its `--logprobs-mode`:
+            "raw_logprobs" (vLLM's default: before temperature; at a temperature other than 0
+            and 1 the device tempers the listed entries and renormalises over them, so the
+            unlisted tokens' share is taken as 0) or "processed_logprobs" (the request carries
+            the temperature and the server returns log-probs after it, normalised over the
+            whole vocabulary: used as they are). Prompt log-probs are always raw in vLLM.
+        exact_drafts: with "prefixes", when the ratio test (or sampled speculative decoding)
+            needs a draft token's log p_G and it is outside the top `top_logprobs` at its
+            position, ask for it in a second request (the same prefixes, served by the cache,
+            with vLLM's `logprob_token_ids`), so acceptance is decided as in-process. False:
+            one request a round, and such a token counts as p_G = 0 (rejected).
+        tokenizer: the generalist's tokenizer (e.g. `AutoTokenizer.from_pretrained(model)`):
+            prompts are encoded locally and its vocabulary is checked against the
+            specialist's. Without it prompts go through the server's `/tokenize`, and the
+            vocabularies are assumed to match.
+        eos_token_ids: extra ids that end a generation.
+        timeout, max_retries, backoff_s, wrap_transport: as in `RemoteGeneralist`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        *,
+        top_logprobs: int = 20,
+        scoring: Scoring = "prefixes",
+        logprobs_mode: LogprobsMode = "raw_logprobs",
+        exact_drafts: bool = True,
+        tokenizer: Any = None,
+        eos_token_ids: Sequence[int] = (),
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        backoff_s: float = 0.2,
+        wrap_transport: Callable[[Any], Any] | None = None,
+    ):
+        if top_logprobs < 1:
+            msg = f"top_logprobs must be at least 1, got {top_logprobs}"
+            raise ValueError(msg)
+        if scoring not in get_args(Scoring):
+            msg = (
+                f"scoring must be one of {get_args(Scoring)}, got {scoring!r}: 'prefixes' for "
+                "a server with a prefix cache (vLLM --enable-prefix-caching), else "
+                "'prompt_logprobs'"
+            )
+            raise ValueError(msg)
+        if logprobs_mode not in get_args(LogprobsMode):
+            msg = (
+                f"logprobs_mode must be one of {get_args(LogprobsMode)}, got {logprobs_mode!r}: "
+                "the server's --logprobs-mode (vLLM's default is 'raw_logprobs')"
+            )
+            raise ValueError(msg)
+        super().__init__(
+            base_url.rstrip("/").removesuffix("/v1"),
+            api_key,
+            tokenizer,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff_s=backoff_s,
+            wrap_transport=wrap_transport,
+        )
+        self.model = model
+        self.top_logprobs = top_logprobs
+        self.scoring = scoring
+        self.logprobs_mode = logprobs_mode
+        self.exact_drafts = exact_drafts
+        self._eos = frozenset(eos_token_ids)
+        self.last_usage: dict[str, Any] | None = None
+        """The `usage` of the last scoring answer (vLLM's `prompt_tokens_details.cached_tokens`
+        is there when the server runs with `--enable-prompt-tokens-details`)."""
+
+    @property
+    def name(self) -> str:
+        return self.model
+
+    @property
+    def vocab_size(self) -> int | None:
+        return len(self.tokenizer) if self.tokenizer is not None else None
+
+    @property
+    def vocab_signature(self) -> str | None:
+        return vocab_signature(self.tokenizer) if self.tokenizer is not None else None
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        return self._eos | ({eos} if eos is not None else set())
+
+    def _encode_steps(
+        self, messages: Sequence[dict], chat: bool, chat_template_kwargs: dict | None
+    ) -> Exchange:
+        if self.tokenizer is not None:
+            return encode_messages(
+                self.tokenizer, messages, chat=chat, chat_template_kwargs=chat_template_kwargs
+            )
+        chat_mode = None if chat else False
+        return (
+            yield from tokenize(self.http, self.model, messages, chat_mode, chat_template_kwargs)
+        )
+
+    def open_session(
+        self,
+        prompt: Sequence[int],
+        *,
+        vocab_size: int,
+        temperature: float = 0.0,
+        q_gen_prompt: Sequence[int] | None = None,
+    ) -> OpenAICompatibleSession:
+        return OpenAICompatibleSession(self, list(prompt), vocab_size, temperature)
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAICompatibleGeneralist({self.http.base_url!r}, model={self.model!r}, "
+            f"scoring={self.scoring!r})"
+        )
+
+
+class OpenAICompatibleSession(GeneralistSession):
+    """One generation over a stateless completions API: the device holds the token ids."""
+
+    awaits_io = True
+
+    def __init__(
+        self, client: OpenAICompatibleGeneralist, prompt: list[int], vocab_size: int, temp: float
+    ):
+        self.client = client
+        self.tokens = prompt
+        self.vocab_size = vocab_size
+        self.temperature = temp
+        self._draft: list[int] = []
+
+    def verify(
+        self, draft: list[int], rule: Rule, gamma: float, uniforms: list[float] | None = None
+    ) -> Verdict:
+        return self.client.http.run(self._score(draft, _reads_draft_values(rule, uniforms)))
+
+    async def averify(
+        self, draft: list[int], rule: Rule, gamma: float, uniforms: list[float] | None = None
+    ) -> Verdict:
+        exchange = self._score(draft, _reads_draft_values(rule, uniforms))
+        return await self.client.http.arun(exchange)
+
+    @property
+    def processed(self) -> bool:
+        """Whether the server tempers the generated tokens' rows (processed log-probs)."""
+        return self.client.logprobs_mode == "processed_logprobs"
+
+    def request_body(self, draft: list[int]) -> dict[str, Any]:
+        """The `/v1/completions` body that scores `draft` after the committed tokens."""
+        client, m = self.client, self.client.top_logprobs
+        body: dict[str, Any] = {"model": client.model}
+        if client.scoring == "prefixes":
+            body["prompt"] = [self.tokens + draft[:i] for i in range(len(draft) + 1)]
+        else:
+            body["prompt"] = self.tokens + draft
+        body |= {
+            "max_tokens": 1,
+            "temperature": self.temperature if self.processed else 0,
+            "logprobs": m,
+            "return_tokens_as_token_ids": True,
+        }
+        if client.scoring == "prompt_logprobs" and draft:
+            body["prompt_logprobs"] = m  # the draft positions' rows are prompt log-probs
+        if self.processed:  # processed rows = tempered rows only when nothing else applies
+            body |= NEUTRAL_SAMPLING
+        return body
+
+    def fill_in_body(self, draft: list[int], positions: list[int]) -> dict[str, Any]:
+        """The body asking, at each of `positions`, for the draft token's own log-prob: the
+        prefixes again (served by the cache) with vLLM's `logprob_token_ids`."""
+        body = self.request_body(draft)
+        body["prompt"] = [self.tokens + draft[:i] for i in positions]
+        body["logprobs"] = 0
+        body["logprob_token_ids"] = sorted({draft[i] for i in positions})
+        return body
+
+    def raw_rows(self, k: int) -> int:
+        """How many leading rows of a k-token draft's k + 1 come untempered, so the device
+        tempers them: all with raw log-probs; with processed ones, the k draft rows of
+        "prompt_logprobs" scoring (vLLM's prompt log-probs are raw in every mode), else none."""
+        if not self.processed:
+            return k + 1
+        return k if self.client.scoring == "prompt_logprobs" else 0
+
+    def _score(self, draft: list[int], fill_in: bool = True) -> Exchange:
+        """The generalist's rows at the draft positions and after (the device decides); with
+        prefix scoring and `fill_in`, draft tokens outside the top m are asked for after."""
+        client, k, m = self.client, len(draft), self.client.top_logprobs
+        parse = prefix_rows if client.scoring == "prefixes" else prompt_logprob_rows
+        answer, rows = yield from self._complete(
+            self.request_body(draft), "scoring a draft", lambda answer: parse(answer, k, m)
+        )
+        client.last_usage = answer.get("usage")
+        unlisted = [i for i, token in enumerate(draft) if token not in rows[i]]
+        if unlisted and fill_in and client.exact_drafts and client.scoring == "prefixes":
+            _, filled = yield from self._complete(
+                self.fill_in_body(draft, unlisted),
+                "asking for draft tokens outside the top m (exact_drafts=False skips it)",
+                lambda answer: prefix_rows(answer, len(unlisted) - 1, m=None),
+            )
+            for i, row in zip(unlisted, filled, strict=True):
+                if draft[i] in row:  # a server without logprob_token_ids lists only its draw
+                    rows[i][draft[i]] = row[draft[i]]
+        log_p_G = torch.full((k + 1, self.vocab_size), -math.inf)
+        for i, row in enumerate(rows):
+            ids = [t for t in row if t < self.vocab_size]
+            log_p_G[i, ids] = logprobs_from_vllm([row[t] for t in ids])
+        # Raw rows are tempered here, over the listed entries only; processed rows come
+        # tempered over the whole vocabulary.
+        raw = self.raw_rows(k)
+        log_p_G[:raw] = alg.temper(log_p_G[:raw], self.temperature)
+        self._draft = list(draft)
+        return Verdict(log_p_G)
+
+    def _complete(
+        self, body: dict[str, Any], what: str, parse: Callable[[dict], list[Row]]
+    ) -> Exchange:
+        """POST `body` to `/v1/completions`: (the answer, its rows by `parse`). A refusal, or
+        an answer `parse` cannot read, raises GeneralistError saying what was wrong."""
+        http = self.client.http
+        response = yield from http.exchange("POST", "/v1/completions", body)
+        if response.status_code != 200:
+            raise refused(response, what)
+        try:
+            answer = response.json()
+            return answer, parse(answer)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as err:
+            msg = f"unexpected /v1/completions answer from {http.base_url}: {err}"
+            raise GeneralistError(msg) from err
+
+    def commit(self, accepted: int, token: int) -> None:
+        self.tokens = [*self.tokens, *self._draft[:accepted], token]
+        self._draft = []
+
+
+NEUTRAL_SAMPLING: dict[str, float] = {
+    "top_p": 1.0,
+    "top_k": -1,
+    "min_p": 0.0,
+    "repetition_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+}
+"""Sent with processed log-probs: no sampling processor but temperature, whatever defaults the
+server took from the model's generation config (vLLM's `--generation-config auto`)."""
+
+
+def _reads_draft_values(rule: Rule, uniforms: list[float] | None) -> bool:
+    """Whether deciding `rule` reads the draft tokens' own log p_G (greedy "match" reads only
+    the argmax, which every row lists; "none" has no draft)."""
+    return rule not in ("none", "match") or uniforms is not None
+
+
+def prefix_rows(answer: dict, k: int, m: int | None) -> list[Row]:
+    """Rows 0..k from the answer to K+1 prefix prompts: choice i's generated-token top `m`
+    (None: every entry)."""
+    choices = answer["choices"]
+    if not isinstance(choices, list) or len(choices) != k + 1:
+        n = len(choices) if isinstance(choices, list) else type(choices).__name__
+        msg = f"expected {k + 1} choices (one per prompt), got {n}"
+        raise ValueError(msg)
+    ordered = sorted(choices, key=lambda choice: choice["index"])
+    if [choice["index"] for choice in ordered] != list(range(k + 1)):
+        msg = f"choice indices {sorted(c['index'] for c in choices)} are not 0..{k}"
+        raise ValueError(msg)
+    return [_top_m(_generated_row(choice), m) for choice in ordered]
+
+
+def prompt_logprob_rows(answer: dict, k: int, m: int) -> list[Row]:
+    """Rows 0..k from the answer to one prompt with `prompt_logprobs`: the last k prompt rows
+    (each lists the draft token itself), then the generated token's top `m`."""
+    (choice,) = answer["choices"]
+    rows = []
+    if k:
+        entries = choice["prompt_logprobs"][-k:]
+        if len(entries) != k or any(not isinstance(e, dict) for e in entries):
+            msg = f"expected {k} prompt_logprobs entries for the draft, got {entries!r:.200}"
+            raise ValueError(msg)
+        rows = [{int(t): float(e["logprob"]) for t, e in entry.items()} for entry in entries]
+    return [*rows, _top_m(_generated_row(choice), m)]
+
+
+def _generated_row(choice: dict) -> Row:
+    """The generated token's top log-probs in a choice (`return_tokens_as_token_ids` keys)."""
+    tops = choice["logprobs"]["top_logprobs"]
+    if not tops or not isinstance(tops[-1], dict):
+        msg = f"no top_logprobs for the generated token in choice {choice.get('index')}"
+        raise ValueError(msg)
+    return {_token_id(t): float(v) for t, v in tops[-1].items()}
+
+
+def _top_m(row: Row, m: int | None) -> Row:
+    """The m highest entries: a sampled token listed beyond the top m is dropped, so the
+    candidates do not depend on the server's random draw."""
+    return row if m is None else dict(sorted(row.items(), key=lambda item: -item[1])[:m])
+
+
+def _token_id(key: str) -> int:
+    """Token ids from `return_tokens_as_token_ids` keys ("token_id:123")."""
+    if not key.startswith("token_id:"):
+        msg = f"expected 'token_id:N' keys (return_tokens_as_token_ids), got {key!r}"
+        raise ValueError(msg)
+    return int(key.removeprefix("token_id:"))
