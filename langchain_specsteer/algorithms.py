@@ -19,8 +19,9 @@ Everything here is a function of tensors; nothing knows about models or transpor
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,9 +32,11 @@ __all__ = [
     "RecoveryParams",
     "Rows",
     "accept",
+    "choice_seed",
     "chunk_accept",
     "context_gate",
     "costeer_coefficient",
+    "costeer_coefficients",
     "costeer_policy",
     "draft_calibration",
     "jensen_shannon",
@@ -46,10 +49,12 @@ __all__ = [
     "recover_specialist",
     "recover_steered",
     "residual",
+    "send_ahead",
     "speculative_accept",
     "temper",
     "tilt",
     "top_p_filter",
+    "worth_drafting",
 ]
 
 
@@ -320,6 +325,71 @@ def keep_drafting(
     return chance >= stop
 
 
+def worth_drafting(
+    confidences: Sequence[float], calibration: float = 1.0, round_steps: float | None = None
+) -> bool:
+    """Whether the device drafts one more token (`draft_tokens="auto"`), by the round's cost.
+
+    A round that drafts k tokens costs its fixed part F (waiting on the verdict: the round
+    trip and the generalist side's work; then the device's work on it) plus k steps, and
+    yields E_k = 1 + Σ_{i≤k} P_i tokens, where P_i = Π_{j≤i} min(1, ρ·q_ctx(d_j)) is the
+    chance that the first i drafts are all accepted. Drafting on pays while the last token
+    drafted added more tokens per step than the round yields per step so far:
+    P_k · (F/c_S + k) ≥ E_k. P only falls as k grows, so the first k that fails ends the
+    draft (that token included). A far generalist (large F) makes drafts long, a near one
+    short; no threshold to tune.
+
+    Args:
+        confidences: q_ctx(d_i) of each token drafted so far this round.
+        calibration: ρ (`draft_calibration`).
+        round_steps: F / c_S, measured on this run (`run.RoundCosts.round_steps`); None
+            before it is: then the fixed `DRAFT_STOP` rule (`keep_drafting`).
+    """
+    if round_steps is None:
+        return keep_drafting(confidences, calibration, DRAFT_STOP)
+    chance, expected = 1.0, 1.0
+    for confidence in confidences:
+        chance *= min(1.0, calibration * confidence)
+        expected += chance
+    return chance * (round_steps + len(confidences)) >= expected
+
+
+SEND_AHEAD_FLOOR = 0.1
+"""Rounds in flight: the device sends another round ahead of the verdicts only while the
+chance that every round in flight stands (all drafts accepted and every guessed last token
+right) is at least this, so that a verifier is not flooded with rounds that are likely void
+(docs/concepts.md)."""
+
+
+def send_ahead(
+    chance: float, ahead_steps: float, round_steps: float | None, floor: float = SEND_AHEAD_FLOOR
+) -> bool:
+    """Whether the device drafts and sends one more round while earlier ones are in flight.
+
+    It pays while the rounds in flight are likely to stand (`chance` ≥ `floor`) and the
+    device has not yet drafted past the time the oldest verdict takes (`ahead_steps` <
+    `round_steps`: beyond it that verdict is due, and the device takes it first). Drafting
+    ahead costs the device nothing it would not spend waiting; what it costs the generalist
+    side is a verification of a round that a rejection may void.
+
+    Args:
+        chance: the estimated chance that every round in flight stands.
+        ahead_steps: specialist steps drafted ahead of the oldest round's request.
+        round_steps: a round's fixed cost in specialist steps (None: not measured yet).
+        floor: the least `chance` worth a round.
+    """
+    if chance < floor:
+        return False
+    return round_steps is None or ahead_steps < round_steps
+
+
+def choice_seed(seed: int, position: int, purpose: str) -> int:
+    """The seed of one random choice: a hash of (the run's seed, the generated position, what
+    is chosen there), so sampled text does not depend on how rounds were scheduled."""
+    digest = hashlib.blake2b(f"{seed}:{position}:{purpose}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 def residual(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """Log of norm(max(0, p − q)): where speculative sampling recovers after a rejection."""
     mass = (log_p.exp() - log_q.exp()).clamp_min(0)
@@ -365,14 +435,25 @@ def costeer_policy(
     return pi
 
 
-def costeer_coefficient(
+def costeer_coefficients(
     *, steps: int = 20, a: float = 2.0, b: float = 1.0, lam: float = 2.0, eta: float = 10.0
-) -> float:
-    """c_T with CoSteer's policy = log_softmax(π_ref + c_T·δ): the update is affine in log space."""
+) -> Iterator[float]:
+    """c_1..c_T, where CoSteer's policy after t steps is log_softmax(π_ref + c_t·δ): the update
+    is affine in log space, so the whole iteration is this scalar recurrence."""
     c, c_sum = 0.0, 0.0
     for t in range(1, steps + 1):
         c_sum += a * c + b
         c = (c_sum + c / eta) / (t * lam + 1 / eta)
+        yield c
+
+
+def costeer_coefficient(
+    *, steps: int = 20, a: float = 2.0, b: float = 1.0, lam: float = 2.0, eta: float = 10.0
+) -> float:
+    """c_T with CoSteer's policy = log_softmax(π_ref + c_T·δ) (`costeer_coefficients`)."""
+    c = 0.0
+    for c in costeer_coefficients(steps=steps, a=a, b=b, lam=lam, eta=eta):  # noqa: B007
+        pass
     return c
 
 
@@ -407,15 +488,16 @@ class Rows:
 
 @dataclass(frozen=True)
 class RecoveryParams:
-    """The knobs recoveries read (`DecodingParams`' fields of the same names)."""
+    """The knobs recoveries read: `DecodingParams`' fields of the same names, which hold their
+    defaults (`DecodingParams.recovery`)."""
 
-    alpha: float = 1.0
-    top_p: float = 1.0
-    costeer_steps: int = 20
-    costeer_a: float = 2.0
-    costeer_b: float = 1.0
-    costeer_lambda: float = 2.0
-    costeer_eta: float = 10.0
+    alpha: float
+    top_p: float
+    costeer_steps: int
+    costeer_a: float
+    costeer_b: float
+    costeer_lambda: float
+    costeer_eta: float
 
 
 Recovery = Callable[[Rows, RecoveryParams], torch.Tensor]

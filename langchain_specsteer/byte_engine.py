@@ -49,7 +49,7 @@ from langchain_specsteer.bytelevel import (
     recover_token,
 )
 from langchain_specsteer.methods import METHOD_SPECS
-from langchain_specsteer.run import Draft, Prompts, Round, Run
+from langchain_specsteer.run import Accepted, Draft, Prompts, Round, Run
 from langchain_specsteer.verification import Generalist, Rule, Verdict
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ class ByteDecodeRun(Run):
             self.gen = self.specialist.sequence(self.prompts.public_specialist)
         self.target = self._open_target(self.vocabularies.generalist_width)
 
-    def _specialist_alone(self, draft: Draft | None) -> TokenSequence:
+    def _specialist_alone(self) -> TokenSequence:
         """The specialist finishes from the committed bytes (its next `_sync` aligns it)."""
         return self.ctx or self.specialist.sequence(self.prompts.private)
 
@@ -180,11 +180,11 @@ class ByteDecodeRun(Run):
         if len(q_ctx) == 1:
             q_ctx[0] = self._constrained(q_ctx[0])
 
-    def _draft(self, remaining: int) -> ByteDraft:
+    def _draft(self, remaining: int, position: int) -> ByteDraft:
         self.pending = self._sync(self.ctx) if self.ctx is not None else b""
         if self.gen is not None:
             self._sync(self.gen)
-        draft = ByteDraft(pending=self.pending)
+        draft = ByteDraft(pending=self.pending, position=position)
         if self.spec.drafts:
             k = self._draft_length(remaining)
             eos = self.specialist.eos_token_ids
@@ -200,25 +200,26 @@ class ByteDecodeRun(Run):
             return "none"
         return "match" if self.spec.verify == "match" else "device"
 
-    def _accept(self, draft: ByteDraft, verdict: Verdict | None) -> tuple[int, int]:
-        """(generalist tokens, specialist tokens) of the draft that are accepted."""
+    def _accept(self, draft: ByteDraft, verdict: Verdict | None) -> Accepted:
+        """Generalist tokens of the draft accepted, and the specialist's drafts within them."""
         if self.gen is not None:  # q_gen over the specialist's draft, on the device
             draft.q_gen = list(self._score(self.gen, draft.drafted))
             draft.q_gen[0] = self._constrained(draft.q_gen[0])
         if not draft.ids:
-            return 0, 0
+            return Accepted(0, 0)
         s_ends, g_ends = self._ends(draft)
         if self.spec.verify == "match":
-            n = self._decide("match", draft.ids, verdict)
+            n = self._decide(draft, verdict, "match")
             # the specialist's drafts within the accepted bytes (what "auto" learns from)
-            return n, sum(end <= (g_ends[n - 1] if n else 0) for end in s_ends)
+            return Accepted(n, sum(end <= (g_ends[n - 1] if n else 0) for end in s_ends))
         boundaries = aligned_boundaries(s_ends, g_ends)
         log_q = [float(draft.q_gen[i][t]) for i, t in enumerate(draft.drafted)]
         log_p = [float(verdict.log_p_G[j][t]) for j, t in enumerate(draft.ids)]
-        uniforms = self._draws(len(boundaries)) if not self.params.greedy and boundaries else None
+        sampled = not self.params.greedy and boundaries
+        uniforms = self._draws(len(boundaries), draft.position) if sampled else None
         gamma = self._chunk_gates(draft, boundaries) if self._context_gate else self.params.gamma
         s, n = alg.chunk_accept(boundaries, log_q, log_p, gamma, uniforms)
-        return n, s
+        return Accepted(n, s)
 
     def _ends(self, draft: ByteDraft) -> tuple[list[int], list[int]]:
         """Where each drafted specialist token and each generalist token of the draft ends, in
@@ -247,16 +248,18 @@ class ByteDecodeRun(Run):
             start = end
         return gates
 
-    def _recover(self, draft: ByteDraft, verdict: Verdict | None, n: int, s: int) -> int:
+    def _recover(self, draft: ByteDraft, verdict: Verdict | None, accepted: Accepted) -> int:
         """The round's last token: a whole token of the model whose distribution the method
         reads, or a generalist token steered by the specialist's bytes."""
         spec, reads = self.spec, self.spec.reads
+        n, s = accepted
+        position = draft.position + n
         if not spec.fuses:
             rows = alg.Rows(
                 log_p_G=verdict.log_p_G[n] if "p_G" in reads else None,
                 log_q_ctx=draft.q_ctx[s] if "q_ctx" in reads else None,
             )
-            return self._choose(spec.recover(rows, self.knobs))
+            return self._choose(spec.recover(rows, self.knobs), position)
         p = self.params
         row = verdict.log_p_G[n]
         if not p.greedy:
@@ -275,7 +278,7 @@ class ByteDecodeRun(Run):
             "pending": pending,
             "fuse": fuse,
             "greedy": p.greedy,
-            "generator": self.rng,
+            "generator": None if p.greedy else self._generator(position, "recover"),
             "specialist_eos": sorted(self.specialist.eos_token_ids) if not pending else (),
         }
         if p.byte_recovery == "byte":
@@ -283,7 +286,7 @@ class ByteDecodeRun(Run):
             return recover_bytewise(**common, generalist_eos=eos)
         return recover_token(**common)
 
-    def _roll_back(self, draft: Draft, n: int, token: int) -> None:
+    def _roll_back(self, draft: Draft, accepted: Accepted, token: int) -> None:
         """The generalist writes: the next `_sync` aligns the specialist. The specialist
         writes: its token joins its cache."""
         if self.target is None:
@@ -293,8 +296,8 @@ class ByteDecodeRun(Run):
         pending = draft.pending if self.target is None else b""
         return self._writer.spell(tokens)[len(pending) :]
 
-    def _commit(self, draft: Draft, n: int, token: int) -> Round:
-        round_ = super()._commit(draft, n, token)
+    def _commit(self, draft: Draft, accepted: Accepted, token: int, *, rolled: bool) -> Round:
+        round_ = super()._commit(draft, accepted, token, rolled=rolled)
         self.text.extend(round_.data)
         if round_.tokens and self.target is not None:
             self.last_piece = self.vocabularies.generalist.spell(round_.tokens[-1:])

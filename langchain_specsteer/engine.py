@@ -17,7 +17,7 @@ from langchain_specsteer.byte_engine import ByteDecodeRun, ByteVocabularies
 from langchain_specsteer.methods import METHOD_SPECS, MethodSpec
 from langchain_specsteer.models import LocalSpecialist, TokenSequence
 from langchain_specsteer.params import DecodingParams
-from langchain_specsteer.run import DecodeStats, Draft, Prompts, Round, Run
+from langchain_specsteer.run import Accepted, DecodeStats, Draft, Flight, Prompts, Round, Run
 from langchain_specsteer.verification import Generalist, GeneralistUnreachable, Rule, Verdict
 
 __all__ = [
@@ -108,6 +108,8 @@ class SpecSteerEngine:
 class DecodeRun(Run):
     """One generation on one shared vocabulary: drafts are verified as they are."""
 
+    pipelines = True
+
     def __init__(
         self,
         specialist: LocalSpecialist,
@@ -155,33 +157,38 @@ class DecodeRun(Run):
         if q_gen_on_device:
             self.gen = self.specialist.sequence(prompts.public_specialist, vocab_size=V)
 
-    def _draft(self, remaining: int) -> Draft:
+    def _draft(self, remaining: int, position: int) -> Draft:
         k = self._draft_length(remaining) if self.spec.drafts else 0
-        draft = Draft()
+        draft = Draft(position=position)
         draft.ids = self._draft_tokens(self.ctx, k, self.eos, draft)
         if draft.ids and self.spec.verify == "ratio" and not self.params.greedy:
-            draft.uniforms = self._draws(len(draft.ids))  # made here, applied where verified
+            # made here, applied where verified
+            draft.uniforms = self._draws(len(draft.ids), position)
         return draft
 
     def _rule(self, draft: Draft) -> Rule:
         return "device" if self._sampled_match or self._context_gate else self.spec.verify
 
-    def _accept(self, draft: Draft, verdict: Verdict | None) -> tuple[int, int]:
-        if self.gen is not None:  # q_gen over the draft, on the device
-            draft.q_gen = list(self._score(self.gen, draft.ids))
-        elif verdict is not None and verdict.log_q_gen is not None:
+    def _prepare(self, flight: Flight, before: Flight | None) -> None:
+        """q_gen over the draft on the device (after the guessed last token of the round in
+        flight before it), while the generalist side verifies it."""
+        if self.gen is None:
+            return
+        if before is not None:
+            self.gen.append([before.predicted])
+        flight.draft.q_gen = list(self._score(self.gen, flight.draft.ids))
+
+    def _accept(self, draft: Draft, verdict: Verdict | None) -> Accepted:
+        if self.gen is None and verdict is not None and verdict.log_q_gen is not None:
             draft.q_gen = list(verdict.log_q_gen)
         if not draft.ids:
-            return 0, 0
-        proposal = draft.q_ctx if self._sampled_match else None
+            return Accepted(0, 0)
         gamma = self._gates(draft, len(draft.ids)) if self._context_gate else None
-        n = self._decide(
-            self.spec.verify, draft.ids, verdict, draft.q_gen, proposal, draft.uniforms, gamma
-        )
-        return n, n
+        n = self._decide(draft, verdict, self.spec.verify, gamma)
+        return Accepted(n, n)
 
-    def _recover(self, draft: Draft, verdict: Verdict | None, n: int, s: int) -> int:
-        reads = self.spec.reads
+    def _recover(self, draft: Draft, verdict: Verdict | None, accepted: Accepted) -> int:
+        reads, n = self.spec.reads, accepted.verified
         rejected = n < len(draft.ids)
         rows = alg.Rows(
             log_p_G=verdict.log_p_G[n] if "p_G" in reads else None,
@@ -189,25 +196,26 @@ class DecodeRun(Run):
             log_q_gen=draft.q_gen[n] if "q_gen" in reads else None,
             proposal=draft.q_ctx[n] if rejected and self._sampled_match else None,
         )
-        return self._choose(self.spec.recover(rows, self.knobs))
+        return self._choose(self.spec.recover(rows, self.knobs), draft.position + n)
 
-    def _roll_back(self, draft: Draft, n: int, token: int) -> None:
+    def _roll_back(self, draft: Draft, accepted: Accepted, token: int) -> None:
+        keep = len(self.committed) + accepted.verified
         for seq in (self.ctx, self.gen):
             if seq is not None:
-                seq.rollback(seq.length - len(draft.ids) + n)
+                seq.rollback(seq.prompt_length + keep)
                 seq.append([token])
 
-    def _commit(self, draft: Draft, n: int, token: int) -> Round:
-        round_ = super()._commit(draft, n, token)
+    def _commit(self, draft: Draft, accepted: Accepted, token: int, *, rolled: bool) -> Round:
+        round_ = super()._commit(draft, accepted, token, rolled=rolled)
         self.committed.extend(round_.tokens)
         return round_
 
-    def _specialist_alone(self, draft: Draft | None) -> TokenSequence:
+    def _specialist_alone(self) -> TokenSequence:
         if self.ctx is None:
             ctx = self.specialist.sequence(self.prompts.private, vocab_size=self.vocab_size)
             ctx.append(self.committed)
             return ctx
-        self.ctx.rollback(self.ctx.length - (len(draft.ids) if draft is not None else 0))
+        self.ctx.rollback(self.ctx.prompt_length + len(self.committed))
         return self.ctx
 
 

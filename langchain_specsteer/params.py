@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from langchain_specsteer import algorithms as alg
 from langchain_specsteer.methods import METHODS
 from langchain_specsteer.protocol import MIN_TEMPERATURE, check_temperature
 from retrievers.templates import DEFAULT_CONTEXT_TEMPLATE, template_fields
@@ -52,7 +53,7 @@ class DecodingParams(BaseModel):
     """K: tokens the specialist drafts per round (6: fastest-quality trade-off measured on the
     demo pair, docs/results.md; sweep it with `python -m eval.bench` for your pair), or
     "auto": the device chooses each round's length, at most `max_draft_tokens`
-    (`algorithms.DraftLength`, docs/concepts.md). A verifier service (`RemoteGeneralist`)
+    (`algorithms.keep_drafting`, docs/concepts.md). A verifier service (`RemoteGeneralist`)
     takes at most its `max_draft_tokens` per round: a larger K (or `max_draft_tokens` under
     "auto") is clamped to that limit, and `generation_info["draft_tokens_clamped_to"]`
     reports it."""
@@ -62,6 +63,13 @@ class DecodingParams(BaseModel):
     """With `draft_tokens="auto"`: stop drafting once the device's estimate that the whole
     draft is accepted falls below this (about c_S / c_G, a specialist step's cost over a
     generalist step's: 0.1 on the demo pair's CPU; lower it where verifying is dearer)."""
+    rounds_in_flight: int | Literal["auto"] = "auto"
+    """Over a network generalist that takes them: how many rounds may be verified at once
+    while the device drafts on (docs/concepts.md). "auto": up to what the session takes
+    (`max_in_flight`), each sent while the measured round trip and the drafts' confidence say
+    it pays (`algorithms.send_ahead`); an integer N: always N (at most the session's limit);
+    1: one round at a time. In-process generalists verify one round at a time whatever this
+    says. With one draft length the text is the same either way."""
     gate: Literal["fixed", "context"] = "fixed"
     """The ratio test's gate per draft position: "fixed" uses γ everywhere; "context"
     (AsymSpec) uses γ · exp(−JSD(q_ctx, q_gen)), looser where the private context moved the
@@ -103,10 +111,31 @@ class DecodingParams(BaseModel):
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @property
+    def recovery(self) -> alg.RecoveryParams:
+        """The knobs the recoveries read, taken from these fields."""
+        names = alg.RecoveryParams.__dataclass_fields__
+        return alg.RecoveryParams(**{name: getattr(self, name) for name in names})
+
     @field_validator("draft_tokens", mode="before")
     @classmethod
     def _check_draft_tokens(cls, value: object) -> object:
         return check_draft_tokens(value)
+
+    @field_validator("rounds_in_flight", mode="before")
+    @classmethod
+    def _check_rounds_in_flight(cls, value: object) -> object:
+        if value == "auto":
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            msg = (
+                "rounds_in_flight must be an integer greater than or equal to 1 (1: one round "
+                f"at a time) or 'auto' (the device chooses), got {value!r}"
+            )
+            raise ValueError(msg)
+        return value
 
     @field_validator("temperature")
     @classmethod
@@ -153,12 +182,10 @@ def check_draft_tokens(value: object) -> int | str:
 
 
 def costeer_peak(*, steps: int, a: float, b: float, lam: float, eta: float) -> float:
-    """The largest |c_t|, t ≤ steps, of CoSteer's coefficient on delta (the recurrence of
-    `algorithms.costeer_coefficient`); inf when it overflows."""
-    c, c_sum, peak = 0.0, 0.0, 0.0
-    for t in range(1, steps + 1):
-        c_sum += a * c + b
-        c = (c_sum + c / eta) / (t * lam + 1 / eta)
+    """The largest |c_t|, t ≤ steps, of CoSteer's coefficient on delta
+    (`algorithms.costeer_coefficients`); inf when it overflows."""
+    peak = 0.0
+    for c in alg.costeer_coefficients(steps=steps, a=a, b=b, lam=lam, eta=eta):
         peak = max(peak, abs(c)) if math.isfinite(c) else math.inf
         if peak > MAX_COSTEER_COEFFICIENT:
             break

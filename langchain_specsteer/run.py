@@ -2,23 +2,34 @@
 
 A round is draft → verify → accept → recover → commit. `Run` holds what every round shares:
 the budget, opening the generalist session, the specialist's cached steps and drafting, the
-bonus step, the fallback to the specialist when the generalist stays unreachable, the commit
-and the statistics, and the two drivers (`for` and `async for`). Its subclasses say only how
-they draft (and align), accept and recover: `engine.DecodeRun` on one shared vocabulary,
-`byte_engine.ByteDecodeRun` on text the two models spell in their own tokens.
+bonus step, rounds in flight, the fallback to the specialist when the generalist stays
+unreachable, the commit and the statistics, and the two drivers (`for` and `async for`). Its
+subclasses say only how they draft (and align), accept and recover: `engine.DecodeRun` on one
+shared vocabulary, `byte_engine.ByteDecodeRun` on text the two models spell in their own
+tokens.
+
+Rounds in flight (docs/concepts.md): over a network session that takes them
+(`GeneralistSession.max_in_flight` > 1), the device does not wait for a verdict before it
+drafts on. It guesses the round's last token (its own draft at the bonus position), drafts the
+next round after it and sends that too. A verdict that rejects a draft, or recovers another
+last token, voids every round sent after it: they commit nothing and count as voided, and the
+device goes on from the recovered token, as a run without rounds in flight would. With one
+draft length the text is therefore the same with and without rounds in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import secrets
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -37,10 +48,45 @@ if TYPE_CHECKING:
     from langchain_specsteer.models import LocalSpecialist, TokenSequence
     from langchain_specsteer.params import DecodingParams
 
-__all__ = ["DecodeStats", "Draft", "Prompts", "Round", "Run"]
+__all__ = [
+    "Accepted",
+    "Await",
+    "Calibration",
+    "DecodeStats",
+    "Discard",
+    "Draft",
+    "Flight",
+    "Poll",
+    "Prompts",
+    "Round",
+    "RoundCosts",
+    "Run",
+]
 
-Steps = Generator["Round | VerifyCall", "Verdict | None", None]
-"""A run's loop: it yields `Round`s, and `VerifyCall`s that its driver answers."""
+
+@dataclass(frozen=True)
+class Await:
+    """Yielded by a run's steps for the oldest started call's verdict (the driver sends it
+    back, or throws its `GeneralistError` in)."""
+
+
+@dataclass(frozen=True)
+class Poll:
+    """Yielded by a run's steps to ask, without waiting, whether the oldest started call has
+    its answer (the driver sends back True or False)."""
+
+
+@dataclass(frozen=True)
+class Discard:
+    """Yielded by a run's steps to void the `count` calls started last: the driver lets them
+    finish and drops their answers."""
+
+    count: int
+
+
+Steps = Generator["Round | VerifyCall | Await | Poll | Discard", Any, None]
+"""A run's loop: it yields `Round`s, `VerifyCall`s for its driver to start, and `Await`,
+`Poll` and `Discard` about the calls started (`Run.__iter__` and `Run.__aiter__` answer)."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +130,10 @@ class DecodeStats:
     rounds: int = 0
     drafted: int = 0
     accepted: int = 0
+    voided_rounds: int = 0
+    """Rounds sent ahead that a verdict voided (not in `rounds`, `drafted` or `accepted`)."""
     generalist_calls: int = 0
+    """Requests to the generalist side: one a round, voided rounds included."""
     specialist_calls: int = 0
     finish_reason: str | None = None
     degraded: bool = False
@@ -117,7 +166,9 @@ class Draft:
             once the bonus step ran).
         q_gen: (V,) q_gen rows at the same positions, once known.
         uniforms: the device's draws for a sampled ratio test on the generalist side.
-        confidences: q_ctx(d_i) of the specialist's drafted tokens (`draft_tokens="auto"`).
+        confidences: q_ctx(d_i) of the specialist's drafted tokens (not the EOS that ends a
+            draft): what `draft_tokens="auto"` and rounds in flight weigh.
+        position: how many generated tokens precede the draft (committed and in flight).
     """
 
     ids: list[int] = field(default_factory=list)
@@ -125,19 +176,102 @@ class Draft:
     q_gen: list[torch.Tensor] = field(default_factory=list)
     uniforms: list[float] | None = None
     confidences: list[float] = field(default_factory=list)
+    position: int = 0
+
+
+@dataclass
+class Flight:
+    """A round sent to the generalist side whose verdict has not been used yet.
+
+    Attributes:
+        draft: what was sent.
+        predicted: the token the next round was drafted after: the device's guess of this
+            round's last token (None while no round follows it).
+        predicted_confidence: q_ctx(predicted), for the chance the guess holds.
+    """
+
+    draft: Draft
+    predicted: int | None = None
+    predicted_confidence: float = 1.0
+    sent_at: float | None = None
+
+    @property
+    def tentative(self) -> int:
+        """Generated tokens this round adds ahead of the committed ones (drafts, guess)."""
+        return len(self.draft.ids) + (self.predicted is not None)
+
+
+class Accepted(NamedTuple):
+    """How much of a draft a verdict accepted, counted in both vocabularies."""
+
+    verified: int
+    """Tokens of the verified vocabulary (the generalist's on the byte path)."""
+    drafted: int
+    """The specialist's drafted tokens within them (what `draft_tokens="auto"` learns from)."""
+
+
+@dataclass
+class Calibration:
+    """Past verdicts of a run, for `draft_tokens="auto"` (`algorithms.draft_calibration`).
+
+    Attributes:
+        accepted: drafts accepted.
+        confidence: Σ q_ctx(d_i) over the drafts whose verdict is known (the accepted ones
+            and the first rejected one).
+    """
+
+    accepted: float = 0.0
+    confidence: float = 0.0
+
+    @property
+    def rho(self) -> float:
+        return alg.draft_calibration(self.accepted, self.confidence)
+
+
+@dataclass
+class RoundCosts:
+    """What a round costs on this run, measured as it goes (moving averages, seconds).
+
+    Attributes:
+        step: one specialist step while drafting.
+        wait: from a round's request to its verdict (the round trip and the generalist side's
+            work; the device's own work after the verdict is in `finish`).
+        finish: the device's work on a verdict (scoring, recovering, committing).
+    """
+
+    step: float | None = None
+    wait: float | None = None
+    finish: float | None = None
+
+    SMOOTHING = 0.3
+
+    def add(self, name: str, seconds: float) -> None:
+        old = getattr(self, name)
+        setattr(self, name, seconds if old is None else old + self.SMOOTHING * (seconds - old))
+
+    def round_steps(self) -> float | None:
+        """A round's fixed cost (waiting on the verdict, then finishing) in specialist steps;
+        None until both are measured."""
+        if self.step is None or self.wait is None or self.step <= 0:
+            return None
+        return (self.wait + (self.finish or 0.0)) / self.step
 
 
 class Run(ABC):
     """One generation in progress: `for` or `async for` yields each round's committed tokens.
 
-    The loop itself is `_steps`, a generator that yields `Round`s and, when the generalist
-    must answer, `VerifyCall`s; the two drivers differ only in how they perform those.
+    The loop itself is `_steps`, a generator that yields `Round`s, the `VerifyCall`s the
+    generalist side must answer, and `Await`/`Poll`/`Discard` about them; the two drivers
+    differ only in how they perform those.
 
     Attributes:
         ctx: the specialist after the private prompt (q_ctx); it never leaves the device.
         gen: the specialist after the public prompt (q_gen), when the device computes it.
         target: the generalist's session, when the method uses the generalist.
     """
+
+    pipelines = False
+    """Whether this kind of run may keep rounds in flight (the byte path does not)."""
 
     def __init__(
         self,
@@ -151,28 +285,24 @@ class Run(ABC):
         self.prompts = prompts
         self.params = params
         self.spec = METHOD_SPECS[params.method]
-        self.knobs = alg.RecoveryParams(
-            alpha=params.alpha,
-            top_p=params.top_p,
-            costeer_steps=params.costeer_steps,
-            costeer_a=params.costeer_a,
-            costeer_b=params.costeer_b,
-            costeer_lambda=params.costeer_lambda,
-            costeer_eta=params.costeer_eta,
-        )
+        self.knobs = params.recovery
         self.stats = DecodeStats(method=params.method)
         self.device = specialist.device
-        self.rng: torch.Generator | None = None
         self.ctx: TokenSequence | None = None
         self.gen: TokenSequence | None = None
         self.target: GeneralistSession | None = None
         self.sessions: list[GeneralistSession] = []  # opened by the steps, closed by the driver
         self._stepping = threading.Lock()  # one step at a time, then closing
         self.adaptive = params.draft_tokens == "auto"
-        self.verified = [0.0, 0.0]  # past verdicts: drafts accepted, Σ q_ctx of those judged
-        if not params.greedy:
-            self.rng = torch.Generator(device=self.device)
-            self.rng.manual_seed(params.seed if params.seed is not None else torch.seed())
+        self.calibration = Calibration()
+        self.costs = RoundCosts()
+        self.watchers: list[Callable[[Draft, Verdict | None, Accepted], None]] = []
+        """Called with each round's draft, verdict and acceptance, before its recovery (for
+        analyses such as eval/replay.py's recording; they must not change what they get)."""
+        # Every random choice is a function of (seed, position, purpose) (`_generator`), so a
+        # seeded text does not depend on how rounds were scheduled; an unseeded run draws a
+        # fresh seed and leaves torch's global generator alone.
+        self.seed = params.seed if params.seed is not None else secrets.randbits(63)
 
     # ------------------------------------------------------------------ what subclasses say
 
@@ -181,28 +311,33 @@ class Run(ABC):
         """Start the specialist's sequences and the generalist's session (`_open_target`)."""
 
     @abstractmethod
-    def _draft(self, remaining: int) -> Draft:
-        """Align the specialist to the committed output and draft (`_draft_tokens`)."""
+    def _draft(self, remaining: int, position: int) -> Draft:
+        """Align the specialist to the committed output (and the rounds in flight) and draft
+        (`_draft_tokens`) at most `remaining` − 1 tokens after `position` generated ones."""
 
     @abstractmethod
     def _rule(self, draft: Draft) -> Rule:
         """How the generalist side is asked to verify `draft`."""
 
-    @abstractmethod
-    def _accept(self, draft: Draft, verdict: Verdict | None) -> tuple[int, int]:
-        """(the verified vocabulary's, the specialist's) drafted tokens accepted."""
+    def _prepare(self, flight: Flight, before: Flight | None) -> None:  # noqa: B027
+        """Device work on a draft while it is verified (`before`: the round sent before it,
+        still in flight): e.g. q_gen over it."""
 
     @abstractmethod
-    def _recover(self, draft: Draft, verdict: Verdict | None, n: int, s: int) -> int:
-        """The round's last token, after `n` (`s` specialist) accepted drafts."""
+    def _accept(self, draft: Draft, verdict: Verdict | None) -> Accepted:
+        """How much of the draft the verdict accepts."""
 
     @abstractmethod
-    def _roll_back(self, draft: Draft, n: int, token: int) -> None:
-        """Bring the specialist's caches to the committed output."""
+    def _recover(self, draft: Draft, verdict: Verdict | None, accepted: Accepted) -> int:
+        """The round's last token, after the accepted drafts."""
 
     @abstractmethod
-    def _specialist_alone(self, draft: Draft | None) -> TokenSequence:
-        """The specialist's sequence to finish alone with, the unverified draft dropped."""
+    def _roll_back(self, draft: Draft, accepted: Accepted, token: int) -> None:
+        """Bring the specialist's caches to the committed output (nothing in flight)."""
+
+    @abstractmethod
+    def _specialist_alone(self) -> TokenSequence:
+        """The specialist's sequence to finish alone with, every unverified draft dropped."""
 
     @property
     @abstractmethod
@@ -216,23 +351,42 @@ class Run(ABC):
     # ------------------------------------------------------------------ the drivers
 
     def __iter__(self) -> Iterator[Round]:
-        """Run the steps here, blocking on the generalist's answers."""
+        """Run the steps here, blocking on the generalist's answers (a round in flight over the
+        network waits on a thread of its own)."""
         steps = self._steps()
+        calls: deque[tuple[VerifyCall, Future | None]] = deque()
+        pool: ThreadPoolExecutor | None = None
         try:
             done, item = self._advance(steps)
             while not done:
+                reply, error = None, None
                 if isinstance(item, VerifyCall):
+                    future = None
+                    if item.awaits_io and self._depth_cap() > 1:
+                        pool = pool or ThreadPoolExecutor(
+                            self._depth_cap(), thread_name_prefix="specsteer-round"
+                        )
+                        future = pool.submit(item.perform)
+                    calls.append((item, future))
+                elif isinstance(item, Poll):
+                    future = calls[0][1]
+                    reply = future is None or future.done()
+                elif isinstance(item, Discard):
+                    for _ in range(item.count):
+                        calls.pop()
+                elif isinstance(item, Await):
+                    call, future = calls.popleft()
                     try:
-                        verdict = item.perform()
+                        reply = call.perform() if future is None else future.result()
                     except GeneralistError as err:
-                        done, item = self._advance(steps, error=err)
-                        continue
-                    done, item = self._advance(steps, verdict)
+                        error = err
                 else:
                     yield item
-                    done, item = self._advance(steps)
+                done, item = self._advance(steps, reply, error)
         finally:
             self._finish(steps)
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
             for session in self.sessions:
                 session.close()
 
@@ -247,36 +401,51 @@ class Run(ABC):
             return loop.run_in_executor(worker, functools.partial(fn, *args))
 
         steps = self._steps()
+        calls: deque[tuple[VerifyCall, asyncio.Future | None]] = deque()
         try:
             done, item = await on_worker(self._advance, steps)
             while not done:
+                reply, error = None, None
                 if isinstance(item, VerifyCall):
+                    task = asyncio.ensure_future(item.aperform()) if item.awaits_io else None
+                    calls.append((item, task))
+                elif isinstance(item, Poll):
+                    task = calls[0][1]
+                    reply = task is None or task.done()
+                elif isinstance(item, Discard):
+                    for _ in range(item.count):
+                        _, task = calls.pop()
+                        if task is not None:  # left to finish; its answer is not used
+                            task.add_done_callback(_consume)
+                elif isinstance(item, Await):
+                    call, task = calls.popleft()
                     try:
-                        if item.session.awaits_io:
-                            verdict = await item.aperform()
+                        if task is not None:
+                            reply = await task
                         else:  # a model in this process: its forward runs on the worker too
-                            verdict = await on_worker(item.perform)
+                            reply = await on_worker(call.perform)
                     except GeneralistError as err:
-                        done, item = await on_worker(self._advance, steps, None, err)
-                        continue
-                    done, item = await on_worker(self._advance, steps, verdict)
+                        error = err
                 else:
                     yield item
-                    done, item = await on_worker(self._advance, steps)
+                done, item = await on_worker(self._advance, steps, reply, error)
         finally:
             # A cancelled caller may leave a step running on the worker: finish after it.
             await on_worker(self._finish, steps)
             worker.shutdown(wait=False)
+            for _, task in calls:
+                if task is not None:
+                    task.add_done_callback(_consume)
             for session in self.sessions:
                 await session.aclose()
 
     def _advance(
         self,
         steps: Steps,
-        reply: Verdict | None = None,
+        reply: Any = None,
         error: GeneralistError | None = None,
-    ) -> tuple[bool, Round | VerifyCall | None]:
-        """Resume the steps with a verdict (or the generalist's failure): (done, next item)."""
+    ) -> tuple[bool, Any]:
+        """Resume the steps with a reply (or the generalist's failure): (done, next item)."""
         with self._stepping:
             try:
                 return False, steps.throw(error) if error is not None else steps.send(reply)
@@ -291,38 +460,143 @@ class Run(ABC):
     # ------------------------------------------------------------------ the loop
 
     def _steps(self) -> Steps:
-        """The loop: yields each `Round`, and a `VerifyCall` whenever the generalist must
-        answer (the driver sends the `Verdict` back, or throws `GeneralistError` in)."""
+        """The loop: draft and send rounds (several in flight where the session takes them),
+        then take the oldest one's verdict: accept, recover, commit, and void the rounds sent
+        after it unless they built on exactly what it committed."""
         p = self.params
         self.stats._start = time.perf_counter()
+        flights: deque[Flight] = deque()
         try:
             try:
                 self._open()
             except GeneralistError as err:
-                self._fall_back(err, None)
+                self._fall_back(err)
             while self.stats.new_tokens < p.max_new_tokens:
-                # Draft (device): up to K tokens from q_ctx, ending early at EOS.
-                draft = self._draft(p.max_new_tokens - self.stats.new_tokens)
-                # Verify (generalist side). If it stays unreachable, the specialist finishes.
+                # Draft (device) and send, while the schedule wants more rounds in flight.
+                while (flight := self._draft_ahead(flights)) is not None:
+                    if self.target is not None:
+                        flight.sent_at = time.perf_counter()
+                        self.stats.generalist_calls += 1
+                        yield self._call(flight.draft, flights)
+                    self._prepare(flight, flights[-1] if flights else None)
+                    flights.append(flight)
+                    if not self._send_another(flights) or (yield Poll()):
+                        break
+                flight = flights.popleft()
+                # Verify: the oldest round's verdict. If the generalist stays unreachable, the
+                # specialist finishes.
                 try:
-                    verdict = yield from self._verify(draft)
+                    verdict = (yield Await()) if self.target is not None else None
                 except GeneralistError as err:
-                    self._fall_back(err, draft)
+                    if flights:
+                        yield Discard(len(flights))
+                    self._void(flights)
+                    self._fall_back(err)
                     continue
-                n, s = self._accept(draft, verdict)
+                finish = time.perf_counter()
                 if verdict is not None:
-                    self._observe(draft, s)
-                # Recover: the token at the first rejected position (or the bonus position).
-                if self.spec.recovers_with_q_ctx and s == len(draft.q_ctx):
+                    self._count_call(flight, verdict)
+                accepted = self._accept(flight.draft, verdict)
+                if verdict is not None:
+                    self._observe(flight.draft, accepted.drafted)
+                for watch in self.watchers:
+                    watch(flight.draft, verdict, accepted)
+                # Recover: the token at the first rejected position (or the bonus position,
+                # whose rows a round sent after this one computed already).
+                draft = flight.draft
+                if self.spec.recovers_with_q_ctx and accepted.drafted == len(draft.q_ctx):
                     self._step(self.ctx, draft.q_ctx, draft.q_gen)
-                token = self._recover(draft, verdict, n, s)
-                # Roll back every cache to the committed length, then commit.
-                yield self._commit(draft, n, token)
+                token = self._recover(draft, verdict, accepted)
+                # Commit: the rounds in flight stand if they built on exactly these tokens;
+                # else they are void and every cache rolls back to the committed length.
+                kept = accepted.verified == len(draft.ids) and token == flight.predicted
+                if flights and not kept:
+                    yield Discard(len(flights))
+                round_ = self._commit(draft, accepted, token, rolled=bool(flights) and kept)
+                if not kept:
+                    self._void(flights)
+                self.costs.add("finish", time.perf_counter() - finish)
+                yield round_
                 if self.stats.finish_reason == "eos":
+                    if flights:
+                        yield Discard(len(flights))
+                    self._void(flights)
                     return
             self.stats.finish_reason = "length"
         finally:
             self.stats.seconds = time.perf_counter() - self.stats._start
+
+    def _draft_ahead(self, flights: deque[Flight]) -> Flight | None:
+        """The next round: drafted after the committed output or, with rounds in flight, after
+        the last one's drafts and a guess of its last token, drafted at its bonus position
+        (whose rows that round keeps for its recovery). None: the guess ends the text."""
+        position = self.stats.new_tokens + sum(f.tentative for f in flights)
+        if flights:
+            last = flights[-1]
+            self._step(self.ctx, last.draft.q_ctx, last.draft.q_gen)
+            row = last.draft.q_ctx[-1]
+            last.predicted = self._choose_draft(row, position)
+            last.predicted_confidence = float(row[last.predicted].exp())
+            self.ctx.append([last.predicted])
+            position += 1
+            if last.predicted in self._eos:
+                return None
+        return Flight(self._draft(self.params.max_new_tokens - position, position))
+
+    def _call(self, draft: Draft, flights: deque[Flight]) -> VerifyCall:
+        """The request that verifies `draft` after the committed tokens and the rounds in
+        flight (their drafts and guessed last tokens)."""
+        after = [t for f in flights for t in [*f.draft.ids, f.predicted]]
+        return self.target.start(
+            draft.ids,
+            self._rule(draft),
+            self.params.gamma,
+            draft.uniforms,
+            after=after,
+        )
+
+    def _send_another(self, flights: deque[Flight]) -> bool:
+        """Whether the device drafts and sends one more round before it takes a verdict: the
+        method drafts, the session takes another round in flight, the budget has room, the
+        text did not end, and `algorithms.send_ahead` says it pays."""
+        last = flights[-1].draft
+        if not (self.pipelines and self.spec.drafts and self.target is not None):
+            return False
+        if len(flights) >= self._depth_cap() or not last.ids or last.ids[-1] in self._eos:
+            return False
+        tentative = sum(f.tentative for f in flights) + 1  # and the guess of the last one's end
+        if self.params.max_new_tokens - self.stats.new_tokens - tentative < 2:
+            return False
+        if self.params.rounds_in_flight != "auto":  # a fixed depth: always that many
+            return True
+        rho, chance = self.calibration.rho, 1.0
+        for f in flights:
+            guess = [f.predicted_confidence] if f.predicted is not None else []
+            for confidence in [*f.draft.confidences, *guess]:
+                chance *= min(1.0, rho * confidence)
+        ahead = sum(f.tentative for f in flights)
+        return alg.send_ahead(chance, ahead, self.costs.round_steps())
+
+    def _depth_cap(self) -> int:
+        """The most rounds in flight: the session's limit, or `rounds_in_flight`."""
+        limit = self.target.max_in_flight if self.target is not None else 1
+        asked = self.params.rounds_in_flight
+        return limit if asked == "auto" else min(limit, asked)
+
+    def _void(self, flights: deque[Flight]) -> None:
+        """Drop the rounds in flight: nothing they drafted is committed or counted accepted."""
+        self.stats.voided_rounds += len(flights)
+        flights.clear()
+        if self.target is not None:
+            self.target.drop()
+
+    def _count_call(self, flight: Flight, verdict: Verdict) -> None:
+        """What waiting for a verdict cost; its rows on the device."""
+        if flight.sent_at is not None:
+            self.costs.add("wait", time.perf_counter() - flight.sent_at)
+        verdict.log_p_G = verdict.log_p_G.to(self.device)
+        if verdict.log_q_gen is not None:
+            verdict.log_q_gen = verdict.log_q_gen.to(self.device)
 
     def _open_session(self, prompt: list[int], **options: Any) -> GeneralistSession:
         """A generalist session for this run (the driver closes it at the end)."""
@@ -343,46 +617,27 @@ class Run(ABC):
             **options,
         )
 
-    def _verify(self, draft: Draft) -> Generator[VerifyCall, Verdict, Verdict | None]:
-        """Ask the generalist side to score the draft (None: the method does not use it)."""
-        if self.target is None:
-            return None
-        rule, gamma = self._rule(draft), self.params.gamma
-        verdict = yield VerifyCall(self.target, draft.ids, rule, gamma, draft.uniforms)
-        self.stats.generalist_calls += 1
-        verdict.log_p_G = verdict.log_p_G.to(self.device)
-        if verdict.log_q_gen is not None:
-            verdict.log_q_gen = verdict.log_q_gen.to(self.device)
-        return verdict
-
-    def _decide(
-        self,
-        rule: Rule,
-        draft: list[int],
-        verdict: Verdict,
-        q_gen: list[torch.Tensor] | None = None,
-        proposal: list[torch.Tensor] | None = None,
-        uniforms: list[float] | None = None,
-        gamma: float | torch.Tensor | None = None,
-    ) -> int:
+    def _decide(self, draft: Draft, verdict: Verdict, rule: Rule, gamma: Any = None) -> int:
         """Drafts accepted: the generalist side's count, else the device decides with its own
-        rows (`algorithms.accept`; `proposal`: sampled matching's q_ctx rows; `gamma`: the
-        gate per position, default γ)."""
+        rows (`algorithms.accept`; sampled matching reads the q_ctx rows it sampled from;
+        `gamma`: the gate per position, default γ)."""
         if verdict.accepted is not None:
             return verdict.accepted
+        k = len(draft.ids)
+        sampled_match = rule == "match" and not self.params.greedy
         return alg.accept(
             rule,
-            draft,
+            draft.ids,
             verdict.log_p_G,
-            torch.stack(q_gen) if q_gen else None,
+            torch.stack(draft.q_gen) if draft.q_gen else None,
             self.params.gamma if gamma is None else gamma,
-            uniforms,
-            proposal=torch.stack(proposal) if proposal else None,
+            draft.uniforms,
+            proposal=torch.stack(draft.q_ctx[:k]) if sampled_match else None,
             top_p=self.params.top_p,
-            generator=self.rng,
+            generator=self._generator(draft.position, "accept") if sampled_match else None,
         )
 
-    def _fall_back(self, err: GeneralistError, draft: Draft | None) -> None:
+    def _fall_back(self, err: GeneralistError) -> None:
         """Finish with the specialist alone, keeping what is committed (or raise, if asked).
 
         The failed session is still closed by the driver at the end (its service may return).
@@ -392,28 +647,32 @@ class Run(ABC):
         self.stats.degraded = True
         self.stats.degraded_reason = str(err)
         self.spec = METHOD_SPECS["specialist"]
-        self.ctx = self._specialist_alone(draft)
+        self.ctx = self._specialist_alone()
         self.gen = self.target = None
 
-    def _commit(self, draft: Draft, n: int, token: int) -> Round:
-        """Keep the first `n` drafts and `token` everywhere; count and return the round."""
-        self._roll_back(draft, n, token)
+    def _commit(self, draft: Draft, accepted: Accepted, token: int, *, rolled: bool) -> Round:
+        """Keep the accepted drafts and `token` everywhere; count and return the round.
+        `rolled`: rounds in flight hold them already (no rollback)."""
+        if not rolled:
+            self._roll_back(draft, accepted, token)
+        n = accepted.verified
         if self.target is not None:
             self.target.commit(n, token)
         tokens = self._cut_at_eos([*draft.ids[:n], token])
-        accepted = min(n, len(tokens))
-        self._count(len(draft.ids), accepted, len(tokens))
-        return Round(tokens, accepted, self._spell(tokens, draft))
+        self._count(len(draft.ids), min(n, len(tokens)), len(tokens))
+        return Round(tokens, min(n, len(tokens)), self._spell(tokens, draft))
 
     # ------------------------------------------------------------------ the specialist's steps
 
     def _step(self, seq: TokenSequence, q_ctx: list, q_gen: list) -> None:
         """One cached specialist step: q_ctx (and q_gen, when batched) at the next position."""
+        start = time.perf_counter()
         rows = alg.temper(seq.forward()[:, 0], self.params.temperature)  # (B, V)
         q_ctx.append(rows[0])
         if len(rows) > 1:
             q_gen.append(rows[1])
         self.stats.specialist_calls += 1
+        self.costs.add("step", time.perf_counter() - start)
 
     def _draft_length(self, remaining: int) -> int:
         """The most tokens this round may draft: K (or `max_draft_tokens` under "auto"), and
@@ -428,26 +687,33 @@ class Run(ABC):
         (included), or under `draft_tokens="auto"` once `algorithms.keep_drafting` says stop
         (that token included); q_ctx (and batched q_gen) before each go to `draft`."""
         tokens: list[int] = []
-        calibration = alg.draft_calibration(*self.verified) if self.adaptive else 1.0
+        rho = self.calibration.rho if self.adaptive else 1.0
         for _ in range(k):
             self._step(seq, draft.q_ctx, draft.q_gen)
-            token = self._choose_draft(draft.q_ctx[-1])
+            token = self._choose_draft(draft.q_ctx[-1], draft.position + len(tokens))
             tokens.append(token)
             seq.append([token])
             if token in eos:
                 break
-            if self.adaptive:
-                draft.confidences.append(float(draft.q_ctx[-1][token].exp()))
-                if not alg.keep_drafting(draft.confidences, calibration, self.params.draft_stop):
-                    break
+            draft.confidences.append(float(draft.q_ctx[-1][token].exp()))
+            if self.adaptive and not self._keep_drafting(draft.confidences, rho):
+                break
         return tokens
+
+    def _keep_drafting(self, confidences: list[float], rho: float) -> bool:
+        """`draft_tokens="auto"`: against a fixed `draft_stop`, or the round's measured cost
+        (`algorithms.worth_drafting`)."""
+        stop = self.params.draft_stop
+        if stop is not None:
+            return alg.keep_drafting(confidences, rho, stop)
+        return alg.worth_drafting(confidences, rho, self.costs.round_steps())
 
     def _observe(self, draft: Draft, accepted: int) -> None:
         """Count a verdict for `draft_tokens="auto"`: the specialist's `accepted` drafts and
         the first rejected one are judged; the rest were never looked at."""
         judged = draft.confidences[: accepted + 1]
-        self.verified[0] += min(accepted, len(judged))
-        self.verified[1] += sum(judged)
+        self.calibration.accepted += min(accepted, len(judged))
+        self.calibration.confidence += sum(judged)
 
     def _score(self, seq: TokenSequence, tokens: list[int]) -> torch.Tensor:
         """(len(tokens)+1, V) log-probs of `seq` at each token's position and after (on the
@@ -459,19 +725,29 @@ class Run(ABC):
 
     # ------------------------------------------------------------------ choosing
 
+    def _generator(self, position: int, purpose: str) -> torch.Generator:
+        """The random generator of one choice: seeded by (seed, position, purpose) alone."""
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(alg.choice_seed(self.seed, position, purpose))
+        return generator
+
     def _sampling(self, logp: torch.Tensor) -> torch.Tensor:
         """The distribution a sample is drawn from (top-p in sampling mode)."""
         return logp if self.params.greedy else alg.top_p_filter(logp, self.params.top_p)
 
-    def _choose_draft(self, q_ctx: torch.Tensor) -> int:
+    def _choose_draft(self, q_ctx: torch.Tensor, position: int) -> int:
         """A drafted token: q_ctx's argmax, or a sample from it."""
-        return alg.pick(self._sampling(q_ctx), greedy=self.params.greedy, generator=self.rng)
+        greedy = self.params.greedy
+        generator = None if greedy else self._generator(position, "draft")
+        return alg.pick(self._sampling(q_ctx), greedy=greedy, generator=generator)
 
-    def _choose(self, scores: torch.Tensor) -> int:
+    def _choose(self, scores: torch.Tensor, position: int) -> int:
         """The recovered token: the scores' argmax, or a sample from their softmax."""
-        if not self.params.greedy:
-            scores = self._sampling(torch.log_softmax(scores, dim=-1))
-        return alg.pick(scores, greedy=self.params.greedy, generator=self.rng)
+        greedy = self.params.greedy
+        if greedy:
+            return alg.pick(scores, greedy=True)
+        scores = self._sampling(torch.log_softmax(scores, dim=-1))
+        return alg.pick(scores, greedy=False, generator=self._generator(position, "recover"))
 
     @property
     def _context_gate(self) -> bool:
@@ -483,9 +759,10 @@ class Run(ABC):
         q_ctx, q_gen = torch.stack(draft.q_ctx[:k]), torch.stack(draft.q_gen[:k])
         return alg.context_gate(self.params.gamma, q_ctx, q_gen)
 
-    def _draws(self, k: int) -> list[float]:
-        """k uniform draws for a sampled ratio test, from this run's RNG."""
-        return torch.rand(k, generator=self.rng, device=self.device).tolist()
+    def _draws(self, k: int, position: int) -> list[float]:
+        """k uniform draws for a sampled ratio test at the k positions from `position`."""
+        generator = self._generator(position, "verify")
+        return torch.rand(k, generator=generator, device=self.device).tolist()
 
     # ------------------------------------------------------------------ counting
 
@@ -505,3 +782,9 @@ class Run(ABC):
         if self.spec.drafts:
             s.drafted += drafted
             s.accepted += accepted
+
+
+def _consume(task: asyncio.Future) -> None:
+    """Retrieve a dropped task's outcome, so asyncio does not report it as never retrieved."""
+    if not task.cancelled():
+        task.exception()

@@ -7,8 +7,13 @@ verifier service (`RemoteGeneralist`), or behind an OpenAI-compatible server
 the draft positions and after it (dense in-process; over the network only what was sent, the
 rest −inf), q_gen when the generalist side hosts a public copy of the specialist, and the
 accepted count when the generalist side could decide it without anything private
-(`algorithms.accept`). This module holds the interfaces, their errors, and
-`vocab_signature`, the fingerprint by which two tokenizers are found to share a vocabulary.
+(`algorithms.accept`). This module holds the interfaces, the `VerifyCall` a run's driver
+performs, and `vocab_signature`.
+
+Rounds in flight: a session whose `max_in_flight` is above 1 takes a round before the earlier
+ones are answered (`start(..., after=...)`): the round builds on the committed tokens plus
+`after`, the tentative tokens of the rounds in flight. `commit` then settles the oldest round
+answered, and `drop` forgets the rounds after it, which a verdict voided.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import asyncio
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -75,6 +80,8 @@ class GeneralistSession(ABC):
     awaits_io: bool = False
     """Whether `averify` awaits I/O on the event loop (a network session). Otherwise the
     async engine runs `verify` on the generation's own worker thread."""
+    max_in_flight: int = 1
+    """How many rounds may be in flight at once (1: each waits for the last one's answer)."""
 
     @abstractmethod
     def verify(
@@ -97,9 +104,37 @@ class GeneralistSession(ABC):
         sessions override it with asynchronous requests)."""
         return await asyncio.to_thread(self.verify, draft, rule, gamma, uniforms)
 
+    def start(
+        self,
+        draft: list[int],
+        rule: Rule,
+        gamma: float,
+        uniforms: list[float] | None = None,
+        *,
+        after: Sequence[int] = (),
+    ) -> VerifyCall:
+        """The call that verifies `draft` after the committed tokens and `after`, for a
+        driver to perform (now or, with rounds in flight, on its own thread or task).
+
+        What the call sends is fixed here, so later `commit`s do not change it. Sessions that
+        take one round at a time (this default) refuse a non-empty `after`.
+        """
+        if after:
+            msg = f"{type(self).__name__} takes one round at a time (max_in_flight=1)"
+            raise ValueError(msg)
+        return VerifyCall(
+            perform=lambda: self.verify(draft, rule, gamma, uniforms),
+            aperform=lambda: self.averify(draft, rule, gamma, uniforms),
+            awaits_io=self.awaits_io,
+        )
+
     @abstractmethod
     def commit(self, accepted: int, token: int) -> None:
-        """Keep the first `accepted` drafts of the last `verify`, then the recovered `token`."""
+        """Settle the oldest round answered: keep its first `accepted` drafts, then the
+        recovered `token`."""
+
+    def drop(self) -> None:  # noqa: B027 - sessions without rounds in flight hold none
+        """Forget the rounds started after the last one committed (a verdict voided them)."""
 
     def close(self) -> None:  # noqa: B027 - optional for sessions that hold nothing
         """Free what the session holds (idempotent)."""
@@ -111,24 +146,17 @@ class GeneralistSession(ABC):
 
 @dataclass(frozen=True)
 class VerifyCall:
-    """A round's request to the generalist side, as a run's steps hand it to their driver.
+    """A round's request to the generalist side, as `GeneralistSession.start` fixed it.
 
-    The engine's loop is written once, as steps that yield these; the blocking driver
-    performs them with `perform`, the asynchronous one awaits `aperform` (so a network
-    generalist is awaited on the event loop while no thread waits for it).
+    The engine's loop is written once, as steps that yield these; the blocking driver calls
+    `perform` (on a thread of its own for a round in flight), the asynchronous one awaits
+    `aperform` (so a network generalist is awaited on the event loop while no thread waits
+    for it).
     """
 
-    session: GeneralistSession
-    draft: list[int]
-    rule: Rule
-    gamma: float
-    uniforms: list[float] | None = None
-
-    def perform(self) -> Verdict:
-        return self.session.verify(self.draft, self.rule, self.gamma, self.uniforms)
-
-    async def aperform(self) -> Verdict:
-        return await self.session.averify(self.draft, self.rule, self.gamma, self.uniforms)
+    perform: Callable[[], Verdict]
+    aperform: Callable[[], Awaitable[Verdict]]
+    awaits_io: bool = False
 
 
 class Generalist(ABC):

@@ -42,6 +42,16 @@ def logs(values) -> torch.Tensor:
     return torch.tensor([math.log(v) if v > 0 else -math.inf for v in values])
 
 
+def knobs(**fields) -> RecoveryParams:
+    """`DecodingParams`' recovery knobs (the one place their defaults live) with `fields`
+    changed (any value: the math is tested beyond what the params allow)."""
+    from dataclasses import replace
+
+    from langchain_specsteer.params import DecodingParams
+
+    return replace(DecodingParams().recovery, **fields)
+
+
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
@@ -353,7 +363,7 @@ def test_chunks_sum_their_tokens_log_probs():
 
 def steered(log_p_G, log_q_ctx, log_q_gen, alpha):
     """SpecSteer's recovery scores, as the engine asks for them."""
-    return recover_steered(Rows(log_p_G, log_q_ctx, log_q_gen), RecoveryParams(alpha=alpha))
+    return recover_steered(Rows(log_p_G, log_q_ctx, log_q_gen), knobs(alpha=alpha))
 
 
 def test_steered_recovery_is_log_p_G_plus_alpha_delta():
@@ -388,7 +398,7 @@ def test_tilt_adds_alpha_delta_and_a_given_delta_is_used_as_is():
     expected = [math.log(0.5), math.log(0.3) + 3.0, -math.inf]
     assert torch.allclose(tilt(log_p, delta, 1.5), torch.tensor(expected))
     rows = Rows(log_p_G=log_p, delta=delta)
-    assert torch.equal(recover_steered(rows, RecoveryParams(alpha=1.5)), tilt(log_p, delta, 1.5))
+    assert torch.equal(recover_steered(rows, knobs(alpha=1.5)), tilt(log_p, delta, 1.5))
     # Without a given δ, Rows measures it from the two specialist rows.
     q_ctx, q_gen = logs([0.2, 0.2, 0.6]), logs([0.5, 0.25, 0.25])
     assert torch.equal(Rows(log_p, q_ctx, q_gen).delta, q_ctx - q_gen)
@@ -396,18 +406,18 @@ def test_tilt_adds_alpha_delta_and_a_given_delta_is_used_as_is():
 
 def test_the_generalist_and_specialist_recoveries_are_their_own_rows():
     log_p_G, log_q_ctx = logs([0.5, 0.3, 0.2]), logs([0.1, 0.1, 0.8])
-    params = RecoveryParams(alpha=3.0)
+    params = knobs(alpha=3.0)
     assert torch.equal(recover_generalist(Rows(log_p_G=log_p_G), params), log_p_G)
     assert torch.equal(recover_specialist(Rows(log_q_ctx=log_q_ctx), params), log_q_ctx)
 
 
 def test_after_a_sampled_speculative_rejection_the_generalist_recovers_from_the_residual():
     p, q = [0.5, 0.3, 0.2, 0.0], [0.25, 0.5, 0.1, 0.15]
-    got = recover_generalist(Rows(log_p_G=logs(p), proposal=logs(q)), RecoveryParams())
+    got = recover_generalist(Rows(log_p_G=logs(p), proposal=logs(q)), knobs())
     mass = [max(0.0, a - b) for a, b in zip(p, q, strict=True)]  # (0.25, 0, 0.1, 0)
     np.testing.assert_allclose(got.exp().numpy(), [m / sum(mass) for m in mass], atol=1e-6)
     # top-p filters both distributions first, as they were sampled: each keeps {0, 1}
-    nucleus = recover_generalist(Rows(log_p_G=logs(p), proposal=logs(q)), RecoveryParams(top_p=0.7))
+    nucleus = recover_generalist(Rows(log_p_G=logs(p), proposal=logs(q)), knobs(top_p=0.7))
     p_top, q_top = [0.5 / 0.8, 0.3 / 0.8, 0, 0], [0.25 / 0.75, 0.5 / 0.75, 0, 0]
     mass = [max(0.0, a - b) for a, b in zip(p_top, q_top, strict=True)]
     np.testing.assert_allclose(nucleus.exp().numpy(), [m / sum(mass) for m in mass], atol=1e-6)
@@ -417,7 +427,7 @@ def test_the_costeer_recovery_is_the_policy_with_the_rows_knobs():
     torch.manual_seed(6)
     log_p_G = torch.log_softmax(torch.randn(11), -1)
     log_q_ctx, log_q_gen = torch.log_softmax(torch.randn(2, 11), -1)
-    params = RecoveryParams(costeer_steps=7, costeer_a=1.5, costeer_b=0.5, costeer_lambda=3.0)
+    params = knobs(costeer_steps=7, costeer_a=1.5, costeer_b=0.5, costeer_lambda=3.0)
     got = recover_costeer(Rows(log_p_G, log_q_ctx, log_q_gen), params)
     c = costeer_coefficient(steps=7, a=1.5, b=0.5, lam=3.0, eta=10.0)
     closed = torch.log_softmax(log_p_G + c * (log_q_ctx - log_q_gen), -1)

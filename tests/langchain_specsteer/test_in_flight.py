@@ -1,0 +1,232 @@
+"""Rounds in flight (run.py): the device drafts and sends the next round before a verdict.
+
+The oracle: with one draft length, rounds in flight change when rounds are verified, never
+what is committed. So a run with rounds in flight writes exactly the text of the same run
+one round at a time, greedy or seeded sampling, and greedy `speculative` is still the
+generalist's text. These tests drive the engine through a stateless in-process session
+(`LaggedGeneralist`: each call recomputes the generalist's rows after its whole prefix, after
+a delay, as a remote server would) so nothing here depends on HTTP; the transports have their
+own tests in test_remote.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+
+import pytest
+import torch
+
+from langchain_specsteer import SpecSteerLLM
+from langchain_specsteer import algorithms as alg
+from langchain_specsteer.verification import (
+    Generalist,
+    GeneralistError,
+    GeneralistSession,
+    Rule,
+    Verdict,
+    VerifyCall,
+)
+from tests.conftest import CONTEXT, PROMPTS
+
+
+class LaggedSession(GeneralistSession):
+    """Verifies after a delay, from its prefix alone, with any number of rounds in flight."""
+
+    awaits_io = True
+    max_in_flight = 8
+
+    def __init__(self, owner: LaggedGeneralist, prompt: Sequence[int], vocab_size: int, temp):
+        self.owner = owner
+        self.prompt = list(prompt)
+        self.vocab_size = vocab_size
+        self.temperature = temp
+        self.committed: list[int] = []
+        self.outstanding: deque[list[int]] = deque()
+
+    def _rows(self, prefix: list[int], draft: list[int]) -> torch.Tensor:
+        ids = torch.tensor([self.prompt + prefix + draft])
+        with torch.inference_mode():
+            logits = self.owner.local.model(ids).logits[0, -(len(draft) + 1) :]
+        rows = torch.log_softmax(logits[:, : self.vocab_size].float(), dim=-1)
+        return alg.temper(rows, self.temperature)
+
+    def start(self, draft, rule, gamma, uniforms=None, *, after=()) -> VerifyCall:
+        prefix, draft = [*self.committed, *after], list(draft)
+        self.outstanding.append(draft)
+        self.owner.sent.append((prefix, draft))
+
+        def verdict() -> Verdict:
+            if self.owner.fail_after is not None and len(self.owner.sent) > self.owner.fail_after:
+                raise GeneralistError("the lagged generalist went away")
+            rows = self._rows(prefix, draft)
+            return Verdict(rows, None, alg.accept(rule, draft, rows, None, gamma, uniforms))
+
+        def perform() -> Verdict:
+            time.sleep(self.owner.delay)
+            return verdict()
+
+        async def aperform() -> Verdict:
+            await asyncio.sleep(self.owner.delay)
+            return await asyncio.to_thread(verdict)
+
+        return VerifyCall(perform, aperform, awaits_io=True)
+
+    def verify(self, draft: list[int], rule: Rule, gamma: float, uniforms=None) -> Verdict:
+        return self.start(draft, rule, gamma, uniforms).perform()
+
+    def commit(self, accepted: int, token: int) -> None:
+        draft = self.outstanding.popleft()
+        self.committed += [*draft[:accepted], token]
+
+    def drop(self) -> None:
+        self.outstanding.clear()
+
+
+class LaggedGeneralist(Generalist):
+    """A local generalist behind `LaggedSession`s; records every (prefix, draft) sent."""
+
+    def __init__(self, local, delay: float = 0.01, fail_after: int | None = None):
+        self.local = local
+        self.tokenizer = local.tokenizer
+        self.delay = delay
+        self.fail_after = fail_after
+        self.sent: list[tuple[list[int], list[int]]] = []
+        self.lock = threading.Lock()
+
+    name = property(lambda self: self.local.name)
+    vocab_size = property(lambda self: self.local.vocab_size)
+    vocab_signature = property(lambda self: self.local.vocab_signature)
+    eos_token_ids = property(lambda self: self.local.eos_token_ids)
+
+    def encode_messages(self, messages, *, chat, chat_template_kwargs=None):
+        return self.local.encode_messages(
+            messages, chat=chat, chat_template_kwargs=chat_template_kwargs
+        )
+
+    def open_session(self, prompt, *, vocab_size, temperature=0.0, q_gen_prompt=None):
+        return LaggedSession(self, prompt, vocab_size, temperature)
+
+
+@pytest.fixture
+def lagged(specialist, generalist):
+    """`make(**fields)`: (a SpecSteerLLM over a lagged copy of the tiny generalist, it)."""
+
+    def make(delay=0.01, fail_after=None, **fields):
+        fields.setdefault("max_new_tokens", 24)
+        remote = LaggedGeneralist(generalist, delay, fail_after)
+        return SpecSteerLLM(specialist=specialist, generalist=remote, **fields), remote
+
+    return make
+
+
+def generate(llm, prompt, **params):
+    result = llm.generate([prompt], private_context=CONTEXT, **params)
+    return result.generations[0][0].text, result.generations[0][0].generation_info
+
+
+# Draft-happy settings: the tiny random pair is unsure of every token, so γ is low enough to
+# accept drafts and the guesses of the last token sometimes hold.
+LOOSE = {"gamma": 0.05, "draft_tokens": 3}
+
+
+@pytest.mark.parametrize("method", ["specsteer", "speculative"])
+def test_rounds_in_flight_write_the_text_of_one_round_at_a_time(lagged, make_llm, method):
+    llm, _ = lagged(rounds_in_flight=4, **LOOSE)
+    sequential, _ = lagged(rounds_in_flight=1, **LOOSE)
+    in_process = make_llm(**LOOSE)
+    voided = 0
+    for prompt in PROMPTS:
+        text, info = generate(llm, prompt, method=method)
+        assert text == generate(sequential, prompt, method=method)[0]
+        assert text == generate(in_process, prompt, method=method)[0]
+        voided += info["voided_rounds"]
+        assert info["generalist_calls"] == info["rounds"] + info["voided_rounds"]
+    assert voided > 0  # rounds were sent ahead, and some were voided
+
+
+def test_speculative_in_flight_is_the_generalists_greedy_text(lagged, make_llm):
+    llm, _ = lagged(rounds_in_flight=4, gamma=0.5, draft_tokens=2, max_new_tokens=30)
+    reference = make_llm(max_new_tokens=30)
+    for prompt in PROMPTS:
+        text, _ = generate(llm, prompt, method="speculative")
+        assert text == generate(reference, prompt, method="generalist")[0]
+
+
+def test_a_round_sent_ahead_builds_on_the_drafts_and_a_guess(lagged):
+    """Each round sent while another is in flight starts where that one's drafts end plus
+    one guessed token; a voided round's drafts never reach the text."""
+    llm, remote = lagged(rounds_in_flight=4, **LOOSE)
+    run = llm.rounds(PROMPTS[0], private_context=CONTEXT)
+    committed = [t for round_ in run for t in round_.tokens]
+    assert run.stats.voided_rounds > 0
+    ahead = 0
+    for (prefix, draft), (next_prefix, _) in zip(remote.sent, remote.sent[1:], strict=False):
+        if len(next_prefix) > len(prefix):  # sent ahead of this one's verdict
+            assert next_prefix[: len(prefix) + len(draft)] == prefix + draft
+            assert len(next_prefix) == len(prefix) + len(draft) + 1
+            ahead += 1
+    assert ahead > 0
+    assert len(committed) == run.stats.new_tokens
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_seeded_sampling_does_not_depend_on_rounds_in_flight(lagged, driver):
+    sampled = {**LOOSE, "temperature": 0.9, "seed": 7}
+    piped, _ = lagged(rounds_in_flight=4, **sampled)
+    single, _ = lagged(rounds_in_flight=1, **sampled)
+
+    def text(llm):
+        if driver == "sync":
+            return llm.invoke(PROMPTS[1], private_context=CONTEXT)
+        return asyncio.run(llm.ainvoke(PROMPTS[1], private_context=CONTEXT))
+
+    assert text(piped) == text(single) == text(piped)
+    other, _ = lagged(rounds_in_flight=4, **{**sampled, "seed": 8})
+    assert text(other) != text(piped)
+
+
+def test_an_unseeded_sampled_call_leaves_torchs_global_generator_alone(lagged):
+    llm, _ = lagged(temperature=0.9, **LOOSE)
+    torch.manual_seed(0)
+    llm.invoke(PROMPTS[0], private_context=CONTEXT)
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(3), after)
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_the_generalist_lost_with_rounds_in_flight_keeps_what_was_verified(lagged, driver):
+    """The lagged generalist fails from its fifth request on, with rounds in flight: they are
+    void, the verified text stays, nothing is committed twice or lost, and the specialist
+    finishes it (its own greedy continuation of what was committed)."""
+    llm, remote = lagged(rounds_in_flight=4, fail_after=4, max_new_tokens=30, **LOOSE)
+    reference, _ = lagged(rounds_in_flight=1, max_new_tokens=30, **LOOSE)
+    run = llm.rounds(PROMPTS[0], private_context=CONTEXT)
+
+    async def drive():
+        return [r async for r in run]
+
+    rounds = list(run) if driver == "sync" else asyncio.run(drive())
+    ids = [t for r in rounds for t in r.tokens]
+    assert run.stats.degraded and len(remote.sent) > 4
+    assert len(ids) == run.stats.new_tokens == 30 or run.stats.finish_reason == "eos"
+    full = [t for r in reference.rounds(PROMPTS[0], private_context=CONTEXT) for t in r.tokens]
+    common = next((i for i, (a, b) in enumerate(zip(ids, full, strict=False)) if a != b), 0)
+    assert common > 0  # the rounds verified before the failure
+    private = llm.render_prompts(PROMPTS[0], CONTEXT).private
+    rest = llm.specialist.model.generate(
+        torch.tensor([private + ids[:common]]), do_sample=False, max_new_tokens=len(ids) - common
+    )[0, len(private) + common :].tolist()
+    assert ids[common:] == rest
+
+
+def test_rounds_in_flight_is_validated_and_in_process_stays_one_at_a_time(make_llm):
+    with pytest.raises(ValueError, match="rounds_in_flight"):
+        make_llm(rounds_in_flight=0)
+    llm = make_llm(rounds_in_flight=4, **LOOSE)
+    _, info = generate(llm, PROMPTS[0])
+    assert info["voided_rounds"] == 0 and info["generalist_calls"] == info["rounds"]
