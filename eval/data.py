@@ -6,22 +6,34 @@
 
 Every row is validated (`input`, `output`, `profile` and the task's profile entry fields);
 a bad row raises `LongLaMPSchemaError` naming the file (or hub config), the row and the field.
+A hub that cannot be reached raises `HubUnreachableError` at once (one connection attempt
+instead of `datasets`' retries), saying that a local folder works without it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
+import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 TASKS = ("abstract_generation", "product_review", "topic_writing")
 SETTINGS = ("user", "temporal")
 SPLITS = ("train", "val", "test")
 HUB_ID = "LongLaMP/LongLaMP"
+HUB_TIMEOUT = 3.0
+"""Seconds the hub's reachability check waits for a connection."""
+OFFLINE_REMEDY = (
+    "a local folder in the LongLaMP schema needs no hub: `python -m eval.world --out "
+    "data/world` writes the synthetic world, then pass --data data/world (or a folder or file "
+    "of LongLaMP rows copied from a machine with network access)"
+)
 
 PROFILE_FIELDS: dict[str, tuple[str, ...]] = {
     "product_review": ("description", "overall", "reviewText", "summary"),
@@ -44,6 +56,11 @@ EXTENSIONS = (".jsonl", ".json", ".parquet")
 
 class LongLaMPSchemaError(ValueError):
     """A LongLaMP file or row that does not match the schema (names file, row and field)."""
+
+
+class HubUnreachableError(ConnectionError):
+    """The Hugging Face hub cannot be reached (or HF_HUB_OFFLINE is set) and the dataset is
+    not in the local cache; the message says what works instead."""
 
 
 @dataclass(frozen=True)
@@ -128,13 +145,46 @@ def _looks_like_path(text: str) -> bool:
 
 
 def _hub_rows(hub_id: str, config: str, split: str) -> tuple[str, Iterable[Any]]:
-    """The rows of one hub config and split, loaded with `datasets.load_dataset`."""
+    """The rows of one hub config and split, loaded with `datasets.load_dataset`.
+
+    Online, one connection to the hub's endpoint comes first: where it fails, so would every
+    retry of `datasets` (half a minute of them). Offline (HF_HUB_OFFLINE), the local cache
+    serves; `datasets`' refusal without a cached copy becomes the same advice.
+    """
+    from huggingface_hub import constants
+
     from langchain_specsteer.extras import optional_import
 
     datasets = optional_import("datasets", extra="eval", purpose="Loading a hub dataset")
+    where = f"{hub_id} ({config}, {split})"
+    offline = constants.HF_HUB_OFFLINE
+    reason = None if offline else hub_unreachable(constants.ENDPOINT, HUB_TIMEOUT)
+    if reason is not None:
+        msg = (
+            f"cannot load {where}: {constants.ENDPOINT} is unreachable ({reason}); {OFFLINE_REMEDY}"
+        )
+        raise HubUnreachableError(msg)
+    try:
+        dataset = datasets.load_dataset(hub_id, config, split=split)
+    except ConnectionError as error:  # datasets: "Couldn't reach ... on the Hub"
+        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else str(error)
+        msg = f"cannot load {where}: {why}; {OFFLINE_REMEDY}"
+        raise HubUnreachableError(msg) from None
+    return where, dataset
 
-    dataset = datasets.load_dataset(hub_id, config, split=split)
-    return f"{hub_id} ({config}, {split})", dataset
+
+def hub_unreachable(endpoint: str, timeout: float) -> str | None:
+    """Why a TCP connection to the hub's `endpoint` (a URL) fails within `timeout` seconds, or
+    None when it opens. Behind a proxy the check is left to `datasets` (None)."""
+    parts = urlsplit(endpoint)
+    if parts.scheme in urllib.request.getproxies():
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as error:
+        return error.strerror or str(error) or type(error).__name__
+    return None
 
 
 def _split_file(folder: Path, task: str, setting: str, split: str) -> Path:

@@ -2,7 +2,8 @@
 
 A pair folder holds `specialist/` and `generalist/` (HF model folders sharing a tokenizer), as
 `python -m eval.train_pair --export` writes it; the default is the shipped demo pair,
-`langchain_specsteer.demo_pair()`.
+`langchain_specsteer.demo_pair()`; "tiny" names the tiny random pair of
+`langchain_specsteer.tiny`, which the tests decode with.
 """
 
 from __future__ import annotations
@@ -14,16 +15,24 @@ from langchain_specsteer import LocalGeneralist, LocalSpecialist, SpecSteerLLM, 
 from langchain_specsteer.demo import DEMO_PAIR
 from retrievers import task_templates
 
-__all__ = ["DEMO_PAIR", "load_llm", "load_pair"]
+__all__ = ["DEMO_PAIR", "TINY", "load_llm", "load_pair"]
+
+TINY = "tiny"
+"""The `load_pair` folder name of the tiny random pair."""
 
 
 def load_pair(
-    folder: str | os.PathLike[str] | None = None, device: str = "cpu"
+    folder: str | os.PathLike[str] | None = None, device: str = "cpu", *, seed: int = 0
 ) -> tuple[LocalSpecialist, LocalGeneralist]:
-    """The pair of `folder` (default: the shipped demo pair), loaded on `device`.
+    """The pair of `folder` (default: the shipped demo pair), loaded on `device`; for
+    `TINY`, the tiny random pair drawn from `seed` (on the CPU).
 
     FileNotFoundError, saying how to get one, when the folder holds no pair.
     """
+    if str(folder) == TINY:
+        from langchain_specsteer.tiny import tiny_pair
+
+        return tiny_pair(seed)
     specialist, generalist = demo_pair(folder)
     return (
         LocalSpecialist.from_pretrained(specialist, device=device),

@@ -15,7 +15,15 @@ from typing import Any
 
 from langchain_specsteer.methods import METHODS
 
-__all__ = ["BASELINE", "COUNTERS", "TABLE_ORDER", "Summary", "add_speedups", "summarise"]
+__all__ = [
+    "BASELINE",
+    "COUNTERS",
+    "TABLE_ORDER",
+    "Summary",
+    "add_speedups",
+    "ratio",
+    "summarise",
+]
 
 COUNTERS = ("new_tokens", "seconds", "drafted", "accepted", "generalist_calls")
 """The counters of one generation (its `generation_info`) that a row sums."""
@@ -45,9 +53,9 @@ class Summary:
     drafted: int = 0
     accepted: int = 0
     generalist_calls: int = 0
-    tokens_per_second: float = math.nan  # Σnew_tokens / Σseconds
+    tokens_per_second: float | None = None  # Σnew_tokens / Σseconds; None: nothing timed
     acceptance: float | None = None  # fraction Σaccepted / Σdrafted; None: nothing drafted
-    generalist_calls_per_token: float = math.nan
+    generalist_calls_per_token: float | None = None
     rouge1: float = math.nan  # ×100, mean over examples
     rougeL: float = math.nan  # ×100, mean over examples
     speedup: float | None = None  # tokens/s over the generalist row's; None without one
@@ -62,9 +70,12 @@ class Summary:
     measured_over_bound: float | None = None
 
 
-def ratio(numerator: float, denominator: float) -> float:
-    """numerator / denominator; NaN (a dash in tables) when the denominator is not positive."""
-    return numerator / denominator if denominator > 0 else math.nan
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """numerator / denominator; None (a dash in tables, null in JSON) when either is missing or
+    the denominator is not positive. Every table of the eval package divides with this."""
+    if numerator is None or denominator is None or denominator <= 0:
+        return None
+    return numerator / denominator
 
 
 def summarise(
@@ -86,7 +97,7 @@ def summarise(
         rouge1=rouge1,
         rougeL=rougeL,
         tokens_per_second=ratio(tokens, totals["seconds"]),
-        acceptance=totals["accepted"] / drafted if drafted else None,
+        acceptance=ratio(totals["accepted"], drafted),
         generalist_calls_per_token=ratio(totals["generalist_calls"], tokens),
     )
 
@@ -96,5 +107,5 @@ def add_speedups(rows: Sequence[Summary]) -> None:
     baseline = [row for row in rows if row.method == BASELINE]
     speed = ratio(sum(r.new_tokens for r in baseline), sum(r.seconds for r in baseline))
     for row in rows:
-        speedup = row.tokens_per_second / speed if speed > 0 and math.isfinite(speed) else None
+        speedup = ratio(row.tokens_per_second, speed)
         row.speedup = speedup if speedup is not None and math.isfinite(speedup) else None

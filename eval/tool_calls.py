@@ -1,7 +1,8 @@
 """How often a pair calls the right tool with the right arguments, per method, on the world's
 assistant episodes (the first turn of each: the request, with the episode's tools bound).
 
-    python -m eval.tool_calls --data data/world18 --split val --per-kind 20 \
+    python -m eval.world --out data/world        # the episodes: data/world/assistant/
+    python -m eval.tool_calls --data data/world --split val --per-kind 20 \
         --out runs/tool-calls.json
 
 For each kind of episode (recall, remember, weather, timer, currency, function) and each
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from eval.cli import HelpFormatter
+from eval.cli import command_parser
 from eval.pair import DEMO_PAIR, load_pair
 from eval.train_pair import load_episodes
 from eval.world import assistant_tools
@@ -38,7 +39,8 @@ def episodes_by_kind(episodes: Sequence[dict], per_kind: int) -> list[dict]:
 
 
 def score_calls(chat: Any, episodes: Sequence[dict]) -> tuple[dict[str, dict], list[dict]]:
-    """(counts per kind and "all": episodes, call, name, arguments; one record per reply)."""
+    """(counts per kind, in order of first appearance, then "all": episodes, call, name,
+    arguments; one record per reply)."""
     from langchain_core.messages import HumanMessage
 
     counts: dict[str, dict[str, int]] = {}
@@ -71,6 +73,8 @@ def score_calls(chat: Any, episodes: Sequence[dict]) -> tuple[dict[str, dict], l
                 "drafted": reply.response_metadata.get("drafted"),
             }
         )
+    if counts:
+        counts["all"] = counts.pop("all")  # the total after the kinds: each table ends on it
     return counts, records
 
 
@@ -91,11 +95,7 @@ def table(results: dict[str, dict[str, dict]]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m eval.tool_calls",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=HelpFormatter,
-    )
+    parser = command_parser("eval.tool_calls", __doc__)
     parser.add_argument("--data", default="data/world", help="a world folder with assistant/")
     parser.add_argument("--split", default="val", help="assistant/{split}.jsonl")
     parser.add_argument("--per-kind", type=int, default=20, help="episodes of each kind")

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from eval.cli import HelpFormatter
+from eval.cli import command_parser
 from eval.data import Example, load_longlamp
 from eval.prompts import rendered_prompts, retrieve_profile
 from eval.world import assistant_messages, assistant_tools
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|review|>", "<|tools|>", "<|result|>"]
-CALL_TOKEN = "<|call|>"  # not special: it stays in the decoded text, where tool calls are parsed
+CALL_TOKEN = "<|call|>"  # special: LLM text skips it; ChatSpecSteer keeps it to parse calls
 CHECKPOINT_SECONDS = 120.0
 # One user turn renders as before ("<|bos|>request<|review|>": the template's newlines after
 # block tags are trimmed); tools are listed by name and argument names on their own line, an
@@ -104,20 +104,20 @@ class TrainConfig:
 def extend_tokenizer(tokenizer: Any) -> Any:
     """An older pair's tokenizer with the tool-calling tokens and chat template added (the
     review prompts render exactly as before)."""
-    from tokenizers import AddedToken
-
     new = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
     if new:
         tokenizer.add_special_tokens({"additional_special_tokens": new})
-    if CALL_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_tokens([AddedToken(CALL_TOKEN, special=False, normalized=False)])
+    if CALL_TOKEN not in tokenizer.all_special_tokens:  # new, or an older pair's plain token
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": [CALL_TOKEN]}, replace_extra_special_tokens=False
+        )  # an existing token keeps its id
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
     """A byte-level BPE tokenizer with BOS/EOS and a one-turn chat template."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -130,10 +130,10 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    tok.add_tokens([AddedToken(CALL_TOKEN, special=False, normalized=False)])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>"
     )
+    tokenizer.add_special_tokens({"additional_special_tokens": [CALL_TOKEN]})  # after the BPE
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
@@ -383,11 +383,7 @@ def export_pair(trained: Path, data: Path, dest: Path, *, users: int = 5) -> Non
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m eval.train_pair",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=HelpFormatter,
-    )
+    parser = command_parser("eval.train_pair", __doc__)
     parser.add_argument("--data", required=True, help="folder written by `python -m eval.world`")
     parser.add_argument("--out", required=True, help="where the pair (and checkpoints) go")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation and order")

@@ -1,8 +1,12 @@
-"""The benchmark suite end to end on the tiny random pair: structure and oracles, no timings."""
+"""The benchmark suite end to end on the tiny random pair: structure and oracles; its timings
+are checked for what follows from them (pooled ratios, the bound's formula), not their size."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import math
 import warnings
 
@@ -10,17 +14,11 @@ import pytest
 import torch
 
 from eval import bench as bench_module
-from eval.bench import (
-    HF_PEER,
-    METHODS,
-    PeakMemory,
-    expected_tokens,
-    forward_seconds,
-    main,
-    parse_args,
-    rotated,
-    speedup_bound,
-)
+from eval import hf_assisted
+from eval.bench import METHODS, main, parse_args
+from eval.bounds import expected_tokens, forward_seconds, speedup_bound
+from eval.harness import PeakMemory
+from eval.hf_assisted import HF_PEER
 from eval.world import write_world
 
 
@@ -31,18 +29,20 @@ def bench(tiny_dir, tmp_path_factory):
     write_world(root / "world", users=20)  # 10 % of 20 users: 2 test examples (12 gives 1)
     out = root / "out"
     printed: list[str] = []
-    record = main(
-        [
-            *("--specialist", str(tiny_dir / "specialist")),
-            *("--generalist", str(tiny_dir / "generalist")),
-            *("--data", str(root / "world"), "--split", "test", "--prompts", "2"),
-            *("--max-new-tokens", "6", "--gammas", "0.5,0.1", "--k-sweep", "1,2"),
-            *("--draft-tokens", "4"),
-            *("--threads", "1", "--cost-repeats", "5", "--device", "cpu", "--out", str(out)),
-        ],
-        progress=printed.append,
-    )
-    return record, out, printed
+    log = io.StringIO()  # stderr off a terminal: a line per phase instead of a bar
+    with contextlib.redirect_stderr(log):
+        record = main(
+            [
+                *("--specialist", str(tiny_dir / "specialist")),
+                *("--generalist", str(tiny_dir / "generalist")),
+                *("--data", str(root / "world"), "--split", "test", "--prompts", "2"),
+                *("--max-new-tokens", "6", "--gammas", "0.5,0.1", "--k-sweep", "1,2"),
+                *("--draft-tokens", "4"),
+                *("--threads", "1", "--cost-repeats", "5", "--device", "cpu", "--out", str(out)),
+            ],
+            progress=printed.append,
+        )
+    return record, out, printed, log.getvalue()
 
 
 def _all_rows(record):
@@ -50,19 +50,20 @@ def _all_rows(record):
 
 
 def test_every_method_and_the_peer_have_a_row(bench):
-    record, _, _ = bench
+    record = bench[0]
     assert [row["method"] for row in record["methods"]] == [*METHODS, HF_PEER]
     assert record["examples"] == 2
+    generalist = record["methods"][0]
     for row in _all_rows(record):
         assert row["examples"] == 2
         assert row["new_tokens"] > 0
-        assert row["tokens_per_second"] > 0
-        assert row["speedup"] > 0
+        # pooled, not averaged: Σtokens / Σseconds, and over the generalist's row
+        assert row["tokens_per_second"] == pytest.approx(row["new_tokens"] / row["seconds"])
+        speedup = row["tokens_per_second"] / generalist["tokens_per_second"]
+        assert row["speedup"] == pytest.approx(speedup)
         assert 0 <= row["rouge1"] <= 100
         assert 0 <= row["rougeL"] <= 100
-        assert row["peak_rss_mb"] is not None
-        assert row["peak_rss_mb"] >= 0
-    generalist = record["methods"][0]
+        assert row["peak_rss_mb"] >= 0  # measured (None off Linux)
     assert generalist["speedup"] == pytest.approx(1.0)
     assert generalist["generalist_calls_per_token"] == pytest.approx(1.0)
     specialist = record["methods"][1]
@@ -75,7 +76,7 @@ def test_every_method_and_the_peer_have_a_row(bench):
 
 
 def test_sweeps_cover_the_requested_values(bench):
-    record, _, _ = bench
+    record = bench[0]
     assert [(r["method"], r["gamma"], r["k"]) for r in record["gamma_sweep"]] == [
         ("specsteer", 0.5, 4),
         ("specsteer", 0.1, 4),
@@ -95,7 +96,7 @@ def test_greedy_speculative_and_hf_assisted_equal_the_generalist(bench):
     This holds on the tiny random pair: its verify forwards (K+1 tokens) and single steps
     never land on a near-tie that float rounding could flip.
     """
-    record, _, _ = bench
+    record = bench[0]
     checks = {(c["a"], c["b"]): c for c in record["equivalence"]}
     assert set(checks) == {
         ("speculative (K=4)", "generalist"),
@@ -113,25 +114,35 @@ def test_greedy_speculative_and_hf_assisted_equal_the_generalist(bench):
         assert {s["example_id"]: s["tokens"] for s in samples[label]} == by_example
 
 
-def test_bounds_are_positive_fractions(bench):
-    record, _, _ = bench
+def test_bounds_follow_from_the_measured_costs_and_rounds(bench):
+    record = bench[0]
+    costs = record["forward_seconds"]
+    assert set(costs["generalist"]) == {1, 2, 3, 5}  # steps and K+1 verify forwards
     bounded = [r for r in _all_rows(record) if r["method"] in ("speculative", "specsteer")]
     assert bounded
     for row in bounded:
-        assert row["bound_speedup"] > 0
-        assert row["measured_over_bound"] > 0
+        tokens = row["new_tokens"] / row["generalist_calls"]
+        drafts = row["drafted"] / row["generalist_calls"]
+        assert row["tokens_per_round"] == pytest.approx(tokens)
+        bound = speedup_bound(row["method"], row["acceptance"], row["k"], costs, tokens, drafts)
+        assert row["bound_speedup"] == pytest.approx(bound)
+        assert row["measured_over_bound"] == pytest.approx(row["speedup"] / bound)
         assert math.isfinite(row["measured_over_bound"])
-        assert 1 <= row["expected_tokens_per_round"] <= row["k"] + 1
+        assert row["expected_tokens_per_round"] == expected_tokens(row["acceptance"], row["k"])
     for row in record["methods"]:
         if row["method"] not in ("speculative", "specsteer"):
             assert row["bound_speedup"] is None
-    costs = record["forward_seconds"]
-    assert set(costs["generalist"]) == {1, 2, 3, 5}  # steps and K+1 verify forwards
+
+
+def test_smoke_every_forward_cost_is_measured(bench):
+    """A smoke test: the costs exist and are times (their size is the machine's)."""
+    costs = bench[0]["forward_seconds"]
+    assert set(costs) == {"generalist", "specialist", "specialist_public"}  # no batching on CPU
     assert all(seconds > 0 for by_size in costs.values() for seconds in by_size.values())
 
 
 def test_outputs_are_written_and_printed(bench):
-    record, out, printed = bench
+    record, out, printed, _ = bench
     saved = json.loads((out / "bench.json").read_text(encoding="utf-8"))
     assert saved["config"]["prompts"] == 2
     assert saved["machine"]["torch"] == torch.__version__
@@ -142,6 +153,13 @@ def test_outputs_are_written_and_printed(bench):
     assert "| hf_assisted | — | 4 |" in report
     assert printed == [report.rstrip("\n")]
     assert (out / "bench.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(saved["machine"]["load_average"]) == 3
+
+
+def test_each_phase_reports_its_end_off_a_terminal(bench):
+    lines = [line for line in bench[3].splitlines() if line.startswith("[bench] ")]
+    phases = [line.removeprefix("[bench] ").split(" done (")[0] for line in lines]
+    assert phases == ["warm-up", "settings", "forward costs"]
 
 
 def test_expected_tokens_and_bound():
@@ -161,8 +179,7 @@ def test_expected_tokens_and_bound():
     assert speedup_bound("specsteer", 0.5, 2, batched) == pytest.approx(17.5 / (2.25 * 1.5 + 12))
 
 
-def test_rotation_and_peak_memory():
-    assert rotated([1, 2, 3], 4) == [2, 3, 1]
+def test_peak_memory_sees_a_64_mib_block():
     with PeakMemory(0.001) as memory:
         block = torch.ones(64 * 2**20 // 4)  # 64 MiB, every page written
     assert block.numel() and memory.rss_mb is not None
@@ -197,30 +214,85 @@ def test_the_pair_defaults_to_the_shipped_one(monkeypatch, capsys, tmp_path):
 # ---------------------------------------------------------------- adaptive rounds (issue 17)
 
 
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
 @pytest.fixture(scope="module")
 def adaptive_bench(tiny_dir, tmp_path_factory):
-    """A small run with --adaptive: (record, printed report)."""
+    """A small run with --adaptive and --quiet, stderr a terminal: (record, printed report,
+    stderr, transformers' log records)."""
     root = tmp_path_factory.mktemp("bench_adaptive")
     write_world(root / "world", users=20)
     printed: list[str] = []
-    record = main(
-        [
-            *("--specialist", str(tiny_dir / "specialist")),
-            *("--generalist", str(tiny_dir / "generalist")),
-            *("--data", str(root / "world"), "--split", "test", "--prompts", "2"),
-            *("--max-new-tokens", "6", "--gammas", "0.5", "--k-sweep", "1"),
-            *("--draft-tokens", "2", "--adaptive", "--adaptive-gammas", "0.5,0.1"),
-            *("--adaptive-k", "1,2", "--hf-start", "4", "--hf-thresholds", "0.4"),
-            *("--threads", "1", "--cost-repeats", "3", "--device", "cpu"),
-            *("--out", str(root / "out")),
-        ],
-        progress=printed.append,
-    )
-    return record, printed[0]
+    terminal = Terminal()
+    with contextlib.redirect_stderr(terminal), transformers_log() as records:
+        record = main(
+            [
+                *("--specialist", str(tiny_dir / "specialist")),
+                *("--generalist", str(tiny_dir / "generalist")),
+                *("--data", str(root / "world"), "--split", "test", "--prompts", "2"),
+                *("--max-new-tokens", "6", "--gammas", "0.5", "--k-sweep", "1"),
+                *("--draft-tokens", "2", "--adaptive", "--adaptive-gammas", "0.5,0.1"),
+                *("--adaptive-k", "1,2", "--hf-start", "4", "--hf-thresholds", "0.4"),
+                *("--threads", "1", "--cost-repeats", "3", "--device", "cpu"),
+                *("--out", str(root / "out"), "--quiet"),
+            ],
+            progress=printed.append,
+        )
+    return record, printed[0], terminal.getvalue(), records
+
+
+@contextlib.contextmanager
+def transformers_log():
+    """Every record transformers logs while the block runs, its notices shown only once per
+    process (`warning_once`) shown afresh."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logging.Logger.warning_once.cache_clear()
+    logger, keep = logging.getLogger("transformers"), Keep()
+    logger.addHandler(keep)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(keep)
+
+
+def test_quiet_draws_no_bars_on_a_terminal(adaptive_bench):
+    stderr = adaptive_bench[2]
+    for phase in ("warm-up", "settings", "forward costs", "[bench]"):
+        assert phase not in stderr
+
+
+def test_the_adaptive_hf_settings_print_no_deprecation_notice(adaptive_bench):
+    records = adaptive_bench[3]
+    assert [r.getMessage() for r in records if "generation_config" in r.getMessage()] == []
+
+
+def test_the_hf_peer_prints_no_deprecation_notice(generalist, tiny_dir):
+    """transformers' assisted generation prints "Passing `generation_config` together with
+    generation-related arguments" from its own assistant call: not shown by the bench."""
+    from langchain_specsteer import LocalSpecialist, SpecSteerLLM
+    from langchain_specsteer.engine import Prompts
+
+    specialist = LocalSpecialist.from_pretrained(str(tiny_dir / "specialist"), device="cpu")
+    llm = SpecSteerLLM(specialist=specialist, generalist=generalist, max_new_tokens=4)
+    prompts = Prompts(private=[5, 6, 7], public_specialist=[5, 6, 7], public_generalist=[5, 6, 7])
+    with transformers_log() as records, warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        counts = hf_assisted.generate(llm, prompts, 2, PeakMemory(0))
+    assert 1 <= counts["new_tokens"] <= 4 and counts["generalist_calls"] >= 1
+    assert [r.getMessage() for r in records if "generation_config" in r.getMessage()] == []
 
 
 def test_the_adaptive_table_sets_every_fixed_k_beside_auto_and_the_context_gate(adaptive_bench):
-    record, report = adaptive_bench
+    record, report = adaptive_bench[:2]
     rows = [(r["method"], r["gamma"], r["k"], r["label"]) for r in record["adaptive"]]
     expected = []
     for g in (0.5, 0.1):
@@ -252,7 +324,7 @@ def test_the_adaptive_table_sets_every_fixed_k_beside_auto_and_the_context_gate(
 
 
 def test_transformers_adaptive_settings_run_and_equal_the_generalist(adaptive_bench):
-    record, _ = adaptive_bench
+    record = adaptive_bench[0]
     labels = [r["label"] for r in record["hf_adaptive"]]
     assert labels == [
         "hf_assisted (K=4, heuristic)",
@@ -286,7 +358,7 @@ def test_assistant_config_sets_transformers_knobs_and_restores_them(generalist):
             "assistant_confidence_threshold",
         )
     }
-    with bench_module.assistant_config(generalist.model, 7, "heuristic", 0.3):
+    with hf_assisted.assistant_config(generalist.model, 7, "heuristic", 0.3):
         assert config.num_assistant_tokens == 7
         assert config.num_assistant_tokens_schedule == "heuristic"
         assert config.assistant_confidence_threshold == 0.3

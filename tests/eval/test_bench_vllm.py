@@ -16,7 +16,6 @@ from eval.bench_vllm import (
     markdown_report,
     metric_delta,
     parse_metrics,
-    percentile,
     plot,
     project,
     projection,
@@ -65,17 +64,6 @@ def test_decode_step_differences_out_the_prefill():
     assert decode_step_seconds(0.10, 0.05, 16) == 0.0  # noise never makes it negative
     with pytest.raises(ValueError, match="tokens must be at least 2"):
         decode_step_seconds(0.1, 0.2, 1)
-
-
-def test_percentile_interpolates_between_order_statistics():
-    assert percentile([4.0, 1.0, 3.0, 2.0], 50) == pytest.approx(2.5)
-    assert percentile([4.0, 1.0, 3.0, 2.0], 95) == pytest.approx(3.85)
-    assert percentile([4.0, 1.0, 3.0, 2.0], 0) == 1.0
-    assert percentile([4.0, 1.0, 3.0, 2.0], 100) == 4.0
-    assert percentile([7.0], 95) == 7.0
-    assert percentile([], 50) is None
-    with pytest.raises(ValueError, match=r"q must be within 0\.\.100"):
-        percentile([1.0], 101)
 
 
 def test_project_counts_device_steps_round_trip_and_verify():

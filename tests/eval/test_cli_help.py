@@ -16,7 +16,9 @@ MODULES = [
     "eval.bench_remote",
     "eval.bench_vllm",
     "eval.bench_retrieval",
+    "eval.bench_real",
     "eval.report",
+    "eval.tool_calls",
     "eval.train_pair",
     "eval.world",
 ]
@@ -51,6 +53,18 @@ def test_every_option_has_help_naming_its_default_once(name):
             assert "(default: None)" not in text, f"{where}: {text}"
             if action.option_strings and action.default not in (None, False):
                 assert "default" in text, f"{where} does not say its default: {text}"
+
+
+BENCHES = [name for name in MODULES if name.startswith("eval.bench")]
+
+
+@pytest.mark.parametrize("name", BENCHES)
+def test_every_bench_can_be_quiet_and_names_its_output(name):
+    """--quiet turns the progress bars off; --out is where the record goes."""
+    parser = importlib.import_module(name).build_parser()
+    required = ["--data", "d"] if name == "eval.bench" else []
+    assert parser.parse_args([*required, "--quiet", "--out", "x"]).quiet is True
+    assert parser.parse_args(required).quiet is False
 
 
 def test_bench_help_prints_each_default_once(capsys):

@@ -240,8 +240,13 @@ def test_bad_limit(tmp_path, limit):
 
 @pytest.fixture
 def fake_hub(monkeypatch):
-    """Replace `datasets.load_dataset` with one serving `fake_hub.rows` and recording calls."""
+    """Replace `datasets.load_dataset` with one serving `fake_hub.rows` and recording calls;
+    the hub answers the reachability check."""
     import datasets
+
+    import eval.data
+
+    monkeypatch.setattr(eval.data, "hub_unreachable", lambda endpoint, timeout: None)
 
     class Hub:
         def __init__(self) -> None:
@@ -283,6 +288,88 @@ def test_hub_schema_error_names_the_config(fake_hub):
     message = f"{where}: profile[0] field 'reviewText' must be a string, got null"
     with pytest.raises(LongLaMPSchemaError, match=re.escape(message)):
         load_longlamp("product_review")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Online mode, but no connection to anywhere gets through; `load_dataset` recorded."""
+    import socket
+
+    import datasets
+    from huggingface_hub import constants
+
+    calls = []
+
+    def refuse(*args, **kwargs):
+        raise OSError(-2, "Name or service not known")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: calls.append(args))
+    return calls
+
+
+def test_an_unreachable_hub_fails_at_once_and_names_a_local_folder(no_network):
+    """No retries for half a minute and no traceback from `datasets`: one connection attempt,
+    then a message that says what works offline."""
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(ConnectionError) as error:
+        load_longlamp("product_review", source=HUB_ID)
+    assert time.monotonic() - start < 2
+    assert no_network == []  # datasets was never asked
+    message = str(error.value)
+    assert "LongLaMP/LongLaMP (product_review_user, val)" in message
+    from huggingface_hub import constants
+
+    assert f"{constants.ENDPOINT} is unreachable" in message
+    assert "Name or service not known" in message
+    assert "python -m eval.world --out data/world" in message and "--data data/world" in message
+
+
+def test_offline_mode_without_a_cached_copy_says_so(monkeypatch):
+    """HF_HUB_OFFLINE set: no connection check (a cached copy may serve); `datasets`' own
+    refusal becomes the same advice."""
+    import socket
+
+    import datasets
+    from huggingface_hub import constants
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("offline: no connection is attempted")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError(
+            "Couldn't reach 'LongLaMP/LongLaMP' on the Hub (OfflineModeIsEnabled)"
+        )
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ConnectionError) as error:
+        load_longlamp("product_review", source=HUB_ID)
+    message = str(error.value)
+    assert "HF_HUB_OFFLINE is set" in message and "not in the local cache" in message
+    assert "--data data/world" in message
+
+
+def test_offline_mode_serves_a_cached_copy(fake_hub, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert load_longlamp("product_review") == expected(fake_hub.rows, "product_review")
+
+
+def test_the_eval_command_reports_an_unreachable_hub_in_one_line(no_network, tmp_path, capsys):
+    from eval.__main__ import main
+
+    argv = ["run", "--task", "product_review", "--data", HUB_ID, "--specialist", "S"]
+    assert main([*argv, "--generalist", "G", "--out", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1
+    assert "unreachable" in error and "--data data/world" in error
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("source", ["./missing", "/nowhere/val.jsonl", "data/val.parquet"])

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
-from eval.summary import TABLE_ORDER, Summary, add_speedups, summarise
+from eval.summary import TABLE_ORDER, Summary, add_speedups, ratio, summarise
 from eval.tables import DASH, num, percent, table
 from langchain_specsteer.methods import METHODS
 
@@ -44,8 +45,15 @@ def test_a_row_pools_its_generations_rather_than_averaging_them():
 def test_nothing_drafted_is_no_acceptance_and_nothing_timed_is_no_speed():
     row = summarise([generation(0, 0.0)], method="generalist", examples=1, rouge1=0, rougeL=0)
     assert row.acceptance is None
-    assert math.isnan(row.tokens_per_second)
-    assert math.isnan(row.generalist_calls_per_token)
+    assert row.tokens_per_second is None  # null in JSON, a dash in tables
+    assert row.generalist_calls_per_token is None
+
+
+def test_one_ratio_for_every_table_none_where_undefined():
+    assert ratio(3, 2) == 1.5
+    assert ratio(3, 0) is None and ratio(3, -1.0) is None
+    assert ratio(None, 2) is None and ratio(3, None) is None
+    assert json.dumps([ratio(1, 0)]) == "[null]"  # NaN would write invalid JSON
 
 
 def test_speedups_are_over_the_pooled_generalist_rows():
@@ -54,10 +62,11 @@ def test_speedups_are_over_the_pooled_generalist_rows():
         Summary(method="generalist", new_tokens=10, seconds=2.0, tokens_per_second=5.0),
         Summary(method="specsteer", tokens_per_second=30.0),
         Summary(method="specialist", tokens_per_second=math.nan),
+        Summary(method="costeer", tokens_per_second=None),
     ]
     add_speedups(rows)  # the generalist's 40 tokens in 4 s: 10 tok/s
     assert [r.speedup for r in rows[:3]] == [pytest.approx(1.5), pytest.approx(0.5), 3.0]
-    assert rows[3].speedup is None
+    assert rows[3].speedup is None and rows[4].speedup is None
     alone = [Summary(method="specsteer", tokens_per_second=30.0)]
     add_speedups(alone)
     assert alone[0].speedup is None  # no generalist row: no speed-up

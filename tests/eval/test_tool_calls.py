@@ -43,6 +43,7 @@ def test_counts_calls_right_tools_and_exact_arguments(world_dir):
         }
     )
     counts, records = score_calls(chat, episodes[:4])
+    assert list(counts) == [*kinds[:4], "all"]  # the kinds in order of appearance, then all
     assert counts["all"] == {"episodes": 4, "call": 3, "name": 2, "arguments": 1}
     assert counts[right["kind"]] == {"episodes": 1, "call": 1, "name": 1, "arguments": 1}
     assert counts[none["kind"]] == {"episodes": 1, "call": 0, "name": 0, "arguments": 0}
@@ -62,7 +63,11 @@ def test_the_command_scores_each_method_and_writes_every_reply(
         replies = saved["replies"][method]
         assert len(replies) == report["counts"][method]["all"]["episodes"] >= 4
         assert report["counts"][method]["all"]["call"] == sum(r["got"] is not None for r in replies)
-    assert "| specsteer | all |" in capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
+    for method in ("generalist", "specialist", "specsteer"):
+        rows = [line for line in lines if line.startswith(f"| {method} |")]
+        assert rows[-1].startswith(f"| {method} | all |")  # the total closes each method
+        assert sum(row.startswith(f"| {method} | all |") for row in rows) == 1
     with pytest.raises(SystemExit):
         main([*argv, "--per-kind", "0"])
     assert "--per-kind must be at least 1" in capsys.readouterr().err
