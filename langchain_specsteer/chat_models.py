@@ -22,6 +22,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
+from langchain_core.utils.utils import LC_ID_PREFIX
 from pydantic import Field, field_validator, model_validator
 
 from langchain_specsteer.base import (
@@ -125,8 +126,8 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
     )
 
     streaming: bool = False
-    """Stream by default inside `invoke` (LangChain's convention): tokens reach callbacks as
-    rounds commit them. Decoding is incremental either way."""
+    """LangChain's switch to stream inside `invoke`; here tokens reach callbacks as rounds
+    commit them either way, and `invoke` answers with the checked tool calls."""
 
     private_tools: frozenset[str] = Field(default=DEFAULT_PRIVATE_TOOLS)
     """Names of tools whose results are private: their `ToolMessage` goes into the
@@ -164,6 +165,21 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
     def max_tokens(self) -> int:
         """LangChain's standard name for `max_new_tokens`."""
         return self.max_new_tokens
+
+    def _should_stream(
+        self,
+        *,
+        async_api: bool,
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> bool:
+        # Only `stream`/`astream` (which ask with stream=True) hand chunks out. `invoke` always
+        # answers from `_generate`, whose message holds the checked calls (LangChain's own
+        # assembly re-reads calls from the chunks' text) and whose chunks reach the callbacks
+        # as rounds commit them, `streaming` or not.
+        return bool(kwargs.get("stream")) and super()._should_stream(
+            async_api=async_api, run_manager=run_manager, **kwargs
+        )
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
         params = self.decoding_params(**_call_options(kwargs))
@@ -437,7 +453,7 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
     ) -> ChatResult:
         reader = _Reader(self._plan(kwargs))
         chunks = list(self._reply(reader, messages, stop, run_manager, **kwargs))
-        return _result(chunks, reader.calls)
+        return _result(chunks, reader.calls, run_manager)
 
     async def _agenerate(
         self,
@@ -448,7 +464,7 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
     ) -> ChatResult:
         reader = _Reader(self._plan(kwargs))
         replied = self._areply(reader, messages, stop, run_manager, **kwargs)
-        return _result([chunk async for chunk in replied], reader.calls)
+        return _result([chunk async for chunk in replied], reader.calls, run_manager)
 
     def _reply(
         self,
@@ -466,8 +482,10 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
         prompts = self._prompts(turns, context, params, reader.plan)
         for piece, info in self._decode(prompts, params, stop, reader.plan.markers):
             for chunk in self._chunks(reader, piece, info, context, retrieved):
-                if run_manager and info is None:
-                    run_manager.on_llm_new_token(_piece_text(chunk), chunk=chunk)
+                if run_manager:
+                    chunk.message.id = f"{LC_ID_PREFIX}-{run_manager.run_id}"
+                    if info is None:
+                        run_manager.on_llm_new_token(_piece_text(chunk), chunk=chunk)
                 yield chunk
 
     async def _areply(
@@ -488,8 +506,10 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
         prompts = await self._aprompts(turns, context, params, reader.plan)
         async for piece, info in self._adecode(prompts, params, stop, reader.plan.markers):
             for chunk in self._chunks(reader, piece, info, context, retrieved):
-                if run_manager and info is None:
-                    await run_manager.on_llm_new_token(_piece_text(chunk), chunk=chunk)
+                if run_manager:
+                    chunk.message.id = f"{LC_ID_PREFIX}-{run_manager.run_id}"
+                    if info is None:
+                        await run_manager.on_llm_new_token(_piece_text(chunk), chunk=chunk)
                 yield chunk
 
     def _chunks(
@@ -601,13 +621,19 @@ def _query(turns: list[Message]) -> str:
     return next((t["content"] for t in reversed(turns) if t["role"] == "user"), "")
 
 
-def _result(chunks: list[ChatGenerationChunk], calls: Sequence[ParsedCall]) -> ChatResult:
+def _result(
+    chunks: list[ChatGenerationChunk],
+    calls: Sequence[ParsedCall],
+    run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+) -> ChatResult:
     """One message from the streamed chunks and the reply's checked calls: the valid ones
-    its `tool_calls`, the others its `invalid_tool_calls` with their errors."""
+    its `tool_calls`, the others its `invalid_tool_calls` with their errors. Its id is the
+    run's, as LangChain names streamed messages (the chunks the callbacks saw carry it)."""
     final = chunks[0]
     for chunk in chunks[1:]:
         final += chunk
     message = AIMessage(
+        id=final.message.id or (f"{LC_ID_PREFIX}-{run_manager.run_id}" if run_manager else None),
         content=final.message.content,
         tool_calls=[
             tool_call(name=call.name, args=call.args, id=call.id) for call in calls if call.valid

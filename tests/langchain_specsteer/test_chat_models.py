@@ -324,6 +324,46 @@ def test_a_call_of_an_unbound_tool_or_with_unfit_arguments_is_invalid(make_chat,
         assert json.loads(message.invalid_tool_calls[1]["args"]) == {"city": 3}
 
 
+class TokenTap(BaseCallbackHandler):
+    """A streaming callback handler, as LangGraph's `stream_mode="messages"` attaches (it
+    has `tap_output_iter`): LangChain then streams inside `invoke`."""
+
+    def __init__(self):
+        self.chunks = []
+
+    def on_llm_new_token(self, token, *, chunk=None, **kwargs):
+        self.chunks.append(chunk)
+
+    def tap_output_iter(self, run_id, output):
+        return output
+
+    def tap_output_aiter(self, run_id, output):
+        return output
+
+
+def test_invoke_checks_the_calls_when_it_streams_to_callbacks(make_chat, scripted):
+    """`streaming=True`, or a streaming handler (an agent's graph streamed by messages):
+    invoke still answers with the checked calls, and its chunks reach the callbacks."""
+    scripted(UNFIT)
+    tap = TokenTap()
+    for chat, config in (
+        (make_chat(streaming=True).bind_tools([WEATHER]), {}),
+        (make_chat().bind_tools([WEATHER]), {"callbacks": [tap]}),
+    ):
+        for awaited in (False, True):
+            if awaited:
+                message = asyncio.run(chat.ainvoke("Weather?", config))
+            else:
+                message = chat.invoke("Weather?", config)
+            assert call_pairs(message.tool_calls) == [("get_weather", {"city": "Oslo"})]
+            assert [c["name"] for c in message.invalid_tool_calls] == ["lukewarm.", "get_weather"]
+            if config:  # the chunks the callbacks saw are of this message
+                assert {c.message.id for c in tap.chunks[-3:]} == {message.id}
+    streamed = [c.message.tool_call_chunks for c in tap.chunks if c.message.tool_call_chunks]
+    names = ["lukewarm.", "get_weather", "get_weather"]
+    assert [chunks[0]["name"] for chunks in streamed] == names * 2  # invoke, ainvoke
+
+
 def test_tools_and_tool_messages_are_rendered_for_both_models(make_chat, specialist, scripted):
     seen = scripted("It is sunny.")
     call = {"name": "get_weather", "args": {"city": "Paris"}, "id": "c1"}
