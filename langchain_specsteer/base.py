@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -41,7 +42,7 @@ from langchain_specsteer.params import (
 )
 from langchain_specsteer.run import Prompts, Round, Run
 from langchain_specsteer.text import ByteDetokenizer, IncrementalDetokenizer, StopStringFilter
-from langchain_specsteer.verification import Generalist, GeneralistError
+from langchain_specsteer.verification import Generalist, GeneralistError, PromptTurns
 
 __all__ = [
     "CACHE_SECRET_ENV",
@@ -366,12 +367,17 @@ class SpecSteerBase(DecodingParams):
         chat: dict[str, Any],
     ) -> Prompts:
         """The three prompts of (public, private) turns, rendered with the template options
-        `chat`. The generalist's prompt is encoded only when `params.method` uses it (a remote
+        `chat`. The generalist's prompt is encoded only when `params.method` uses it; for a
+        generation (`params` given) a remote generalist may leave the turns for its first
+        round to carry (`Generalist.public_prompt`), else they are encoded to ids (a remote
         one may ask its service)."""
         public_generalist, error = [], None
         if _uses_generalist(params):
+            encode = self.generalist.encode_messages
+            if params is not None:
+                encode = self.generalist.public_prompt
             try:
-                public_generalist = self.generalist.encode_messages(public, **chat)
+                public_generalist = encode(public, **chat)
             except GeneralistError as err:
                 public_generalist, error = _unencoded(err, params)
         return self._specialist_prompts(public, private, public_generalist, error, chat)
@@ -388,7 +394,10 @@ class SpecSteerBase(DecodingParams):
         public_generalist, error = [], None
         if _uses_generalist(params):
             try:
-                public_generalist = await self.generalist.aencode_messages(public, **chat)
+                encode = self.generalist.aencode_messages
+                if params is not None:
+                    encode = self.generalist.apublic_prompt
+                public_generalist = await encode(public, **chat)
             except GeneralistError as err:
                 public_generalist, error = _unencoded(err, params)
         return await asyncio.to_thread(
@@ -399,13 +408,19 @@ class SpecSteerBase(DecodingParams):
         self,
         public: list[Message],
         private: list[Message],
-        public_generalist: list[int] | None,
+        public_generalist: list[int] | PromptTurns | None,
         error: str | None,
         chat: dict[str, Any],
     ) -> Prompts:
+        public_specialist = self.specialist.encode_messages(public, **chat)
+        if isinstance(public_generalist, PromptTurns) and self._engine.alignment == "token":
+            # One vocabulary: the specialist's rendering is the likely generalist prompt too.
+            public_generalist = dataclasses.replace(
+                public_generalist, guess=tuple(public_specialist)
+            )
         return Prompts(
             private=self.specialist.encode_messages(private, **chat),
-            public_specialist=self.specialist.encode_messages(public, **chat),
+            public_specialist=public_specialist,
             public_generalist=public_generalist,
             generalist_error=error,
         )

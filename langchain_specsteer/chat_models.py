@@ -46,6 +46,7 @@ from langchain_specsteer.tools import (
     forced_prefix,
     plain_turns,
 )
+from langchain_specsteer.verification import PromptTurns
 
 __all__ = ["DEFAULT_PRIVATE_TOOLS", "ChatSpecSteer"]
 
@@ -414,7 +415,9 @@ class ChatSpecSteer(BaseChatModel, SpecSteerBase):
                 raise ValueError(msg)
             generalist_ids = tokenizer.encode(forced, add_special_tokens=False)
         public_generalist = prompts.public_generalist
-        if public_generalist is not None:
+        if isinstance(public_generalist, PromptTurns):  # rendered by the service, then these
+            public_generalist = public_generalist.followed_by(generalist_ids)
+        elif public_generalist is not None:
             public_generalist = [*public_generalist, *generalist_ids]
         return dataclasses.replace(
             prompts,

@@ -10,6 +10,7 @@ byte-level path (`byte_engine.ByteDecodeRun`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Literal
 
 from langchain_specsteer import algorithms as alg
@@ -18,6 +19,7 @@ from langchain_specsteer.methods import METHOD_SPECS, MethodSpec
 from langchain_specsteer.models import LocalSpecialist, TokenSequence
 from langchain_specsteer.params import DecodingParams
 from langchain_specsteer.run import Accepted, DecodeStats, Draft, Flight, Prompts, Round, Run
+from langchain_specsteer.streamed import StreamedRun
 from langchain_specsteer.verification import Generalist, GeneralistUnreachable, Rule, Verdict
 
 __all__ = [
@@ -84,13 +86,15 @@ class SpecSteerEngine:
             self.bytes = ByteVocabularies.of(specialist, generalist)
         self.alignment = alignment
 
-    def run(self, prompts: Prompts, params: DecodingParams) -> Run:
+    def run(self, prompts: Prompts, params: DecodingParams) -> Run | StreamedRun:
         """A lazy generation: `for` (or `async for`) over it gives `Round`s; its `stats` fill
         in as it goes. Until the generalist could be aligned with, a run whose prompt it did
         not encode (it was unreachable, or the method does not use it) runs on the
         specialist's vocabulary, and falls back to the specialist alone when it needs it."""
         if self.alignment is None and prompts.public_generalist is not None:
             self._align()  # it answered this run's prompt, so it describes itself now
+        if params.method == "generalist" and self.generalist.streams and self.alignment:
+            return self._streamed(prompts, params)
         if self.alignment == "byte":
             return ByteDecodeRun(
                 self.specialist, self.generalist, prompts, params, vocabularies=self.bytes
@@ -103,6 +107,31 @@ class SpecSteerEngine:
             vocab_size=self.vocab_size,
             batch_specialist=self.batch_specialist,
         )
+
+    def _streamed(self, prompts: Prompts, params: DecodingParams) -> StreamedRun:
+        """The generalist alone as one streamed completion; the specialist finishes from what
+        it committed if the stream breaks."""
+        byte_level = self.alignment == "byte"
+
+        def fallback(committed: list[int], text: bytes, rest: DecodingParams) -> Run:
+            if byte_level:
+                run = ByteDecodeRun(
+                    self.specialist, self.generalist, prompts, rest, vocabularies=self.bytes
+                )
+                run.text = bytearray(text)
+                return run
+            private = dataclasses.replace(prompts, private=[*prompts.private, *committed])
+            return DecodeRun(
+                self.specialist,
+                self.generalist,
+                private,
+                rest,
+                vocab_size=self.vocab_size,
+                batch_specialist=self.batch_specialist,
+            )
+
+        spell = self.bytes.generalist.spell if byte_level else None
+        return StreamedRun(self.generalist, prompts, params, spell=spell, fallback=fallback)
 
 
 class DecodeRun(Run):

@@ -59,10 +59,13 @@ class DecodingParams(BaseModel):
     reports it."""
     max_draft_tokens: int = Field(default=16, ge=1)
     """With `draft_tokens="auto"`: the longest draft of a round."""
-    draft_stop: float = Field(default=0.1, ge=0, le=1)
+    draft_stop: float | None = Field(default=0.1, ge=0, le=1)
     """With `draft_tokens="auto"`: stop drafting once the device's estimate that the whole
     draft is accepted falls below this (about c_S / c_G, a specialist step's cost over a
-    generalist step's: 0.1 on the demo pair's CPU; lower it where verifying is dearer)."""
+    generalist step's: 0.1 on the demo pair's CPU; lower it where verifying is dearer). None:
+    no threshold; the round's cost, measured as the run goes (the round trip, the
+    verification and the device's steps), says when one more draft stops paying
+    (`algorithms.worth_drafting`, docs/concepts.md)."""
     rounds_in_flight: int | Literal["auto"] = "auto"
     """Over a network generalist that takes them: how many rounds may be verified at once
     while the device drafts on (docs/concepts.md). "auto": up to what the session takes

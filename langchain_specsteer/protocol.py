@@ -1,4 +1,5 @@
-"""The verifier service's session protocol, `specsteer/1`: bodies, limits, errors and codec.
+"""The verifier service's session protocols, `specsteer/1` and `specsteer/2`: bodies, limits,
+errors and codec.
 
 Shared by the service (`server/`) and its clients (`remote/`);
 docs/protocol.md explains it with examples. A generation is a **session** that holds the
@@ -8,6 +9,15 @@ recovered token), the number of the session's tokens it keeps, and the new draft
 service answers the accepted count and a sparse **hint** at the first rejected position.
 Nothing in either direction is derived from the private context: the device sends public
 prompt ids, generated tokens and drafts only.
+
+`specsteer/2` (under /specsteer/v2) adds rounds in flight and opens nothing before the first
+round: the device names its session, its first rounds carry the opening (`OpenSessionV2`,
+the public prompt as ids or as turns the service renders, and the vocabulary the device
+expects), and every round carries its number `seq`: the service verifies a session's rounds
+in that order, whatever order they arrive in, and answers a retried number again from
+memory. A round sent ahead of a verdict is `speculative`: the service voids it without work
+when the round before it did not accept its whole draft. `specsteer/1` still answers as it
+did.
 
 Log-probabilities are JSON numbers; `null` stands for −inf (probability zero)
 (`logprobs_to_json`, `logprobs_from_json`). The OpenAI-compatible dialect (vLLM's
@@ -30,17 +40,24 @@ __all__ = [
     "ERROR_TYPES",
     "MIN_TEMPERATURE",
     "PROTOCOL",
+    "PROTOCOL_V2",
     "SESSION_BUSY",
+    "SESSION_ID_PATTERN",
     "VLLM_NEG_INF",
     "Candidates",
     "ErrorBody",
     "ErrorDetail",
     "Limits",
     "OpenSession",
+    "OpenSessionV2",
+    "PublicPrompt",
     "RoundRequest",
+    "RoundRequestV2",
     "RoundResult",
+    "RoundResultV2",
     "ServiceError",
     "ServiceInfo",
+    "ServiceInfoV2",
     "ServiceLimits",
     "SessionOpened",
     "check_temperature",
@@ -53,6 +70,12 @@ __all__ = [
 
 PROTOCOL = "specsteer/1"
 """Bumped on any incompatible change; the client refuses a service that speaks another."""
+
+PROTOCOL_V2 = "specsteer/2"
+"""Rounds in flight and the opening folded into the first round (/specsteer/v2)."""
+
+SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{16,64}$"
+"""A `specsteer/2` session id, chosen by the device (16 random bytes, URL-safe base64)."""
 
 MIN_TEMPERATURE = 1e-4
 """The smallest temperature above 0 that is accepted anywhere (0 decodes greedily): at smaller
@@ -118,6 +141,10 @@ class ServiceLimits:
         max_body_chunks: most chunks in a chunked request body (the HTTP server parses each
             one; see `server.bounded_h11`).
         body_timeout_seconds: a request body must arrive within this long (else 408).
+        max_rounds_in_flight: `specsteer/2` rounds of one session waiting their turn at once
+            (a client sends at most this many before a verdict).
+        round_wait_seconds: how long a `specsteer/2` round waits for the rounds numbered
+            before it to arrive (then 409 `out_of_order`).
     """
 
     max_prompt_tokens: int = 8192
@@ -130,6 +157,8 @@ class ServiceLimits:
     max_body_bytes: int = 1 << 20
     max_body_chunks: int = 1024
     body_timeout_seconds: float = 30.0
+    max_rounds_in_flight: int = 8
+    round_wait_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -160,6 +189,14 @@ class ServiceInfo(_Body):
     limits: Limits
 
 
+class ServiceInfoV2(ServiceInfo):
+    """`GET /specsteer/v2/info`: `ServiceInfo` for `specsteer/2` clients."""
+
+    protocol: str = PROTOCOL_V2
+    max_rounds_in_flight: int
+    """Rounds of one session the service takes before it has answered the first."""
+
+
 class OpenSession(_Body):
     """`POST /specsteer/v1/sessions`: start a generation after public prompts."""
 
@@ -179,6 +216,34 @@ class OpenSession(_Body):
     @classmethod
     def temperature_is_usable(cls, value: float) -> float:
         return check_temperature(value)
+
+
+class PublicPrompt(_Body):
+    """A public prompt as turns, for the service to render with its generalist's chat
+    template (what vLLM's `/tokenize` does), or as plain text."""
+
+    messages: list[dict[str, Any]] | None = None
+    """Chat turns, rendered with the chat template and a generation prompt."""
+    chat_template_kwargs: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    """Tools the chat template lists."""
+    prompt: str | None = None
+    """Plain text, encoded as it is (no chat template)."""
+    then_ids: list[TokenId] = Field(default_factory=list)
+    """Token ids after the rendered prompt (a forced start of the reply)."""
+
+
+class OpenSessionV2(OpenSession):
+    """How a `specsteer/2` session starts: carried by its first rounds (any of them may
+    arrive first; the first to arrive opens it, the others find it open)."""
+
+    prompt_ids: list[TokenId] | None = Field(default=None, min_length=1)  # type: ignore[assignment]
+    """The generalist's prompt as ids; or give `public_prompt`."""
+    public_prompt: PublicPrompt | None = None
+    """The generalist's prompt as turns (or text) the service renders: no `/tokenize` before."""
+    vocab_signature: str | None = None
+    """The generalist vocabulary the device expects (`verification.vocab_signature`): a
+    service whose generalist has another refuses the session (409 `vocab_mismatch`)."""
 
 
 class SessionOpened(_Body):
@@ -215,6 +280,22 @@ class RoundRequest(_Body):
     u_i < p_G(d_i) / (γ q_gen(d_i))); null: greedy."""
 
 
+class RoundRequestV2(RoundRequest):
+    """`POST /specsteer/v2/sessions/{id}/rounds`: verify one draft, rounds in flight allowed.
+
+    As `RoundRequest`, plus the round's number: the session's generated tokens become
+    `generated[:position] + append + draft` once every round numbered before it was served.
+    """
+
+    seq: int = Field(ge=0)
+    """The round's number in the session (0, 1, 2, ...): the service serves them in order."""
+    open: OpenSessionV2 | None = None
+    """The session's opening, on every round sent before the device has an answer."""
+    speculative: bool = False
+    """Sent before the verdict on round `seq` − 1, on all its drafts being accepted: void (no
+    work, `voided` true) when that round accepted fewer, or was void itself."""
+
+
 class Candidates(_Body):
     """The top-m tokens at one position, ranked by log p_G (a hint)."""
 
@@ -237,6 +318,18 @@ class RoundResult(_Body):
     """When the device decides and q_gen is hosted: log q_gen of each draft token."""
     length: int
     """Generated tokens the session now holds (position + len(append) + len(draft))."""
+
+
+class RoundResultV2(RoundResult):
+    seq: int
+    """The round's number, as sent."""
+    voided: bool = False
+    """The service voided the round (`speculative`, and the round before it rejected a
+    draft): no hints, nothing changed in the session."""
+    hosts_q_gen: bool
+    """Whether the session decides the ratio test and carries q_gen (as `SessionOpened`)."""
+    prompt_tokens: int
+    """The generalist's prompt length (rendered here when the opening gave turns)."""
 
 
 class ErrorDetail(_Body):

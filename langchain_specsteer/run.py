@@ -39,6 +39,7 @@ from langchain_specsteer.verification import (
     Generalist,
     GeneralistError,
     GeneralistSession,
+    PromptTurns,
     Rule,
     Verdict,
     VerifyCall,
@@ -96,14 +97,15 @@ class Prompts:
     Attributes:
         private: the specialist's prompt with the private context (c ⊕ x). Device only.
         public_specialist: the specialist's prompt without it (x), for q_gen.
-        public_generalist: the generalist's prompt (x); None when it could not be encoded
-            (a remote generalist unreachable), which a method using the generalist treats
-            like any other generalist failure.
+        public_generalist: the generalist's prompt (x): its ids, or the turns a remote
+            generalist renders with its first round (`verification.PromptTurns`); None when it
+            could not be encoded (a remote generalist unreachable), which a method using the
+            generalist treats like any other generalist failure.
     """
 
     private: list[int]
     public_specialist: list[int]
-    public_generalist: list[int] | None
+    public_generalist: list[int] | PromptTurns | None
     generalist_error: str | None = None
     """Why `public_generalist` is None (the generalist could not be reached to encode it)."""
 
@@ -132,6 +134,8 @@ class DecodeStats:
     accepted: int = 0
     voided_rounds: int = 0
     """Rounds sent ahead that a verdict voided (not in `rounds`, `drafted` or `accepted`)."""
+    waited_seconds: float = 0.0
+    """Time the device spent waiting on the generalist's verdicts, with nothing else to do."""
     generalist_calls: int = 0
     """Requests to the generalist side: one a round, voided rounds included."""
     specialist_calls: int = 0
@@ -355,7 +359,6 @@ class Run(ABC):
         network waits on a thread of its own)."""
         steps = self._steps()
         calls: deque[tuple[VerifyCall, Future | None]] = deque()
-        pool: ThreadPoolExecutor | None = None
         try:
             done, item = self._advance(steps)
             while not done:
@@ -363,10 +366,7 @@ class Run(ABC):
                 if isinstance(item, VerifyCall):
                     future = None
                     if item.awaits_io and self._depth_cap() > 1:
-                        pool = pool or ThreadPoolExecutor(
-                            self._depth_cap(), thread_name_prefix="specsteer-round"
-                        )
-                        future = pool.submit(item.perform)
+                        future = _round_pool().submit(item.perform)
                     calls.append((item, future))
                 elif isinstance(item, Poll):
                     future = calls[0][1]
@@ -376,17 +376,20 @@ class Run(ABC):
                         calls.pop()
                 elif isinstance(item, Await):
                     call, future = calls.popleft()
+                    start = time.perf_counter()
                     try:
                         reply = call.perform() if future is None else future.result()
                     except GeneralistError as err:
                         error = err
+                    self.stats.waited_seconds += time.perf_counter() - start
                 else:
                     yield item
                 done, item = self._advance(steps, reply, error)
         finally:
             self._finish(steps)
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
+            for _, future in calls:  # rounds left in flight: not waited for
+                if future is not None:
+                    future.cancel()
             for session in self.sessions:
                 session.close()
 
@@ -419,6 +422,7 @@ class Run(ABC):
                             task.add_done_callback(_consume)
                 elif isinstance(item, Await):
                     call, task = calls.popleft()
+                    start = time.perf_counter()
                     try:
                         if task is not None:
                             reply = await task
@@ -426,6 +430,7 @@ class Run(ABC):
                             reply = await on_worker(call.perform)
                     except GeneralistError as err:
                         error = err
+                    self.stats.waited_seconds += time.perf_counter() - start
                 else:
                     yield item
                 done, item = await on_worker(self._advance, steps, reply, error)
@@ -782,6 +787,20 @@ class Run(ABC):
         if self.spec.drafts:
             s.drafted += drafted
             s.accepted += accepted
+
+
+_ROUNDS: ThreadPoolExecutor | None = None
+_ROUNDS_LOCK = threading.Lock()
+
+
+def _round_pool() -> ThreadPoolExecutor:
+    """The threads blocking runs wait on their rounds in flight with, shared by every run of
+    the process (started with the first such round)."""
+    global _ROUNDS
+    with _ROUNDS_LOCK:
+        if _ROUNDS is None:
+            _ROUNDS = ThreadPoolExecutor(64, thread_name_prefix="specsteer-round")
+        return _ROUNDS
 
 
 def _consume(task: asyncio.Future) -> None:

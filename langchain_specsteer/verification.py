@@ -19,6 +19,7 @@ answered, and `drop` forgets the rounds after it, which a verdict voided.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 from abc import ABC, abstractmethod
@@ -33,6 +34,7 @@ __all__ = [
     "GeneralistError",
     "GeneralistSession",
     "GeneralistUnreachable",
+    "PromptTurns",
     "Rule",
     "Verdict",
     "VerifyCall",
@@ -159,12 +161,43 @@ class VerifyCall:
     awaits_io: bool = False
 
 
+@dataclass(frozen=True)
+class PromptTurns:
+    """A public prompt the generalist side renders itself, with its own chat template.
+
+    A generalist reached without its tokenizer on the device opens its session with these
+    turns (`Generalist.public_prompt`), so no request renders them before the first round.
+
+    Attributes:
+        messages: the public turns (the conversation ending in a user turn).
+        chat: render them with the chat template (else their text, as a plain prompt).
+        chat_template_kwargs: the template's options (`tools` among them).
+        then: token ids after the rendered turns (a forced start of the reply).
+        guess: the device's own rendering of the turns, where the specialist shares the
+            generalist's vocabulary: a stateless server may be sent it with the first round,
+            before its own rendering confirms it.
+    """
+
+    messages: tuple[dict[str, Any], ...]
+    chat: bool
+    chat_template_kwargs: dict[str, Any] | None = None
+    then: tuple[int, ...] = ()
+    guess: tuple[int, ...] | None = None
+
+    def followed_by(self, ids: Sequence[int]) -> PromptTurns:
+        """These turns, then `ids` after the rendered prompt."""
+        return dataclasses.replace(self, then=(*self.then, *ids))
+
+
 class Generalist(ABC):
     """Where the generalist runs; `open_session` starts one generation there."""
 
     tokenizer: Any = None
     """The generalist's tokenizer on the device, when there is one (None: a server reached
     without it). The byte-level path needs it to spell and re-tokenise text."""
+    streams: bool = False
+    """Whether it writes a whole completion in one streamed request (`stream_tokens`,
+    `astream_tokens`): what `method="generalist"` uses over the network."""
 
     @property
     @abstractmethod
@@ -211,6 +244,30 @@ class Generalist(ABC):
             chat_template_kwargs=chat_template_kwargs,
         )
 
+    def public_prompt(
+        self,
+        messages: Sequence[dict[str, str]],
+        *,
+        chat: bool,
+        chat_template_kwargs: dict | None = None,
+    ) -> list[int] | PromptTurns:
+        """What opens a session on the public conversation: its prompt ids
+        (`encode_messages`), or `PromptTurns` for a generalist side that renders them with
+        its first round."""
+        return self.encode_messages(messages, chat=chat, chat_template_kwargs=chat_template_kwargs)
+
+    async def apublic_prompt(
+        self,
+        messages: Sequence[dict[str, str]],
+        *,
+        chat: bool,
+        chat_template_kwargs: dict | None = None,
+    ) -> list[int] | PromptTurns:
+        """`public_prompt` without blocking the event loop."""
+        return await self.aencode_messages(
+            messages, chat=chat, chat_template_kwargs=chat_template_kwargs
+        )
+
     async def aencode_messages(
         self,
         messages: Sequence[dict[str, str]],
@@ -226,7 +283,7 @@ class Generalist(ABC):
     @abstractmethod
     def open_session(
         self,
-        prompt: Sequence[int],
+        prompt: Sequence[int] | PromptTurns,
         *,
         vocab_size: int,
         temperature: float = 0.0,
@@ -235,7 +292,8 @@ class Generalist(ABC):
         """Start a generation after `prompt`.
 
         Args:
-            prompt: the generalist's public prompt ids.
+            prompt: the generalist's public prompt ids (or turns it renders, where its
+                `public_prompt` gave them).
             vocab_size: rows cover the first `vocab_size` token ids.
             temperature: verdict rows are tempered at it (0 and 1: as the model gives them).
             q_gen_prompt: the specialist's public prompt; a generalist side that hosts a

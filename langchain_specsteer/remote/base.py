@@ -16,7 +16,7 @@ import queue
 import threading
 import weakref
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from langchain_specsteer.remote.http import (
@@ -25,6 +25,12 @@ from langchain_specsteer.remote.http import (
     TransportStats,
     error_message,
     refused,
+)
+from langchain_specsteer.remote.stream import (
+    Streamed,
+    astream_completion,
+    completion_body,
+    stream_completion,
 )
 from langchain_specsteer.verification import Generalist, GeneralistError
 
@@ -155,6 +161,50 @@ class HTTPGeneralist(Generalist):
         self, messages: Sequence[dict], *, chat: bool, chat_template_kwargs: dict | None = None
     ) -> list[int]:
         return await self.http.arun(self._encode_steps(messages, chat, chat_template_kwargs))
+
+    streams = True
+
+    def _served_model(self) -> str:
+        """The model name completions are asked for."""
+        return self.name
+
+    def stream_tokens(
+        self,
+        prompt: Sequence[int],
+        *,
+        max_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Iterator[Streamed]:
+        body = completion_body(
+            self._served_model(),
+            list(prompt),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+        )
+        return stream_completion(self.http, body)
+
+    def astream_tokens(
+        self,
+        prompt: Sequence[int],
+        *,
+        max_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> AsyncIterator[Streamed]:
+        body = completion_body(
+            self._served_model(),
+            list(prompt),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+        )
+        return astream_completion(self.http, body)
 
     def release(self, exchange: Exchange) -> None:
         """Release a session in the background (`wait_released` waits for it)."""

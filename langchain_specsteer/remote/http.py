@@ -15,6 +15,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,15 @@ from langchain_specsteer.extras import optional_import
 from langchain_specsteer.protocol import SESSION_BUSY
 from langchain_specsteer.verification import GeneralistError, GeneralistUnreachable
 
-__all__ = ["Exchange", "HTTPClient", "Send", "TransportStats", "error_message", "refused"]
+__all__ = [
+    "Exchange",
+    "HTTPClient",
+    "Send",
+    "Together",
+    "TransportStats",
+    "error_message",
+    "refused",
+]
 
 
 @dataclass
@@ -53,7 +62,15 @@ class Send:
     headers: dict[str, str] | None
 
 
-Exchange = Generator["Send | float", Any, Any]
+@dataclass(frozen=True)
+class Together:
+    """Several exchanges for a driver to perform at once (each waits its own round trip); the
+    driver sends back their results in order, or throws in the first one's error."""
+
+    exchanges: tuple[Exchange, ...]
+
+
+Exchange = Generator["Send | Together | float", Any, Any]
 """An HTTP conversation written once for both drivers: it yields a `Send` to perform (the
 response is sent back, a transport error thrown in) or a delay in seconds to wait, and
 returns its result. `HTTPClient.run` performs it with a blocking client, `HTTPClient.arun`
@@ -110,6 +127,7 @@ class HTTPClient:
         self.wrap_transport = wrap_transport
         self._client = self._new_client()
         self._async: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
+        self._pool: ThreadPoolExecutor | None = None  # `Together` on blocking calls
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.stats = TransportStats()
@@ -126,6 +144,11 @@ class HTTPClient:
         if self.wrap_transport is None:
             return {}
         return {"transport": self.wrap_transport(default())}
+
+    @property
+    def httpx(self) -> Any:
+        """The httpx module (its exception types)."""
+        return self._httpx
 
     @property
     def client(self) -> Any:
@@ -181,7 +204,14 @@ class HTTPClient:
         try:
             op = next(steps)
             while True:
-                if isinstance(op, Send):
+                if isinstance(op, Together):
+                    try:
+                        results = self._run_together(op.exchanges)
+                    except Exception as err:  # a sub-exchange's error, thrown into its parent
+                        op = steps.throw(err)
+                        continue
+                    op = steps.send(results)
+                elif isinstance(op, Send):
                     try:
                         response = self.client.request(
                             op.method, op.path, content=op.content, headers=op.headers
@@ -196,12 +226,27 @@ class HTTPClient:
         except StopIteration as stop:
             return stop.value
 
+    def _run_together(self, exchanges: tuple[Exchange, ...]) -> list[Any]:
+        """The blocking driver's `Together`: the first exchange here, the others on threads."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(4, thread_name_prefix="specsteer-http")
+        futures = [self._pool.submit(self.run, exchange) for exchange in exchanges[1:]]
+        first = self.run(exchanges[0]) if exchanges else None
+        return [first, *(future.result() for future in futures)][: len(exchanges)]
+
     async def arun(self, steps: Exchange) -> Any:
         """Perform an exchange with the event loop's asynchronous client; its result."""
         try:
             op = next(steps)
             while True:
-                if isinstance(op, Send):
+                if isinstance(op, Together):
+                    try:
+                        results = await asyncio.gather(*(self.arun(e) for e in op.exchanges))
+                    except Exception as err:  # a sub-exchange's error, thrown into its parent
+                        op = steps.throw(err)
+                        continue
+                    op = steps.send(list(results))
+                elif isinstance(op, Send):
                     try:
                         response = await self.aclient.request(
                             op.method, op.path, content=op.content, headers=op.headers

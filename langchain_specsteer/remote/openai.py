@@ -13,6 +13,8 @@ docs/protocol.md has the requests and answers.
 from __future__ import annotations
 
 import math
+import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, get_args
 
@@ -22,12 +24,14 @@ from langchain_specsteer import algorithms as alg
 from langchain_specsteer.models import encode_messages
 from langchain_specsteer.protocol import logprobs_from_vllm
 from langchain_specsteer.remote.base import HTTPGeneralist, tokenize
-from langchain_specsteer.remote.http import Exchange, refused
+from langchain_specsteer.remote.http import Exchange, Together, refused
 from langchain_specsteer.verification import (
     GeneralistError,
     GeneralistSession,
+    PromptTurns,
     Rule,
     Verdict,
+    VerifyCall,
     vocab_signature,
 )
 
@@ -83,14 +87,19 @@ class OpenAICompatibleGeneralist(HTTPGeneralist):
             the temperature and the server returns log-probs after it, normalised over the
             whole vocabulary: used as they are). Prompt log-probs are always raw in vLLM.
         exact_drafts: with "prefixes", when the ratio test (or sampled speculative decoding)
-            needs a draft token's log p_G and it is outside the top `top_logprobs` at its
-            position, ask for it in a second request (the same prefixes, served by the cache,
-            with vLLM's `logprob_token_ids`), so acceptance is decided as in-process. False:
-            one request a round, and such a token counts as p_G = 0 (rejected).
+            needs the draft tokens' own log p_G (a draft token may fall outside the top
+            `top_logprobs` at its position), ask for them in a second request sent with the
+            first (the same prefixes, served by the cache, with vLLM's `logprob_token_ids`),
+            so acceptance is decided as in-process within one round trip. False: one request a
+            round, and an unlisted draft token counts as p_G = 0 (rejected).
         tokenizer: the generalist's tokenizer (e.g. `AutoTokenizer.from_pretrained(model)`):
             prompts are encoded locally and its vocabulary is checked against the
-            specialist's. Without it prompts go through the server's `/tokenize`, and the
-            vocabularies are assumed to match.
+            specialist's. Without it the vocabularies are assumed to match, and a generation
+            asks the server's `/tokenize` with its first round: the round is sent at once on
+            the specialist's rendering of the same turns, and sent again only if the server's
+            rendering differs.
+        max_rounds_in_flight: rounds of one generation sent at once at most (the server keeps
+            no state, so any number works; each waits its own round trip).
         eos_token_ids: extra ids that end a generation.
         timeout, max_retries, backoff_s, wrap_transport: as in `RemoteGeneralist`.
     """
@@ -107,6 +116,7 @@ class OpenAICompatibleGeneralist(HTTPGeneralist):
         exact_drafts: bool = True,
         tokenizer: Any = None,
         eos_token_ids: Sequence[int] = (),
+        max_rounds_in_flight: int = 8,
         timeout: float = 60.0,
         max_retries: int = 3,
         backoff_s: float = 0.2,
@@ -114,6 +124,9 @@ class OpenAICompatibleGeneralist(HTTPGeneralist):
     ):
         if top_logprobs < 1:
             msg = f"top_logprobs must be at least 1, got {top_logprobs}"
+            raise ValueError(msg)
+        if max_rounds_in_flight < 1:
+            msg = f"max_rounds_in_flight must be at least 1, got {max_rounds_in_flight}"
             raise ValueError(msg)
         if scoring not in get_args(Scoring):
             msg = (
@@ -142,6 +155,7 @@ class OpenAICompatibleGeneralist(HTTPGeneralist):
         self.scoring = scoring
         self.logprobs_mode = logprobs_mode
         self.exact_drafts = exact_drafts
+        self.max_rounds_in_flight = max_rounds_in_flight
         self._eos = frozenset(eos_token_ids)
         self.last_usage: dict[str, Any] | None = None
         """The `usage` of the last scoring answer (vLLM's `prompt_tokens_details.cached_tokens`
@@ -176,15 +190,36 @@ class OpenAICompatibleGeneralist(HTTPGeneralist):
             yield from tokenize(self.http, self.model, messages, chat_mode, chat_template_kwargs)
         )
 
+    def public_prompt(
+        self, messages: Sequence[dict], *, chat: bool, chat_template_kwargs: dict | None = None
+    ) -> list[int] | PromptTurns:
+        """The ids from the local tokenizer; without one, the turns themselves, which the
+        first round sends to `/tokenize` alongside its scoring (no request now)."""
+        if self.tokenizer is not None:
+            return self.encode_messages(
+                messages, chat=chat, chat_template_kwargs=chat_template_kwargs
+            )
+        kwargs = dict(chat_template_kwargs) if chat_template_kwargs else None
+        return PromptTurns(tuple(dict(m) for m in messages), chat, kwargs)
+
+    async def apublic_prompt(
+        self, messages: Sequence[dict], *, chat: bool, chat_template_kwargs: dict | None = None
+    ) -> list[int] | PromptTurns:
+        if self.tokenizer is not None:
+            return await self.aencode_messages(
+                messages, chat=chat, chat_template_kwargs=chat_template_kwargs
+            )
+        return self.public_prompt(messages, chat=chat, chat_template_kwargs=chat_template_kwargs)
+
     def open_session(
         self,
-        prompt: Sequence[int],
+        prompt: Sequence[int] | PromptTurns,
         *,
         vocab_size: int,
         temperature: float = 0.0,
         q_gen_prompt: Sequence[int] | None = None,
     ) -> OpenAICompatibleSession:
-        return OpenAICompatibleSession(self, list(prompt), vocab_size, temperature)
+        return OpenAICompatibleSession(self, prompt, vocab_size, temperature)
 
     def __repr__(self) -> str:
         return (
@@ -194,43 +229,125 @@ class OpenAICompatibleGeneralist(HTTPGeneralist):
 
 
 class OpenAICompatibleSession(GeneralistSession):
-    """One generation over a stateless completions API: the device holds the token ids."""
+    """One generation over a stateless completions API: the device holds the token ids.
+
+    Every round names its whole prefix, so rounds go out while others are in flight (each a
+    request of its own, served by the prefix cache). Opened with turns (no tokenizer on the
+    device), the prompt is the specialist's rendering of them (`PromptTurns.guess`) until the
+    server's `/tokenize`, asked with the first rounds, confirms it or corrects it (those rounds
+    are then scored again on the server's prompt).
+    """
 
     awaits_io = True
 
     def __init__(
-        self, client: OpenAICompatibleGeneralist, prompt: list[int], vocab_size: int, temp: float
+        self,
+        client: OpenAICompatibleGeneralist,
+        prompt: Sequence[int] | PromptTurns,
+        vocab_size: int,
+        temp: float,
     ):
         self.client = client
-        self.tokens = prompt
+        self.max_in_flight = client.max_rounds_in_flight
         self.vocab_size = vocab_size
         self.temperature = temp
-        self._draft: list[int] = []
+        self.turns = prompt if isinstance(prompt, PromptTurns) else None
+        if self.turns is None:
+            self.prompt: list[int] | None = list(prompt)
+        else:
+            guess = self.turns.guess
+            self.prompt = None if guess is None else [*guess, *self.turns.then]
+        self.confirmed = self.turns is None
+        self.generated: list[int] = []  # the committed tokens after the prompt
+        self.outstanding: deque[list[int]] = deque()  # drafts started, not yet committed
+        self.lock = threading.Lock()
+
+    @property
+    def tokens(self) -> list[int]:
+        """The prompt and the committed tokens (the prompt as known now)."""
+        return [*(self.prompt or []), *self.generated]
+
+    def start(
+        self,
+        draft: list[int],
+        rule: Rule,
+        gamma: float,
+        uniforms: list[float] | None = None,
+        *,
+        after: Sequence[int] = (),
+    ) -> VerifyCall:
+        generated, draft = [*self.generated, *after], list(draft)
+        self.outstanding.append(draft)
+        fill_in = _reads_draft_values(rule, uniforms)
+        http = self.client.http
+        return VerifyCall(
+            perform=lambda: http.run(self._round(generated, draft, fill_in)),
+            aperform=lambda: http.arun(self._round(generated, draft, fill_in)),
+            awaits_io=True,
+        )
 
     def verify(
         self, draft: list[int], rule: Rule, gamma: float, uniforms: list[float] | None = None
     ) -> Verdict:
-        return self.client.http.run(self._score(draft, _reads_draft_values(rule, uniforms)))
+        return self.start(draft, rule, gamma, uniforms).perform()
 
     async def averify(
         self, draft: list[int], rule: Rule, gamma: float, uniforms: list[float] | None = None
     ) -> Verdict:
-        exchange = self._score(draft, _reads_draft_values(rule, uniforms))
-        return await self.client.http.arun(exchange)
+        return await self.start(draft, rule, gamma, uniforms).aperform()
+
+    def _round(self, generated: list[int], draft: list[int], fill_in: bool) -> Exchange:
+        """One round after the prompt and `generated`; before the prompt is confirmed, with
+        `/tokenize` alongside (or before it, with no guess to score on)."""
+        with self.lock:
+            prompt, confirmed = self.prompt, self.confirmed
+        if confirmed:
+            return (yield from self._score([*prompt, *generated], draft, fill_in))
+        if prompt is None:
+            self._confirm((yield from self._tokenize()))
+            return (yield from self._score([*self.prompt, *generated], draft, fill_in))
+        ids, verdict = yield Together(
+            (self._tokenize(), self._score([*prompt, *generated], draft, fill_in))
+        )
+        if self._confirm(ids):  # the server renders the turns otherwise: score on its prompt
+            verdict = yield from self._score([*self.prompt, *generated], draft, fill_in)
+        return verdict
+
+    def _tokenize(self) -> Exchange:
+        """The server's prompt ids for the turns (then any forced ids)."""
+        turns = self.turns
+        chat_mode = None if turns.chat else False
+        ids = yield from tokenize(
+            self.client.http,
+            self.client.model,
+            turns.messages,
+            chat_mode,
+            turns.chat_template_kwargs,
+        )
+        return [*ids, *turns.then]
+
+    def _confirm(self, ids: list[int]) -> bool:
+        """Take the server's prompt; whether it differs from the one rounds were sent on."""
+        with self.lock:
+            changed = self.prompt is not None and self.prompt != ids
+            self.prompt, self.confirmed = list(ids), True
+        return changed
 
     @property
     def processed(self) -> bool:
         """Whether the server tempers the generated tokens' rows (processed log-probs)."""
         return self.client.logprobs_mode == "processed_logprobs"
 
-    def request_body(self, draft: list[int]) -> dict[str, Any]:
-        """The `/v1/completions` body that scores `draft` after the committed tokens."""
+    def request_body(self, draft: list[int], tokens: list[int] | None = None) -> dict[str, Any]:
+        """The `/v1/completions` body that scores `draft` after `tokens` (default: the prompt
+        and the committed tokens)."""
         client, m = self.client, self.client.top_logprobs
+        tokens = self.tokens if tokens is None else tokens
         body: dict[str, Any] = {"model": client.model}
         if client.scoring == "prefixes":
-            body["prompt"] = [self.tokens + draft[:i] for i in range(len(draft) + 1)]
+            body["prompt"] = [tokens + draft[:i] for i in range(len(draft) + 1)]
         else:
-            body["prompt"] = self.tokens + draft
+            body["prompt"] = tokens + draft
         body |= {
             "max_tokens": 1,
             "temperature": self.temperature if self.processed else 0,
@@ -243,11 +360,14 @@ class OpenAICompatibleSession(GeneralistSession):
             body |= NEUTRAL_SAMPLING
         return body
 
-    def fill_in_body(self, draft: list[int], positions: list[int]) -> dict[str, Any]:
+    def fill_in_body(
+        self, draft: list[int], positions: list[int], tokens: list[int] | None = None
+    ) -> dict[str, Any]:
         """The body asking, at each of `positions`, for the draft token's own log-prob: the
         prefixes again (served by the cache) with vLLM's `logprob_token_ids`."""
-        body = self.request_body(draft)
-        body["prompt"] = [self.tokens + draft[:i] for i in positions]
+        tokens = self.tokens if tokens is None else tokens
+        body = self.request_body(draft, tokens)
+        body["prompt"] = [tokens + draft[:i] for i in positions]
         body["logprobs"] = 0
         body["logprob_token_ids"] = sorted({draft[i] for i in positions})
         return body
@@ -260,25 +380,30 @@ class OpenAICompatibleSession(GeneralistSession):
             return k + 1
         return k if self.client.scoring == "prompt_logprobs" else 0
 
-    def _score(self, draft: list[int], fill_in: bool = True) -> Exchange:
-        """The generalist's rows at the draft positions and after (the device decides); with
-        prefix scoring and `fill_in`, draft tokens outside the top m are asked for after."""
+    def _score(self, tokens: list[int], draft: list[int], fill_in: bool = True) -> Exchange:
+        """The generalist's rows at the draft positions and after `tokens` (the device
+        decides); with prefix scoring and `fill_in`, the draft tokens' own values are asked
+        for in a second request sent with the first, for those outside the top m."""
         client, k, m = self.client, len(draft), self.client.top_logprobs
         parse = prefix_rows if client.scoring == "prefixes" else prompt_logprob_rows
-        answer, rows = yield from self._complete(
-            self.request_body(draft), "scoring a draft", lambda answer: parse(answer, k, m)
+        scoring = self._complete(
+            self.request_body(draft, tokens), "scoring a draft", lambda a: parse(a, k, m)
         )
-        client.last_usage = answer.get("usage")
-        unlisted = [i for i, token in enumerate(draft) if token not in rows[i]]
-        if unlisted and fill_in and client.exact_drafts and client.scoring == "prefixes":
-            _, filled = yield from self._complete(
-                self.fill_in_body(draft, unlisted),
-                "asking for draft tokens outside the top m (exact_drafts=False skips it)",
-                lambda answer: prefix_rows(answer, len(unlisted) - 1, m=None),
+        if draft and fill_in and client.exact_drafts and client.scoring == "prefixes":
+            positions = list(range(k))
+            fill = self._complete(
+                self.fill_in_body(draft, positions, tokens),
+                "asking for the draft tokens' own log-probs (exact_drafts=False skips it)",
+                lambda answer: prefix_rows(answer, k - 1, m=None),
             )
-            for i, row in zip(unlisted, filled, strict=True):
-                if draft[i] in row:  # a server without logprob_token_ids lists only its draw
+            (answer, rows), (_, filled) = yield Together((scoring, fill))
+            for i, row in zip(positions, filled, strict=True):
+                # a server without logprob_token_ids lists only its draw
+                if draft[i] not in rows[i] and draft[i] in row:
                     rows[i][draft[i]] = row[draft[i]]
+        else:
+            answer, rows = yield from scoring
+        client.last_usage = answer.get("usage")
         log_p_G = torch.full((k + 1, self.vocab_size), -math.inf)
         for i, row in enumerate(rows):
             ids = [t for t in row if t < self.vocab_size]
@@ -287,7 +412,6 @@ class OpenAICompatibleSession(GeneralistSession):
         # tempered over the whole vocabulary.
         raw = self.raw_rows(k)
         log_p_G[:raw] = alg.temper(log_p_G[:raw], self.temperature)
-        self._draft = list(draft)
         return Verdict(log_p_G)
 
     def _complete(
@@ -307,8 +431,10 @@ class OpenAICompatibleSession(GeneralistSession):
             raise GeneralistError(msg) from err
 
     def commit(self, accepted: int, token: int) -> None:
-        self.tokens = [*self.tokens, *self._draft[:accepted], token]
-        self._draft = []
+        self.generated.extend([*self.outstanding.popleft()[:accepted], token])
+
+    def drop(self) -> None:
+        self.outstanding.clear()
 
 
 NEUTRAL_SAMPLING: dict[str, float] = {

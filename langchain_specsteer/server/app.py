@@ -23,18 +23,22 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 from langchain_specsteer.extras import optional_import
 from langchain_specsteer.protocol import (
     PROTOCOL,
+    SESSION_ID_PATTERN,
     ErrorBody,
     OpenSession,
     RoundRequest,
+    RoundRequestV2,
     RoundResult,
+    RoundResultV2,
     ServiceError,
     ServiceInfo,
+    ServiceInfoV2,
     ServiceLimits,
     SessionOpened,
     error_body,
@@ -212,6 +216,8 @@ def _session_routes(router: Any, service: VerifierService) -> None:
         """Verify a draft; the answer holds the accepted count and the hint(s)."""
         return service.round(session_id, body)
 
+    _session_routes_v2(router, service)
+
     @router.delete(
         f"{prefix}/sessions/{{session_id}}",
         status_code=204,
@@ -226,13 +232,74 @@ def _session_routes(router: Any, service: VerifierService) -> None:
         return Response(status_code=204)
 
 
+def _session_routes_v2(router: Any, service: VerifierService) -> None:
+    """`specsteer/2` under /specsteer/v2: rounds in flight, the opening in the first rounds."""
+    from fastapi import Path
+    from fastapi.responses import Response
+
+    prefix = "/specsteer/v2"
+    session_id_path = Path(pattern=SESSION_ID_PATTERN, description="Chosen by the device")
+
+    @router.get(f"{prefix}/info", response_model=ServiceInfoV2, tags=["session protocol"])
+    def info_v2() -> ServiceInfoV2:
+        """What this service hosts, its vocabulary signature, its limits and how many rounds
+        of one session it takes in flight."""
+        return service.info_v2()
+
+    @router.post(
+        f"{prefix}/sessions/{{session_id}}/rounds",
+        response_model=RoundResultV2,
+        response_model_exclude_none=False,
+        tags=["session protocol"],
+        responses={
+            404: {"model": ErrorBody, "description": "Unknown session and no opening"},
+            409: {
+                "model": ErrorBody,
+                "description": "Position not held, rounds out of order, or another vocabulary",
+            },
+            429: {"model": ErrorBody, "description": "Too many rounds in flight, or sessions"},
+        },
+    )
+    async def verify_round_v2(
+        body: RoundRequestV2, session_id: str = session_id_path
+    ) -> RoundResultV2:
+        """Verify a draft in turn (rounds are served by `seq`); the first rounds open the
+        session."""
+        return await service.round_v2(session_id, body)
+
+    @router.delete(
+        f"{prefix}/sessions/{{session_id}}",
+        status_code=204,
+        response_class=Response,
+        response_model=None,
+        tags=["session protocol"],
+        responses={404: {"model": ErrorBody, "description": "Unknown session"}},
+    )
+    def close_session_v2(session_id: str = session_id_path) -> Response:
+        """Close a session and free its caches (rounds still waiting get 404)."""
+        service.close(session_id)
+        return Response(status_code=204)
+
+
 def _openai_routes(router: Any, openai: OpenAICompatible) -> None:
     """vLLM's scoring subset: /v1/completions, /v1/models and /tokenize."""
 
     @router.post("/v1/completions", tags=["OpenAI-compatible"])
-    def completions(body: CompletionRequest) -> dict[str, Any]:
-        """vLLM's completions, for scoring token ids (see docs/protocol.md for the subset)."""
-        return openai.complete(body)
+    def completions(body: CompletionRequest) -> Any:
+        """vLLM's completions, for scoring token ids or generating, streamed (server-sent
+        events, as vLLM's `stream`) or not (see docs/protocol.md for the subset)."""
+        if not body.stream:
+            return openai.complete(body)
+        from fastapi.responses import StreamingResponse
+
+        choices = openai.generate(body)
+
+        def events() -> Iterator[str]:
+            for choice in choices:
+                yield f"data: {json.dumps(openai.answer([choice], 1))}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     @router.get("/v1/models", tags=["OpenAI-compatible"])
     def models() -> dict[str, Any]:

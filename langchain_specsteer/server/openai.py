@@ -11,18 +11,23 @@ generated token's after temperature); prompt log-probs are raw in both, as in vL
 
 from __future__ import annotations
 
-import json
 import math
 import secrets
 import time
+from collections.abc import Iterator
 from typing import Any, Literal, get_args
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from langchain_specsteer import algorithms as alg
-from langchain_specsteer.protocol import MIN_TEMPERATURE, ServiceError, vllm_logprob
-from langchain_specsteer.server.sessions import VerifierService, log_event, max_positions
+from langchain_specsteer.protocol import MIN_TEMPERATURE, PublicPrompt, ServiceError, vllm_logprob
+from langchain_specsteer.server.sessions import (
+    VerifierService,
+    encode_public,
+    log_event,
+    max_positions,
+)
 
 __all__ = ["CompletionRequest", "LogprobsMode", "OpenAICompatible", "TokenizeRequest"]
 
@@ -31,7 +36,6 @@ LogprobsMode = Literal["raw_logprobs", "processed_logprobs"]
 log-probs, or those after the sampling processors (here only temperature)."""
 
 NEUTRAL = {
-    "top_p": (1.0,),
     "top_k": (0, -1),
     "min_p": (0.0,),
     "repetition_penalty": (1.0,),
@@ -115,24 +119,6 @@ class TokenizeRequest(BaseModel):
         return _unicode(value, info.field_name)
 
 
-def _template_turn(turn: dict[str, Any]) -> dict[str, Any]:
-    """A chat turn as templates take it: a call's JSON-string `arguments` parsed to an object
-    (as vLLM does; a malformed string becomes {})."""
-    if not isinstance(turn.get("tool_calls"), list):
-        return turn
-    calls = []
-    for call in turn["tool_calls"]:
-        function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
-            try:
-                arguments = json.loads(function["arguments"] or "{}")
-            except json.JSONDecodeError:
-                arguments = {}
-            call = {**call, "function": {**function, "arguments": arguments}}
-        calls.append(call)
-    return {**turn, "tool_calls": calls}
-
-
 class OpenAICompatible:
     """vLLM's scoring subset over the models of a `VerifierService`.
 
@@ -153,18 +139,33 @@ class OpenAICompatible:
         self.logprobs_mode = logprobs_mode
 
     def complete(self, request: CompletionRequest) -> dict[str, Any]:
-        """vLLM's `/v1/completions`, for scoring: prompt log-probs and at most one new token
-        for each prompt of a batch (token-id prompts sharing a prefix share its forward pass)."""
+        """vLLM's `/v1/completions`: for scoring, prompt log-probs and at most one new token
+        for each prompt of a batch (token-id prompts sharing a prefix share its forward pass);
+        for generating (`max_tokens` above 1, one prompt), the whole completion."""
+        max_tokens = self._check(request)
+        if max_tokens > 1 and not request.echo and not request.prompt_logprobs:
+            return self._completion(request, list(self.generate(request)))
+        return self._score(request, max_tokens)
+
+    def _check(self, request: CompletionRequest) -> int:
+        """Refuse what this server does not do (400 naming the field); the `max_tokens`."""
         limits = self.service.limits
         self._check_model(request.model)
-        if request.stream:
-            raise ServiceError(400, "stream is not supported by this server", param="stream")
         if request.n != 1:
             raise ServiceError(400, "n must be 1", param="n")
         max_tokens = 16 if request.max_tokens is None else request.max_tokens
-        if max_tokens not in (0, 1) or (max_tokens == 0 and not request.echo):
-            msg = "this server scores only: max_tokens must be 1, or 0 together with echo"
+        if max_tokens < 0 or (max_tokens == 0 and not request.echo):
+            msg = "max_tokens must be at least 1, or 0 together with echo"
             raise ServiceError(400, msg, param="max_tokens")
+        if max_tokens > 1 and (request.echo or request.prompt_logprobs is not None):
+            msg = "this server scores with max_tokens 0 or 1 (echo, prompt_logprobs)"
+            raise ServiceError(400, msg, param="max_tokens")
+        if request.stream and max_tokens < 1:
+            msg = "a stream generates: max_tokens must be at least 1"
+            raise ServiceError(400, msg, param="max_tokens")
+        if max_tokens > limits.max_session_tokens:
+            msg = f"max_tokens {max_tokens} is over max_session_tokens"
+            raise ServiceError(400, f"{msg} ({limits.max_session_tokens})", param="max_tokens")
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(request, name)
             if value is not None and not 0 <= value <= limits.max_logprobs:
@@ -172,6 +173,13 @@ class OpenAICompatible:
                 raise ServiceError(400, msg, param=name)
         if request.logprob_token_ids:
             self._check_logprob_token_ids(request)
+        top_p = 1.0 if request.top_p is None else request.top_p
+        if not 0 < top_p <= 1 or (top_p < 1 and max_tokens <= 1 and not request.stream):
+            msg = (
+                f"top_p must be in (0, 1], and below 1 only when generating (max_tokens above "
+                f"1, or a stream): this server scores without it; got {top_p}"
+            )
+            raise ServiceError(400, msg, param="top_p")
         for name, neutral in NEUTRAL.items():
             value = getattr(request, name)
             if value is not None and value not in neutral:
@@ -180,12 +188,113 @@ class OpenAICompatible:
                     f"be {neutral[0]} or omitted, got {value}"
                 )
                 raise ServiceError(400, msg, param=name)
-        temperature = 1.0 if request.temperature is None else request.temperature
+        temperature = self._temperature(request)
         if not (math.isfinite(temperature) and 0 <= temperature <= 2) or (
             0 < temperature < MIN_TEMPERATURE
         ):
             msg = f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE}, 2], got {temperature}"
             raise ServiceError(400, msg, param="temperature")
+        return max_tokens
+
+    @staticmethod
+    def _temperature(request: CompletionRequest) -> float:
+        return 1.0 if request.temperature is None else request.temperature
+
+    def generate(self, request: CompletionRequest) -> Iterator[dict[str, Any]]:
+        """The completion of one prompt, a choice per new token (vLLM's stream chunks): greedy
+        at temperature 0, else sampled (seeded by the request's `seed`). The request is checked
+        now (a refusal is a 4xx, not a broken stream); model work takes the service's lock one
+        step at a time, so sessions interleave with a long completion."""
+        max_tokens = self._check(request)
+        (prompt,) = self._prompts(request.prompt, most=1)
+        return self._generated(request, prompt, max_tokens)
+
+    def _generated(
+        self, request: CompletionRequest, prompt: list[int], max_tokens: int
+    ) -> Iterator[dict[str, Any]]:
+        generalist, temperature = self.service.generalist, self._temperature(request)
+        top_p = 1.0 if request.top_p is None else request.top_p
+        seed = getattr(request, "seed", None)
+        generator = torch.Generator().manual_seed(seed) if isinstance(seed, int) else None
+        room = self.service.limits.max_session_tokens - len(prompt)
+        sequence = generalist.sequence(prompt)
+        try:
+            for step in range(min(max_tokens, room)):
+                with self.service.model_lock:
+                    row = sequence.forward()[0, -1]
+                tempered = alg.temper(row, temperature)
+                nucleus = alg.top_p_filter(tempered, top_p) if temperature else tempered
+                new = alg.pick(nucleus, greedy=temperature == 0, generator=generator)
+                sequence.append([new])
+                last = step == min(max_tokens, room) - 1
+                stop = new in generalist.eos_token_ids
+                scored = tempered if self.logprobs_mode == "processed_logprobs" else row
+                yield self._token_choice(request, new, scored, stop or last, stop)
+                if stop:
+                    break
+        finally:
+            sequence.cache = None
+        log_event("completion", prompts=1, prompt_tokens=len(prompt), max_tokens=max_tokens)
+
+    def _token_choice(
+        self, request: CompletionRequest, token: int, row: torch.Tensor, last: bool, stop: bool
+    ) -> dict[str, Any]:
+        """One generated token as a stream chunk's choice."""
+        tokenizer = self.service.generalist.tokenizer
+        name = f"token_id:{token}" if request.return_tokens_as_token_ids else None
+        choice: dict[str, Any] = {
+            "index": 0,
+            "text": tokenizer.decode([token], skip_special_tokens=True),
+            "logprobs": None,
+            "finish_reason": ("stop" if stop else "length") if last else None,
+            "stop_reason": None,
+        }
+        if request.logprobs is not None:
+
+            def label(t: int) -> str:
+                return (
+                    f"token_id:{t}" if request.return_tokens_as_token_ids else tokenizer.decode([t])
+                )
+
+            tops = _top(row, token, request.logprobs)
+            choice["logprobs"] = {
+                "text_offset": [0],
+                "token_logprobs": [vllm_logprob(row[token])],
+                "tokens": [name or tokenizer.decode([token])],
+                "top_logprobs": [{label(u): v for u, (v, _) in tops.items()}],
+            }
+        return choice
+
+    def _completion(self, request: CompletionRequest, choices: list[dict]) -> dict[str, Any]:
+        """A generated completion's choices, merged into one answer (not streamed)."""
+        merged: dict[str, Any] = {
+            "index": 0,
+            "text": "".join(c["text"] for c in choices),
+            "logprobs": None,
+            "finish_reason": choices[-1]["finish_reason"] if choices else "length",
+            "stop_reason": None,
+        }
+        if request.logprobs is not None:
+            merged["logprobs"] = {
+                key: [v for c in choices for v in c["logprobs"][key]]
+                for key in ("text_offset", "token_logprobs", "tokens", "top_logprobs")
+            }
+        return self.answer([merged], len(choices))
+
+    def answer(self, choices: list[dict], completion_tokens: int) -> dict[str, Any]:
+        """An answer (or a stream chunk) holding `choices`."""
+        return {
+            "id": f"cmpl-{secrets.token_hex(8)}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.service.model_name,
+            "choices": choices,
+            "usage": {"completion_tokens": completion_tokens},
+        }
+
+    def _score(self, request: CompletionRequest, max_tokens: int) -> dict[str, Any]:
+        """Prompt log-probs and at most one new token for each prompt of a batch."""
+        temperature = self._temperature(request)
         prompts = self._prompts(request.prompt)
         with self.service.model_lock:
             rows = self._rows(prompts)
@@ -225,8 +334,11 @@ class OpenAICompatible:
         if problem:
             raise ServiceError(400, problem, param="logprob_token_ids")
 
-    def _prompts(self, prompt: list[list[int]] | list[int] | str) -> list[list[int]]:
-        """The request's prompts as token ids, checked against the limits and vocabulary."""
+    def _prompts(
+        self, prompt: list[list[int]] | list[int] | str, most: int | None = None
+    ) -> list[list[int]]:
+        """The request's prompts as token ids, checked against the limits and vocabulary (at
+        most `most` of them; default: a round's worth, `max_draft_tokens` + 1)."""
         limits, generalist = self.service.limits, self.service.generalist
         if isinstance(prompt, str):
             prompts = [generalist.tokenizer.encode(prompt, add_special_tokens=True)]
@@ -236,7 +348,10 @@ class OpenAICompatible:
             prompts = [prompt]
         if not prompts:
             raise ServiceError(400, "prompt is empty", param="prompt")
-        most = limits.max_draft_tokens + 1
+        if most == 1 and len(prompts) > 1:
+            msg = f"prompt holds {len(prompts)} prompts; this server generates for one at a time"
+            raise ServiceError(400, msg, param="prompt")
+        most = most or limits.max_draft_tokens + 1
         if len(prompts) > most:
             msg = (
                 f"prompt holds {len(prompts)} prompts; this server scores at most {most} "
@@ -358,29 +473,18 @@ class OpenAICompatible:
     def tokenize(self, request: TokenizeRequest) -> dict[str, Any]:
         """vLLM's `/tokenize`: a prompt, or messages through the chat template."""
         self._check_model(request.model)
-        tokenizer = self.service.generalist.tokenizer
-        if (request.prompt is None) == (request.messages is None):
-            raise ServiceError(400, "give exactly one of prompt and messages", param="prompt")
-        if request.messages is not None:
-            if not getattr(tokenizer, "chat_template", None):
-                raise ServiceError(400, "this model has no chat template", param="messages")
-            try:
-                text = tokenizer.apply_chat_template(
-                    [_template_turn(message) for message in request.messages],
-                    tokenize=False,
-                    add_generation_prompt=request.add_generation_prompt,
-                    **{"tools": request.tools, **(request.chat_template_kwargs or {})},
-                )
-            except Exception as err:  # a template error is the caller's input
-                raise ServiceError(400, f"chat template failed: {err}", param="messages") from err
-            tokens = tokenizer.encode(text, add_special_tokens=bool(request.add_special_tokens))
-        else:
-            special = True if request.add_special_tokens is None else request.add_special_tokens
-            tokens = tokenizer.encode(request.prompt, add_special_tokens=special)
-        longest = self.service.limits.max_prompt_tokens
-        if len(tokens) > longest:
-            msg = f"{len(tokens)} tokens; max_prompt_tokens is {longest}"
-            raise ServiceError(413, msg, param="prompt")
+        prompt = PublicPrompt(
+            messages=request.messages,
+            chat_template_kwargs=request.chat_template_kwargs,
+            tools=request.tools,
+            prompt=request.prompt,
+        )
+        tokens = encode_public(
+            self.service,
+            prompt,
+            add_generation_prompt=request.add_generation_prompt,
+            add_special_tokens=request.add_special_tokens,
+        )
         return {"count": len(tokens), "max_model_len": self.max_model_len, "tokens": tokens}
 
     @property

@@ -22,6 +22,8 @@ import torch
 
 from langchain_specsteer import SpecSteerLLM
 from langchain_specsteer import algorithms as alg
+from langchain_specsteer.server import create_app
+from langchain_specsteer.testing import BackgroundServer
 from langchain_specsteer.verification import (
     Generalist,
     GeneralistError,
@@ -215,7 +217,8 @@ def test_the_generalist_lost_with_rounds_in_flight_keeps_what_was_verified(lagge
     assert run.stats.degraded and len(remote.sent) > 4
     assert len(ids) == run.stats.new_tokens == 30 or run.stats.finish_reason == "eos"
     full = [t for r in reference.rounds(PROMPTS[0], private_context=CONTEXT) for t in r.tokens]
-    common = next((i for i, (a, b) in enumerate(zip(ids, full, strict=False)) if a != b), 0)
+    pairs = zip([*ids, -1], [*full, -2], strict=False)
+    common = next(i for i, (a, b) in enumerate(pairs) if a != b)
     assert common > 0  # the rounds verified before the failure
     private = llm.render_prompts(PROMPTS[0], CONTEXT).private
     rest = llm.specialist.model.generate(
@@ -230,3 +233,69 @@ def test_rounds_in_flight_is_validated_and_in_process_stays_one_at_a_time(make_l
     llm = make_llm(rounds_in_flight=4, **LOOSE)
     _, info = generate(llm, PROMPTS[0])
     assert info["voided_rounds"] == 0 and info["generalist_calls"] == info["rounds"]
+
+
+# ---------------------------------------------------------------- over HTTP
+
+
+@pytest.mark.parametrize("client", ["session", "openai"])
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_rounds_in_flight_over_http_write_the_in_process_text(
+    make_llm, make_remote_llm, verifier, client, api
+):
+    expected, _ = generate(make_llm(**LOOSE), PROMPTS[0])
+    llm = make_remote_llm(client, rounds_in_flight=4, **LOOSE)
+    if api == "sync":
+        text, info = generate(llm, PROMPTS[0])
+    else:
+        result = asyncio.run(llm.agenerate([PROMPTS[0]], private_context=CONTEXT))
+        text, info = result.generations[0][0].text, result.generations[0][0].generation_info
+    assert text == expected
+    assert info["voided_rounds"] > 0 and not info["degraded"]
+
+
+def test_a_session_lost_with_rounds_in_flight_is_reopened(make_llm, make_remote_llm, verifier):
+    """The service forgets every session after the second round: the rounds in flight find
+    it gone, one reopens it under a new name with every generated token, and the text is
+    the in-process one."""
+    expected, _ = generate(make_llm(max_new_tokens=32, **LOOSE), PROMPTS[0])
+    llm = make_remote_llm(rounds_in_flight=4, max_new_tokens=32, **LOOSE)
+    run = llm.rounds(PROMPTS[0], private_context=CONTEXT)
+    ids = []
+    for i, round_ in enumerate(run):
+        ids += round_.tokens
+        if i == 1:
+            with verifier.service._sessions_lock:
+                verifier.service.sessions.clear()
+    assert llm.specialist.tokenizer.decode(ids, skip_special_tokens=True) == expected
+    assert llm.generalist.stats.reopened >= 1 and not run.stats.degraded
+
+
+def test_a_service_failing_with_rounds_in_flight_degrades_keeping_the_verified_text(
+    make_llm, make_remote_llm, verifier
+):
+    from tests.langchain_specsteer.test_remote import Flaky
+
+    reference = make_llm(max_new_tokens=32, **LOOSE)
+    full = [t for r in reference.rounds(PROMPTS[0], private_context=CONTEXT) for t in r.tokens]
+    flaky = Flaky(create_app(verifier.service), fail=set(range(3, 1000)))
+    with BackgroundServer(flaky) as server:
+        llm = make_remote_llm(
+            url=server.url,
+            rounds_in_flight=4,
+            max_new_tokens=32,
+            client_options={"max_retries": 1, "backoff_s": 0.01},
+            **LOOSE,
+        )
+        run = llm.rounds(PROMPTS[0], private_context=CONTEXT)
+        ids = [t for r in run for t in r.tokens]
+    assert run.stats.degraded and "503" in run.stats.degraded_reason
+    assert len(ids) == 32 == run.stats.new_tokens
+    pairs = zip([*ids, -1], [*full, -2], strict=False)
+    common = next(i for i, (a, b) in enumerate(pairs) if a != b)
+    assert common > 0  # the rounds verified before the failure open the text ...
+    private = llm.render_prompts(PROMPTS[0], CONTEXT).private
+    rest = llm.specialist.model.generate(
+        torch.tensor([private + ids[:common]]), do_sample=False, max_new_tokens=32 - common
+    )[0, len(private) + common :].tolist()
+    assert ids[common:] == rest  # ... and the specialist writes the rest after them

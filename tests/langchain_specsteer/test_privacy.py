@@ -15,6 +15,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.output_parsers import StrOutputParser
 
 from langchain_specsteer import METHODS
+from langchain_specsteer.methods import METHOD_SPECS
 from langchain_specsteer.models import TokenSequence
 from tests.conftest import PROMPTS
 
@@ -230,15 +231,21 @@ def test_retrieved_memory_never_reaches_the_public_side(make_llm, recorded, tmp_
     assert "Zorblax" not in callbacks.seen[0]
 
 
-SESSION_FIELDS = {
-    "prompt_ids", "q_gen_prompt_ids", "temperature", "top_m", "vocab_size",  # open
-    "position", "append", "draft", "rule", "gamma", "uniforms",  # round
+OPEN_FIELDS = {
+    "prompt_ids", "q_gen_prompt_ids", "temperature", "top_m", "vocab_size",  # specsteer/1
+    "public_prompt", "vocab_signature",  # specsteer/2: public turns, the expected vocabulary
 }  # fmt: skip
+PUBLIC_PROMPT_FIELDS = {"messages", "chat_template_kwargs", "tools", "prompt", "then_ids"}
+SESSION_FIELDS = OPEN_FIELDS | {
+    "position", "append", "draft", "rule", "gamma", "uniforms",  # round
+    "seq", "speculative", "open",  # specsteer/2: the round's number, sent ahead, the opening
+}  # fmt: skip
+STREAM_FIELDS = {"stream", "seed", "top_p"}  # method "generalist": one streamed completion
 OPENAI_FIELDS = {
     "model", "prompt", "max_tokens", "temperature", "logprobs", "prompt_logprobs",
     "return_tokens_as_token_ids",
     "logprob_token_ids",  # exact_drafts' second request: the draft's own ids (output)
-}  # fmt: skip
+} | STREAM_FIELDS  # fmt: skip
 TOKENIZE_FIELDS = {
     "model",
     "prompt",
@@ -264,7 +271,8 @@ def id_lists(value) -> list[list[int]]:
 @pytest.mark.parametrize("method", METHODS)
 def test_nothing_private_crosses_the_wire(make_remote_llm, verifier, tmp_path, method, client):
     """Every request the verifier service receives (URL and body) is recorded, for a call with
-    a private context and one whose context is retrieved from private memory."""
+    a private context and one whose context is retrieved from private memory, with rounds in
+    flight (sent ahead of verdicts, on drafts and guessed tokens)."""
     from retrievers import PersonalBM25Retriever, PrivateMemory
 
     decode = verifier.service.generalist.tokenizer.decode
@@ -281,6 +289,7 @@ def test_nothing_private_crosses_the_wire(make_remote_llm, verifier, tmp_path, m
             gamma=0.3,
             max_new_tokens=16,
             retriever=bm25,
+            rounds_in_flight=4,
         )
         verifier.requests.clear()
         explicit = llm.generate([PROMPTS[0]], private_context=[SECRET, "I hate mornings."])
@@ -303,9 +312,11 @@ def test_nothing_private_crosses_the_wire(make_remote_llm, verifier, tmp_path, m
         assert any(r["path"].endswith(("/rounds", "/completions")) for r in requests)
     # runs the public prompts share with the secret (" quantum") are public
     secret_runs = runs(encode(SECRET), 5) - runs(encode(prompt), 5) - runs(encode(PROMPTS[0]), 5)
-    allowed = (SESSION_FIELDS if client == "session" else OPENAI_FIELDS) | TOKENIZE_FIELDS
+    allowed = (SESSION_FIELDS if client == "session" else set()) | OPENAI_FIELDS | TOKENIZE_FIELDS
     if client == "openai-top20" and method == "specsteer":  # its second requests were made
         assert any(b"logprob_token_ids" in r["body"] for r in requests)
+    if client == "session" and METHOD_SPECS[method].drafts:  # rounds were sent ahead
+        assert any(b'"speculative":true' in r["body"] for r in requests)
     for request in requests:
         raw = request["path"] + request["query"] + request["body"].decode()
         for word in ("Zorblax", "4417", "Quibble", "mornings", "Crunchy", "marmalade"):
@@ -314,6 +325,10 @@ def test_nothing_private_crosses_the_wire(make_remote_llm, verifier, tmp_path, m
             continue
         body = json.loads(request["body"])
         assert set(body) <= allowed, set(body) - allowed  # no field could carry q_ctx values
+        opening = body.get("open") or {}
+        assert set(opening) <= OPEN_FIELDS, set(opening) - OPEN_FIELDS
+        public_prompt = opening.get("public_prompt") or {}
+        assert set(public_prompt) <= PUBLIC_PROMPT_FIELDS
         for ids in id_lists(body):
             assert not runs(ids, 5) & secret_runs
             assert "Zorblax" not in decode(ids) and "4417" not in decode(ids)
@@ -470,7 +485,7 @@ def test_a_private_tool_result_never_crosses_the_wire(
         assert recorded["generalist_inputs"]
     decode = verifier.service.generalist.tokenizer.decode
     secret_runs = tool_secret_runs(verifier.service.generalist.tokenizer, 5)
-    allowed = (SESSION_FIELDS if client == "session" else OPENAI_FIELDS) | TOKENIZE_FIELDS
+    allowed = (SESSION_FIELDS if client == "session" else set()) | OPENAI_FIELDS | TOKENIZE_FIELDS
     for request in requests:
         raw = request["path"] + request["query"] + request["body"].decode()
         for word in ("Zorblax", "4417", "Quibble", "marmalade"):

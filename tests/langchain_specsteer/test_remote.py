@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import itertools
 import json
 import re
 import socket
@@ -28,6 +27,15 @@ from langchain_specsteer.verification import GeneralistError
 from tests.conftest import CONTEXT, PROMPTS
 
 COUNTS = ("new_tokens", "rounds", "drafted", "accepted", "generalist_calls", "finish_reason")
+
+
+def remote_counts(local_info, method):
+    """The in-process run's counters as a remote run reports them: the generalist alone is one
+    streamed completion over the network."""
+    counts = {k: local_info[k] for k in COUNTS}
+    if method == "generalist":
+        counts["generalist_calls"] = 1
+    return counts
 
 
 def generate(llm, prompt=PROMPTS[0], context=CONTEXT, api="sync", **kwargs):
@@ -67,9 +75,9 @@ def test_remote_output_equals_in_process(make_llm, make_remote_llm, method, clie
     remote_llm = make_remote_llm(client, method=method, gamma=0.3)
     remote_text, remote_info = generate(remote_llm)
     assert remote_text == local_text
-    assert {k: remote_info[k] for k in COUNTS} == {k: local_info[k] for k in COUNTS}
+    assert {k: remote_info[k] for k in COUNTS} == remote_counts(local_info, method)
     assert remote_info["degraded"] is False
-    if method != "specialist":
+    if method not in ("specialist", "generalist"):
         assert remote_llm.generalist.stats.requests >= local_info["generalist_calls"]
 
 
@@ -321,15 +329,28 @@ def test_a_cloud_down_before_the_call_gives_the_specialists_text(
         generate(llm, on_generalist_error="raise")
 
 
-def test_a_local_tokenizer_saves_the_tokenize_request(make_remote_llm, verifier, generalist):
+def test_no_request_comes_before_the_first_round(make_remote_llm, verifier, generalist):
+    """specsteer/2: the first rounds carry the opening (the public turns for the service to
+    render, or the ids a local tokenizer encoded), so a generation's first request is a round;
+    the texts agree either way."""
     plain = make_remote_llm(method="specsteer")
     local = make_remote_llm(method="specsteer", client_options={"tokenizer": generalist.tokenizer})
-    verifier.requests.clear()
-    assert local.invoke(PROMPTS[2], private_context=CONTEXT) == plain.invoke(
-        PROMPTS[2], private_context=CONTEXT
-    )
-    tokenize_calls = [r for r in verifier.requests if r["path"] == "/tokenize"]
-    assert len(tokenize_calls) == 1  # the plain client's only
+    assert plain.generalist.info == local.generalist.info  # once per client, cached
+    openings = []
+    for llm in (plain, local):
+        verifier.requests.clear()
+        texts = llm.invoke(PROMPTS[2], private_context=CONTEXT)
+        llm.generalist.wait_released()
+        paths = [r["path"] for r in verifier.requests if r["method"] != "DELETE"]
+        assert paths[0].endswith("/rounds") and "/tokenize" not in paths, paths
+        assert not any(p.endswith("/sessions") for p in paths)  # no opening request
+        first = json.loads(next(r for r in verifier.requests if r["method"] == "POST")["body"])
+        openings.append(first["open"])
+        assert first["seq"] == 0 and first["open"]["vocab_signature"]
+        assert texts == plain.invoke(PROMPTS[2], private_context=CONTEXT)
+    assert openings[0]["public_prompt"]["prompt"]  # the tiny pair has no chat template
+    assert openings[0]["prompt_ids"] is None
+    assert openings[1]["prompt_ids"] and openings[1]["public_prompt"] is None
     other = make_remote_llm(client_options={"tokenizer": _OtherVocab()})
     with pytest.raises(ValueError, match="not the service's generalist's"):
         other.invoke(PROMPTS[0])
@@ -497,7 +518,7 @@ def test_blocking_calls_release_their_sessions_on_one_thread(make_remote_llm):
     for _ in range(3):
         llm.invoke(PROMPTS[0])
         llm.generalist.wait_released()
-    releasing = [thread for thread in threads if thread is not threading.current_thread()]
+    releasing = [thread for thread in threads if thread.name == "specsteer-release"]
     assert len(releasing) == 3 and len(set(releasing)) == 1
 
 
@@ -589,7 +610,7 @@ def test_both_scoring_modes_give_the_in_process_text(make_llm, make_remote_llm, 
     llm = make_remote_llm("openai", method=method, gamma=0.3, client_options={"scoring": scoring})
     text, info = generate(llm)
     assert text == local_text
-    assert {k: info[k] for k in COUNTS} == {k: local_info[k] for k in COUNTS}
+    assert {k: info[k] for k in COUNTS} == remote_counts(local_info, method)
     assert info["degraded"] is False and info["rounds"] > 0
 
 
@@ -780,6 +801,11 @@ def _choice(index, row):
 GOOD_ROWS = [{"token_id:5": -0.5, "token_id:7": -1.5}, {"token_id:9": -0.25, "token_id:5": -2.0}]
 
 
+def _fill_in_answer(body):
+    """A well-formed answer to the draft-values request: nothing listed at any prefix."""
+    return {"choices": [_choice(i, {}) for i in range(len(body["prompt"]))]}
+
+
 @pytest.mark.parametrize(
     ("status", "answer", "match"),
     [
@@ -803,6 +829,9 @@ def test_malformed_or_refused_answers_are_generalist_errors(status, answer, matc
     import httpx
 
     def reply(request):
+        body = json.loads(request.content)
+        if "logprob_token_ids" in body:  # the draft's own values, asked alongside: well formed
+            return httpx.Response(200, json=_fill_in_answer(body))
         if answer == "not json":
             return httpx.Response(status, content=b"<html>")
         return httpx.Response(status, json=answer)
@@ -814,12 +843,15 @@ def test_malformed_or_refused_answers_are_generalist_errors(status, answer, matc
     with pytest.raises(GeneralistError, match=match):
         session.verify([5], "device", 0.5)
     answer_reversed = {"choices": [_choice(1, GOOD_ROWS[1]), _choice(0, GOOD_ROWS[0])]}
+
+    def reversed_reply(request):
+        body = json.loads(request.content)
+        if "logprob_token_ids" in body:
+            return httpx.Response(200, json=_fill_in_answer(body))
+        return httpx.Response(200, json=answer_reversed)
+
     client = _openai(
-        "http://scorer",
-        "m",
-        wrap_transport=lambda t: httpx.MockTransport(
-            lambda r: httpx.Response(200, json=answer_reversed)
-        ),
+        "http://scorer", "m", wrap_transport=lambda t: httpx.MockTransport(reversed_reply)
     )
     rows = client.open_session([1, 2], vocab_size=16).verify([5], "device", 0.5).log_p_G
     assert rows[0, 5] == -0.5 and rows[0, 7] == -1.5 and rows[1, 9] == -0.25
@@ -834,12 +866,12 @@ def test_malformed_or_refused_answers_are_generalist_errors(status, answer, matc
     [
         (200, "not json", "unexpected /v1/completions answer"),
         (200, {"choices": []}, "expected 1 choices"),
-        (400, {"error": {"message": "unknown field", "code": 400}}, "outside the top m.*400"),
+        (400, {"error": {"message": "unknown field", "code": 400}}, "own log-probs.*400"),
     ],
 )
 def test_a_malformed_or_refused_fill_in_answer_is_a_generalist_error(status, answer, match):
-    """The second request of `exact_drafts` (a draft token outside the top m) is read as
-    carefully as the first."""
+    """The second request of `exact_drafts` (the draft tokens' own values, sent with the
+    first) is read as carefully as the first."""
     import httpx
 
     def reply(request):
@@ -950,8 +982,8 @@ def test_bad_batches_and_sampling_processors_get_4xx(verifier, body, status, par
 
 @pytest.mark.parametrize("method", ["specsteer", "speculative"])
 def test_prefix_scoring_at_m_20_equals_prompt_logprobs(make_remote_llm, verifier, method):
-    """At m = 20 a draft token outside the top 20 at its position is asked for in a second
-    request (vLLM's logprob_token_ids), so prefix scoring decides every round as prompt
+    """At m = 20 the draft tokens' own values are asked for in a second request sent with the
+    first (vLLM's logprob_token_ids), so prefix scoring decides every round as prompt
     log-probs do (exactly) and writes the same text; greedy speculative never needs it."""
     fields = {"method": method, "gamma": 0.3, "max_new_tokens": 24}
 
@@ -959,11 +991,14 @@ def test_prefix_scoring_at_m_20_equals_prompt_logprobs(make_remote_llm, verifier
         verifier.requests.clear()
         llm = make_remote_llm("openai", hint=20, client_options=options, **fields)
         text, info = generate(llm, api=api)
-        bodies = [json.loads(r["body"]) for r in verifier.requests if r["body"]]
-        # each fill-in follows its round's request: (that round's prompts, the fill-in)
+        bodies = [
+            json.loads(r["body"]) for r in verifier.requests if r["path"] == "/v1/completions"
+        ]
+        scoring = [b["prompt"] for b in bodies if "logprob_token_ids" not in b]
+        # each fill-in goes with its round's request: (that round's prompts, the fill-in)
         fill_ins = [
-            (before["prompt"], body)
-            for before, body in itertools.pairwise(bodies)
+            (next(p for p in scoring if all(q in p for q in body["prompt"])), body)
+            for body in bodies
             if "logprob_token_ids" in body
         ]
         return text, {k: info[k] for k in COUNTS}, fill_ins
@@ -975,7 +1010,7 @@ def test_prefix_scoring_at_m_20_equals_prompt_logprobs(make_remote_llm, verifier
     if method == "speculative":
         assert fill_ins == []
         return
-    assert fill_ins  # some drafts fell outside the top 20
+    assert fill_ins  # every ratio-tested round asks
     for prompts, body in fill_ins:  # again some of the round's prefixes; drafted ids asked
         assert body["logprobs"] == 0 and body["max_tokens"] == 1
         assert body["prompt"] and all(prompt in prompts for prompt in body["prompt"])

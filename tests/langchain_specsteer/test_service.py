@@ -410,11 +410,12 @@ def test_completions_subset_matches_vllm_shapes(http, verifier, generalist):
 @pytest.mark.parametrize(
     ("body", "status", "param"),
     [
-        ({"prompt": [1], "max_tokens": 5}, 400, "max_tokens"),
+        ({"prompt": [1], "max_tokens": 5, "echo": True}, 400, "max_tokens"),
+        ({"prompt": [1], "max_tokens": 5, "prompt_logprobs": 1}, 400, "max_tokens"),
         ({"prompt": [1], "max_tokens": 0}, 400, "max_tokens"),
         ({"prompt": [1], "max_tokens": 1, "logprobs": 10**6}, 400, "logprobs"),
         ({"prompt": [1], "max_tokens": 1, "prompt_logprobs": -2}, 400, "prompt_logprobs"),
-        ({"prompt": [1], "max_tokens": 1, "stream": True}, 400, "stream"),
+        ({"prompt": [[1], [2]], "max_tokens": 4, "stream": True}, 400, "prompt"),
         ({"prompt": [1], "max_tokens": 1, "n": 2}, 400, "n"),
         ({"prompt": [1], "max_tokens": 1, "model": "gpt-9"}, 404, "model"),
         ({"prompt": [], "max_tokens": 1}, 400, "prompt"),

@@ -1,0 +1,354 @@
+"""Replay recorded rounds under other schedules: how long drafts and rounds in flight should
+be at a given round trip (docs/concepts.md, "Over a network").
+
+    python -m eval.replay --data data/world --split val --examples 12 --out runs/replay
+
+1. **Record** (in-process, the demo pair): SpecSteer drafts `--record-k` tokens a round and,
+   at every drafted position i, notes q_ctx(d_i) (the device's confidence), whether the ratio
+   test accepts d_i, and whether the fused recovery would pick d_i there (whether a guess of a
+   round's last token at i would hold). A rejection ends the round there, as in a real run,
+   so the recorded positions are the text SpecSteer writes. It also times a specialist step
+   and the generalist's verification of 1 to `--record-k` tokens.
+2. **Replay** each schedule on those positions with a cost model (specialist steps, the
+   verification's fixed and per-token cost, the round trip, the device's work on a verdict):
+   one round at a time with a fixed K, "auto" with a fixed `draft_stop` or the round's cost
+   (`algorithms.worth_drafting`), and rounds in flight (fixed depth, or
+   `algorithms.send_ahead`). The round's tokens and time follow the recorded outcomes; a
+   void round costs the generalist side its verification and commits nothing.
+
+The replay is a model: a wrong guess of a round's last token changes the text after it, and
+the replay goes on with the recorded text instead (what a run recovers there is as likely to
+be drafted well as what it recorded). eval/bench_network.py measures the real thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eval.cli import HelpFormatter
+from eval.harness import Phases, load_cases, machine_info, write_outputs
+from eval.pair import DEMO_PAIR, load_llm
+from eval.tables import num, table
+from langchain_specsteer import algorithms as alg
+
+__all__ = ["Costs", "Position", "Schedule", "record", "replay"]
+
+
+@dataclass(frozen=True)
+class Position:
+    """One drafted position of the recorded text.
+
+    Attributes:
+        confidence: q_ctx(d_i) of the drafted token.
+        accepted: whether the ratio test accepts it.
+        guessed: whether the fused recovery there picks the drafted token (a round ending
+            just before it would have its last token guessed right).
+    """
+
+    confidence: float
+    accepted: bool
+    guessed: bool
+
+
+@dataclass(frozen=True)
+class Costs:
+    """What the replay charges, in seconds.
+
+    Attributes:
+        step: one specialist step on the device.
+        verify_fixed: the generalist side's verification of a round, its fixed part.
+        verify_token: ... and per verified position (k drafts + 1).
+        finish: the device's work on a verdict (recovery, commit).
+    """
+
+    step: float
+    verify_fixed: float
+    verify_token: float
+    finish: float
+
+    def verify(self, k: int) -> float:
+        return self.verify_fixed + self.verify_token * (k + 1)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How a device drafts and sends: a name, the draft length rule and the depth rule.
+
+    Attributes:
+        draft: an integer K, or "stop=<p>" (`keep_drafting` at p), or "cost"
+            (`worth_drafting` on the round's cost).
+        depth: rounds in flight at most (1: one at a time).
+        ahead: "fixed" (always `depth`) or "send_ahead" (`algorithms.send_ahead`).
+    """
+
+    name: str
+    draft: int | str
+    depth: int = 1
+    ahead: str = "fixed"
+
+
+SCHEDULES = (
+    Schedule("K=6", 6),
+    Schedule("K=16", 16),
+    Schedule("auto, draft_stop 0.1", "stop=0.1"),
+    Schedule("auto, by round cost", "cost"),
+    Schedule("in flight: K=6, depth 4", 6, 4),
+    Schedule("in flight: K=3, depth 8", 3, 8),
+    Schedule("in flight: by round cost, send_ahead", "cost", 8, "send_ahead"),
+)
+
+
+# ---------------------------------------------------------------- recording
+
+
+def record(llm: Any, cases: Sequence[Any], k: int, phases: Phases) -> list[list[Position]]:
+    """Each case's drafted positions, as SpecSteer verifies them with K = k in-process."""
+    texts: list[list[Position]] = []
+    for case in phases.each("record", cases):
+        positions: list[Position] = []
+        run = llm.rounds(case.prompt, private_context=case.documents, draft_tokens=k)
+
+        def watch(draft, verdict, accepted, positions=positions) -> None:
+            n = accepted.verified
+            rows = range(min(n + 1, len(draft.ids)))
+            for i in rows:
+                d = draft.ids[i]
+                fused = verdict.log_p_G[i] + llm.alpha * (draft.q_ctx[i] - draft.q_gen[i])
+                positions.append(
+                    Position(
+                        confidence=float(draft.q_ctx[i][d].exp()),
+                        accepted=i < n,
+                        guessed=int(fused.argmax()) == d,
+                    )
+                )
+
+        run.watchers.append(watch)
+        for _ in run:
+            pass
+        texts.append(positions)
+    return texts
+
+
+def measure_costs(llm: Any, case: Any, k: int, repeats: int = 5) -> Costs:
+    """A specialist step, and the generalist's verification of 1 and `k` drafts, timed."""
+    prompts = llm.render_prompts(case.prompt, case.documents)
+    seq = llm.specialist.sequence(prompts.private)
+    seq.forward()
+    steps = []
+    for token in prompts.public_specialist[:repeats]:
+        seq.append([token])
+        start = time.perf_counter()
+        seq.forward()
+        steps.append(time.perf_counter() - start)
+
+    def verify(n: int) -> float:
+        times = []
+        for _ in range(repeats):
+            session = llm.generalist.open_session(
+                prompts.public_generalist, vocab_size=llm._engine.vocab_size
+            )
+            session.verify([], "none", llm.gamma)  # the prompt's prefill, not counted
+            session.commit(0, prompts.public_generalist[-1])
+            start = time.perf_counter()
+            session.verify(prompts.public_generalist[:n], "none", llm.gamma)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    one, many = verify(1), verify(k)
+    per_token = max(0.0, (many - one) / (k - 1))
+    return Costs(
+        step=statistics.median(steps),
+        verify_fixed=max(0.0, one - 2 * per_token),
+        verify_token=per_token,
+        finish=statistics.median(steps),  # recovery reads rows it has: about a step
+    )
+
+
+# ---------------------------------------------------------------- replaying
+
+
+def _draft_length(schedule: Schedule, text: list[Position], at: int, round_steps: float) -> int:
+    """How many tokens the schedule drafts from position `at` (at most to the text's end)."""
+    left = len(text) - at
+    if isinstance(schedule.draft, int):
+        return max(0, min(schedule.draft, left))
+    confidences: list[float] = []
+    for i in range(min(16, left)):
+        confidences.append(text[at + i].confidence)
+        if schedule.draft == "cost":
+            more = alg.worth_drafting(confidences, 1.0, round_steps)
+        else:
+            more = alg.keep_drafting(confidences, 1.0, float(schedule.draft.split("=")[1]))
+        if not more:
+            return i + 1
+    return len(confidences)
+
+
+@dataclass
+class Outcome:
+    """What a replay of one schedule at one round trip produced."""
+
+    tokens: int = 0
+    seconds: float = 0.0
+    requests: int = 0
+    voided: int = 0
+    round_trips_waited: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else math.nan
+
+
+def replay(texts: list[list[Position]], schedule: Schedule, rtt: float, costs: Costs) -> Outcome:
+    """Every text under `schedule` at round trip `rtt` (seconds)."""
+    out = Outcome()
+    round_steps = (rtt + costs.verify(6) + costs.finish) / costs.step
+    for text in texts:
+        _replay_one(text, schedule, rtt, costs, round_steps, out)
+    return out
+
+
+def _replay_one(
+    text: list[Position],
+    schedule: Schedule,
+    rtt: float,
+    costs: Costs,
+    round_steps: float,
+    out: Outcome,
+) -> None:
+    """One text: the device drafts, sends and waits; the generalist side serves rounds in the
+    order they arrive, one at a time."""
+    at, clock, server_free = 0, 0.0, 0.0
+    while at < len(text):
+        # Draft and send rounds: each after the last one's drafts and a guess of its end.
+        flights: list[tuple[int, int, float]] = []  # (start, k, verdict time)
+        start, chance = at, 1.0
+        while True:
+            k = _draft_length(schedule, text, start, round_steps)
+            guess = 1 if flights else 0
+            clock += (k + guess) * costs.step
+            served = max(clock + rtt / 2, server_free)
+            server_free = served + costs.verify(k)
+            flights.append((start, k, server_free + rtt / 2))
+            out.requests += 1
+            for p in text[start : start + k + 1]:
+                chance *= p.confidence
+            start += k + 1
+            if len(flights) >= schedule.depth or start >= len(text) or k == 0:
+                break
+            if schedule.ahead == "send_ahead":
+                ahead = sum(f[1] + 1 for f in flights)
+                if not alg.send_ahead(chance, ahead, round_steps):
+                    break
+            if clock >= flights[0][2]:  # the oldest verdict is in: take it first
+                break
+        # Take verdicts in order until one voids the rest.
+        for index, (first, k, due) in enumerate(flights):
+            clock = max(clock, due) + costs.finish
+            rejected = next((i for i in range(k) if not text[first + i].accepted), None)
+            at = first + (k if rejected is None else rejected) + 1
+            out.tokens += at - first
+            last = index == len(flights) - 1
+            holds = rejected is None and not last and first + k < len(text)
+            if holds and text[first + k].guessed:
+                continue
+            out.voided += len(flights) - index - 1
+            break
+    out.seconds += clock
+
+
+# ---------------------------------------------------------------- the command
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.replay", description=__doc__, formatter_class=HelpFormatter
+    )
+    parser.add_argument("--data", default="data/world", help="held-out data (the world)")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--examples", type=int, default=12)
+    parser.add_argument("--k", type=int, default=3, help="profile entries retrieved")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--gamma", type=float, default=None, help="default: the package's")
+    parser.add_argument("--record-k", type=int, default=16, help="drafts a recorded round")
+    parser.add_argument("--rtts", default="0,20,50,100", help="round trips (ms) to replay at")
+    parser.add_argument("--pair", default=str(DEMO_PAIR), help="a pair folder")
+    parser.add_argument("--out", default="runs/replay")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    pair = Path(args.pair)
+    fields = {"max_new_tokens": args.max_new_tokens}
+    if args.gamma is not None:
+        fields["gamma"] = args.gamma
+    llm = load_llm(
+        str(pair / "specialist"),
+        str(pair / "generalist"),
+        "product_review",
+        device="cpu",
+        dtype=None,
+        **fields,
+    )
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    cases = load_cases(args.data, args.split, args.examples, args.k, write_world=True)
+    phases = Phases("replay", quiet=args.quiet)
+    texts = record(llm, cases, args.record_k, phases)
+    costs = measure_costs(llm, cases[0], args.record_k)
+    rtts = [float(x) for x in args.rtts.split(",")]
+    rows: list[dict[str, Any]] = []
+    for schedule in SCHEDULES:
+        for rtt in rtts:
+            outcome = replay(texts, schedule, rtt / 1e3, costs)
+            rows.append(
+                {
+                    "schedule": schedule.name,
+                    "rtt_ms": rtt,
+                    "tokens_per_second": outcome.tokens_per_second,
+                    "requests_per_token": outcome.requests / outcome.tokens,
+                    "voided_per_token": outcome.voided / outcome.tokens,
+                }
+            )
+    positions = [p for text in texts for p in text]
+    record_ = {
+        "machine": machine_info(),
+        "settings": vars(args) | {"gamma": llm.gamma, "alpha": llm.alpha},
+        "costs": asdict(costs),
+        "positions": len(positions),
+        "accepted": sum(p.accepted for p in positions) / len(positions),
+        "guessed": sum(p.guessed for p in positions) / len(positions),
+        "rows": rows,
+    }
+    write_outputs(Path(args.out), "replay", record_, report(record_, rtts))
+    print(report(record_, rtts))
+
+
+def report(record_: dict[str, Any], rtts: Sequence[float]) -> str:
+    """The replayed tokens/s per schedule and round trip, as Markdown."""
+    by = {(r["schedule"], r["rtt_ms"]): r for r in record_["rows"]}
+    names = list(dict.fromkeys(r["schedule"] for r in record_["rows"]))
+    header = ["schedule", *[f"{rtt:g} ms" for rtt in rtts]]
+    body = [
+        [name, *[num(by[name, rtt]["tokens_per_second"], ".1f") for rtt in rtts]] for name in names
+    ]
+    c = record_["costs"]
+    lines = [
+        f"Replayed tokens/s ({record_['positions']} recorded positions: "
+        f"{record_['accepted']:.1%} accepted, guesses right at {record_['guessed']:.1%}; "
+        f"step {c['step'] * 1e3:.2f} ms, verification {c['verify_fixed'] * 1e3:.2f} ms + "
+        f"{c['verify_token'] * 1e3:.2f} ms a position)",
+        "",
+        table(header, body),
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
