@@ -5,10 +5,15 @@ Their packages come with `bash scripts/install.sh --test`; without them (or with
 for the module (GGUF parsing and dequantisation take most of this file's time), each pair is
 one `SpecSteerLLM` (the byte tables of Gemma's 262,144 tokens are built once), and every
 generation is short.
+
+The same files also run on llama.cpp, quantised (`LlamaCppSpecialist`, the `llamacpp`
+extra; skipped without it): its texts against `transformers`' own, its rows against the
+dequantised model's.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import pytest
@@ -20,6 +25,10 @@ from langchain_specsteer import METHODS, LocalGeneralist, LocalSpecialist, SpecS
 
 REASON = missing()
 real = pytest.mark.skipif(REASON is not None, reason=f"the real pair is not installed: {REASON}")
+llamacpp = pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None,
+    reason='llama.cpp is not installed: pip install "langchain-specsteer[llamacpp]"',
+)
 
 PROMPT = "Write a short review of a pair of running shoes."
 CONTEXT = "My locker code is 7391 and my cat is called Quibblefrost. I run on forest trails."
@@ -191,3 +200,149 @@ def test_a_widened_tokenizer_keeps_its_tokens_and_specials():
         assert wide.decode(wide.encode(text)) == tokenizer.decode(tokenizer.encode(text))
     assert (wide.bos_token, wide.eos_token) == (tokenizer.bos_token, tokenizer.eos_token)
     assert wide.eos_token_id == tokenizer.eos_token_id
+
+
+# --------------------------------------------------------------------- llama.cpp
+
+
+@pytest.fixture(scope="module")
+def smollm2_llama(smollm2):
+    """SmolLM2's file on llama.cpp, quantised (the tokenizer object is `smollm2`'s: the same
+    reading of the same file, and it saves loading it twice)."""
+    from langchain_specsteer.llamacpp import LlamaCppSpecialist
+
+    return LlamaCppSpecialist(smollm2_gguf(), tokenizer=smollm2.tokenizer, n_threads=2)
+
+
+@pytest.fixture(scope="module")
+def gemma3_llama(gemma3):
+    """Gemma 3's file on llama.cpp, as a specialist."""
+    from langchain_specsteer.llamacpp import LlamaCppSpecialist
+
+    return LlamaCppSpecialist(gemma3_gguf(), tokenizer=gemma3.tokenizer, n_threads=2)
+
+
+def llama_tokenize(lm, text: str) -> list[int]:
+    """llama.cpp's own tokenization of `text` (no BOS; special tokens parsed)."""
+    import llama_cpp
+
+    data = text.encode()
+    out = (llama_cpp.llama_token * (len(data) + 8))()
+    n = llama_cpp.llama_tokenize(lm._vocab, data, len(data), out, len(out), False, True)
+    return list(out[:n])
+
+
+TEXTS = (
+    PROMPT,
+    CONTEXT,
+    "Le café est délicieux 😀",
+    "  two  spaces\n\nand\ttabs",
+    "def f(x):\n    return x**2  # 10,000 times",
+    "<|im_start|>user\nHi<|im_end|>",
+)
+
+
+@real
+@llamacpp
+def test_the_files_tokenizer_gives_llamacpps_own_ids(smollm2_llama, gemma3_llama):
+    for lm in (smollm2_llama, gemma3_llama):
+        assert lm.vocab_size == lm.output_width == len(lm.tokenizer)
+        for text in TEXTS:
+            assert lm.tokenizer.encode(text, add_special_tokens=False) == llama_tokenize(lm, text)
+    # llama.cpp's end-of-generation tokens, beside the tokenizer's end of text
+    assert {2} < smollm2_llama.eos_token_ids and {1, 106} <= gemma3_llama.eos_token_ids
+
+
+@real
+@llamacpp
+@pytest.mark.parametrize("which", ["smollm2", "gemma3"])
+def test_llamacpp_rows_are_the_dequantised_rows_within_quantisation_noise(request, which):
+    """Teacher-forced over the private prompt and `transformers`' greedy continuation: the
+    quantised runtime computes with 8-bit activations and float16 attention, so its rows move
+    a little (measured on 99 positions: top-1 |Δ log p| at most 0.20 (SmolLM2) and 0.18
+    (Gemma), mean KL 0.004 and 0.003, argmax agreeing at 98 % and 99 %)."""
+    hf = request.getfixturevalue(which)
+    lm = request.getfixturevalue(f"{which}_llama")
+    ids = hf.encode(f"{CONTEXT}\n\n{PROMPT}", chat=True)
+    seq = hf.sequence(ids)
+    for _ in range(16):
+        seq.append([int(seq.forward()[0, -1].argmax())])
+    expected = hf.sequence(ids)
+    expected.append(seq.suffix)
+    expected = expected.forward(17)[0]  # (17, V)
+    got = lm.sequence(ids)
+    got.append(seq.suffix)
+    got = got.forward(17)[0]
+    top = expected.argmax(-1, keepdim=True)
+    assert float((expected.gather(-1, top) - got.gather(-1, top)).abs().max()) < 0.5
+    kl = (expected.exp() * (expected - got)).sum(-1)
+    assert float(kl.mean()) < 0.015 and float(kl.max()) < 0.1
+    assert float((got.argmax(-1) == top[:, 0]).float().mean()) >= 0.9
+
+
+@real
+@llamacpp
+def test_llamacpp_greedy_speculative_equals_generate_on_the_token_path(smollm2, smollm2_llama):
+    """SmolLM2 on llama.cpp drafts, SmolLM2 dequantised verifies: the text is `generate`'s."""
+    generalist = LocalGeneralist(smollm2.model, smollm2.tokenizer)
+    llm = SpecSteerLLM(specialist=smollm2_llama, generalist=generalist, max_new_tokens=NEW)
+    assert llm._engine.alignment == "token"
+    expected = greedy_generate(smollm2, llm.render_prompts(PROMPT).public_generalist, NEW)
+    result = llm.generate([PROMPT], private_context=CONTEXT, method="speculative")
+    assert result.generations[0][0].text == expected
+    assert result.generations[0][0].generation_info["accepted"] > 0
+
+
+@real
+@llamacpp
+def test_llamacpp_gemma_drafting_for_itself_equals_generate(gemma3, gemma3_llama):
+    generalist = LocalGeneralist(gemma3.model, gemma3.tokenizer)
+    llm = SpecSteerLLM(specialist=gemma3_llama, generalist=generalist, max_new_tokens=NEW)
+    expected = greedy_generate(gemma3, llm.render_prompts(PROMPT).public_generalist, NEW)
+    assert expected.strip()
+    result = llm.generate([PROMPT], private_context=CONTEXT, method="speculative")
+    assert result.generations[0][0].text == expected
+    assert result.generations[0][0].generation_info["accepted"] > 0
+
+
+@pytest.fixture(scope="module")
+def llama_byte_llm(smollm2_llama, gemma3):
+    """SmolLM2 on llama.cpp drafting for Gemma: the byte path, its token bytes from the GGUF
+    vocabulary."""
+    return SpecSteerLLM(specialist=smollm2_llama, generalist=gemma3, max_new_tokens=NEW)
+
+
+@real
+@llamacpp
+def test_llamacpp_byte_path_greedy_speculative_writes_gemmas_text(llama_byte_llm, gemma3):
+    llm = llama_byte_llm
+    assert llm._engine.alignment == "byte"
+    expected = greedy_generate(gemma3, llm.render_prompts(PROMPT).public_generalist, NEW)
+    result = llm.generate([PROMPT], private_context=CONTEXT, method="speculative")
+    assert result.generations[0][0].text == expected
+    assert result.generations[0][0].generation_info["drafted"] > 0
+
+
+@real
+@llamacpp
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_writes_text_with_a_llamacpp_specialist(llama_byte_llm, method):
+    text = llama_byte_llm.invoke(PROMPT, private_context=CONTEXT, method=method, max_new_tokens=6)
+    assert text.strip(), method
+
+
+@real
+@llamacpp
+def test_no_private_word_reaches_gemma_from_a_llamacpp_specialist(llama_byte_llm, gemma3):
+    fed: list[list[int]] = []
+    hook = gemma3.model.register_forward_pre_hook(
+        lambda _m, _a, kw: fed.append(kw["input_ids"][0].tolist()), with_kwargs=True
+    )
+    try:
+        assert llama_byte_llm.invoke(PROMPT, private_context=CONTEXT, method="specsteer").strip()
+    finally:
+        hook.remove()
+    decoded = gemma3.tokenizer.decode([t for ids in fed for t in ids])
+    assert PROMPT in decoded
+    for word in PRIVATE_WORDS:
+        assert word not in decoded, word
