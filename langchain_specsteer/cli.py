@@ -158,14 +158,10 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from langchain_specsteer.extras import optional_import
     from langchain_specsteer.models import LocalGeneralist, LocalSpecialist
-    from langchain_specsteer.server import (
-        ServiceLimits,
-        VerifierService,
-        bounded_h11,
-        create_app,
-    )
+    from langchain_specsteer.server import ServiceLimits, VerifierService, serve
 
-    uvicorn = optional_import("uvicorn", extra="server", purpose="specsteer serve")
+    # Before any model loads: a missing server extra is named at once.
+    optional_import("uvicorn", extra="server", purpose="specsteer serve")
 
     try:
         limits = ServiceLimits(
@@ -196,18 +192,14 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         )
     except ValueError as err:  # e.g. a public specialist with another vocabulary
         parser.error(str(err))
-    app = create_app(
+    serve(
         service,
+        host=args.host,
+        port=args.port,
         api_key=args.api_key,
         public_docs=args.public_docs,
         logprobs_mode=args.logprobs_mode,
-    )
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level.lower(),
-        http=bounded_h11(limits.max_body_chunks),
+        log_level=args.log_level,
     )
     return 0
 

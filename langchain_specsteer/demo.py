@@ -148,13 +148,14 @@ class MethodRun:
 
 
 def trace(llm: Any, prompt: str, private_context: str | None, params: DecodingParams) -> MethodRun:
-    """Decode one request with `llm`'s engine, keeping each round's provenance.
+    """Decode one request with `llm` (its rounds, `SpecSteerLLM.rounds`), keeping each round's
+    provenance.
 
     Tokens are detokenized one at a time; a piece of text belongs to the kind of the token
     that completed it (a multi-byte character can be split across tokens).
     """
     drafts = METHOD_SPECS[params.method].drafts
-    run = llm._engine.run(llm.render_prompts(prompt, private_context), params)
+    run = llm.rounds(prompt, private_context=private_context, **params.model_dump())
     detokenizer = IncrementalDetokenizer(llm.specialist.tokenizer)
     result = MethodRun(params.method)
     kind: Kind = "text"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, get_args
@@ -88,10 +89,16 @@ class OpenAICompatibleGeneralist(HTTPGeneralist):
             whole vocabulary: used as they are). Prompt log-probs are always raw in vLLM.
         exact_drafts: with "prefixes", when the ratio test (or sampled speculative decoding)
             needs the draft tokens' own log p_G (a draft token may fall outside the top
-            `top_logprobs` at its position), ask for them in a second request sent with the
-            first (the same prefixes, served by the cache, with vLLM's `logprob_token_ids`),
-            so acceptance is decided as in-process within one round trip. False: one request a
-            round, and an unlisted draft token counts as p_G = 0 (rejected).
+            `top_logprobs` at its position), ask for them with vLLM's `logprob_token_ids` (the
+            same prefixes, served by the cache), so acceptance is decided as in-process:
+            True (default): in a second request sent with the first (one round trip);
+            "after": only when a draft token is unlisted, after the first answer (a second
+            round trip in those rounds); False: one request a round, and an unlisted draft
+            token counts as p_G = 0 (rejected). vLLM 0.32 (measured on its CPU build)
+            corrupts the top log-probs of requests batched with a `logprob_token_ids` one:
+            the client sees it (rows shorter than `top_logprobs`), scores the round again
+            alone and stops asking for draft values (as False) with a warning; for exact
+            decisions there, use "after" with `rounds_in_flight=1` and one user at a time.
         tokenizer: the generalist's tokenizer (e.g. `AutoTokenizer.from_pretrained(model)`):
             prompts are encoded locally and its vocabulary is checked against the
             specialist's. Without it the vocabularies are assumed to match, and a generation
@@ -113,7 +120,7 @@ class OpenAICompatibleGeneralist(HTTPGeneralist):
         top_logprobs: int = 20,
         scoring: Scoring = "prefixes",
         logprobs_mode: LogprobsMode = "raw_logprobs",
-        exact_drafts: bool = True,
+        exact_drafts: bool | Literal["after"] = True,
         tokenizer: Any = None,
         eos_token_ids: Sequence[int] = (),
         max_rounds_in_flight: int = 8,
@@ -124,6 +131,9 @@ class OpenAICompatibleGeneralist(HTTPGeneralist):
     ):
         if top_logprobs < 1:
             msg = f"top_logprobs must be at least 1, got {top_logprobs}"
+            raise ValueError(msg)
+        if exact_drafts not in (True, False, "after"):
+            msg = f"exact_drafts must be True, False or 'after', got {exact_drafts!r}"
             raise ValueError(msg)
         if max_rounds_in_flight < 1:
             msg = f"max_rounds_in_flight must be at least 1, got {max_rounds_in_flight}"
@@ -383,26 +393,25 @@ class OpenAICompatibleSession(GeneralistSession):
     def _score(self, tokens: list[int], draft: list[int], fill_in: bool = True) -> Exchange:
         """The generalist's rows at the draft positions and after `tokens` (the device
         decides); with prefix scoring and `fill_in`, the draft tokens' own values are asked
-        for in a second request sent with the first, for those outside the top m."""
-        client, k, m = self.client, len(draft), self.client.top_logprobs
-        parse = prefix_rows if client.scoring == "prefixes" else prompt_logprob_rows
-        scoring = self._complete(
-            self.request_body(draft, tokens), "scoring a draft", lambda a: parse(a, k, m)
-        )
-        if draft and fill_in and client.exact_drafts and client.scoring == "prefixes":
-            positions = list(range(k))
-            fill = self._complete(
-                self.fill_in_body(draft, positions, tokens),
-                "asking for the draft tokens' own log-probs (exact_drafts=False skips it)",
-                lambda answer: prefix_rows(answer, k - 1, m=None),
+        for as `exact_drafts` says, for those outside the top m."""
+        client, k = self.client, len(draft)
+        exact = draft and fill_in and client.exact_drafts and client.scoring == "prefixes"
+        if exact is True:
+            (answer, rows), (_, filled) = yield Together(
+                (self._scoring(tokens, draft), self._draft_values(tokens, draft, range(k)))
             )
-            (answer, rows), (_, filled) = yield Together((scoring, fill))
-            for i, row in zip(positions, filled, strict=True):
-                # a server without logprob_token_ids lists only its draw
-                if draft[i] not in rows[i] and draft[i] in row:
-                    rows[i][draft[i]] = row[draft[i]]
+            if _corrupted(rows, client.top_logprobs, self.vocab_size):
+                answer, rows = yield from self._rescored(tokens, draft)
+            else:
+                _fill(rows, draft, range(k), filled)
         else:
-            answer, rows = yield from scoring
+            answer, rows = yield from self._scoring(tokens, draft)
+            if _corrupted(rows, client.top_logprobs, self.vocab_size):
+                answer, rows = yield from self._rescored(tokens, draft)
+            unlisted = [i for i, token in enumerate(draft) if token not in rows[i]]
+            if exact == "after" and unlisted:
+                _, filled = yield from self._draft_values(tokens, draft, unlisted)
+                _fill(rows, draft, unlisted, filled)
         client.last_usage = answer.get("usage")
         log_p_G = torch.full((k + 1, self.vocab_size), -math.inf)
         for i, row in enumerate(rows):
@@ -413,6 +422,41 @@ class OpenAICompatibleSession(GeneralistSession):
         raw = self.raw_rows(k)
         log_p_G[:raw] = alg.temper(log_p_G[:raw], self.temperature)
         return Verdict(log_p_G)
+
+    def _scoring(self, tokens: list[int], draft: list[int]) -> Exchange:
+        """The request for a round's rows (prefixes or prompt log-probs)."""
+        client, k, m = self.client, len(draft), self.client.top_logprobs
+        parse = prefix_rows if client.scoring == "prefixes" else prompt_logprob_rows
+        body = self.request_body(draft, tokens)
+        return self._complete(body, "scoring a draft", lambda answer: parse(answer, k, m))
+
+    def _draft_values(self, tokens: list[int], draft: list[int], positions) -> Exchange:
+        """The request for the draft tokens' own log-probs at `positions`."""
+        positions = list(positions)
+        return self._complete(
+            self.fill_in_body(draft, positions, tokens),
+            "asking for the draft tokens' own log-probs (exact_drafts=False skips it)",
+            lambda answer: prefix_rows(answer, len(positions) - 1, m=None),
+        )
+
+    def _rescored(self, tokens: list[int], draft: list[int]) -> Exchange:
+        """The round scored again, alone, after an answer with rows shorter than the top m
+        (vLLM's batching with `logprob_token_ids`); draft values are not asked any more."""
+        client = self.client
+        if client.exact_drafts:
+            warnings.warn(
+                f"{client.http.base_url} returned fewer top log-probs than asked while a "
+                "logprob_token_ids request ran beside (vLLM 0.32 does): the round is scored "
+                "again, and draft values are no longer asked (exact_drafts=False)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            client.exact_drafts = False
+        answer, rows = yield from self._scoring(tokens, draft)
+        if _corrupted(rows, client.top_logprobs, self.vocab_size):
+            msg = f"{client.http.base_url} keeps returning fewer top log-probs than asked"
+            raise GeneralistError(msg)
+        return answer, rows
 
     def _complete(
         self, body: dict[str, Any], what: str, parse: Callable[[dict], list[Row]]
@@ -447,6 +491,19 @@ NEUTRAL_SAMPLING: dict[str, float] = {
 }
 """Sent with processed log-probs: no sampling processor but temperature, whatever defaults the
 server took from the model's generation config (vLLM's `--generation-config auto`)."""
+
+
+def _corrupted(rows: list[Row], m: int, vocab_size: int) -> bool:
+    """Whether a prefix answer lists fewer entries than the top m it was asked for (vLLM lists
+    the top m, and the drawn token when it is not among them)."""
+    return any(len(row) < min(m, vocab_size) for row in rows)
+
+
+def _fill(rows: list[Row], draft: list[int], positions, filled: list[Row]) -> None:
+    """Add the draft tokens' own values (`filled`, one row per position) to `rows`."""
+    for i, row in zip(positions, filled, strict=True):
+        if draft[i] not in rows[i] and draft[i] in row:  # a server without
+            rows[i][draft[i]] = row[draft[i]]  # logprob_token_ids lists only its draw
 
 
 def _reads_draft_values(rule: Rule, uniforms: list[float] | None) -> bool:

@@ -51,7 +51,7 @@ from langchain_specsteer.server.openai import (
 )
 from langchain_specsteer.server.sessions import VerifierService, log
 
-__all__ = ["Gate", "bounded_h11", "create_app"]
+__all__ = ["Gate", "bounded_h11", "create_app", "serve"]
 
 
 def create_app(
@@ -138,6 +138,30 @@ _ERRORS = {
     )
 }
 """The refusals every protected route may answer (in the OpenAPI document)."""
+
+
+def serve(
+    service: VerifierService,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    public_docs: bool = False,
+    logprobs_mode: LogprobsMode = "raw_logprobs",
+    log_level: str = "info",
+) -> None:
+    """Serve `service` over HTTP until interrupted (what `specsteer serve` runs): the app of
+    `create_app` on uvicorn, whose HTTP parser refuses a chunked body of more chunks than
+    `max_body_chunks` (`bounded_h11`)."""
+    uvicorn = optional_import("uvicorn", extra="server", purpose="specsteer serve")
+    app = create_app(service, api_key=api_key, public_docs=public_docs, logprobs_mode=logprobs_mode)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        http=bounded_h11(service.limits.max_body_chunks),
+    )
 
 
 def _answer_errors(app: Any) -> None:

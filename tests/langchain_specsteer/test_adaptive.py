@@ -27,7 +27,7 @@ BOTH = {**AUTO, "gate": "context"}
 
 def run_ids(llm, prompt=PROMPTS[0], context=CONTEXT, **params):
     """Token ids and stats of one generation through the engine."""
-    run = llm._engine.run(llm.render_prompts(prompt, context), llm.decoding_params(**params))
+    run = llm.rounds(prompt, private_context=context, **params)
     return [t for round_ in run for t in round_.tokens], run.stats
 
 
@@ -428,8 +428,7 @@ def test_with_one_tokenizer_the_byte_path_decides_like_the_token_path(demo_pair)
         firsts = {}
         for alignment in ("token", "byte"):
             llm = make(alignment)
-            prompts = llm.render_prompts(user["input"], [d.page_content for d in context])
-            run = llm._engine.run(prompts, llm.decoding_params())
+            run = llm.rounds(user["input"], private_context=[d.page_content for d in context])
             rounds = iter(run)
             first = next(rounds)
             rounds.close()

@@ -170,8 +170,9 @@ def test_with_one_tokenizer_specsteer_decides_the_first_round_like_the_token_pat
         firsts = {}
         for alignment in ("token", "byte"):
             llm = SpecSteerLLM(specialist=specialist, generalist=generalist, alignment=alignment)
-            prompts = llm.render_prompts(user["input"], [d.page_content for d in context])
-            rounds = iter(llm._engine.run(prompts, llm.decoding_params()))
+            rounds = iter(
+                llm.rounds(user["input"], private_context=[d.page_content for d in context])
+            )
             first = next(rounds)
             rounds.close()
             firsts[alignment] = first.tokens[: first.accepted]

@@ -19,7 +19,7 @@ from tests.conftest import CONTEXT, PROMPTS
 
 def run_ids(llm, prompt, context=CONTEXT, **params):
     """Token ids and stats of one generation through the engine."""
-    run = llm._engine.run(llm.render_prompts(prompt, context), llm.decoding_params(**params))
+    run = llm.rounds(prompt, private_context=context, **params)
     return [t for round_ in run for t in round_.tokens], run.stats
 
 
@@ -263,7 +263,7 @@ def test_acceptance_statistics_count_what_the_reference_decided(make_llm):
     llm = make_llm(max_new_tokens=24, draft_tokens=4)
     prompts = llm.render_prompts(PROMPTS[0], CONTEXT)
     for gamma in (1.0, 0.1):
-        run = llm._engine.run(prompts, llm.decoding_params(method="specsteer", gamma=gamma))
+        run = llm.rounds(PROMPTS[0], private_context=CONTEXT, method="specsteer", gamma=gamma)
         delivered = [(len(round_.tokens), round_.accepted) for round_ in run]
         rounds = []
         reference_specsteer(
@@ -306,8 +306,8 @@ def test_async_iteration_equals_sync(make_llm, method, temperature):
     import asyncio
 
     llm = make_llm(max_new_tokens=24, gamma=0.4, temperature=temperature, seed=7)
-    prompts, params = llm.render_prompts(PROMPTS[1], CONTEXT), llm.decoding_params(method=method)
-    sync_run, async_run = llm._engine.run(prompts, params), llm._engine.run(prompts, params)
+    sync_run = llm.rounds(PROMPTS[1], private_context=CONTEXT, method=method)
+    async_run = llm.rounds(PROMPTS[1], private_context=CONTEXT, method=method)
     expected = list(sync_run)
     assert asyncio.run(_async_rounds(async_run)) == expected
     counts = ("new_tokens", "rounds", "drafted", "accepted", "generalist_calls", "finish_reason")
@@ -321,7 +321,7 @@ def test_an_abandoned_async_run_closes_its_session_and_steps(make_llm):
     import asyncio
 
     llm = make_llm(method="specsteer", max_new_tokens=40)
-    run = llm._engine.run(llm.render_prompts(PROMPTS[0], CONTEXT), llm.decoding_params())
+    run = llm.rounds(PROMPTS[0], private_context=CONTEXT)
 
     async def first_round():
         rounds = aiter(run)
@@ -341,7 +341,7 @@ def test_a_cancelled_async_run_lets_its_running_step_finish_then_closes(make_llm
     import threading
 
     llm = make_llm(method="specsteer", max_new_tokens=40)
-    run = llm._engine.run(llm.render_prompts(PROMPTS[0], CONTEXT), llm.decoding_params())
+    run = llm.rounds(PROMPTS[0], private_context=CONTEXT)
     in_step, release = threading.Event(), threading.Event()
     step = type(run)._step
 

@@ -46,7 +46,7 @@ def test_stream_concatenates_to_invoke_and_calls_back(make_llm, method):
     pieces = list(llm.stream(PROMPTS[2], private_context=CONTEXT, config={"callbacks": [recorder]}))
     assert "".join(pieces) == text
     assert recorder.tokens == [p for p in pieces if p]
-    ids = llm._engine.run(llm.render_prompts(PROMPTS[2], CONTEXT), llm.decoding_params())
+    ids = llm.rounds(PROMPTS[2], private_context=CONTEXT)
     all_ids = [t for r in ids for t in r.tokens]
     assert text == llm.specialist.tokenizer.decode(
         all_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False

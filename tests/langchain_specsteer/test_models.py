@@ -232,7 +232,7 @@ def _rounds(specialist, generalist, *, alignment="auto", prompt=PROMPT, **params
 
     llm = SpecSteerLLM(specialist=specialist, generalist=generalist, alignment=alignment)
     options = {"max_new_tokens": 12, "draft_tokens": 3, **params}
-    run = llm._engine.run(llm.render_prompts(prompt, CONTEXT), llm.decoding_params(**options))
+    run = llm.rounds(prompt, private_context=CONTEXT, **options)
     return list(run)
 
 

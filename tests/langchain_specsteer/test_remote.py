@@ -96,7 +96,7 @@ def test_default_hint_keeps_the_choice_within_the_generalists_top_m(make_llm, ma
     for prompt in PROMPTS:
         llm = make_remote_llm(hint=20, method="light_costeer", max_new_tokens=16)
         prompts = llm.render_prompts(prompt, CONTEXT)
-        ids = [t for r in llm._engine.run(prompts, llm.decoding_params()) for t in r.tokens]
+        ids = [t for r in llm.rounds(prompt, private_context=CONTEXT) for t in r.tokens]
         replayed = _top_m_choices(make_llm()._engine, prompts, ids, m=20)
         assert replayed == ids
 
@@ -222,7 +222,7 @@ def test_an_unreachable_cloud_degrades_to_the_specialist(make_llm, make_remote_l
     # Nothing verified is lost: the two verified rounds open the text, the specialist ends it.
     local = make_llm(method="specsteer", max_new_tokens=32)
     rounds = list(
-        local._engine.run(local.render_prompts(PROMPTS[0], CONTEXT), llm.decoding_params())
+        local.rounds(PROMPTS[0], private_context=CONTEXT, **llm.decoding_params().model_dump())
     )
     verified = local.specialist.tokenizer.decode(rounds[0].tokens + rounds[1].tokens)
     assert text.startswith(verified)
@@ -837,7 +837,11 @@ def test_malformed_or_refused_answers_are_generalist_errors(status, answer, matc
         return httpx.Response(status, json=answer)
 
     client = _openai(
-        "http://scorer", "m", max_retries=0, wrap_transport=lambda t: httpx.MockTransport(reply)
+        "http://scorer",
+        "m",
+        max_retries=0,
+        top_logprobs=2,  # the rows below list two
+        wrap_transport=lambda t: httpx.MockTransport(reply),
     )
     session = client.open_session([1, 2], vocab_size=16)
     with pytest.raises(GeneralistError, match=match):
@@ -851,7 +855,10 @@ def test_malformed_or_refused_answers_are_generalist_errors(status, answer, matc
         return httpx.Response(200, json=answer_reversed)
 
     client = _openai(
-        "http://scorer", "m", wrap_transport=lambda t: httpx.MockTransport(reversed_reply)
+        "http://scorer",
+        "m",
+        top_logprobs=2,
+        wrap_transport=lambda t: httpx.MockTransport(reversed_reply),
     )
     rows = client.open_session([1, 2], vocab_size=16).verify([5], "device", 0.5).log_p_G
     assert rows[0, 5] == -0.5 and rows[0, 7] == -1.5 and rows[1, 9] == -0.25
@@ -884,7 +891,11 @@ def test_a_malformed_or_refused_fill_in_answer_is_a_generalist_error(status, ans
         return httpx.Response(status, json=answer)
 
     client = _openai(
-        "http://scorer", "m", max_retries=0, wrap_transport=lambda t: httpx.MockTransport(reply)
+        "http://scorer",
+        "m",
+        max_retries=0,
+        top_logprobs=2,
+        wrap_transport=lambda t: httpx.MockTransport(reply),
     )
     with pytest.raises(GeneralistError, match=match):
         client.open_session([1, 2], vocab_size=16).verify([3], "ratio", 0.5)  # 3 is not listed
@@ -1096,3 +1107,33 @@ def test_serve_takes_the_logprobs_mode_flag(tiny_dir, generalist, monkeypatch):
         expected = torch.log_softmax(logits / temperature, -1)
         assert best == f"token_id:{int(expected.argmax())}"
         assert value == pytest.approx(float(expected.max()), abs=1e-4)
+
+
+def test_rows_cut_short_beside_a_draft_values_request_are_scored_again(recwarn):
+    """vLLM 0.32 lists only a couple of tokens in the top log-probs of a request batched with
+    a `logprob_token_ids` one. The client sees the short rows, scores the round again alone,
+    and stops asking for draft values (warning once)."""
+    import httpx
+
+    full = [{f"token_id:{t}": -0.1 * (t + 1) for t in range(4)} for _ in range(2)]
+    short = [dict(list(row.items())[:1]) for row in full]
+    asked = {"scoring": 0, "values": 0}
+
+    def reply(request):
+        body = json.loads(request.content)
+        if "logprob_token_ids" in body:
+            asked["values"] += 1
+            return httpx.Response(200, json=_fill_in_answer(body))
+        asked["scoring"] += 1
+        rows = short if asked["scoring"] == 1 else full
+        return httpx.Response(200, json={"choices": [_choice(i, r) for i, r in enumerate(rows)]})
+
+    client = _openai(
+        "http://scorer", "m", top_logprobs=4, wrap_transport=lambda t: httpx.MockTransport(reply)
+    )
+    rows = client.open_session([1, 2], vocab_size=16).verify([5], "ratio", 0.5).log_p_G
+    assert torch.isfinite(rows).sum() == 8  # the second, whole answer
+    assert asked == {"scoring": 2, "values": 1} and client.exact_drafts is False
+    assert any("scored again" in str(w.message) for w in recwarn.list)
+    client.open_session([1, 2], vocab_size=16).verify([5], "ratio", 0.5)
+    assert asked == {"scoring": 3, "values": 1}  # draft values no longer asked
