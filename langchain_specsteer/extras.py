@@ -1,7 +1,8 @@
 """Optional dependencies: each imported where it is used, or an error naming its extra.
 
 The core (`SpecSteerLLM`, `ChatSpecSteer`, local models) needs none of them; `pip install
-"langchain-specsteer[all]"` installs every extra (pyproject.toml lists them).
+"langchain-specsteer[all]"` installs every extra (pyproject.toml lists them) but `llamacpp`,
+whose llama-cpp-python pip compiles from source.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def optional_import(
 
     Args:
         module: what to import, e.g. "httpx" or "matplotlib.figure".
-        extra: the extra that installs it ("server", "retrievers", "eval").
+        extra: the extra that installs it ("server", "retrievers", "eval", "llamacpp").
         purpose: what needs it, for the message (e.g. "RemoteGeneralist").
         package: its name on PyPI when that is not the module's (e.g. "rouge-score").
     """
