@@ -29,6 +29,7 @@ tables, also printed) and bench_network.png into --out.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -87,17 +88,22 @@ SETTINGS = (
 BASELINE = SETTINGS[-1].name
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = command_parser("eval.bench_network", __doc__)
     add_heldout_options(parser, max_new_tokens=64)
     parser.add_argument("--cases", type=int, default=12, help="held-out users")
     parser.add_argument(
         "--rtts", type=counts_with_zero, default=[0, 20, 50, 100], help="round trips, in ms"
     )
-    parser.add_argument("--pair", default=str(DEMO_PAIR), help="a pair folder")
+    parser.add_argument("--pair", default=str(DEMO_PAIR), help="a pair folder (or 'tiny')")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     add_output_options(parser, "runs/bench-network")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the bench; write its record and report into --out; return the record."""
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     specialist, generalist = load_pair(args.pair)
     service = VerifierService(generalist, specialist)
@@ -121,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     write_outputs(Path(args.out), "bench_network", record, report(record), plot)
     print(report(record))
+    return record
 
 
 def _llm(setting: Setting, url: str, specialist, generalist, args) -> SpecSteerLLM:

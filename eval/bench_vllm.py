@@ -22,7 +22,9 @@ entries as private context) it measures:
 (c) N concurrent devices (--clients) against one vLLM, as async clients on one event loop:
     aggregate tokens/s and p50/p95 seconds per generation, specsteer against plain vLLM;
 (d) a projection, not a measurement: Qwen3-0.6B on the device and Qwen3-32B on a GPU vLLM,
-    from the tokens per round measured in (b) and the step costs given by --projection-*.
+    one round at a time and with rounds in flight, from SpecSteer's outcomes recorded
+    in-process on the users of (b) and the step costs given by --projection-* (the model is
+    `eval.replay`'s).
 
 Writes bench_vllm.json (everything), bench_vllm.md (the tables, also printed) and
 bench_vllm.png (round cost and bytes against length; aggregate tokens/s against clients).
@@ -33,7 +35,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +64,13 @@ from eval.harness import (
     write_outputs,
 )
 from eval.pair import DEMO_PAIR, load_pair
+from eval.replay import Costs, Position, Schedule, replay
+from eval.replay import record as record_positions
 from eval.tables import num, percent, table
 from eval.vllm_server import INSTALL, VLLMServer, missing
 from langchain_specsteer import SpecSteerEngine, SpecSteerLLM
 from langchain_specsteer.remote import OpenAICompatibleGeneralist
+from langchain_specsteer.remote.proxy import DelayProxy
 from retrievers import task_templates
 
 __all__ = [
@@ -89,6 +94,7 @@ METHODS = ("specsteer", "speculative")
 PLAIN = "vllm"  # plain vLLM generation, one request per text
 DECODE = "decode"  # (a): plain vLLM's decode step beside the scoring modes
 MODEL = "generalist"  # the served model name
+RECORD_K = 16  # drafts a round while recording the outcomes (d) replays
 ENGINE_SECONDS = "vllm:request_inference_time_seconds"
 """vLLM's histogram of the time each engine request spent being computed (prefill + decode)."""
 CACHE_HITS, CACHE_QUERIES = "vllm:prefix_cache_hits", "vllm:prefix_cache_queries"
@@ -141,37 +147,45 @@ class StepCosts:
     device_ms: float  # one step of the device model (a drafted token, q_ctx and q_gen batched)
     decode_ms: float  # one decode step of the generalist on vLLM (batch 1)
     verify_ms: float  # one scoring request: K+1 cached prefixes, one generated token each
-    rtt_ms: float  # the device's round trip to vLLM
+
+
+PROJECTED = (
+    Schedule("one round at a time, K", "K"),
+    Schedule("rounds in flight, drafts by round cost", "cost", 8, "send_ahead"),
+)
+"""The schedules (d) projects: before the network work, and the package's network schedule."""
 
 
 def project(
-    drafted_per_round: float,
-    tokens_per_round: float,
-    costs: StepCosts,
-    requests_per_round: float = 1.0,
-) -> dict:
-    """Milliseconds per token of SpecSteer over vLLM and of plain vLLM, and the speed-up, from
-    measured tokens (and requests) per round and stated step costs.
+    texts: list[list[Position]], schedule: Schedule, costs: StepCosts, rtt_ms: float, tokens: int
+) -> dict[str, Any]:
+    """Milliseconds per token of SpecSteer over GPU vLLM under `schedule`, against plain vLLM
+    streaming `tokens` tokens (one round trip, then its decode steps).
 
-    A SpecSteer round: the device drafts (one step per drafted token), the scoring requests
-    (each a round trip and a verify step: a second one asks for draft tokens outside the top
-    m), the device's recovery step. Plain vLLM streams its own decode steps (its one round
-    trip is spread over the text: left out).
+    The model is `eval.replay`'s: the recorded positions' outcomes (accepted, guessed) drive
+    an event-by-event schedule with the stated costs; a GPU server verifies rounds in flight
+    in one batch (`Costs.parallel`), each in one scoring request's time.
     """
-    if tokens_per_round <= 0 or drafted_per_round < 0 or requests_per_round < 1:
-        msg = (
-            "tokens_per_round must be positive, drafted_per_round non-negative and "
-            "requests_per_round at least 1"
-        )
-        raise ValueError(msg)
-    requests_ms = requests_per_round * (costs.rtt_ms + costs.verify_ms)
-    round_ms = (drafted_per_round + 1) * costs.device_ms + requests_ms
-    specsteer_ms = round_ms / tokens_per_round
+    replayed = replay(
+        texts,
+        schedule,
+        rtt_ms / 1e3,
+        Costs(
+            step=costs.device_ms / 1e3,
+            verify_fixed=costs.verify_ms / 1e3,
+            verify_token=0.0,
+            finish=costs.device_ms / 1e3,
+            parallel=True,
+        ),
+    )
+    specsteer_ms = 1e3 / replayed.tokens_per_second
+    vllm_ms = (rtt_ms + tokens * costs.decode_ms) / tokens
     return {
-        "round_ms": round_ms,
         "specsteer_ms_per_token": specsteer_ms,
-        "vllm_ms_per_token": costs.decode_ms,
-        "speedup": costs.decode_ms / specsteer_ms,
+        "vllm_ms_per_token": vllm_ms,
+        "speedup": vllm_ms / specsteer_ms,
+        "requests_per_token": replayed.requests / replayed.tokens,
+        "voided_per_token": replayed.voided / replayed.tokens,
     }
 
 
@@ -184,7 +198,7 @@ def read_metrics(server: VLLMServer) -> dict[str, float]:
     return parse_metrics(httpx.get(f"{server.url}/metrics", timeout=30).text)
 
 
-def complete(server: VLLMServer, prompt: list[int], max_tokens: int) -> tuple[list[int], float]:
+def complete(url: str, prompt: list[int], max_tokens: int) -> tuple[list[int], float]:
     """Plain vLLM: greedy generation of `max_tokens` after `prompt` in one request; (token
     ids, seconds)."""
     import httpx
@@ -197,9 +211,7 @@ def complete(server: VLLMServer, prompt: list[int], max_tokens: int) -> tuple[li
         "logprobs": 0,
         "return_tokens_as_token_ids": True,
     }
-    response, seconds = timed(
-        lambda: httpx.post(f"{server.url}/v1/completions", json=body, timeout=600)
-    )
+    response, seconds = timed(lambda: httpx.post(f"{url}/v1/completions", json=body, timeout=600))
     response.raise_for_status()
     tokens = response.json()["choices"][0]["logprobs"]["tokens"]
     return [int(t.removeprefix("token_id:")) for t in tokens], seconds
@@ -247,11 +259,11 @@ def measure_rounds(
     token of the text; or for `DECODE`, plain vLLM's decode step at that length."""
     if mode == DECODE:
         prompt = ids[:length]
-        complete(server, prompt, 1)  # fills the cache
+        complete(server.url, prompt, 1)  # fills the cache
         samples = []
         for _ in range(rounds):
-            _, one = complete(server, prompt, 1)
-            _, many = complete(server, prompt, DECODE_TOKENS)
+            _, one = complete(server.url, prompt, 1)
+            _, many = complete(server.url, prompt, DECODE_TOKENS)
             samples.append(
                 RoundSample(length, DECODE, decode_step_seconds(one, many, DECODE_TOKENS))
             )
@@ -368,11 +380,12 @@ def run_user(
     )
 
 
-def run_plain(server: VLLMServer, llm: SpecSteerLLM, case: Case, tokens: int) -> UserRun:
-    """Plain vLLM: the generalist's prompt, `tokens` greedy tokens, one request."""
+def run_plain(server: VLLMServer, url: str, llm: SpecSteerLLM, case: Case, tokens: int) -> UserRun:
+    """Plain vLLM: the generalist's prompt, `tokens` greedy tokens, one request (to `url`:
+    the server, or the delaying wire in front of it)."""
     prompt = llm.render_prompts(case.prompt, case.documents).public_generalist
     before = read_metrics(server)
-    ids, seconds = complete(server, prompt, tokens)
+    ids, seconds = complete(url, prompt, tokens)
     spent, _ = engine_seconds(metric_delta(before, read_metrics(server)))
     text = llm.generalist.tokenizer.decode(ids, skip_special_tokens=True)
     return UserRun(case.id, PLAIN, text, len(ids), seconds, seconds, spent, 1, bytes_down=None)
@@ -382,6 +395,7 @@ def measure_users(
     llms: dict[str, SpecSteerLLM],
     local: SpecSteerLLM,
     server: VLLMServer,
+    url: str,
     cases: Sequence[Case],
     max_new_tokens: int,
     phases: Phases,
@@ -392,7 +406,7 @@ def measure_users(
     users = phases.each("(b) users", interleaved(cases, settings), len(cases) * len(settings))
     for _, case, name in users:
         if name == PLAIN:
-            runs.append(run_plain(server, local, case, max_new_tokens))
+            runs.append(run_plain(server, url, local, case, max_new_tokens))
             continue
         in_process = None
         if name == "specsteer":  # the in-process specsteer text, untimed
@@ -465,19 +479,19 @@ class ClientBurst:
     latencies: list[float]
 
 
-async def _plain_async(server: VLLMServer, prompt: list[int], tokens: int) -> int:
+async def _plain_async(url: str, prompt: list[int], tokens: int) -> int:
     import httpx
 
     body = {"model": MODEL, "prompt": prompt, "max_tokens": tokens, "temperature": 0}
     async with httpx.AsyncClient(timeout=600) as http:
-        response = await http.post(f"{server.url}/v1/completions", json=body)
+        response = await http.post(f"{url}/v1/completions", json=body)
     response.raise_for_status()
     return response.json()["usage"]["completion_tokens"]
 
 
 def measure_clients(
     llm: SpecSteerLLM,
-    server: VLLMServer,
+    url: str,
     cases: Sequence[Case],
     counts: Sequence[int],
     tokens: int,
@@ -492,7 +506,7 @@ def measure_clients(
         chosen = [cases[i % len(cases)] for i in range(n)]
         if method == PLAIN:
             prompts = [llm.render_prompts(c.prompt, c.documents).public_generalist for c in chosen]
-            timing = burst(prompts, "async", acall=lambda p: _plain_async(server, p, tokens))
+            timing = burst(prompts, "async", acall=lambda p: _plain_async(url, p, tokens))
             new = sum(timing.results)
         else:
             timing = burst(
@@ -530,28 +544,18 @@ def summarise_clients(bursts: Sequence[ClientBurst]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- (d) projection
 
 
-def projection(users: Sequence[dict[str, Any]], costs: StepCosts, rtts: Sequence[float]) -> list:
-    """`project` for specsteer and speculative at each round trip, from (b)'s tokens/round."""
+def projection(
+    texts: list[list[Position]], costs: StepCosts, rtts: Sequence[float], k: int, tokens: int
+) -> list[dict[str, Any]]:
+    """`project` for each schedule at each round trip."""
     rows = []
-    for row in users:
-        if row["method"] == PLAIN or not row["tokens_per_round"]:
-            continue
+    for schedule in PROJECTED:
+        if schedule.draft == "K":
+            schedule = replace(schedule, name=f"one round at a time, K={k}", draft=k)
         for rtt in rtts:
-            stated = StepCosts(costs.device_ms, costs.decode_ms, costs.verify_ms, rtt)
-            figures = project(
-                row["drafted_per_round"],
-                row["tokens_per_round"],
-                stated,
-                row["requests_per_round"],
-            )
             rows.append(
-                {
-                    "method": row["method"],
-                    "rtt_ms": rtt,
-                    "tokens_per_round": row["tokens_per_round"],
-                    "requests_per_round": row["requests_per_round"],
-                    **figures,
-                }
+                {"schedule": schedule.name, "rtt_ms": rtt}
+                | project(texts, schedule, costs, rtt, tokens)
             )
     return rows
 
@@ -632,16 +636,20 @@ def clients_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def projection_table(rows: Sequence[dict[str, Any]]) -> str:
     header = [
-        "method", "RTT ms", "tokens/round", "req./round", "ms/round", "ms/token",
-        "vLLM ms/token", "×",
-    ]  # fmt: skip
+        "schedule",
+        "RTT ms",
+        "requests/token",
+        "voided/token",
+        "ms/token",
+        "vLLM ms/token",
+        "×",
+    ]
     body = [
         [
-            row["method"],
+            row["schedule"],
             num(row["rtt_ms"], "g"),
-            num(row["tokens_per_round"], ".2f"),
-            num(row["requests_per_round"], ".2f"),
-            num(row["round_ms"], ".0f"),
+            num(row["requests_per_token"], ".3f"),
+            num(row["voided_per_token"], ".3f"),
             num(row["specsteer_ms_per_token"], ".1f"),
             num(row["vllm_ms_per_token"], ".1f"),
             num(row["speedup"], ".2f", "×"),
@@ -707,12 +715,15 @@ def markdown_report(record: dict[str, Any]) -> str:
         projection_table(record["projection"]),
         "",
         f"Stated step costs: device step {costs['device_ms']:g} ms, vLLM decode step "
-        f"{costs['decode_ms']:g} ms, scoring request (K+1 cached prefixes) {costs['verify_ms']:g} "
-        "ms; tokens, drafts and requests per round as measured in (b) on the demo pair. A "
-        "round = (drafts + 1) device steps + requests × (RTT + scoring request); plain vLLM = "
-        "one decode step "
-        "per token. A larger generalist agrees with its drafts differently: the measured "
-        "tokens/round is the weakest input of this projection.",
+        f"{costs['decode_ms']:g} ms, scoring request (cached prefixes) {costs['verify_ms']:g} "
+        f"ms. The model (`eval.replay`, event by event): SpecSteer's outcomes at each position "
+        f"as recorded in-process on the first {record['projection_texts']} users of (b) (drafts "
+        "accepted or not; whether a guess of a round's last token holds), the device drafting "
+        "one step a token and sending rounds as the schedule says, each verdict a round trip "
+        "and a scoring request later (a GPU server verifies the rounds in flight in one batch), "
+        "a device step per verdict; plain vLLM = one round trip + one decode step a token, "
+        "streamed. A larger generalist agrees with the drafts differently: the recorded "
+        "outcomes are the weakest input of this projection.",
     ]
     return "\n".join(lines)
 
@@ -782,6 +793,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--projection-rtts", type=counts_with_zero, default=[0, 20, 50, 100], metavar="MS,..",
         help="(d) round trips from the device to vLLM, ms",
     )  # fmt: skip
+    parser.add_argument(
+        "--rtt-ms", type=float, default=0.0,
+        help="a round trip added on the wire to vLLM (a DelayProxy) in (b) and (c), ms",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch threads on the device")
     parser.add_argument(
         "--startup-timeout", type=float, default=600.0, help="seconds to wait for vLLM"
@@ -837,12 +852,13 @@ def main(argv: Sequence[str] | None = None, *, progress: Callable[[str], None] =
         log=log,
     )
     phases.note(f"starting vLLM (log: {log}; install: {INSTALL})")
-    with server:
+    with server, DelayProxy(server.url, args.rtt_ms / 1e3) as wire:
         phases.note(f"vLLM is up ({time.perf_counter() - phases.start:.0f} s)")
+        url = wire.url  # every request of (b) and (c) crosses the wire (--rtt-ms)
 
         def client(scoring: str = "prefixes") -> OpenAICompatibleGeneralist:
             return OpenAICompatibleGeneralist(
-                server.url,
+                url,
                 MODEL,
                 tokenizer=generalist.tokenizer,
                 top_logprobs=args.hint,
@@ -871,16 +887,17 @@ def main(argv: Sequence[str] | None = None, *, progress: Callable[[str], None] =
         llms = {method: remote_llm() for method in METHODS}
         for method in phases.each("warm-up", METHODS):  # not counted
             run_user(llms[method], server, cases[0], method, None)
-        users = measure_users(llms, local, server, cases, args.max_new_tokens, phases)
+        users = measure_users(llms, local, server, url, cases, args.max_new_tokens, phases)
         bursts = []
         if args.clients:
             bursts = measure_clients(
-                remote_llm(), server, cases, args.clients, args.max_new_tokens, phases
+                remote_llm(), url, cases, args.clients, args.max_new_tokens, phases
             )
     user_rows = summarise_users(users)
     costs = StepCosts(
-        args.projection_device_ms, args.projection_decode_ms, args.projection_verify_ms, 0.0
+        args.projection_device_ms, args.projection_decode_ms, args.projection_verify_ms
     )
+    texts = record_positions(local, cases, RECORD_K, phases)
     record = {
         "config": vars(args),
         "vllm_version": _vllm_version(),
@@ -890,8 +907,11 @@ def main(argv: Sequence[str] | None = None, *, progress: Callable[[str], None] =
         "rounds": summarise_rounds(rounds),
         "users": user_rows,
         "clients": summarise_clients(bursts),
-        "projection_costs": asdict(costs) | {"rtt_ms": None},
-        "projection": projection(user_rows, costs, args.projection_rtts),
+        "projection_costs": asdict(costs),
+        "projection_texts": len(texts),
+        "projection": projection(
+            texts, costs, args.projection_rtts, args.draft_tokens, args.max_new_tokens
+        ),
         "seconds": time.perf_counter() - phases.start,
         "round_samples": [asdict(s) for s in rounds],
         "user_runs": [asdict(r) for r in users],

@@ -27,6 +27,7 @@ import argparse
 import math
 import statistics
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from typing import Any
 
 import torch
 
-from eval.cli import HelpFormatter
+from eval.cli import add_output_options, command_parser, counts_with_zero
 from eval.harness import Phases, load_cases, machine_info, write_outputs
 from eval.pair import DEMO_PAIR, load_llm
 from eval.tables import num, table
@@ -68,12 +69,15 @@ class Costs:
         verify_fixed: the generalist side's verification of a round, its fixed part.
         verify_token: ... and per verified position (k drafts + 1).
         finish: the device's work on a verdict (recovery, commit).
+        parallel: the generalist side verifies rounds in flight at once (a GPU server's
+            batch), else one after another (one CPU).
     """
 
     step: float
     verify_fixed: float
     verify_token: float
     finish: float
+    parallel: bool = False
 
     def verify(self, k: int) -> float:
         return self.verify_fixed + self.verify_token * (k + 1)
@@ -225,66 +229,82 @@ def _replay_one(
     round_steps: float,
     out: Outcome,
 ) -> None:
-    """One text: the device drafts, sends and waits; the generalist side serves rounds in the
-    order they arrive, one at a time."""
-    at, clock, server_free = 0, 0.0, 0.0
-    while at < len(text):
-        # Draft and send rounds: each after the last one's drafts and a guess of its end.
-        flights: list[tuple[int, int, float]] = []  # (start, k, verdict time)
-        start, chance = at, 1.0
-        while True:
-            k = _draft_length(schedule, text, start, round_steps)
+    """One text, event by event: the device drafts and sends rounds (each after the last one's
+    drafts and a guess of its end) while the schedule wants more in flight, then takes the
+    oldest verdict; a rejection or a wrong guess voids the rounds after it. The generalist
+    side verifies one round at a time (`costs.parallel` false: one CPU) or all at once."""
+    committed, at, clock, server_free = 0, 0, 0.0, 0.0
+    flights: deque[tuple[int, int, float]] = deque()  # (first drafted position, k, verdict due)
+    while committed < len(text):
+        while at < len(text) and _send_another(schedule, text, flights, round_steps):
             guess = 1 if flights else 0
+            start = at + guess
+            k = _draft_length(schedule, text, start, round_steps)
             clock += (k + guess) * costs.step
-            served = max(clock + rtt / 2, server_free)
+            arrives = clock + rtt / 2
+            served = arrives if costs.parallel else max(arrives, server_free)
             server_free = served + costs.verify(k)
             flights.append((start, k, server_free + rtt / 2))
             out.requests += 1
-            for p in text[start : start + k + 1]:
-                chance *= p.confidence
-            start += k + 1
-            if len(flights) >= schedule.depth or start >= len(text) or k == 0:
+            at = start + k
+            if k == 0 or clock >= flights[0][2]:  # a verdict is in: take it first
                 break
-            if schedule.ahead == "send_ahead":
-                ahead = sum(f[1] + 1 for f in flights)
-                if not alg.send_ahead(chance, ahead, round_steps):
-                    break
-            if clock >= flights[0][2]:  # the oldest verdict is in: take it first
-                break
-        # Take verdicts in order until one voids the rest.
-        for index, (first, k, due) in enumerate(flights):
-            clock = max(clock, due) + costs.finish
-            rejected = next((i for i in range(k) if not text[first + i].accepted), None)
-            at = first + (k if rejected is None else rejected) + 1
-            out.tokens += at - first
-            last = index == len(flights) - 1
-            holds = rejected is None and not last and first + k < len(text)
-            if holds and text[first + k].guessed:
-                continue
-            out.voided += len(flights) - index - 1
-            break
+        first, k, due = flights.popleft()
+        clock = max(clock, due) + costs.finish
+        rejected = next((i for i in range(k) if not text[first + i].accepted), None)
+        end = first + (k if rejected is None else rejected) + 1
+        out.tokens += end - committed
+        committed = end
+        kept = rejected is None and flights and end - 1 < len(text) and text[end - 1].guessed
+        if not kept:
+            out.voided += len(flights)
+            flights.clear()
+            at = committed
     out.seconds += clock
+
+
+def _send_another(
+    schedule: Schedule, text: list[Position], flights: deque, round_steps: float
+) -> bool:
+    """Whether the schedule sends one more round before taking a verdict."""
+    if not flights:
+        return True
+    if len(flights) >= schedule.depth:
+        return False
+    if schedule.ahead != "send_ahead":
+        return True
+    first = flights[0][0]
+    last_start, last_k, _ = flights[-1]
+    chance = 1.0
+    for position in text[first : last_start + last_k + 1]:  # the drafts and the guesses
+        chance *= position.confidence
+    ahead = last_start + last_k + 1 - first
+    return alg.send_ahead(chance, ahead, round_steps)
 
 
 # ---------------------------------------------------------------- the command
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m eval.replay", description=__doc__, formatter_class=HelpFormatter
-    )
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser("eval.replay", __doc__)
     parser.add_argument("--data", default="data/world", help="held-out data (the world)")
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--examples", type=int, default=12)
-    parser.add_argument("--k", type=int, default=3, help="profile entries retrieved")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--gamma", type=float, default=None, help="default: the package's")
+    parser.add_argument("--split", default="val", choices=("val", "test"), help="held-out split")
+    parser.add_argument("--examples", type=int, default=12, help="held-out users recorded")
+    parser.add_argument("--k", type=int, default=3, help="BM25 profile entries retrieved")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per generation")
+    parser.add_argument("--gamma", type=float, help="γ (the package's when not given)")
     parser.add_argument("--record-k", type=int, default=16, help="drafts a recorded round")
-    parser.add_argument("--rtts", default="0,20,50,100", help="round trips (ms) to replay at")
+    parser.add_argument(
+        "--rtts", type=counts_with_zero, default=[0, 20, 50, 100], help="round trips, in ms"
+    )
     parser.add_argument("--pair", default=str(DEMO_PAIR), help="a pair folder")
-    parser.add_argument("--out", default="runs/replay")
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
+    add_output_options(parser, "runs/replay")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Record, replay every schedule at every round trip, write and return the record."""
+    args = build_parser().parse_args(argv)
     pair = Path(args.pair)
     fields = {"max_new_tokens": args.max_new_tokens}
     if args.gamma is not None:
@@ -302,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     phases = Phases("replay", quiet=args.quiet)
     texts = record(llm, cases, args.record_k, phases)
     costs = measure_costs(llm, cases[0], args.record_k)
-    rtts = [float(x) for x in args.rtts.split(",")]
+    rtts = args.rtts
     rows: list[dict[str, Any]] = []
     for schedule in SCHEDULES:
         for rtt in rtts:
@@ -328,6 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     write_outputs(Path(args.out), "replay", record_, report(record_, rtts))
     print(report(record_, rtts))
+    return record_
 
 
 def report(record_: dict[str, Any], rtts: Sequence[float]) -> str:

@@ -395,7 +395,8 @@ class OpenAICompatibleSession(GeneralistSession):
         decides); with prefix scoring and `fill_in`, the draft tokens' own values are asked
         for as `exact_drafts` says, for those outside the top m."""
         client, k = self.client, len(draft)
-        exact = draft and fill_in and client.exact_drafts and client.scoring == "prefixes"
+        asks = bool(draft) and fill_in and client.scoring == "prefixes"
+        exact = client.exact_drafts if asks else False
         if exact is True:
             (answer, rows), (_, filled) = yield Together(
                 (self._scoring(tokens, draft), self._draft_values(tokens, draft, range(k)))

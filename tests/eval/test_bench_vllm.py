@@ -23,6 +23,7 @@ from eval.bench_vllm import (
     summarise_rounds,
     summarise_users,
 )
+from eval.replay import Position, Schedule
 
 METRICS = """\
 # HELP vllm:prefix_cache_hits_total Prefix cache hits, in terms of number of cached tokens.
@@ -66,22 +67,33 @@ def test_decode_step_differences_out_the_prefill():
         decode_step_seconds(0.1, 0.2, 1)
 
 
-def test_project_counts_device_steps_round_trip_and_verify():
-    costs = StepCosts(device_ms=8.0, decode_ms=25.0, verify_ms=30.0, rtt_ms=20.0)
-    figures = project(drafted_per_round=5.0, tokens_per_round=4.0, costs=costs)
-    # (5 drafts + 1 recovery) x 8 + 20 + 30 = 98 ms a round, 4 tokens: 24.5 ms a token
-    assert figures == {
-        "round_ms": 98.0,
-        "specsteer_ms_per_token": 24.5,
-        "vllm_ms_per_token": 25.0,
-        "speedup": pytest.approx(25.0 / 24.5),
-    }
-    # a second request in half the rounds: + 0.5 x (20 + 30) ms
-    assert project(5.0, 4.0, costs, requests_per_round=1.5)["round_ms"] == 123.0
-    with pytest.raises(ValueError, match="tokens_per_round must be positive"):
-        project(5.0, 0.0, costs)
-    with pytest.raises(ValueError, match="requests_per_round at least 1"):
-        project(5.0, 4.0, costs, requests_per_round=0.5)
+def test_project_one_round_at_a_time_counts_steps_round_trips_and_verify():
+    """Every draft accepted and no round in flight: a round of K = 3 drafts is 3 device
+    steps, a round trip, a scoring request and a device step, and yields 4 tokens."""
+    costs = StepCosts(device_ms=8.0, decode_ms=25.0, verify_ms=30.0)
+    text = [Position(0.9, True, True)] * 40
+    figures = project([text], Schedule("K=3", 3), costs, rtt_ms=20.0, tokens=40)
+    # 3 x 8 + 20 + 30 + 8 = 82 ms a round of 4 tokens = 20.5 ms a token
+    assert figures["specsteer_ms_per_token"] == pytest.approx(20.5)
+    assert figures["vllm_ms_per_token"] == pytest.approx((20 + 40 * 25) / 40)
+    assert figures["requests_per_token"] == pytest.approx(0.25)
+    assert figures["voided_per_token"] == 0
+
+
+def test_project_rounds_in_flight_hide_the_round_trip_when_drafts_hold():
+    """Every draft accepted and every guess right: with rounds in flight the device drafts on
+    instead of waiting, so a 100 ms round trip costs far less than one at a time; with every
+    guess wrong, the rounds sent ahead are void and nothing is gained."""
+    costs = StepCosts(device_ms=8.0, decode_ms=25.0, verify_ms=30.0)
+    holding = [Position(0.99, True, True)] * 64
+    wrong = [Position(0.99, True, False)] * 64
+    alone = project([holding], Schedule("K=3", 3), costs, 100.0, 64)
+    ahead = project([holding], Schedule("in flight", 3, 8), costs, 100.0, 64)
+    assert ahead["specsteer_ms_per_token"] < 0.5 * alone["specsteer_ms_per_token"]
+    assert ahead["voided_per_token"] == 0
+    voided = project([wrong], Schedule("in flight", 3, 8), costs, 100.0, 64)
+    assert voided["voided_per_token"] > 0
+    assert voided["specsteer_ms_per_token"] >= alone["specsteer_ms_per_token"]
 
 
 def run(method, seconds, tokens=10, **fields):
@@ -157,24 +169,18 @@ def test_summarise_rounds_takes_medians_per_length_and_mode():
     assert decode["bytes_down"] is None and decode["engine_ms"] is None
 
 
-def test_projection_rows_per_method_and_round_trip():
-    users = [
-        {
-            "method": "specsteer",
-            "tokens_per_round": 4.0,
-            "drafted_per_round": 5.0,
-            "requests_per_round": 1.0,
-        },
-        {
-            "method": PLAIN,
-            "tokens_per_round": None,
-            "drafted_per_round": None,
-            "requests_per_round": None,
-        },
+def test_projection_rows_per_schedule_and_round_trip():
+    texts = [[Position(0.9, True, True)] * 12]
+    rows = projection(texts, StepCosts(8.0, 25.0, 30.0), [0, 50], k=3, tokens=12)
+    assert [(r["schedule"], r["rtt_ms"]) for r in rows] == [
+        ("one round at a time, K=3", 0),
+        ("one round at a time, K=3", 50),
+        ("rounds in flight, drafts by round cost", 0),
+        ("rounds in flight, drafts by round cost", 50),
     ]
-    rows = projection(users, StepCosts(8.0, 25.0, 30.0, 0.0), [0, 50])
-    assert [(r["method"], r["rtt_ms"]) for r in rows] == [("specsteer", 0), ("specsteer", 50)]
-    assert rows[0]["round_ms"] == 78.0 and rows[1]["round_ms"] == 128.0
+    # one at a time, 12 tokens in 3 rounds of 3 x 8 + 30 + 8 (+ 50) ms
+    assert rows[0]["specsteer_ms_per_token"] == pytest.approx(3 * 62 / 12)
+    assert rows[1]["specsteer_ms_per_token"] == pytest.approx(3 * 112 / 12)
 
 
 def record():
@@ -187,7 +193,8 @@ def record():
             bench_vllm.RoundSample(64, "decode", 0.01),
         ]
     )
-    costs = StepCosts(8.0, 25.0, 30.0, 0.0)
+    costs = StepCosts(8.0, 25.0, 30.0)
+    texts = [[Position(0.9, True, True)] * 12]
     return {
         "config": {
             "pair": "demo", "threads": 1, "draft_tokens": 6, "gamma": 0.5, "hint": 20,
@@ -201,7 +208,8 @@ def record():
         "users": users,
         "clients": summarise_clients([ClientBurst("specsteer", 1, 1.0, 10, [1.0])]),
         "projection_costs": {"device_ms": 8.0, "decode_ms": 25.0, "verify_ms": 30.0},
-        "projection": projection(users, costs, [0]),
+        "projection_texts": 1,
+        "projection": projection(texts, costs, [0], k=3, tokens=12),
     }  # fmt: skip
 
 
@@ -211,8 +219,8 @@ def test_markdown_report_has_every_section_and_labels_the_projection():
         assert heading in report
     assert "| 64 | prefixes | 100.0 | 20.0 | 900 | 5000 | 64 |" in report
     assert "| 64 | plain vLLM decode step | 10.0 | — | — | — | — |" in report
-    # 6 device steps x 8 ms + 1.25 requests x 30 ms = 85.5 ms a round of 2.5 tokens
-    assert "| specsteer | 0 | 2.50 | 1.25 | 86 | 34.2 | 25.0 | 0.73× |" in report
+    # one at a time: 3 rounds of 3 x 8 + 30 + 8 = 62 ms, 4 tokens each: 15.5 ms a token
+    assert "| one round at a time, K=3 | 0 | 0.250 | 0.000 | 15.5 | 25.0 | 1.61× |" in report
 
 
 def test_plot_writes_a_png(tmp_path):

@@ -17,6 +17,8 @@ MODULES = [
     "eval.bench_vllm",
     "eval.bench_retrieval",
     "eval.bench_real",
+    "eval.bench_network",
+    "eval.replay",
     "eval.report",
     "eval.tool_calls",
     "eval.train_pair",

@@ -270,6 +270,30 @@ def test_an_agent_turn_over_vllm_equals_in_process(server, pair, tmp_path):
     remote.close()
 
 
+def test_rounds_in_flight_over_a_50_ms_wire(server, pair, users):
+    """vLLM behind a wire that adds 50 ms: greedy speculative with rounds in flight is vLLM's
+    own greedy text, with rounds sent ahead; SpecSteer at the client's defaults (draft values
+    asked alongside) completes without degrading, whatever vLLM does with those requests."""
+    import warnings
+
+    from langchain_specsteer.remote.proxy import DelayProxy
+
+    with DelayProxy(server.url, 0.05) as wire:
+        remote = OpenAICompatibleGeneralist(wire.url, MODEL, tokenizer=pair[1].tokenizer)
+        llm = make_llm(pair, remote, method="speculative", rounds_in_flight=4)
+        request, context = users[0]
+        run = llm.rounds(request, private_context=context)
+        ids = [t for r in run for t in r.tokens]
+        prompt = llm.render_prompts(request, context).public_generalist
+        assert ids == vllm_greedy(server, prompt, NEW)[: len(ids)] and len(ids) > 1
+        assert run.stats.voided_rounds + run.stats.rounds == run.stats.generalist_calls
+        assert run.stats.waited_seconds < run.stats.rounds * 0.05  # round trips overlapped
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # vLLM's logprob_token_ids bug
+            _, info = generate(make_llm(pair, remote, rounds_in_flight="auto"), *users[0])
+        assert not info["degraded"] and info["new_tokens"] > 1
+
+
 def test_vllm_killed_mid_generation_completes_degraded(server, pair, users):
     """Killed as the third round starts: the text still reaches its length, the two verified
     rounds open it, and generation_info says it degraded (and why). Last: it kills the
@@ -306,27 +330,3 @@ def test_vllm_killed_mid_generation_completes_degraded(server, pair, users):
     verified = local.specialist.tokenizer.decode(rounds[0].tokens + rounds[1].tokens)
     assert text.startswith(verified)
     assert len(text) > len(verified)
-
-
-def test_rounds_in_flight_over_a_50_ms_wire(server, pair, users):
-    """vLLM behind a wire that adds 50 ms: greedy speculative with rounds in flight is vLLM's
-    own greedy text, with rounds sent ahead; SpecSteer at the client's defaults (draft values
-    asked alongside) completes without degrading, whatever vLLM does with those requests."""
-    import warnings
-
-    from langchain_specsteer.remote.proxy import DelayProxy
-
-    with DelayProxy(server.url, 0.05) as wire:
-        remote = OpenAICompatibleGeneralist(wire.url, MODEL, tokenizer=pair[1].tokenizer)
-        llm = make_llm(pair, remote, method="speculative", rounds_in_flight=4)
-        request, context = users[0]
-        run = llm.rounds(request, private_context=context)
-        ids = [t for r in run for t in r.tokens]
-        prompt = llm.render_prompts(request, context).public_generalist
-        assert ids == vllm_greedy(server, prompt, NEW)[: len(ids)] and len(ids) > 1
-        assert run.stats.voided_rounds + run.stats.rounds == run.stats.generalist_calls
-        assert run.stats.waited_seconds < run.stats.rounds * 0.05  # round trips overlapped
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # vLLM's logprob_token_ids bug
-            _, info = generate(make_llm(pair, remote, rounds_in_flight="auto"), *users[0])
-        assert not info["degraded"] and info["new_tokens"] > 1

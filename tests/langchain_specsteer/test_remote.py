@@ -1137,3 +1137,36 @@ def test_rows_cut_short_beside_a_draft_values_request_are_scored_again(recwarn):
     assert any("scored again" in str(w.message) for w in recwarn.list)
     client.open_session([1, 2], vocab_size=16).verify([5], "ratio", 0.5)
     assert asked == {"scoring": 3, "values": 1}  # draft values no longer asked
+
+
+def test_after_asks_for_unlisted_draft_values_only_after_the_answer():
+    """exact_drafts="after": one request when every draft token is listed; a second, after
+    the first answer, when one is not, whose value then stands in its row."""
+    import httpx
+
+    listed = [{f"token_id:{t}": -0.1 * (t + 1) for t in range(4)} for _ in range(2)]
+    order = []
+
+    def reply(request):
+        body = json.loads(request.content)
+        if "logprob_token_ids" in body:
+            order.append("values")
+            choice = _choice(0, {"token_id:9": -0.25})
+            return httpx.Response(200, json={"choices": [choice]})
+        order.append("scoring")
+        return httpx.Response(200, json={"choices": [_choice(i, r) for i, r in enumerate(listed)]})
+
+    client = _openai(
+        "http://scorer",
+        "m",
+        top_logprobs=4,
+        exact_drafts="after",
+        wrap_transport=lambda t: httpx.MockTransport(reply),
+    )
+    client.open_session([1, 2], vocab_size=16).verify([2], "ratio", 0.5)
+    assert order == ["scoring"]
+    rows = client.open_session([1, 2], vocab_size=16).verify([9], "ratio", 0.5).log_p_G
+    assert order == ["scoring", "scoring", "values"]
+    assert rows[0, 9] == pytest.approx(-0.25)
+    with pytest.raises(ValueError, match="exact_drafts"):
+        _openai("http://scorer", "m", exact_drafts="sometimes")
