@@ -17,8 +17,9 @@ One llama.cpp context serves every sequence of a specialist: each prompt row of 
 - a sequence's id goes back to the pool when it is closed or garbage-collected, and its cells
   are cleared before the id is used again.
 
-What it keeps of llama.cpp: the file's quantisation (SmolLM2-135M Q4_1: about 10 ms per
-token and 200 MiB here, against 66–83 ms and 950 MiB dequantised; docs/real-checkpoints.md).
+What it keeps of llama.cpp: the file's quantisation and its kernels (SmolLM2-135M Q4_1:
+13 ms per token and 310 MiB added, against 142 ms and 720 MiB dequantised by `transformers`,
+on a busy 2-core machine; docs/real-checkpoints.md).
 """
 
 from __future__ import annotations
@@ -345,8 +346,8 @@ class LlamaCppSequence(ModelSequence):
         if rows > shortest:
             msg = f"asked for {rows} rows of a {shortest}-token sequence"
             raise ValueError(msg)
-        if not self._finalizer.alive:
-            msg = "this sequence was closed"
+        if not (self._finalizer.alive and self.lm._finalizer.alive):
+            msg = "this sequence (or its specialist) was closed"
             raise RuntimeError(msg)
         lm, fed = self.lm, []
         with lm._lock:
