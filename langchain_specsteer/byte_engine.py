@@ -53,7 +53,7 @@ from langchain_specsteer.run import Accepted, Draft, Prompts, Round, Run
 from langchain_specsteer.verification import Generalist, Rule, Verdict
 
 if TYPE_CHECKING:
-    from langchain_specsteer.models import LocalSpecialist, TokenSequence
+    from langchain_specsteer.models import ModelSequence, Specialist
     from langchain_specsteer.params import DecodingParams
 
 __all__ = ["ByteDecodeRun", "ByteVocabularies"]
@@ -68,7 +68,7 @@ class ByteVocabularies:
     generalist_width: int
 
     @classmethod
-    def of(cls, specialist: LocalSpecialist, generalist: Generalist) -> ByteVocabularies:
+    def of(cls, specialist: Specialist, generalist: Generalist) -> ByteVocabularies:
         tokenizer = generalist.tokenizer
         if tokenizer is None:
             msg = (
@@ -98,7 +98,7 @@ class ByteDecodeRun(Run):
 
     def __init__(
         self,
-        specialist: LocalSpecialist,
+        specialist: Specialist,
         generalist: Generalist,
         prompts: Prompts,
         params: DecodingParams,
@@ -136,11 +136,11 @@ class ByteDecodeRun(Run):
             self.gen = self.specialist.sequence(self.prompts.public_specialist)
         self.target = self._open_target(self.vocabularies.generalist_width)
 
-    def _specialist_alone(self) -> TokenSequence:
+    def _specialist_alone(self) -> ModelSequence:
         """The specialist finishes from the committed bytes (its next `_sync` aligns it)."""
         return self.ctx or self.specialist.sequence(self.prompts.private)
 
-    def _sync(self, seq: TokenSequence) -> bytes:
+    def _sync(self, seq: ModelSequence) -> bytes:
         """Make the specialist's tokens spell the committed bytes; return the pending bytes.
 
         Its tokens that still spell a prefix stay (with their cache); the rest is
@@ -174,7 +174,7 @@ class ByteDecodeRun(Run):
         masked[ids] = row[ids]
         return torch.log_softmax(masked, dim=-1)
 
-    def _step(self, seq: TokenSequence, q_ctx: list, q_gen: list) -> None:
+    def _step(self, seq: ModelSequence, q_ctx: list, q_gen: list) -> None:
         """A specialist step; a round's first one extends the pending bytes."""
         super()._step(seq, q_ctx, q_gen)
         if len(q_ctx) == 1:

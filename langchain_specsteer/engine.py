@@ -3,8 +3,8 @@
 `SpecSteerEngine` picks the alignment and starts runs. On one shared vocabulary a run is a
 `DecodeRun`: the specialist drafts token ids the generalist verifies as they are; the loop,
 its drivers and the fallback are `run.Run`'s, each method a row of `methods.METHOD_SPECS`,
-the math in `algorithms`, the models behind `TokenSequence`. Different tokenizers take the
-byte-level path (`byte_engine.ByteDecodeRun`).
+the math in `algorithms`, the models behind `ModelSequence` (transformers or llama.cpp).
+Different tokenizers take the byte-level path (`byte_engine.ByteDecodeRun`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Literal
 from langchain_specsteer import algorithms as alg
 from langchain_specsteer.byte_engine import ByteDecodeRun, ByteVocabularies
 from langchain_specsteer.methods import METHOD_SPECS, MethodSpec
-from langchain_specsteer.models import LocalSpecialist, TokenSequence
+from langchain_specsteer.models import ModelSequence, Specialist
 from langchain_specsteer.params import DecodingParams
 from langchain_specsteer.run import Accepted, DecodeStats, Draft, Flight, Prompts, Round, Run
 from langchain_specsteer.streamed import StreamedRun
@@ -51,7 +51,7 @@ class SpecSteerEngine:
 
     def __init__(
         self,
-        specialist: LocalSpecialist,
+        specialist: Specialist,
         generalist: Generalist,
         *,
         batch_specialist: bool | None = None,
@@ -141,7 +141,7 @@ class DecodeRun(Run):
 
     def __init__(
         self,
-        specialist: LocalSpecialist,
+        specialist: Specialist,
         generalist: Generalist,
         prompts: Prompts,
         params: DecodingParams,
@@ -239,7 +239,7 @@ class DecodeRun(Run):
         self.committed.extend(round_.tokens)
         return round_
 
-    def _specialist_alone(self) -> TokenSequence:
+    def _specialist_alone(self) -> ModelSequence:
         if self.ctx is None:
             ctx = self.specialist.sequence(self.prompts.private, vocab_size=self.vocab_size)
             ctx.append(self.committed)
@@ -248,7 +248,7 @@ class DecodeRun(Run):
         return self.ctx
 
 
-def _shared_vocab_size(specialist: LocalSpecialist, generalist: Generalist) -> int:
+def _shared_vocab_size(specialist: Specialist, generalist: Generalist) -> int:
     """The common vocabulary width, or a clear error when the tokenizers differ."""
     signature = generalist.vocab_signature
     if signature is not None and signature != specialist.vocab_signature:

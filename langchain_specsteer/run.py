@@ -46,7 +46,7 @@ from langchain_specsteer.verification import (
 )
 
 if TYPE_CHECKING:
-    from langchain_specsteer.models import LocalSpecialist, TokenSequence
+    from langchain_specsteer.models import ModelSequence, Specialist
     from langchain_specsteer.params import DecodingParams
 
 __all__ = [
@@ -279,7 +279,7 @@ class Run(ABC):
 
     def __init__(
         self,
-        specialist: LocalSpecialist,
+        specialist: Specialist,
         generalist: Generalist,
         prompts: Prompts,
         params: DecodingParams,
@@ -292,8 +292,8 @@ class Run(ABC):
         self.knobs = params.recovery
         self.stats = DecodeStats(method=params.method)
         self.device = specialist.device
-        self.ctx: TokenSequence | None = None
-        self.gen: TokenSequence | None = None
+        self.ctx: ModelSequence | None = None
+        self.gen: ModelSequence | None = None
         self.target: GeneralistSession | None = None
         self.sessions: list[GeneralistSession] = []  # opened by the steps, closed by the driver
         self._stepping = threading.Lock()  # one step at a time, then closing
@@ -340,7 +340,7 @@ class Run(ABC):
         """Bring the specialist's caches to the committed output (nothing in flight)."""
 
     @abstractmethod
-    def _specialist_alone(self) -> TokenSequence:
+    def _specialist_alone(self) -> ModelSequence:
         """The specialist's sequence to finish alone with, every unverified draft dropped."""
 
     @property
@@ -669,7 +669,7 @@ class Run(ABC):
 
     # ------------------------------------------------------------------ the specialist's steps
 
-    def _step(self, seq: TokenSequence, q_ctx: list, q_gen: list) -> None:
+    def _step(self, seq: ModelSequence, q_ctx: list, q_gen: list) -> None:
         """One cached specialist step: q_ctx (and q_gen, when batched) at the next position."""
         start = time.perf_counter()
         rows = alg.temper(seq.forward()[:, 0], self.params.temperature)  # (B, V)
@@ -686,7 +686,7 @@ class Run(ABC):
         return min(p.max_draft_tokens if self.adaptive else p.draft_tokens, remaining - 1)
 
     def _draft_tokens(
-        self, seq: TokenSequence, k: int, eos: frozenset[int], draft: Draft
+        self, seq: ModelSequence, k: int, eos: frozenset[int], draft: Draft
     ) -> list[int]:
         """Up to k tokens from q_ctx, each appended to `seq`, ending at the first in `eos`
         (included), or under `draft_tokens="auto"` once `algorithms.keep_drafting` says stop
@@ -720,7 +720,7 @@ class Run(ABC):
         self.calibration.accepted += min(accepted, len(judged))
         self.calibration.confidence += sum(judged)
 
-    def _score(self, seq: TokenSequence, tokens: list[int]) -> torch.Tensor:
+    def _score(self, seq: ModelSequence, tokens: list[int]) -> torch.Tensor:
         """(len(tokens)+1, V) log-probs of `seq` at each token's position and after (on the
         device): q_gen over the draft."""
         seq.append(tokens)
