@@ -168,43 +168,17 @@ class HTTPGeneralist(Generalist):
         """The model name completions are asked for."""
         return self.name
 
-    def stream_tokens(
-        self,
-        prompt: Sequence[int],
-        *,
-        max_tokens: int,
-        temperature: float,
-        top_p: float = 1.0,
-        seed: int | None = None,
-    ) -> Iterator[Streamed]:
-        body = completion_body(
-            self._served_model(),
-            list(prompt),
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            seed=seed,
-        )
-        return stream_completion(self.http, body)
+    def stream_tokens(self, prompt: Sequence[int], **sampling: Any) -> Iterator[Streamed]:
+        """The generalist's completion of `prompt`, streamed (`remote.stream`); `sampling`:
+        max_tokens, temperature, top_p, seed."""
+        return stream_completion(self.http, self._completion(prompt, sampling))
 
-    def astream_tokens(
-        self,
-        prompt: Sequence[int],
-        *,
-        max_tokens: int,
-        temperature: float,
-        top_p: float = 1.0,
-        seed: int | None = None,
-    ) -> AsyncIterator[Streamed]:
-        body = completion_body(
-            self._served_model(),
-            list(prompt),
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            seed=seed,
-        )
-        return astream_completion(self.http, body)
+    def astream_tokens(self, prompt: Sequence[int], **sampling: Any) -> AsyncIterator[Streamed]:
+        """`stream_tokens` on the running event loop."""
+        return astream_completion(self.http, self._completion(prompt, sampling))
+
+    def _completion(self, prompt: Sequence[int], sampling: dict[str, Any]) -> dict[str, Any]:
+        return completion_body(self._served_model(), list(prompt), **sampling)
 
     def release(self, exchange: Exchange) -> None:
         """Release a session in the background (`wait_released` waits for it)."""

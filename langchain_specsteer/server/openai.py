@@ -281,15 +281,15 @@ class OpenAICompatible:
             }
         return self.answer([merged], len(choices))
 
-    def answer(self, choices: list[dict], completion_tokens: int) -> dict[str, Any]:
-        """An answer (or a stream chunk) holding `choices`."""
+    def answer(self, choices: list[dict], completion_tokens: int, **usage: Any) -> dict[str, Any]:
+        """An answer (or a stream chunk) holding `choices`, with `usage`'s other counts."""
         return {
             "id": f"cmpl-{secrets.token_hex(8)}",
             "object": "text_completion",
             "created": int(time.time()),
             "model": self.service.model_name,
             "choices": choices,
-            "usage": {"completion_tokens": completion_tokens},
+            "usage": {**usage, "completion_tokens": completion_tokens},
         }
 
     def _score(self, request: CompletionRequest, max_tokens: int) -> dict[str, Any]:
@@ -304,21 +304,15 @@ class OpenAICompatible:
         ]
         total = sum(len(p) for p in prompts)
         log_event("completion", prompts=len(prompts), prompt_tokens=total, max_tokens=max_tokens)
-        return {
-            "id": f"cmpl-{secrets.token_hex(8)}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": self.service.model_name,
-            "choices": choices,
-            "usage": {
-                "prompt_tokens": total,
-                "completion_tokens": len(prompts),
-                "total_tokens": total + len(prompts),
-                # as vLLM (--enable-prompt-tokens-details): the last prompt's tokens it did not
-                # compute again; here, those it shares with an earlier prompt of the request
-                "prompt_tokens_details": {"cached_tokens": _shared_prefix(prompts)},
-            },
-        }
+        return self.answer(
+            choices,
+            len(prompts),
+            prompt_tokens=total,
+            total_tokens=total + len(prompts),
+            # as vLLM (--enable-prompt-tokens-details): the last prompt's tokens it did not
+            # compute again; here, those it shares with an earlier prompt of the request
+            prompt_tokens_details={"cached_tokens": _shared_prefix(prompts)},
+        )
 
     def _check_logprob_token_ids(self, request: CompletionRequest) -> None:
         """vLLM's rules for `logprob_token_ids`: with `logprobs`, at most 128, in the vocabulary."""
