@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from eval.cli import HelpFormatter, floats
+from eval.cli import PACKAGE, HelpFormatter, draft_stop, draft_tokens, floats
 
 __all__ = ["build_parser", "main"]
 
@@ -41,8 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_names,
         help="comma-separated methods (default: generalist,specialist,specsteer)",
     )
-    run.add_argument("--gamma", type=floats, help="γ values, e.g. 1.0,0.5,0.1 (default: 0.5)")
-    run.add_argument("--alpha", type=floats, help="α values, e.g. 0.5,1.0 (default: 1.0)")
+    run.add_argument(
+        "--gamma", type=floats, help=f"γ values, e.g. 1.0,0.5,0.1 (default: {PACKAGE.gamma:g})"
+    )
+    run.add_argument(
+        "--alpha", type=floats, help=f"α values, e.g. 0.5,1.0 (default: {PACKAGE.alpha:g})"
+    )
     run.add_argument("--retriever", default="bm25", help="bm25, dense or none")
     run.add_argument("--k", type=int, default=5, help="profile entries in the private prompt")
     run.add_argument("--dense-model", help="sentence-transformers model for --retriever dense")
@@ -50,22 +54,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-new-tokens", type=int, default=1024, help="tokens per generation")
     run.add_argument(
         "--draft-tokens",
-        default=6,
+        type=draft_tokens,
+        default=PACKAGE.draft_tokens,
         help="K, drafts per round, or auto: the device chooses each round's length",
     )
     run.add_argument(
-        "--max-draft-tokens", type=int, default=16, help="with --draft-tokens auto: the longest"
+        "--max-draft-tokens",
+        type=int,
+        default=PACKAGE.max_draft_tokens,
+        help="with --draft-tokens auto: the longest",
     )
     run.add_argument(
         "--draft-stop",
-        type=float,
-        default=0.1,
-        help="with --draft-tokens auto: stop drafting below this estimated acceptance",
+        type=draft_stop,
+        default=PACKAGE.draft_stop,
+        help="with --draft-tokens auto: stop drafting below this estimated acceptance; none: "
+        "when one more draft no longer pays for the round's measured cost",
     )
     run.add_argument(
         "--gate",
         choices=["fixed", "context"],
-        default="fixed",
+        default=PACKAGE.gate,
         help="fixed: γ at every draft position; context: γ·exp(−JSD(q_ctx, q_gen))",
     )
     run.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")

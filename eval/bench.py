@@ -52,7 +52,7 @@ from eval.bounds import (
     round_seconds,
     speedup_bound,
 )
-from eval.cli import add_output_options, command_parser, floats
+from eval.cli import PACKAGE, add_output_options, command_parser, floats
 from eval.harness import (
     TASK,
     Case,
@@ -641,7 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompts", type=int, default=20, help="held-out examples used")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per generation")
     parser.add_argument("--k", type=int, default=3, help="BM25 profile entries retrieved")
-    parser.add_argument("--gamma", type=float, default=0.5, help="specsteer's γ in the tables")
+    parser.add_argument(
+        "--gamma", type=float, default=PACKAGE.gamma, help="specsteer's γ in the tables"
+    )
     parser.add_argument(
         "--gammas",
         type=floats,

@@ -226,7 +226,7 @@ def _device_costs(runtime: str, file: str, threads: int) -> dict[str, Any]:
     import statistics
 
     from eval.harness import PeakMemory
-    from langchain_specsteer.models import load_specialist
+    from langchain_specsteer.runtimes import load_specialist
 
     torch.set_num_threads(threads)
     path = str({"smollm2": smollm2_gguf, "gemma3": gemma3_gguf}[file]())
@@ -467,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {out / 'bench_real_overhead.json'}")
         return 0
     from langchain_specsteer import SpecSteerLLM
-    from langchain_specsteer.models import load_specialist
+    from langchain_specsteer.runtimes import load_specialist
 
     runtimes = [r for r in args.runtimes.split(",") if r]
     if unknown := set(runtimes) - set(RUNTIMES):

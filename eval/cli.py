@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from langchain_specsteer.params import DecodingParams, check_draft_tokens
+
 __all__ = [
     "HelpFormatter",
     "add_heldout_options",
@@ -64,6 +66,33 @@ def counts_with_zero(text: str) -> list[int]:
     return values
 
 
+PACKAGE = DecodingParams()
+"""The package's decoding defaults (`DecodingParams`): every eval command takes its own from
+here, so a bench measures what a user gets by default."""
+
+
+def draft_stop(text: str) -> float | None:
+    """--draft-stop: a number in [0, 1], or "none" (drafts sized by the round's cost)."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        msg = f"expected a number in [0, 1] or none, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def draft_tokens(text: str) -> int | str:
+    """--draft-tokens: K (an integer ≥ 1) or "auto"."""
+    try:
+        return check_draft_tokens(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_heldout_options(parser: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
     """The options of a bench over held-out users of the synthetic world: where the data is,
     which split, retrieval depth, and the decoding fields every bench varies."""
@@ -77,8 +106,15 @@ def add_heldout_options(parser: argparse.ArgumentParser, *, max_new_tokens: int)
     parser.add_argument(
         "--max-new-tokens", type=int, default=max_new_tokens, help="tokens per generation"
     )
-    parser.add_argument("--gamma", type=float, default=0.5, help="specsteer's verification gate γ")
-    parser.add_argument("--draft-tokens", type=int, default=6, help="K, drafts per round")
+    parser.add_argument(
+        "--gamma", type=float, default=PACKAGE.gamma, help="specsteer's verification gate γ"
+    )
+    parser.add_argument(
+        "--draft-tokens",
+        type=draft_tokens,
+        default=PACKAGE.draft_tokens,
+        help="K, drafts per round, or auto",
+    )
 
 
 def command_parser(prog: str, doc: str) -> argparse.ArgumentParser:

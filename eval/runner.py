@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from eval.cli import PACKAGE
 from eval.data import SETTINGS, SPLITS, TASKS, Example, load_longlamp
 from eval.metrics import rouge
 from eval.prompts import RETRIEVERS, retrieve_profile
@@ -58,18 +59,18 @@ class RunConfig(BaseModel):
     specialist: str
     generalist: str
     methods: list[MethodName] = Field(default=["generalist", "specialist", "specsteer"])
-    gammas: list[float] = Field(default=[0.5], min_length=1)
-    alphas: list[float] = Field(default=[1.0], min_length=1)
+    gammas: list[float] = Field(default=[PACKAGE.gamma], min_length=1)
+    alphas: list[float] = Field(default=[PACKAGE.alpha], min_length=1)
     retriever: Literal[RETRIEVERS] = "bm25"
     k: int = Field(default=5, ge=1)
     dense_model: str | None = None
     limit: int | None = Field(default=None, ge=1)
     max_new_tokens: int = Field(default=1024, ge=1)
-    draft_tokens: int | Literal["auto"] = 6
+    draft_tokens: int | Literal["auto"] = PACKAGE.draft_tokens
     """K, or "auto": the device chooses each round's length (DecodingParams.draft_tokens)."""
-    max_draft_tokens: int = Field(default=16, ge=1)
-    draft_stop: float = Field(default=0.1, ge=0, le=1)
-    gate: Literal["fixed", "context"] = "fixed"
+    max_draft_tokens: int = Field(default=PACKAGE.max_draft_tokens, ge=1)
+    draft_stop: float | None = Field(default=PACKAGE.draft_stop, ge=0, le=1)
+    gate: Literal["fixed", "context"] = PACKAGE.gate
     device: str | None = None
     dtype: str | None = None
     stem: bool = False

@@ -27,13 +27,7 @@ from langchain_specsteer.context import (
 )
 from langchain_specsteer.engine import SpecSteerEngine
 from langchain_specsteer.methods import METHOD_SPECS
-from langchain_specsteer.models import (
-    LocalGeneralist,
-    Message,
-    Specialist,
-    SpecialistRuntime,
-    load_specialist,
-)
+from langchain_specsteer.models import LocalGeneralist, Message, Specialist
 from langchain_specsteer.params import (
     DEFAULT_CONTEXT_TEMPLATE,
     DecodingParams,
@@ -41,6 +35,7 @@ from langchain_specsteer.params import (
     template_fields,
 )
 from langchain_specsteer.run import Prompts, Round, Run
+from langchain_specsteer.runtimes import SpecialistRuntime, load_specialist
 from langchain_specsteer.text import ByteDetokenizer, IncrementalDetokenizer, StopStringFilter
 from langchain_specsteer.verification import Generalist, GeneralistError, PromptTurns
 

@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -31,12 +31,10 @@ __all__ = [
     "Message",
     "ModelSequence",
     "Specialist",
-    "SpecialistRuntime",
     "TokenSequence",
     "cache_keyword",
     "encode_messages",
     "encode_prompt",
-    "load_specialist",
     "spelled_width",
 ]
 
@@ -326,37 +324,6 @@ class Specialist(ABC):
         return encode_messages(
             self.tokenizer, messages, chat=chat, chat_template_kwargs=chat_template_kwargs
         )
-
-
-SpecialistRuntime = Literal["transformers", "llama.cpp"]
-"""What runs a specialist: `LocalSpecialist` or `llamacpp.LlamaCppSpecialist`."""
-
-
-def load_specialist(
-    model_id: str,
-    *,
-    runtime: SpecialistRuntime = "transformers",
-    gguf_file: str | None = None,
-    device: str | torch.device | None = None,
-    torch_dtype: str | torch.dtype | None = None,
-) -> Specialist:
-    """A specialist from a hub id, folder or `.gguf` file, run by `runtime`.
-
-    "transformers": `LocalSpecialist.from_pretrained` (a GGUF file is dequantised to
-    `torch_dtype`). "llama.cpp": `LlamaCppSpecialist.from_pretrained`, which needs a GGUF file
-    and the `llamacpp` extra, keeps the file's quantisation and ignores `device` and
-    `torch_dtype` (its log-probs are on the CPU).
-    """
-    if runtime == "transformers":
-        return LocalSpecialist.from_pretrained(
-            model_id, gguf_file=gguf_file, device=device, torch_dtype=torch_dtype
-        )
-    if runtime == "llama.cpp":
-        from langchain_specsteer.llamacpp import LlamaCppSpecialist
-
-        return LlamaCppSpecialist.from_pretrained(model_id, gguf_file=gguf_file)
-    msg = f"specialist_runtime must be 'transformers' or 'llama.cpp', got {runtime!r}"
-    raise ValueError(msg)
 
 
 class LocalModel:

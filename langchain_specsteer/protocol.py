@@ -141,6 +141,7 @@ class ServiceLimits:
         max_body_chunks: most chunks in a chunked request body (the HTTP server parses each
             one; see `server.bounded_h11`).
         body_timeout_seconds: a request body must arrive within this long (else 408).
+        max_completion_tokens: the most tokens one `/v1/completions` request generates.
         max_rounds_in_flight: `specsteer/2` rounds of one session waiting their turn at once
             (a client sends at most this many before a verdict).
         round_wait_seconds: how long a `specsteer/2` round waits for the rounds numbered
@@ -157,6 +158,7 @@ class ServiceLimits:
     max_body_bytes: int = 1 << 20
     max_body_chunks: int = 1024
     body_timeout_seconds: float = 30.0
+    max_completion_tokens: int = 4096
     max_rounds_in_flight: int = 8
     round_wait_seconds: float = 30.0
 

@@ -192,7 +192,12 @@ def verifier(specialist, generalist):
     from langchain_specsteer.testing import BackgroundServer
 
     vocab = min(specialist.vocab_size, generalist.vocab_size)
-    limits = ServiceLimits(max_top_m=vocab, max_logprobs=vocab)
+    limits = ServiceLimits(
+        max_top_m=vocab,
+        max_logprobs=vocab,
+        max_completion_tokens=64,  # what a fuzzed completion may cost the suite
+        round_wait_seconds=2.0,  # ... and a fuzzed round waiting for its predecessors
+    )
     service = VerifierService(generalist, specialist, limits=limits)
     recorder = RequestRecorder(create_app(service))
     with BackgroundServer(recorder) as server:

@@ -163,9 +163,9 @@ class OpenAICompatible:
         if request.stream and max_tokens < 1:
             msg = "a stream generates: max_tokens must be at least 1"
             raise ServiceError(400, msg, param="max_tokens")
-        if max_tokens > limits.max_session_tokens:
-            msg = f"max_tokens {max_tokens} is over max_session_tokens"
-            raise ServiceError(400, f"{msg} ({limits.max_session_tokens})", param="max_tokens")
+        if max_tokens > limits.max_completion_tokens:
+            msg = f"max_tokens {max_tokens} is over max_completion_tokens"
+            raise ServiceError(400, f"{msg} ({limits.max_completion_tokens})", param="max_tokens")
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(request, name)
             if value is not None and not 0 <= value <= limits.max_logprobs:

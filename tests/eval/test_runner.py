@@ -245,7 +245,9 @@ def test_adaptive_rounds_run_and_define_the_run(config, data_file, tiny_dir, tmp
     capsys.readouterr()
     assert main([*argv, "--draft-tokens", "auto", "--out", str(folder)]) == 2
     assert "other max_draft_tokens, gate" in capsys.readouterr().err
-    assert main([*argv, "--draft-tokens", "many", "--out", str(tmp_path / "bad")]) == 2
+    with pytest.raises(SystemExit) as refused:  # the option's own type refuses it
+        main([*argv, "--draft-tokens", "many", "--out", str(tmp_path / "bad")])
+    assert refused.value.code == 2
     assert "draft_tokens must be an integer greater than or equal to 1" in capsys.readouterr().err
 
     old = tmp_path / "old"  # a run from before max_draft_tokens, draft_stop and gate

@@ -294,7 +294,7 @@ def test_a_service_failing_with_rounds_in_flight_degrades_keeping_the_verified_t
     pairs = zip([*ids, -1], [*full, -2], strict=False)
     common = next(i for i, (a, b) in enumerate(pairs) if a != b)
     assert common > 0  # the rounds verified before the failure open the text ...
-    private = llm.render_prompts(PROMPTS[0], CONTEXT).private
+    private = reference.render_prompts(PROMPTS[0], CONTEXT).private
     rest = llm.specialist.model.generate(
         torch.tensor([private + ids[:common]]), do_sample=False, max_new_tokens=32 - common
     )[0, len(private) + common :].tolist()

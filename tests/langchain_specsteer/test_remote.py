@@ -978,7 +978,7 @@ def test_processed_logprobs_temper_the_generated_token_only(generalist, processe
         ({"prompt": [[1]] * 66}, 413, "prompt", r"66 prompts; this server scores at most 65"),
         ({"prompt": [[1], []]}, 400, "prompt", r"prompt\[1\] is empty"),
         ({"prompt": [[1], [1, 10**6]]}, 400, "prompt", r"prompt\[1\] holds token id 1000000"),
-        ({"prompt": [1], "top_p": 0.5}, 400, "top_p", "top_p must be 1.0 or omitted"),
+        ({"prompt": [1], "top_p": 0.5}, 400, "top_p", "below 1 only when generating"),
         ({"prompt": [1], "top_k": 5}, 400, "top_k", "no sampling processor but temperature"),
         ({"prompt": [1], "repetition_penalty": 1.1}, 400, "repetition_penalty", "penalty"),
     ],
