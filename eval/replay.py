@@ -40,6 +40,7 @@ from eval.harness import Phases, load_cases, machine_info, write_outputs
 from eval.pair import DEMO_PAIR, load_llm
 from eval.tables import num, table
 from langchain_specsteer import algorithms as alg
+from langchain_specsteer.run import Calibration
 
 __all__ = ["Costs", "Position", "Schedule", "record", "replay"]
 
@@ -106,7 +107,9 @@ SCHEDULES = (
     Schedule("auto, draft_stop 0.1", "stop=0.1"),
     Schedule("auto, by round cost", "cost"),
     Schedule("in flight: K=6, depth 4", 6, 4),
-    Schedule("in flight: K=3, depth 8", 3, 8),
+    Schedule("in flight: K=6, send_ahead", 6, 8, "send_ahead"),
+    Schedule("in flight: by round cost, depth 2", "cost", 2),
+    Schedule("in flight: by round cost, depth 4", "cost", 4),
     Schedule("in flight: by round cost, send_ahead", "cost", 8, "send_ahead"),
 )
 
@@ -180,7 +183,13 @@ def measure_costs(llm: Any, case: Any, k: int, repeats: int = 5) -> Costs:
 # ---------------------------------------------------------------- replaying
 
 
-def _draft_length(schedule: Schedule, text: list[Position], at: int, round_steps: float) -> int:
+def _draft_length(
+    schedule: Schedule,
+    text: list[Position],
+    at: int,
+    round_steps: float,
+    calibration: Calibration,
+) -> int:
     """How many tokens the schedule drafts from position `at` (at most to the text's end)."""
     left = len(text) - at
     if isinstance(schedule.draft, int):
@@ -189,9 +198,10 @@ def _draft_length(schedule: Schedule, text: list[Position], at: int, round_steps
     for i in range(min(16, left)):
         confidences.append(text[at + i].confidence)
         if schedule.draft == "cost":
-            more = alg.worth_drafting(confidences, 1.0, round_steps)
+            more = alg.worth_drafting(len(confidences), calibration.acceptance, round_steps)
         else:
-            more = alg.keep_drafting(confidences, 1.0, float(schedule.draft.split("=")[1]))
+            threshold = float(schedule.draft.split("=")[1])
+            more = alg.keep_drafting(confidences, calibration.rho, threshold)
         if not more:
             return i + 1
     return len(confidences)
@@ -234,12 +244,13 @@ def _replay_one(
     oldest verdict; a rejection or a wrong guess voids the rounds after it. The generalist
     side verifies one round at a time (`costs.parallel` false: one CPU) or all at once."""
     committed, at, clock, server_free = 0, 0, 0.0, 0.0
+    calibration = Calibration()  # as a run learns from its verdicts
     flights: deque[tuple[int, int, float]] = deque()  # (first drafted position, k, verdict due)
     while committed < len(text):
-        while at < len(text) and _send_another(schedule, text, flights, round_steps):
+        while at < len(text) and _send_another(schedule, flights, round_steps, calibration):
             guess = 1 if flights else 0
             start = at + guess
-            k = _draft_length(schedule, text, start, round_steps)
+            k = _draft_length(schedule, text, start, round_steps, calibration)
             clock += (k + guess) * costs.step
             arrives = clock + rtt / 2
             served = arrives if costs.parallel else max(arrives, server_free)
@@ -252,6 +263,10 @@ def _replay_one(
         first, k, due = flights.popleft()
         clock = max(clock, due) + costs.finish
         rejected = next((i for i in range(k) if not text[first + i].accepted), None)
+        judged = text[first : first + (k if rejected is None else rejected + 1)]
+        calibration.accepted += k if rejected is None else rejected
+        calibration.confidence += sum(p.confidence for p in judged)
+        calibration.judged += len(judged)
         end = first + (k if rejected is None else rejected) + 1
         out.tokens += end - committed
         committed = end
@@ -264,7 +279,7 @@ def _replay_one(
 
 
 def _send_another(
-    schedule: Schedule, text: list[Position], flights: deque, round_steps: float
+    schedule: Schedule, flights: deque, round_steps: float, calibration: Calibration
 ) -> bool:
     """Whether the schedule sends one more round before taking a verdict."""
     if not flights:
@@ -273,13 +288,9 @@ def _send_another(
         return False
     if schedule.ahead != "send_ahead":
         return True
-    first = flights[0][0]
     last_start, last_k, _ = flights[-1]
-    chance = 1.0
-    for position in text[first : last_start + last_k + 1]:  # the drafts and the guesses
-        chance *= position.confidence
-    ahead = last_start + last_k + 1 - first
-    return alg.send_ahead(chance, ahead, round_steps)
+    ahead = last_start + last_k + 1 - flights[0][0]  # the drafts and guesses in flight
+    return alg.send_ahead(calibration.acceptance**ahead, ahead, round_steps)
 
 
 # ---------------------------------------------------------------- the command

@@ -325,36 +325,39 @@ def keep_drafting(
     return chance >= stop
 
 
-def worth_drafting(
-    confidences: Sequence[float], calibration: float = 1.0, round_steps: float | None = None
-) -> bool:
-    """Whether the device drafts one more token (`draft_tokens="auto"`), by the round's cost.
+ROUND_STEPS_PRIOR = 10.0
+"""A round's fixed cost in specialist steps before the run has measured one: about a
+generalist step's cost over a specialist step's in one process (`worth_drafting`)."""
+
+
+def worth_drafting(drafted: int, acceptance: float, round_steps: float | None = None) -> bool:
+    """Whether the device drafts one more token (`draft_tokens="auto"` with
+    `draft_stop=None`), by the round's cost.
 
     A round that drafts k tokens costs its fixed part F (waiting on the verdict: the round
-    trip and the generalist side's work; then the device's work on it) plus k steps, and
-    yields E_k = 1 + Σ_{i≤k} P_i tokens, where P_i = Π_{j≤i} min(1, ρ·q_ctx(d_j)) is the
-    chance that the first i drafts are all accepted. Drafting on pays while the last token
-    drafted added more tokens per step than the round yields per step so far:
-    P_k · (F/c_S + k) ≥ E_k. P only falls as k grows, so the first k that fails ends the
-    draft (that token included). A far generalist (large F) makes drafts long, a near one
-    short; no threshold to tune.
+    trip and the generalist side's work; then the device's work on it) plus k specialist
+    steps c_S, and yields E_k = 1 + Σ_{i≤k} a^i tokens, where a is the chance that a draft
+    is accepted given the ones before it were, as this run has measured it
+    (`run.Calibration.acceptance`). Drafting on pays while the last token drafted adds more
+    tokens per step than the round yields per step so far: a^k · (F/c_S + k) ≥ E_k. That
+    side falls as k grows, so the first k that fails ends the draft (that token included).
+    A far generalist (large F) makes drafts long, a near one short; nothing to tune.
 
     Args:
-        confidences: q_ctx(d_i) of each token drafted so far this round.
-        calibration: ρ (`draft_calibration`).
+        drafted: k, the tokens drafted so far this round.
+        acceptance: a, the measured chance that a draft is accepted.
         round_steps: F / c_S, measured on this run (`run.RoundCosts.round_steps`); None
-            before it is: then the fixed `DRAFT_STOP` rule (`keep_drafting`).
+            before it is (`ROUND_STEPS_PRIOR`).
     """
-    if round_steps is None:
-        return keep_drafting(confidences, calibration, DRAFT_STOP)
+    steps = ROUND_STEPS_PRIOR if round_steps is None else round_steps
     chance, expected = 1.0, 1.0
-    for confidence in confidences:
-        chance *= min(1.0, calibration * confidence)
+    for _ in range(drafted):
+        chance *= acceptance
         expected += chance
-    return chance * (round_steps + len(confidences)) >= expected
+    return chance * (steps + drafted) >= expected
 
 
-SEND_AHEAD_FLOOR = 0.1
+SEND_AHEAD_FLOOR = 0.05
 """Rounds in flight: the device sends another round ahead of the verdicts only while the
 chance that every round in flight stands (all drafts accepted and every guessed last token
 right) is at least this, so that a verifier is not flooded with rounds that are likely void
@@ -368,14 +371,18 @@ def send_ahead(
 
     It pays while the rounds in flight are likely to stand (`chance` ≥ `floor`) and the
     device has not yet drafted past the time the oldest verdict takes (`ahead_steps` <
-    `round_steps`: beyond it that verdict is due, and the device takes it first). Drafting
-    ahead costs the device nothing it would not spend waiting; what it costs the generalist
-    side is a verification of a round that a rejection may void.
+    `round_steps`: beyond it that verdict is due, and the device takes it first). So next to
+    the generalist, where a verdict comes back within a few steps, one round at a time; the
+    farther the generalist, the more rounds in flight. Drafting ahead costs the device
+    nothing it would not spend waiting; what it costs the generalist side is a verification
+    of a round that a rejection may void.
 
     Args:
-        chance: the estimated chance that every round in flight stands.
+        chance: the estimated chance that every round in flight stands: a^n for the n drafts
+            and guessed tokens in flight (a: `run.Calibration.acceptance`).
         ahead_steps: specialist steps drafted ahead of the oldest round's request.
-        round_steps: a round's fixed cost in specialist steps (None: not measured yet).
+        round_steps: a round's fixed cost in specialist steps (None: not measured yet, so
+            the chance alone decides).
         floor: the least `chance` worth a round.
     """
     if chance < floor:

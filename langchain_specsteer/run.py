@@ -191,12 +191,10 @@ class Flight:
         draft: what was sent.
         predicted: the token the next round was drafted after: the device's guess of this
             round's last token (None while no round follows it).
-        predicted_confidence: q_ctx(predicted), for the chance the guess holds.
     """
 
     draft: Draft
     predicted: int | None = None
-    predicted_confidence: float = 1.0
     sent_at: float | None = None
 
     @property
@@ -222,14 +220,25 @@ class Calibration:
         accepted: drafts accepted.
         confidence: Σ q_ctx(d_i) over the drafts whose verdict is known (the accepted ones
             and the first rejected one).
+        judged: how many drafts those are.
     """
 
     accepted: float = 0.0
     confidence: float = 0.0
+    judged: int = 0
+
+    PRIOR = 4.0
+    """Pseudo-verdicts behind `acceptance`, at 90 % accepted."""
 
     @property
     def rho(self) -> float:
         return alg.draft_calibration(self.accepted, self.confidence)
+
+    @property
+    def acceptance(self) -> float:
+        """The chance that a draft is accepted when those before it were: accepted over
+        judged drafts, with `PRIOR` pseudo-verdicts at 90 %."""
+        return (self.accepted + 0.9 * self.PRIOR) / (self.judged + self.PRIOR)
 
 
 @dataclass
@@ -541,7 +550,6 @@ class Run(ABC):
             self._step(self.ctx, last.draft.q_ctx, last.draft.q_gen)
             row = last.draft.q_ctx[-1]
             last.predicted = self._choose_draft(row, position)
-            last.predicted_confidence = float(row[last.predicted].exp())
             self.ctx.append([last.predicted])
             position += 1
             if last.predicted in self._eos:
@@ -574,12 +582,8 @@ class Run(ABC):
             return False
         if self.params.rounds_in_flight != "auto":  # a fixed depth: always that many
             return True
-        rho, chance = self.calibration.rho, 1.0
-        for f in flights:
-            guess = [f.predicted_confidence] if f.predicted is not None else []
-            for confidence in [*f.draft.confidences, *guess]:
-                chance *= min(1.0, rho * confidence)
         ahead = sum(f.tentative for f in flights)
+        chance = self.calibration.acceptance**ahead
         return alg.send_ahead(chance, ahead, self.costs.round_steps())
 
     def _depth_cap(self) -> int:
@@ -707,11 +711,12 @@ class Run(ABC):
 
     def _keep_drafting(self, confidences: list[float], rho: float) -> bool:
         """`draft_tokens="auto"`: against a fixed `draft_stop`, or the round's measured cost
-        (`algorithms.worth_drafting`)."""
+        and acceptance (`algorithms.worth_drafting`)."""
         stop = self.params.draft_stop
         if stop is not None:
             return alg.keep_drafting(confidences, rho, stop)
-        return alg.worth_drafting(confidences, rho, self.costs.round_steps())
+        acceptance = self.calibration.acceptance
+        return alg.worth_drafting(len(confidences), acceptance, self.costs.round_steps())
 
     def _observe(self, draft: Draft, accepted: int) -> None:
         """Count a verdict for `draft_tokens="auto"`: the specialist's `accepted` drafts and
@@ -719,6 +724,7 @@ class Run(ABC):
         judged = draft.confidences[: accepted + 1]
         self.calibration.accepted += min(accepted, len(judged))
         self.calibration.confidence += sum(judged)
+        self.calibration.judged += len(judged)
 
     def _score(self, seq: ModelSequence, tokens: list[int]) -> torch.Tensor:
         """(len(tokens)+1, V) log-probs of `seq` at each token's position and after (on the
