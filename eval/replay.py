@@ -194,15 +194,16 @@ def _draft_length(
     left = len(text) - at
     if isinstance(schedule.draft, int):
         return max(0, min(schedule.draft, left))
+    if schedule.draft == "cost":
+        for k in range(1, min(16, left) + 1):
+            if not alg.worth_drafting(k, calibration.acceptance, round_steps):
+                return k - 1
+        return min(16, left)
     confidences: list[float] = []
     for i in range(min(16, left)):
         confidences.append(text[at + i].confidence)
-        if schedule.draft == "cost":
-            more = alg.worth_drafting(len(confidences), calibration.acceptance, round_steps)
-        else:
-            threshold = float(schedule.draft.split("=")[1])
-            more = alg.keep_drafting(confidences, calibration.rho, threshold)
-        if not more:
+        threshold = float(schedule.draft.split("=")[1])
+        if not alg.keep_drafting(confidences, calibration.rho, threshold):
             return i + 1
     return len(confidences)
 

@@ -340,11 +340,11 @@ def worth_drafting(drafted: int, acceptance: float, round_steps: float | None = 
     is accepted given the ones before it were, as this run has measured it
     (`run.Calibration.acceptance`). Drafting on pays while the last token drafted adds more
     tokens per step than the round yields per step so far: a^k · (F/c_S + k) ≥ E_k. That
-    side falls as k grows, so the first k that fails ends the draft (that token included).
+    side falls as k grows, so the draft stops before the first k that fails.
     A far generalist (large F) makes drafts long, a near one short; nothing to tune.
 
     Args:
-        drafted: k, the tokens drafted so far this round.
+        drafted: k, counting the token in question.
         acceptance: a, the measured chance that a draft is accepted.
         round_steps: F / c_S, measured on this run (`run.RoundCosts.round_steps`); None
             before it is (`ROUND_STEPS_PRIOR`).

@@ -693,11 +693,17 @@ class Run(ABC):
         self, seq: ModelSequence, k: int, eos: frozenset[int], draft: Draft
     ) -> list[int]:
         """Up to k tokens from q_ctx, each appended to `seq`, ending at the first in `eos`
-        (included), or under `draft_tokens="auto"` once `algorithms.keep_drafting` says stop
-        (that token included); q_ctx (and batched q_gen) before each go to `draft`."""
+        (included); under `draft_tokens="auto"`, with `draft_stop` once
+        `algorithms.keep_drafting` says stop (that token included), else before a token
+        `algorithms.worth_drafting` says does not pay. q_ctx (and batched q_gen) before each
+        go to `draft`."""
         tokens: list[int] = []
         rho = self.calibration.rho if self.adaptive else 1.0
+        by_cost = self.adaptive and self.params.draft_stop is None
+        acceptance, round_steps = self.calibration.acceptance, self.costs.round_steps()
         for _ in range(k):
+            if by_cost and not alg.worth_drafting(len(tokens) + 1, acceptance, round_steps):
+                break
             self._step(seq, draft.q_ctx, draft.q_gen)
             token = self._choose_draft(draft.q_ctx[-1], draft.position + len(tokens))
             tokens.append(token)
@@ -705,18 +711,11 @@ class Run(ABC):
             if token in eos:
                 break
             draft.confidences.append(float(draft.q_ctx[-1][token].exp()))
-            if self.adaptive and not self._keep_drafting(draft.confidences, rho):
+            stop = self.params.draft_stop
+            confident = stop is None or alg.keep_drafting(draft.confidences, rho, stop)
+            if self.adaptive and not confident:
                 break
         return tokens
-
-    def _keep_drafting(self, confidences: list[float], rho: float) -> bool:
-        """`draft_tokens="auto"`: against a fixed `draft_stop`, or the round's measured cost
-        and acceptance (`algorithms.worth_drafting`)."""
-        stop = self.params.draft_stop
-        if stop is not None:
-            return alg.keep_drafting(confidences, rho, stop)
-        acceptance = self.calibration.acceptance
-        return alg.worth_drafting(len(confidences), acceptance, self.costs.round_steps())
 
     def _observe(self, draft: Draft, accepted: int) -> None:
         """Count a verdict for `draft_tokens="auto"`: the specialist's `accepted` drafts and

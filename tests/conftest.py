@@ -17,6 +17,16 @@ PROMPTS = [
     "Le café est délicieux 😀",
 ]
 CONTEXT = "Zorblax quantum marmalade sixty-seven. I always say crunchy and rate things 5 stars."
+COUNTS = ("new_tokens", "rounds", "drafted", "accepted", "generalist_calls", "finish_reason")
+
+
+def counts(info: dict) -> dict:
+    """A run's counters from its `generation_info`, the generalist's calls counted as the rounds
+    that stood: a round sent ahead and voided by a verdict (`voided_rounds`) is a call that one
+    round at a time (every in-process run) never makes."""
+    out = {k: info[k] for k in COUNTS}
+    out["generalist_calls"] -= info["voided_rounds"]
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -286,8 +286,9 @@ def test_rounds_in_flight_over_a_50_ms_wire(server, pair, users):
         ids = [t for r in run for t in r.tokens]
         prompt = llm.render_prompts(request, context).public_generalist
         assert ids == vllm_greedy(server, prompt, NEW)[: len(ids)] and len(ids) > 1
+        # rounds went out ahead of verdicts (how much that saves is eval.bench_vllm's to say)
+        assert run.stats.voided_rounds > 0
         assert run.stats.voided_rounds + run.stats.rounds == run.stats.generalist_calls
-        assert run.stats.waited_seconds < run.stats.rounds * 0.05  # round trips overlapped
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # vLLM's logprob_token_ids bug
             _, info = generate(make_llm(pair, remote, rounds_in_flight="auto"), *users[0])

@@ -821,3 +821,58 @@ def test_chunk_accept_per_chunk_gates():
     assert alg.chunk_accept(boundaries, log_q, log_p, [0.5, 0.5, 0.7]) == (2, 3)
     assert alg.chunk_accept(boundaries, log_q, log_p, [0.0, 0.0, math.inf]) == (2, 3)
     assert alg.chunk_accept(boundaries, log_q, log_p, [math.inf, 0.0, 0.0]) == (0, 0)
+
+
+def _best_draft_length(acceptance: float, steps: float, longest: int) -> int:
+    """The k that maximises a round's tokens per step, E_k / (F/c_S + k), by brute force."""
+
+    def rate(k: int) -> float:
+        expected = sum(acceptance**i for i in range(k + 1))  # 1 + a + ... + a^k
+        return expected / (steps + k)
+
+    return max(range(longest + 1), key=rate)
+
+
+@pytest.mark.parametrize("acceptance", [0.3, 0.6, 0.8, 0.9, 0.95, 0.99])
+@pytest.mark.parametrize("steps", [2.0, 10.0, 40.0, 100.0])
+def test_worth_drafting_stops_at_the_most_tokens_per_step(acceptance, steps):
+    """Drafting one more token pays exactly while it raises the round's expected tokens per
+    step: the rule's length is the brute-force best."""
+    longest = 64
+    k = next(
+        (k for k in range(1, longest + 1) if not alg.worth_drafting(k, acceptance, steps)),
+        longest,
+    )
+    # the draft stops before the first token that does not pay: k − 1 tokens
+    assert k - 1 == _best_draft_length(acceptance, steps, longest) or k == longest
+    assert alg.worth_drafting(1, acceptance, None) == alg.worth_drafting(
+        1, acceptance, alg.ROUND_STEPS_PRIOR
+    )
+
+
+def test_worth_drafting_drafts_longer_for_a_farther_generalist():
+    lengths = []
+    for steps in (5.0, 20.0, 80.0):
+        lengths.append(next(k for k in range(1, 200) if not alg.worth_drafting(k, 0.9, steps)))
+    assert lengths == sorted(lengths) and lengths[0] < lengths[-1]
+
+
+def test_send_ahead_needs_a_likely_pipeline_and_a_verdict_not_yet_due():
+    assert alg.send_ahead(0.5, ahead_steps=10, round_steps=40)
+    assert not alg.send_ahead(0.5, ahead_steps=40, round_steps=40)  # the verdict is due
+    assert not alg.send_ahead(0.04, ahead_steps=10, round_steps=40)  # below the floor
+    assert alg.send_ahead(0.05, ahead_steps=10, round_steps=40)
+    assert alg.send_ahead(0.5, ahead_steps=100, round_steps=None)  # nothing measured yet
+    assert not alg.send_ahead(0.2, 1, 40, floor=0.3)
+
+
+def test_choice_seeds_depend_on_the_seed_the_position_and_the_purpose_only():
+    seeds = {
+        alg.choice_seed(seed, position, purpose)
+        for seed in (0, 1, 2**62)
+        for position in range(50)
+        for purpose in ("draft", "verify", "recover", "accept")
+    }
+    assert len(seeds) == 3 * 50 * 4  # no two choices share a seed
+    assert alg.choice_seed(7, 3, "draft") == alg.choice_seed(7, 3, "draft")
+    assert all(0 <= s < 2**63 for s in seeds)  # torch's manual_seed takes them

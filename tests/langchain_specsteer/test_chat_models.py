@@ -16,7 +16,7 @@ from langchain_core.messages import (
 )
 
 from langchain_specsteer import ChatSpecSteer
-from tests.conftest import CONTEXT, PROMPTS, off_the_loop
+from tests.conftest import CONTEXT, PROMPTS, counts, off_the_loop
 
 SECRET = "Zorblax quantum marmalade, my PIN is 4417"
 
@@ -192,8 +192,7 @@ def test_async_chat_with_a_remote_generalist_answers_like_the_sync_call(
     message, chunks = asyncio.run(both())
     assert message.content == "".join(c.content for c in chunks) == expected.content
     assert message.usage_metadata == expected.usage_metadata
-    for name in ("new_tokens", "rounds", "accepted", "generalist_calls"):
-        assert message.response_metadata[name] == expected.response_metadata[name]
+    assert counts(message.response_metadata) == counts(expected.response_metadata)
 
 
 # Tool calling (issue 18). The tiny pair has no chat template, so tools use the `plain`

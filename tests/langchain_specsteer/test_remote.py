@@ -24,18 +24,16 @@ from langchain_specsteer.remote import RemoteGeneralist
 from langchain_specsteer.server import ServiceLimits, VerifierService, create_app
 from langchain_specsteer.testing import BackgroundServer, simulated_rtt
 from langchain_specsteer.verification import GeneralistError
-from tests.conftest import CONTEXT, PROMPTS
-
-COUNTS = ("new_tokens", "rounds", "drafted", "accepted", "generalist_calls", "finish_reason")
+from tests.conftest import CONTEXT, PROMPTS, counts
 
 
 def remote_counts(local_info, method):
     """The in-process run's counters as a remote run reports them: the generalist alone is one
     streamed completion over the network."""
-    counts = {k: local_info[k] for k in COUNTS}
+    expected = counts(local_info)
     if method == "generalist":
-        counts["generalist_calls"] = 1
-    return counts
+        expected["generalist_calls"] = 1
+    return expected
 
 
 def generate(llm, prompt=PROMPTS[0], context=CONTEXT, api="sync", **kwargs):
@@ -75,7 +73,7 @@ def test_remote_output_equals_in_process(make_llm, make_remote_llm, method, clie
     remote_llm = make_remote_llm(client, method=method, gamma=0.3)
     remote_text, remote_info = generate(remote_llm)
     assert remote_text == local_text
-    assert {k: remote_info[k] for k in COUNTS} == remote_counts(local_info, method)
+    assert counts(remote_info) == remote_counts(local_info, method)
     assert remote_info["degraded"] is False
     if method not in ("specialist", "generalist"):
         assert remote_llm.generalist.stats.requests >= local_info["generalist_calls"]
@@ -211,6 +209,7 @@ def test_an_unreachable_cloud_degrades_to_the_specialist(make_llm, make_remote_l
             url=server.url,
             method="specsteer",
             max_new_tokens=32,
+            rounds_in_flight=1,  # with rounds in flight: test_in_flight.py
             client_options={"max_retries": 1, "backoff_s": 0.01},
         )
         text, info = generate(llm, api=api)
@@ -255,7 +254,7 @@ def test_a_simulated_round_trip_waits_before_every_request(make_llm, make_remote
     llm = make_remote_llm("openai", method="specsteer", client_options={"wrap_transport": rtt})
     local, local_info = generate(make_llm(method="specsteer", max_new_tokens=24))
     text, info = generate(llm, api=api)
-    assert text == local and info["generalist_calls"] == local_info["generalist_calls"]
+    assert text == local and counts(info) == counts(local_info)
     requests = llm.generalist.stats.requests
     assert requests > info["generalist_calls"] >= 1  # /tokenize, then one request a round
     assert waits == [(api, 0.25)] * requests
@@ -379,7 +378,7 @@ def test_a_draft_longer_than_the_services_limit_is_clamped(
         within, within_info = generate(llm, api=api, draft_tokens=2)
     assert info["degraded"] is False and info["draft_tokens_clamped_to"] == 2
     assert text == local_text
-    assert {k: info[k] for k in COUNTS} == {k: local_info[k] for k in COUNTS}
+    assert counts(info) == counts(local_info)
     assert within == local_text and "draft_tokens_clamped_to" not in within_info
     assert llm.draft_tokens == 5  # the field keeps what was asked
 
@@ -476,8 +475,7 @@ def test_async_calls_use_async_http_on_the_event_loop(
     verifier.requests.clear()
     generation = asyncio.run(invoke())
     assert asyncio.run(stream()) == generation.text == local
-    for name in COUNTS:
-        assert generation.generation_info[name] == local_info[name]
+    assert counts(generation.generation_info) == counts(local_info)
     assert threads and set(threads) <= set(loop_threads)
     assert len(threads) == llm.generalist.stats.requests
     if client == "session":  # both sessions released before each loop ended
@@ -610,7 +608,7 @@ def test_both_scoring_modes_give_the_in_process_text(make_llm, make_remote_llm, 
     llm = make_remote_llm("openai", method=method, gamma=0.3, client_options={"scoring": scoring})
     text, info = generate(llm)
     assert text == local_text
-    assert {k: info[k] for k in COUNTS} == remote_counts(local_info, method)
+    assert counts(info) == remote_counts(local_info, method)
     assert info["degraded"] is False and info["rounds"] > 0
 
 
@@ -1012,11 +1010,11 @@ def test_prefix_scoring_at_m_20_equals_prompt_logprobs(make_remote_llm, verifier
             for body in bodies
             if "logprob_token_ids" in body
         ]
-        return text, {k: info[k] for k in COUNTS}, fill_ins
+        return text, counts(info), fill_ins
 
     reference = run(scoring="prompt_logprobs")
-    text, counts, fill_ins = run()
-    assert (text, counts) == reference[:2]
+    text, run_counts, fill_ins = run()
+    assert (text, run_counts) == reference[:2]
     assert run(api="async")[:2] == reference[:2]  # the async driver performs both requests
     if method == "speculative":
         assert fill_ins == []
