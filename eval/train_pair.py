@@ -4,6 +4,9 @@
     python -m eval.train_pair --data data/world --out build/demo_pair \
         --export langchain_specsteer/demo_pair
 
+The shipped pair's commands (a longer specialist, a 24-layer generalist grown from 4 layers)
+are in docs/results.md, "The shipped pair".
+
 The specialist learns to write a user's review from the request *with* their retrieved past
 reviews in its prompt (and, half the time, without them, since SpecSteer also needs q_gen,
 the same specialist on the public prompt alone); the generalist learns from the request
@@ -17,6 +20,7 @@ same command again continues from it. `--minutes` caps each model's time.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import random
@@ -50,6 +54,11 @@ __all__ = [
 SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|review|>", "<|tools|>", "<|result|>"]
 CALL_TOKEN = "<|call|>"  # special: LLM text skips it; ChatSpecSteer keeps it to parse calls
 CHECKPOINT_SECONDS = 120.0
+# GPT-2's split, except that a model code ("X200", after its space) stays one piece, so BPE
+# makes it one token, and every other digit is a piece of its own: a number is then the same
+# tokens wherever it stands (" 37", "(37)", ": 37}"), and copying it from the request is one
+# step per token instead of a mapping between "37" and " 37".
+PRE_TOKENIZER = r" ?[A-Z][0-9]+(?![0-9])| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 # One user turn renders as before ("<|bos|>request<|review|>": the template's newlines after
 # block tags are trimmed); tools are listed by name and argument names on their own line, an
 # assistant turn is "<|review|>" text and/or "<|call|>name {json}" calls then EOS, a tool result
@@ -96,6 +105,9 @@ class TrainConfig:
     specialist_steps: int = 900  # ~0.5 s a step on 2 cores
     generalist_steps: int = 400  # ~3.4 s a step on 2 cores
     minutes: float = 35.0  # cap per model
+    grow_from: int | None = None  # train a generalist this deep first, then grow it (`grow`)
+    seed_steps: int = 0  # steps of that shallower generalist
+    grow_lr: float | None = None  # peak learning rate after growing (None: lr)
     init: str | None = None  # fine-tune this pair's folders instead of starting from scratch
     review_examples: int | None = None  # train on the first N review examples (None: all)
     episodes: int | None = None  # train on the first N assistant episodes (None: all)
@@ -116,12 +128,18 @@ def extend_tokenizer(tokenizer: Any) -> Any:
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
-    """A byte-level BPE tokenizer with BOS/EOS and a one-turn chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A byte-level BPE tokenizer with BOS/EOS and the chat template, split for copying
+    (`PRE_TOKENIZER`): a model code is one token, any other number one token per digit."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRE_TOKENIZER), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -242,6 +260,37 @@ def _model(size: ModelSize, tokenizer: Any, seed: int) -> Any:
     return AutoModelForCausalLM.from_config(config)
 
 
+def grow(model: Any, layers: int) -> Any:
+    """`model` deepened to `layers` by block expansion (LLaMA Pro): each layer is followed by
+    copies of itself whose output projections (attention and MLP) are zero, so the deeper model
+    computes exactly what `model` did, and training goes on from there."""
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(model.config)
+    depth = config.num_hidden_layers
+    if layers % depth:
+        msg = f"a {depth}-layer model grows to a multiple of {depth} layers, not {layers}"
+        raise ValueError(msg)
+    repeats = layers // depth
+    config.num_hidden_layers = layers
+    if getattr(config, "layer_types", None):
+        config.layer_types = [config.layer_types[i // repeats] for i in range(layers)]
+    state = {}
+    for key, value in model.state_dict().items():
+        if not key.startswith("model.layers."):
+            state[key] = value
+            continue
+        index, rest = key.removeprefix("model.layers.").split(".", 1)
+        for copy_ in range(repeats):
+            zero = copy_ > 0 and rest in ("self_attn.o_proj.weight", "mlp.down_proj.weight")
+            state[f"model.layers.{int(index) * repeats + copy_}.{rest}"] = (
+                torch.zeros_like(value) if zero else value.clone()
+            )
+    grown = AutoModelForCausalLM.from_config(config)
+    grown.load_state_dict(state)
+    return grown
+
+
 def _init(config: TrainConfig, name: str, tokenizer: Any) -> Any:
     """`name` from the pair in `config.init`, its embeddings grown to the tokenizer (the new
     rows start at the mean of the old ones)."""
@@ -291,8 +340,10 @@ def train_model(
     steps: int,
     pad_id: int,
     progress: bool = True,
+    lr: float | None = None,
 ) -> dict[str, Any]:
-    """Train `steps` steps (or until `config.minutes`), resuming from `checkpoint` if present."""
+    """Train `steps` steps (or until `config.minutes`), resuming from `checkpoint` if present;
+    the learning rate warms up to `lr` (default `config.lr`), then follows a cosine to 0."""
     from tqdm.auto import tqdm
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
@@ -305,11 +356,13 @@ def train_model(
     batches = _epoch(sequences, config, 0, pad_id)
     epoch = 0
 
+    peak = config.lr if lr is None else lr
+
     def lr_at(step: int) -> float:
         if step < config.warmup_steps:
-            return config.lr * (step + 1) / config.warmup_steps
+            return peak * (step + 1) / config.warmup_steps
         done = (step - config.warmup_steps) / max(1, steps - config.warmup_steps)
-        return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+        return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
 
     model.train()
     bar = tqdm(total=steps, initial=state["step"], desc=name, disable=not progress)
@@ -382,6 +435,10 @@ def export_pair(trained: Path, data: Path, dest: Path, *, users: int = 5) -> Non
     shutil.copy(trained / "training.json", dest / "training.json")
 
 
+def _size_text(size: ModelSize) -> str:
+    return f"{size.hidden},{size.layers},{size.heads}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = command_parser("eval.train_pair", __doc__)
     parser.add_argument("--data", required=True, help="folder written by `python -m eval.world`")
@@ -411,7 +468,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--vocab-size", type=int, default=TrainConfig.vocab_size, help="tokenizer size"
     )
     parser.add_argument(
-        "--generalist-size", default="256,16,4", help="hidden,layers,heads of the generalist"
+        "--specialist-size",
+        default=_size_text(TrainConfig.specialist),
+        help="hidden,layers,heads of the specialist",
+    )
+    parser.add_argument(
+        "--generalist-size",
+        default=_size_text(TrainConfig.generalist),
+        help="hidden,layers,heads of the generalist",
+    )
+    parser.add_argument(
+        "--grow-from",
+        type=int,
+        help="train the generalist at this depth for --seed-steps first, then grow it to its"
+        " full depth (each layer followed by copies with zero output projections) and go on",
+    )
+    parser.add_argument(
+        "--seed-steps",
+        type=int,
+        default=TrainConfig.seed_steps,
+        help="optimiser steps of the shallower generalist (with --grow-from)",
+    )
+    parser.add_argument(
+        "--grow-lr", type=float, help="peak learning rate after growing (default: --lr)"
     )
     parser.add_argument(
         "--init",
@@ -441,17 +520,24 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    try:
-        hidden, layers, heads = (int(x) for x in args.generalist_size.split(","))
-    except ValueError:
-        parser.error(f"--generalist-size must be hidden,layers,heads; got {args.generalist_size!r}")
+    sizes = {}
+    for name in ("specialist", "generalist"):
+        text = getattr(args, f"{name}_size")
+        try:
+            sizes[name] = ModelSize(*(int(x) for x in text.split(",")))
+        except (TypeError, ValueError):
+            parser.error(f"--{name}-size must be hidden,layers,heads; got {text!r}")
     config = TrainConfig(
         seed=args.seed,
         vocab_size=args.vocab_size,
-        generalist=ModelSize(hidden, layers, heads),
+        specialist=sizes["specialist"],
+        generalist=sizes["generalist"],
         specialist_steps=args.specialist_steps,
         generalist_steps=args.generalist_steps,
         minutes=args.minutes,
+        grow_from=args.grow_from,
+        seed_steps=args.seed_steps,
+        grow_lr=args.grow_lr,
         init=args.init,
         review_examples=args.review_examples,
         episodes=args.episodes,
@@ -487,17 +573,19 @@ def train(
     tokenizer_dir = out / "tokenizer"
     if tokenizer_dir.exists():
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    elif config.init:
-        tokenizer = extend_tokenizer(
-            AutoTokenizer.from_pretrained(Path(config.init) / "specialist")
-        )
+    elif config.init:  # a trained folder's tokenizer, or a shipped pair's (extended)
+        source = Path(config.init) / "tokenizer"
+        source = source if source.exists() else Path(config.init) / "specialist"
+        tokenizer = extend_tokenizer(AutoTokenizer.from_pretrained(source))
         tokenizer.save_pretrained(tokenizer_dir)
     else:
         texts = [e.input for e in examples] + [e.output for e in examples]
         texts += [_episode_text(episode) for episode in episodes]
         tokenizer = train_tokenizer(texts, config.vocab_size)
         tokenizer.save_pretrained(tokenizer_dir)
-    report = {"config": asdict(config), "examples": len(examples), "episodes": len(episodes)}
+    report_path = out / "training.json"
+    report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
+    report.update({"examples": len(examples), "episodes": len(episodes)})  # `only` keeps the other
     for name, size, context, steps in (
         ("specialist", config.specialist, True, config.specialist_steps),
         ("generalist", config.generalist, False, config.generalist_steps),
@@ -511,11 +599,27 @@ def train(
         sequences += build_episode_sequences(
             episodes, tokenizer, private=context, k=config.k, rng=rng, share=config.no_context_share
         )
-        model = (
-            _model(size, tokenizer, config.seed)
-            if not config.init
-            else _init(config, name, tokenizer)
-        )
+        entry: dict[str, Any] = {"config": asdict(config), "size": asdict(size)}
+        if config.init:
+            model = _init(config, name, tokenizer)
+        elif name == "generalist" and config.grow_from:
+            shallow = ModelSize(size.hidden, config.grow_from, size.heads)
+            model = _model(shallow, tokenizer, config.seed)
+            state = train_model(
+                f"{name} ({shallow.layers} layers)",
+                model,
+                sequences,
+                config,
+                out / "checkpoints" / f"{name}-{shallow.layers}-layers.pt",
+                steps=config.seed_steps,
+                pad_id=tokenizer.pad_token_id,
+                progress=progress,
+            )
+            entry["grown_from"] = {"size": asdict(shallow), **_summary(state)}
+            model = grow(model, size.layers)
+        else:
+            model = _model(size, tokenizer, config.seed)
+        grown = name == "generalist" and config.grow_from and not config.init
         state = train_model(
             name,
             model,
@@ -525,18 +629,27 @@ def train(
             steps=steps,
             pad_id=tokenizer.pad_token_id,
             progress=progress,
+            lr=config.grow_lr if grown else None,
         )
         model.save_pretrained(out / name)
         tokenizer.save_pretrained(out / name)
         report[name] = {
-            "size": asdict(size),
+            **entry,
             "parameters": sum(p.numel() for p in model.parameters()),
-            "steps": state["step"],
-            "seconds": state["seconds"],
-            "final_loss": sum(state["losses"][-50:]) / max(1, len(state["losses"][-50:])),
+            **_summary(state),
             "tokens": sum(len(t) for t, _ in sequences),
         }
-    (out / "training.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+def _summary(state: dict) -> dict[str, Any]:
+    """Steps, seconds and the mean loss of the last 50 steps of a training state."""
+    last = state["losses"][-50:]
+    return {
+        "steps": state["step"],
+        "seconds": state["seconds"],
+        "final_loss": sum(last) / max(1, len(last)),
+    }
 
 
 def _episode_text(episode: dict) -> str:

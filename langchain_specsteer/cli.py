@@ -39,8 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--user",
         type=int,
-        default=0,
-        help="which held-out user of the pair (the shipped pair has 5: 0 to 4; default: 0)",
+        help="which held-out user of the pair, from 0 (default: the typical one, the median"
+        " of the pair's users by SpecSteer's R-L margin over the specialist)",
     )
     demo.add_argument("--max-new-tokens", type=int, default=96, help="default: %(default)s")
     demo.add_argument(
@@ -228,7 +228,7 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in err.errors())
         parser.error(problems)
     users = Path(args.pair or DEMO_PAIR) / "users.jsonl"
-    if users.is_file():  # (without a pair the tiny random one stands in: no users)
+    if users.is_file() and args.user is not None:  # (no pair: the tiny one, no users)
         try:
             pick_user(demo_users(users.parent), args.user)
         except ValueError as err:

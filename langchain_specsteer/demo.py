@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import sys
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -28,17 +29,25 @@ from langchain_specsteer.text import IncrementalDetokenizer
 __all__ = [
     "DEFAULT_CONTEXT",
     "DEFAULT_PROMPT",
+    "DEMO_MAX_NEW_TOKENS",
     "DEMO_METHODS",
+    "DEMO_SCORES",
+    "TYPICAL_RULE",
     "DemoPair",
     "MethodRun",
     "Span",
     "demo_pair",
+    "demo_scores",
     "demo_users",
     "quiet_loading",
     "render_html",
     "render_terminal",
+    "rouge_l",
     "run_demo",
+    "score_users",
     "trace",
+    "typical_user",
+    "write_scores",
 ]
 
 TINY_LABEL = "tiny randomly initialised pair — texts are noise (the trained demo pair is missing)"
@@ -57,6 +66,15 @@ DEFAULT_CONTEXT = (
 )
 DEMO_METHODS = ("generalist", "specialist", "specsteer")
 """The methods the demo runs (each described by its row of `methods.METHOD_SPECS`)."""
+DEMO_MAX_NEW_TOKENS = 96
+"""The demo's length (`specsteer demo --max-new-tokens`): its settings are the package's
+decoding defaults with this many new tokens."""
+DEMO_SCORES = "demo_scores.json"
+"""The file of a pair folder that holds every held-out user's figures (`score_users`)."""
+TYPICAL_RULE = (
+    "the median of the pair's held-out users by SpecSteer's R-L margin over the specialist"
+)
+"""How the demo picks its default user (`typical_user`): a stated rule, not a pick by hand."""
 
 Kind = Literal["text", "accepted", "recovered"]
 ANSI = {"accepted": "\x1b[30;42m", "recovered": "\x1b[30;43m"}  # black on green / on yellow
@@ -96,6 +114,102 @@ def demo_users(folder: str | os.PathLike[str] | None = None) -> list[dict[str, A
     root = Path(folder) if folder is not None else DEMO_PAIR
     lines = (root / "users.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line.strip()]
+
+
+def demo_scores(folder: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
+    """The figures `score_users` wrote into a pair folder (`DEMO_SCORES`), or None."""
+    path = (Path(folder) if folder is not None else DEMO_PAIR) / DEMO_SCORES
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+_ROUGE_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure ×100 as `eval.metrics` scores it (`rouge_score`'s defaults: lower-cased
+    alphanumeric tokens, no stemming), without the eval extra: the longest common subsequence
+    of the two token lists, F = 2PR/(P+R)."""
+    ref = _ROUGE_TOKEN.findall(reference.lower())
+    pred = _ROUGE_TOKEN.findall(prediction.lower())
+    if not ref or not pred:
+        return 0.0
+    previous = [0] * (len(pred) + 1)
+    for word in ref:
+        row = [0]
+        for j, other in enumerate(pred):
+            row.append(previous[j] + 1 if word == other else max(previous[j + 1], row[j]))
+        previous = row
+    lcs = previous[-1]
+    if not lcs:
+        return 0.0
+    precision, recall = lcs / len(pred), lcs / len(ref)
+    return 100.0 * 2 * precision * recall / (precision + recall)
+
+
+def typical_user(margins: Sequence[float]) -> int:
+    """The index of the typical user (`TYPICAL_RULE`), given each user's SpecSteer R-L minus the
+    specialist's: users sorted by margin (equal margins in their order), the middle one; of an
+    even count, the lower of the two middle ones."""
+    if not margins:
+        msg = "typical_user needs at least one user's margin"
+        raise ValueError(msg)
+    order = sorted(range(len(margins)), key=lambda i: (margins[i], i))
+    return order[(len(margins) - 1) // 2]
+
+
+def score_users(
+    pair_dir: str | os.PathLike[str] | None = None,
+    params: DecodingParams | None = None,
+    *,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Every held-out user of a pair decoded as the demo decodes it (`DEMO_METHODS` at `params`,
+    default: the demo's settings), each text's R-L against the user's real review and its speed,
+    the means over users and the typical user (`typical_user`)."""
+    import torch
+
+    pair = Path(pair_dir) if pair_dir is not None else DEMO_PAIR
+    params = params or DecodingParams(max_new_tokens=DEMO_MAX_NEW_TOKENS)
+    llm = load_trained(pair, verbose=verbose)
+    users = []
+    for row in demo_users(pair):
+        user_llm = llm.model_copy(update={"retriever": user_retriever(row)})
+        context = user_llm.private_context_for(row["input"])[0]
+        runs = [
+            trace(user_llm, row["input"], context, params.model_copy(update={"method": method}))
+            for method in DEMO_METHODS
+        ]
+        users.append(
+            {
+                "user": row["user"],
+                "rouge_l": {run.method: round(rouge_l(run.text, row["output"]), 2) for run in runs},
+                "tokens_per_second": {
+                    run.method: round(run.stats["tokens_per_second"] or 0.0, 1) for run in runs
+                },
+            }
+        )
+    margins = [u["rouge_l"]["specsteer"] - u["rouge_l"]["specialist"] for u in users]
+    mean = {
+        key: {m: round(sum(u[key][m] for u in users) / len(users), 2) for m in DEMO_METHODS}
+        for key in ("rouge_l", "tokens_per_second")
+    }
+    return {
+        "rule": TYPICAL_RULE,
+        "typical_user": typical_user(margins),
+        "settings": params.model_dump(mode="json"),
+        "threads": torch.get_num_threads(),
+        "mean": mean,
+        "users": users,
+    }
+
+
+def write_scores(folder: str | os.PathLike[str], scores: dict[str, Any], command: str) -> Path:
+    """Store `score_users`' figures in the pair folder (`DEMO_SCORES`), with the command that
+    produced them; the demo reads them at start-up instead of decoding every user."""
+    path = Path(folder) / DEMO_SCORES
+    record = {"command": command, **scores}
+    path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
 
 
 @contextmanager
@@ -234,6 +348,8 @@ def render_terminal(
     color: bool,
     label: str = TINY_LABEL,
     note: str = SPEED_NOTE,
+    reference: str | None = None,
+    scores: dict[str, Any] | None = None,
 ) -> str:
     """The demo's report as terminal text (ANSI colours when `color`, else brackets)."""
     lines = [
@@ -255,7 +371,7 @@ def render_terminal(
             "".join(_paint(span, color) for span in run.spans),
             f"  ({stats_line(run.stats)})",
         ]
-    lines += ["", *summary_table(runs, note)]
+    lines += ["", *summary_table(runs, note, reference, scores)]
     return "\n".join(lines)
 
 
@@ -277,27 +393,60 @@ def settings_line(params: DecodingParams) -> str:
 SUMMARY_HEADER = ("method", "tokens", "tokens/s", "acceptance", "generalist calls")
 
 
-def summary_rows(runs: Sequence[MethodRun]) -> list[tuple[str, ...]]:
-    return [
-        (
+def summary(
+    runs: Sequence[MethodRun],
+    reference: str | None = None,
+    scores: dict[str, Any] | None = None,
+) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """The closing table's header and rows: each run's speed and counts; with the user's real
+    `reference`, each text's R-L against it (`rouge_l`); with the pair's `scores`
+    (`demo_scores`), each method's mean R-L and tokens/s over all the pair's users."""
+    header = SUMMARY_HEADER
+    if reference is not None:
+        header += ("R-L",)
+    if scores is not None:
+        n = len(scores["users"])
+        header += (f"R-L, {n} users", f"tokens/s, {n} users")
+    rows = []
+    for run in runs:
+        row: tuple[str, ...] = (
             run.method,
             str(run.stats["new_tokens"]),
             _fmt(run.stats["tokens_per_second"], ".0f"),
             _fmt(run.stats["acceptance_rate"], ".0%"),
             str(run.stats["generalist_calls"]),
         )
-        for run in runs
-    ]
+        if reference is not None:
+            row += (f"{rouge_l(run.text, reference):.1f}",)
+        if scores is not None:
+            mean = scores["mean"]
+            row += (
+                _fmt(mean["rouge_l"].get(run.method), ".1f"),
+                _fmt(mean["tokens_per_second"].get(run.method), ".0f"),
+            )
+        rows.append(row)
+    return header, rows
 
 
-def summary_table(runs: Sequence[MethodRun], note: str = SPEED_NOTE) -> list[str]:
-    rows = [SUMMARY_HEADER, *summary_rows(runs)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(SUMMARY_HEADER))]
+def summary_table(
+    runs: Sequence[MethodRun],
+    note: str = SPEED_NOTE,
+    reference: str | None = None,
+    scores: dict[str, Any] | None = None,
+) -> list[str]:
+    header, body = summary(runs, reference, scores)
+    rows = [header, *body]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = [
         "  ".join([row[0].ljust(widths[0]), *map(str.rjust, row[1:], widths[1:])]) for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return [*lines, f"({note})"]
+    lines.append(f"({note})")
+    if reference is not None:
+        lines.append("(R-L: ROUGE-L F1 ×100 against the user's real review, held out)")
+    if scores is not None:
+        lines.append(f"(means over the pair's users: {scores['command']})")
+    return lines
 
 
 def render_html(
@@ -309,6 +458,8 @@ def render_html(
     pair: str,
     label: str = TINY_LABEL,
     note: str = SPEED_NOTE,
+    reference: str | None = None,
+    scores: dict[str, Any] | None = None,
 ) -> str:
     """The same report as a small self-contained HTML page."""
 
@@ -356,16 +507,16 @@ def render_html(
         if any(span.kind != "text" for span in run.spans):
             parts.append(f"<p>Legend: {legend}</p>")
         parts += [f"<pre>{body}</pre>", f'<p class="stats">{esc(stats_line(run.stats))}</p>']
+    header, rows = summary(runs, reference, scores)
     parts += [
         "<h2>Summary</h2>",
         "<table>",
-        "<tr>" + "".join(f"<th>{esc(c)}</th>" for c in SUMMARY_HEADER) + "</tr>",
-        *(
-            "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
-            for row in summary_rows(runs)
-        ),
+        "<tr>" + "".join(f"<th>{esc(c)}</th>" for c in header) + "</tr>",
+        *("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows),
     ]
-    parts += ["</table>", f'<p class="stats">({esc(note)})</p>', "</body></html>", ""]
+    notes = summary_table(runs, note, reference, scores)[len(rows) + 2 :]
+    parts += ["</table>", *(f'<p class="stats">{esc(n)}</p>' for n in notes)]
+    parts += ["</body></html>", ""]
     return "\n".join(parts)
 
 
@@ -409,26 +560,37 @@ def pick_user(users: Sequence[dict[str, Any]], user: int) -> dict[str, Any]:
     return users[user]
 
 
-def trained_setup(
-    pair_dir: Path, user: int, prompt: str | None, *, verbose: bool = False
-) -> DemoSetup:
-    """The shipped pair, with a held-out user's reviews as the private memory (BM25, k=3)."""
+def load_trained(pair_dir: Path, *, verbose: bool = False) -> Any:
+    """A pair folder's `SpecSteerLLM` on CPU, with the templates the pair was trained with and
+    no retriever (`user_retriever` gives each user's)."""
     from langchain_specsteer.llms import SpecSteerLLM
-    from retrievers import PersonalBM25Retriever, PrivateMemory, task_templates
+    from retrievers import task_templates
 
-    row = pick_user(demo_users(pair_dir), user)
+    with quiet_loading(not verbose):
+        return SpecSteerLLM.from_pretrained(
+            *demo_pair(pair_dir), device="cpu", **task_templates("product_review")
+        )
+
+
+def user_retriever(row: dict[str, Any]) -> Any:
+    """A held-out user's past reviews as their private memory, searched by BM25 (k=3)."""
+    from retrievers import PersonalBM25Retriever, PrivateMemory
+
     memory = PrivateMemory(":memory:")
     memory.add(
         [entry["reviewText"] for entry in row["profile"]],
         [{k: v for k, v in entry.items() if k != "reviewText"} for entry in row["profile"]],
     )
-    with quiet_loading(not verbose):
-        llm = SpecSteerLLM.from_pretrained(
-            *demo_pair(pair_dir),
-            device="cpu",
-            retriever=PersonalBM25Retriever.from_memory(memory, k=3),
-            **task_templates("product_review"),
-        )
+    return PersonalBM25Retriever.from_memory(memory, k=3)
+
+
+def trained_setup(
+    pair_dir: Path, user: int, prompt: str | None, *, verbose: bool = False
+) -> DemoSetup:
+    """The shipped pair, with a held-out user's reviews as the private memory (BM25, k=3)."""
+    row = pick_user(demo_users(pair_dir), user)
+    llm = load_trained(pair_dir, verbose=verbose)
+    llm = llm.model_copy(update={"retriever": user_retriever(row)})
     note = "speeds of the small demo pair on this machine; see docs/results.md for benchmarks"
     reference = row["output"] if prompt is None else None
     return DemoSetup(
@@ -452,7 +614,7 @@ def run_demo(
     private_context: str | None = None,
     params: DecodingParams | None = None,
     seed: int = 0,
-    user: int = 0,
+    user: int | None = None,
     pair_dir: str | os.PathLike[str] | None = None,
     color: bool = False,
     html_path: str | os.PathLike[str] | None = None,
@@ -464,15 +626,20 @@ def run_demo(
     `pair_dir` (default: the shipped pair) is a folder written by `eval.train_pair --export`;
     if the shipped pair is missing, a tiny random pair stands in, labelled as such. An
     explicit `private_context` replaces the one retrieved from the user's memory. `user`
-    picks a held-out user (out of range: ValueError); `verbose` shows the loading bars.
+    picks a held-out user (out of range: ValueError; None: the typical one, `TYPICAL_RULE`,
+    from the pair's `DEMO_SCORES`, else the first); `verbose` shows the loading bars.
     """
     stream = stream or sys.stdout
-    params = params or DecodingParams(max_new_tokens=96)
+    params = params or DecodingParams(max_new_tokens=DEMO_MAX_NEW_TOKENS)
     if pair_dir is not None and not (Path(pair_dir) / "specialist").is_dir():
         msg = f"{pair_dir} holds no demo pair (expected specialist/, generalist/, users.jsonl)"
         raise FileNotFoundError(msg)
     pair = Path(pair_dir) if pair_dir is not None else DEMO_PAIR
+    scores = None
     if (pair / "specialist").is_dir():
+        scores = demo_scores(pair)
+        if user is None:
+            user = scores["typical_user"] if scores else 0
         setup = trained_setup(pair, user, prompt, verbose=verbose)
     else:
         setup = tiny_setup(seed, prompt)
@@ -490,6 +657,8 @@ def run_demo(
         pair=_describe_pair(llm),
         label=setup.label,
         note=setup.note,
+        reference=setup.reference,
+        scores=scores,
     )
     print(render_terminal(runs, color=color, **report), file=stream)
     if setup.reference:

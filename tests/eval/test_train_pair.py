@@ -159,3 +159,85 @@ def test_review_examples_and_episodes_cap_the_training_data(world, tmp_path):
     train(config, world, tmp_path / "limited", limit=2, progress=False, only="generalist")
     report = json.loads((tmp_path / "limited" / "training.json").read_text())
     assert (report["examples"], report["episodes"]) == (2, 2)  # --limit caps both
+
+
+def test_the_tokenizer_makes_model_codes_one_token_and_numbers_one_token_a_digit(world):
+    from eval.train_pair import PRE_TOKENIZER
+
+    examples = load_longlamp("product_review", "user", "train", world)
+    texts = [e.input for e in examples] + [e.output for e in examples]
+    tokenizer = train_tokenizer([*texts, "Set a timer for 37 minutes. magic_score(37)"], 2048)
+    assert "[A-Z][0-9]+" in PRE_TOKENIZER
+
+    def pieces(text):
+        return [tokenizer.decode([i]) for i in tokenizer.encode(text, add_special_tokens=False)]
+
+    code = next(
+        word for word in examples[0].input.split() if word[:1].isupper() and word[1:].isdigit()
+    )
+    assert f" {code}" in pieces(examples[0].input)  # in the request, and in the review
+    assert f" {code}" in pieces(examples[0].output)
+    digits = ["3", "7"]
+    for text, before, after in (
+        ("Set a timer for 37 minutes.", [" for", " "], [" minutes"]),
+        ("magic_score(37)", ["("], [")"]),
+        ('{"minutes": 37}', [" "], ["}"]),
+    ):
+        split = pieces(text)
+        start = split.index("3")
+        assert split[start - len(before) : start] == before
+        assert split[start : start + 2] == digits and split[start + 2 : start + 3] == after
+        assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
+    assert tokenizer.convert_ids_to_tokens(tokenizer.encode("<|call|>")) == ["<|call|>"]
+    assert "<|call|>" in tokenizer.all_special_tokens
+
+
+def test_grow_deepens_a_model_without_changing_what_it_computes(world):
+    from eval.train_pair import _model, grow
+
+    examples = load_longlamp("product_review", "user", "train", world, limit=4)
+    tokenizer = train_tokenizer([e.output for e in examples], 400)
+    shallow = _model(ModelSize(32, 2, 2), tokenizer, 0).eval()
+    with torch.no_grad():  # a model whose every weight matters: no zero output projections
+        for parameter in shallow.parameters():
+            parameter.add_(0.02 * torch.randn_like(parameter))
+    deep = grow(shallow, 6).eval()
+    ids = torch.tensor([tokenizer.encode(examples[0].output)])
+    assert deep.config.num_hidden_layers == 6 and len(deep.model.layers) == 6
+    assert len(deep.config.layer_types) == 6
+    with torch.no_grad():
+        torch.testing.assert_close(deep(input_ids=ids).logits, shallow(input_ids=ids).logits)
+    layers = deep.model.layers
+    assert torch.equal(layers[1].self_attn.q_proj.weight, layers[0].self_attn.q_proj.weight)
+    assert not layers[1].mlp.down_proj.weight.any() and layers[3].mlp.down_proj.weight.any()
+    with pytest.raises(ValueError, match="multiple of 2"):
+        grow(shallow, 5)
+
+
+def test_a_grown_generalist_is_trained_at_both_depths_and_reported(world, tmp_path):
+    config = TrainConfig(
+        **{**MICRO, "generalist": ModelSize(48, 2, 2), "grow_from": 1, "seed_steps": 2}
+    )
+    train(config, world, tmp_path / "grown", limit=20, progress=False, only="generalist")
+    report = json.loads((tmp_path / "grown" / "training.json").read_text())
+    entry = report["generalist"]
+    assert entry["grown_from"]["size"] == {"hidden": 48, "layers": 1, "heads": 2}
+    assert entry["grown_from"]["steps"] == 2 and entry["steps"] == MICRO["generalist_steps"]
+    assert entry["config"]["grow_from"] == 1
+    assert (tmp_path / "grown" / "checkpoints" / "generalist-1-layers.pt").exists()
+    generalist = LocalGeneralist.from_pretrained(str(tmp_path / "grown" / "generalist"))
+    assert generalist.model.config.num_hidden_layers == 2
+    # the specialist trained later into the same folder keeps the generalist's report
+    train(config, world, tmp_path / "grown", limit=20, progress=False, only="specialist")
+    report = json.loads((tmp_path / "grown" / "training.json").read_text())
+    assert report["generalist"] == entry and report["specialist"]["size"]["layers"] == 1
+
+
+def test_the_command_line_takes_both_sizes(capsys):
+    from eval.train_pair import build_parser, main
+
+    args = build_parser().parse_args(["--data", "d", "--out", "o", "--specialist-size", "64,3,2"])
+    assert args.specialist_size == "64,3,2"
+    with pytest.raises(SystemExit):
+        main(["--data", "d", "--out", "o", "--specialist-size", "64,3"])
+    assert "--specialist-size must be hidden,layers,heads" in capsys.readouterr().err

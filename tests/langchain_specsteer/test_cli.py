@@ -179,7 +179,7 @@ def test_demo_help_describes_each_option_once(capsys):
         main(["demo", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "random weights" not in text
-    assert "--user USER which held-out user of the pair (the shipped pair has 5: 0 to 4" in text
+    assert "--user USER which held-out user of the pair, from 0 (default: the typical one" in text
     assert "--verbose" in text
 
 
@@ -227,3 +227,84 @@ def test_serve_builds_the_service_its_flags_describe(tiny_dir, monkeypatch):
     assert (limits.max_prompt_tokens, limits.max_session_tokens) == (4096, 4096)
     assert lower.state.service.limits.max_prompt_tokens == 100
     assert options["http"].max_chunks == 1024 and lower_options["http"].max_chunks == 7
+
+
+@pytest.mark.parametrize(
+    ("margins", "typical"),
+    [([3.0, -1.0, 2.0], 2), ([1.0, 4.0, 2.0, 3.0], 2), ([0.0, 0.0, 0.0], 1), ([5.0], 0)],
+)
+def test_the_typical_user_is_the_median_margin(margins, typical):
+    from langchain_specsteer.demo import typical_user
+
+    assert typical_user(margins) == typical
+
+
+def test_the_typical_user_needs_a_margin():
+    from langchain_specsteer.demo import typical_user
+
+    with pytest.raises(ValueError, match="at least one user"):
+        typical_user([])
+
+
+def test_the_demos_rouge_l_is_eval_metrics_rouge_l(world_dir):
+    import itertools
+
+    from eval.data import load_longlamp
+    from eval.metrics import rouge
+    from langchain_specsteer.demo import rouge_l
+
+    rows = load_longlamp("product_review", "user", "val", world_dir, limit=6)
+    pairs = [(a.output, b.output) for a, b in itertools.pairwise(rows)]
+    pairs += [(rows[0].output, rows[0].output), ("", rows[0].output), ("Four stars!", "4 stars")]
+    for prediction, reference in pairs:
+        expected = 100 * rouge(prediction, reference)["rougeL"]
+        assert rouge_l(prediction, reference) == pytest.approx(expected, abs=1e-9)
+
+
+def test_the_shipped_scores_are_the_shipped_users_at_the_demos_settings():
+    """`python -m eval.demo_scores` must be run again when the pair, its users or the package's
+    decoding defaults change: the demo's typical user and means come from this file."""
+    from langchain_specsteer.demo import (
+        DEMO_MAX_NEW_TOKENS,
+        DEMO_PAIR,
+        demo_scores,
+        demo_users,
+        typical_user,
+    )
+    from langchain_specsteer.params import DecodingParams
+
+    scores = demo_scores(DEMO_PAIR)
+    assert scores is not None, "run: python -m eval.demo_scores"
+    assert [u["user"] for u in scores["users"]] == [u["user"] for u in demo_users(DEMO_PAIR)]
+    assert scores["settings"] == DecodingParams(max_new_tokens=DEMO_MAX_NEW_TOKENS).model_dump(
+        mode="json"
+    )
+    margins = [u["rouge_l"]["specsteer"] - u["rouge_l"]["specialist"] for u in scores["users"]]
+    assert scores["typical_user"] == typical_user(margins)
+    for method, mean in scores["mean"]["rouge_l"].items():
+        values = [u["rouge_l"][method] for u in scores["users"]]
+        assert mean == pytest.approx(sum(values) / len(values), abs=0.01)
+
+
+def test_the_demo_defaults_to_the_typical_user_and_closes_with_r_l(
+    capsys, micro_pair_dir, tmp_path
+):
+    import json
+    import shutil
+
+    from eval.demo_scores import main as score
+
+    pair = tmp_path / "pair"
+    shutil.copytree(micro_pair_dir / "export", pair)
+    path = score(["--pair", str(pair), "--threads", "1"])
+    scores = json.loads(path.read_text())
+    assert scores["command"] == f"python -m eval.demo_scores --pair {pair}"
+    [user] = scores["users"]  # the micro pair ships one user
+    assert set(user["rouge_l"]) == {"generalist", "specialist", "specsteer"}
+    capsys.readouterr()
+    assert main(["demo", "--pair", str(pair), "--no-color", "--max-new-tokens", "6"]) == 0
+    out = capsys.readouterr().out
+    assert f"({user['user']})" in out
+    header = next(line for line in out.splitlines() if line.startswith("method "))
+    assert header.endswith("R-L  R-L, 1 users  tokens/s, 1 users")
+    assert f"(means over the pair's users: {scores['command']})" in out
