@@ -227,8 +227,10 @@ def replay(texts: list[list[Position]], schedule: Schedule, rtt: float, costs: C
     """Every text under `schedule` at round trip `rtt` (seconds)."""
     out = Outcome()
     round_steps = (rtt + costs.verify(6) + costs.finish) / costs.step
+    # what a `specsteer/2` service reports; a batching server verifies side by side
+    share = None if costs.parallel else costs.verify(6) / (rtt + costs.verify(6))
     for text in texts:
-        _replay_one(text, schedule, rtt, costs, round_steps, out)
+        _replay_one(text, schedule, rtt, costs, (round_steps, share), out)
     return out
 
 
@@ -237,18 +239,20 @@ def _replay_one(
     schedule: Schedule,
     rtt: float,
     costs: Costs,
-    round_steps: float,
+    wait: tuple[float, float | None],
     out: Outcome,
 ) -> None:
     """One text, event by event: the device drafts and sends rounds (each after the last one's
     drafts and a guess of its end) while the schedule wants more in flight, then takes the
     oldest verdict; a rejection or a wrong guess voids the rounds after it. The generalist
-    side verifies one round at a time (`costs.parallel` false: one CPU) or all at once."""
+    side verifies one round at a time (`costs.parallel` false: one CPU) or all at once.
+    `wait`: a round's fixed cost in steps and the generalist side's share of it."""
+    round_steps = wait[0]
     committed, at, clock, server_free = 0, 0, 0.0, 0.0
     calibration = Calibration()  # as a run learns from its verdicts
     flights: deque[tuple[int, int, float]] = deque()  # (first drafted position, k, verdict due)
     while committed < len(text):
-        while at < len(text) and _send_another(schedule, flights, round_steps, calibration):
+        while at < len(text) and _send_another(schedule, flights, wait, calibration):
             guess = 1 if flights else 0
             start = at + guess
             k = _draft_length(schedule, text, start, round_steps, calibration)
@@ -271,6 +275,9 @@ def _replay_one(
         end = first + (k if rejected is None else rejected) + 1
         out.tokens += end - committed
         committed = end
+        if rejected is None and flights and end - 1 < len(text):  # the guess is judged
+            calibration.guesses += 1
+            calibration.guessed += text[end - 1].guessed
         kept = rejected is None and flights and end - 1 < len(text) and text[end - 1].guessed
         if not kept:
             out.voided += len(flights)
@@ -280,7 +287,7 @@ def _replay_one(
 
 
 def _send_another(
-    schedule: Schedule, flights: deque, round_steps: float, calibration: Calibration
+    schedule: Schedule, flights: deque, wait: tuple[float, float | None], calibration: Calibration
 ) -> bool:
     """Whether the schedule sends one more round before taking a verdict."""
     if not flights:
@@ -291,7 +298,8 @@ def _send_another(
         return True
     last_start, last_k, _ = flights[-1]
     ahead = last_start + last_k + 1 - flights[0][0]  # the drafts and guesses in flight
-    return alg.send_ahead(calibration.acceptance**ahead, ahead, round_steps)
+    drafts = sum(k for _, k, _ in flights)
+    return alg.send_ahead(calibration.chance(drafts, ahead - drafts), ahead, *wait)
 
 
 # ---------------------------------------------------------------- the command

@@ -365,17 +365,24 @@ right) is at least this, so that a verifier is not flooded with rounds that are 
 
 
 def send_ahead(
-    chance: float, ahead_steps: float, round_steps: float | None, floor: float = SEND_AHEAD_FLOOR
+    chance: float,
+    ahead_steps: float,
+    round_steps: float | None,
+    verify_share: float | None = None,
+    floor: float = SEND_AHEAD_FLOOR,
 ) -> bool:
     """Whether the device drafts and sends one more round while earlier ones are in flight.
 
-    It pays while the rounds in flight are likely to stand (`chance` ≥ `floor`) and the
-    device has not yet drafted past the time the oldest verdict takes (`ahead_steps` <
-    `round_steps`: beyond it that verdict is due, and the device takes it first). So next to
-    the generalist, where a verdict comes back within a few steps, one round at a time; the
-    farther the generalist, the more rounds in flight. Drafting ahead costs the device
-    nothing it would not spend waiting; what it costs the generalist side is a verification
-    of a round that a rejection may void.
+    A round sent ahead that stands saves the device the wait for it. One that is voided cost
+    the generalist side a verification V, begun when the round before it was verified; the
+    round that replaces it arrives a round trip R later at the earliest, so it waits
+    max(0, V − R). With F = R + V the wait for a verdict and v = V / F the generalist side's
+    share of it, the loss is a share 2v − 1 of F, the gain up to F: one more round pays
+    while chance ≥ 2v − 1, and `chance` ≥ `floor`, and while the device has not yet drafted
+    past the time the oldest verdict takes (`ahead_steps` < `round_steps`: beyond it that
+    verdict is due, and the device takes it first). So next to the generalist, where the
+    wait is the generalist's work (v near 1), one round at a time; the farther the
+    generalist, the more rounds in flight.
 
     Args:
         chance: the estimated chance that every round in flight stands: a^n for the n drafts
@@ -383,9 +390,12 @@ def send_ahead(
         ahead_steps: specialist steps drafted ahead of the oldest round's request.
         round_steps: a round's fixed cost in specialist steps (None: not measured yet, so
             the chance alone decides).
+        verify_share: v, the generalist side's share of the wait (`run.RoundCosts.
+            verify_share`); None where verdicts do not say (a batching server, such as vLLM,
+            verifies rounds in flight side by side: v counts as 0).
         floor: the least `chance` worth a round.
     """
-    if chance < floor:
+    if chance < max(floor, 2 * (verify_share or 0.0) - 1):
         return False
     return round_steps is None or ahead_steps < round_steps
 

@@ -332,6 +332,9 @@ class RoundResultV2(RoundResult):
     """Whether the session decides the ratio test and carries q_gen (as `SessionOpened`)."""
     prompt_tokens: int
     """The generalist's prompt length (rendered here when the opening gave turns)."""
+    verify_seconds: float | None = None
+    """How long the service worked on the round (its forward passes and the test); null for a
+    voided round. The device weighs rounds in flight with it (`algorithms.send_ahead`)."""
 
 
 class ErrorDetail(_Body):

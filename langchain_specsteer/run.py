@@ -191,11 +191,15 @@ class Flight:
         draft: what was sent.
         predicted: the token the next round was drafted after: the device's guess of this
             round's last token (None while no round follows it).
+        sent_at: when it was sent (`time.perf_counter`).
+        alone: whether it was sent with no other round in flight (its wait queued behind
+            none, so it measures the round trip).
     """
 
     draft: Draft
     predicted: int | None = None
     sent_at: float | None = None
+    alone: bool = False
 
     @property
     def tentative(self) -> int:
@@ -221,11 +225,15 @@ class Calibration:
         confidence: Σ q_ctx(d_i) over the drafts whose verdict is known (the accepted ones
             and the first rejected one).
         judged: how many drafts those are.
+        guessed: guesses of a round's last token (rounds in flight) that proved right.
+        guesses: how many guesses were judged (their round accepted its whole draft).
     """
 
     accepted: float = 0.0
     confidence: float = 0.0
     judged: int = 0
+    guessed: int = 0
+    guesses: int = 0
 
     PRIOR = 4.0
     """Pseudo-verdicts behind `acceptance`, at 90 % accepted."""
@@ -240,6 +248,17 @@ class Calibration:
         judged drafts, with `PRIOR` pseudo-verdicts at 90 %."""
         return (self.accepted + 0.9 * self.PRIOR) / (self.judged + self.PRIOR)
 
+    @property
+    def guess_rate(self) -> float:
+        """The chance that a guess of a round's last token is right: right over judged
+        guesses, with `PRIOR` pseudo-guesses at 90 %."""
+        return (self.guessed + 0.9 * self.PRIOR) / (self.guesses + self.PRIOR)
+
+    def chance(self, drafts: int, guesses: int) -> float:
+        """The chance that rounds in flight holding `drafts` drafts and `guesses` guessed
+        last tokens all stand."""
+        return self.acceptance**drafts * self.guess_rate**guesses
+
 
 @dataclass
 class RoundCosts:
@@ -250,11 +269,17 @@ class RoundCosts:
         wait: from a round's request to its verdict (the round trip and the generalist side's
             work; the device's own work after the verdict is in `finish`).
         finish: the device's work on a verdict (scoring, recovering, committing).
+        verify: the generalist side's work on a round, where its verdicts say (`Verdict.
+            verify_seconds`).
+        trip: the rest of the wait for a round sent with none in flight (queued behind
+            none): the round trip.
     """
 
     step: float | None = None
     wait: float | None = None
     finish: float | None = None
+    verify: float | None = None
+    trip: float | None = None
 
     SMOOTHING = 0.3
 
@@ -268,6 +293,13 @@ class RoundCosts:
         if self.step is None or self.wait is None or self.step <= 0:
             return None
         return (self.wait + (self.finish or 0.0)) / self.step
+
+    def verify_share(self) -> float | None:
+        """The generalist side's share of a verdict's wait when nothing queues (the rest is
+        the round trip); None where verdicts do not say."""
+        if self.verify is None or self.trip is None or self.verify + self.trip <= 0:
+            return None
+        return self.verify / (self.verify + self.trip)
 
 
 class Run(ABC):
@@ -489,7 +521,7 @@ class Run(ABC):
                 # Draft (device) and send, while the schedule wants more rounds in flight.
                 while (flight := self._draft_ahead(flights)) is not None:
                     if self.target is not None:
-                        flight.sent_at = time.perf_counter()
+                        flight.sent_at, flight.alone = time.perf_counter(), not flights
                         self.stats.generalist_calls += 1
                         yield self._call(flight.draft, flights)
                     self._prepare(flight, flights[-1] if flights else None)
@@ -524,6 +556,9 @@ class Run(ABC):
                 # Commit: the rounds in flight stand if they built on exactly these tokens;
                 # else they are void and every cache rolls back to the committed length.
                 kept = accepted.verified == len(draft.ids) and token == flight.predicted
+                if flight.predicted is not None and accepted.verified == len(draft.ids):
+                    self.calibration.guesses += 1
+                    self.calibration.guessed += token == flight.predicted
                 if flights and not kept:
                     yield Discard(len(flights))
                 round_ = self._commit(draft, accepted, token, rolled=bool(flights) and kept)
@@ -583,8 +618,10 @@ class Run(ABC):
         if self.params.rounds_in_flight != "auto":  # a fixed depth: always that many
             return True
         ahead = sum(f.tentative for f in flights)
-        chance = self.calibration.acceptance**ahead
-        return alg.send_ahead(chance, ahead, self.costs.round_steps())
+        drafts = sum(len(f.draft.ids) for f in flights)
+        chance = self.calibration.chance(drafts, ahead - drafts + 1)  # and the next guess
+        costs = self.costs
+        return alg.send_ahead(chance, ahead, costs.round_steps(), costs.verify_share())
 
     def _depth_cap(self) -> int:
         """The most rounds in flight: the session's limit, or `rounds_in_flight`."""
@@ -602,7 +639,12 @@ class Run(ABC):
     def _count_call(self, flight: Flight, verdict: Verdict) -> None:
         """What waiting for a verdict cost; its rows on the device."""
         if flight.sent_at is not None:
-            self.costs.add("wait", time.perf_counter() - flight.sent_at)
+            wait = time.perf_counter() - flight.sent_at
+            self.costs.add("wait", wait)
+            if verdict.verify_seconds is not None:
+                self.costs.add("verify", verdict.verify_seconds)
+                if flight.alone:
+                    self.costs.add("trip", max(0.0, wait - verdict.verify_seconds))
         verdict.log_p_G = verdict.log_p_G.to(self.device)
         if verdict.log_q_gen is not None:
             verdict.log_q_gen = verdict.log_q_gen.to(self.device)

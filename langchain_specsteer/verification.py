@@ -67,11 +67,14 @@ class Verdict:
             (unsent entries 0, so they never win a fused score), else None.
         accepted: leading drafts accepted, when the generalist side decided; None: the
             device decides from the rows.
+        verify_seconds: how long the generalist side worked on it, when it says (the
+            `specsteer/2` service); None otherwise.
     """
 
     log_p_G: torch.Tensor
     log_q_gen: torch.Tensor | None = None
     accepted: int | None = None
+    verify_seconds: float | None = None
 
 
 class GeneralistSession(ABC):

@@ -440,7 +440,7 @@ class RemoteSession(GeneralistSession):
             values = getattr(result, name)
             if values is not None and table is not None:
                 table[torch.arange(len(draft)), torch.tensor(draft)] = logprobs_from_json(values)
-        return Verdict(log_p_G, log_q_gen, result.accepted)
+        return Verdict(log_p_G, log_q_gen, result.accepted, getattr(result, "verify_seconds", None))
 
     def commit(self, accepted: int, token: int) -> None:
         if self.v2:

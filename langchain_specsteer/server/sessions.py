@@ -342,7 +342,9 @@ class VerifierService:
         )
 
     def _round_v2(self, session: _Session, request: RoundRequestV2) -> RoundResultV2:
+        start = time.perf_counter()
         result = self._round(session, request)
+        seconds = time.perf_counter() - start
         session.last_voided = False
         session.last_whole = (
             None if result.accepted is None else result.accepted == len(request.draft)
@@ -352,6 +354,7 @@ class VerifierService:
             seq=request.seq,
             hosts_q_gen=session.local.hosts_q_gen,
             prompt_tokens=session.prompt_tokens,
+            verify_seconds=seconds,
         )
 
     def round(self, session_id: str, request: RoundRequest) -> RoundResult:

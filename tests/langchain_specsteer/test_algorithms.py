@@ -866,6 +866,17 @@ def test_send_ahead_needs_a_likely_pipeline_and_a_verdict_not_yet_due():
     assert not alg.send_ahead(0.2, 1, 40, floor=0.3)
 
 
+@pytest.mark.parametrize(
+    ("share", "least"),
+    [(None, 0.05), (0.3, 0.05), (0.5, 0.05), (0.8, 0.6), (0.95, 0.9), (1.0, 1.0)],
+)
+def test_send_ahead_weighs_the_generalist_sides_share_of_the_wait(share, least):
+    """A voided round delays the next by the service's work beyond the round trip: a share
+    2v − 1 of the wait; far generalists (v small) send at the floor's chance."""
+    assert alg.send_ahead(least + 1e-9, 1, 40, share)
+    assert not alg.send_ahead(least - 0.01, 1, 40, share)
+
+
 def test_choice_seeds_depend_on_the_seed_the_position_and_the_purpose_only():
     seeds = {
         alg.choice_seed(seed, position, purpose)

@@ -60,12 +60,15 @@ class LaggedSession(GeneralistSession):
         prefix, draft = [*self.committed, *after], list(draft)
         self.outstanding.append(draft)
         self.owner.sent.append((prefix, draft))
+        if self.owner.commits:  # from the first verdict on: the device has measured a wait
+            self.owner.most_in_flight = max(self.owner.most_in_flight, len(self.outstanding))
 
         def verdict() -> Verdict:
             if self.owner.fail_after is not None and len(self.owner.sent) > self.owner.fail_after:
                 raise GeneralistError("the lagged generalist went away")
             rows = self._rows(prefix, draft)
-            return Verdict(rows, None, alg.accept(rule, draft, rows, None, gamma, uniforms))
+            accepted = alg.accept(rule, draft, rows, None, gamma, uniforms)
+            return Verdict(rows, None, accepted, self.owner.verify_seconds)
 
         def perform() -> Verdict:
             time.sleep(self.owner.delay)
@@ -81,6 +84,7 @@ class LaggedSession(GeneralistSession):
         return self.start(draft, rule, gamma, uniforms).perform()
 
     def commit(self, accepted: int, token: int) -> None:
+        self.owner.commits += 1
         draft = self.outstanding.popleft()
         self.committed += [*draft[:accepted], token]
 
@@ -97,6 +101,9 @@ class LaggedGeneralist(Generalist):
         self.delay = delay
         self.fail_after = fail_after
         self.sent: list[tuple[list[int], list[int]]] = []
+        self.most_in_flight = 0  # after the first verdict
+        self.commits = 0
+        self.verify_seconds: float | None = None  # what verdicts say the service worked
         self.lock = threading.Lock()
 
     name = property(lambda self: self.local.name)
@@ -299,3 +306,17 @@ def test_a_service_failing_with_rounds_in_flight_degrades_keeping_the_verified_t
         torch.tensor([private + ids[:common]]), do_sample=False, max_new_tokens=32 - common
     )[0, len(private) + common :].tolist()
     assert ids[common:] == rest  # ... and the specialist writes the rest after them
+
+
+def test_auto_keeps_one_round_in_flight_where_the_wait_is_the_services_work(lagged):
+    """`rounds_in_flight="auto"` sends ahead when the wait is mostly the round trip; when
+    verdicts say the generalist side worked the whole wait (v = 1: a voided round would delay
+    the next by all of it), one round at a time (`algorithms.send_ahead`)."""
+    fields = {**LOOSE, "rounds_in_flight": "auto", "max_new_tokens": 32}
+    llm, remote = lagged(delay=0.03, **fields)
+    text, _ = generate(llm, PROMPTS[0])
+    assert remote.most_in_flight > 1  # a round trip and no word of the service's work
+    llm, busy = lagged(delay=0.03, **fields)
+    busy.verify_seconds = 1.0  # more than any wait: the share is 1
+    assert generate(llm, PROMPTS[0])[0] == text
+    assert busy.most_in_flight == 1 and busy.commits > 1

@@ -73,7 +73,10 @@ def test_rounds_arriving_out_of_order_are_served_by_number(served):
     assert earlier.status_code == later.status_code == 200
     one_at_a_time = secrets.token_urlsafe(16)
     expected = [post(url, one_at_a_time, r).json() for r in (first, ahead)]
-    assert [earlier.json(), later.json()] == expected
+    answers = [earlier.json(), later.json()]
+    for answer in [*answers, *expected]:  # the service's time on each round, then the rest
+        assert answer.pop("verify_seconds") > 0
+    assert answers == expected
     assert later.json()["length"] == 2 + 1 + 1 and not later.json()["voided"]
 
 
@@ -99,6 +102,7 @@ def test_a_speculative_round_after_a_rejection_is_void_and_changes_nothing(serve
     ahead = RoundRequestV2(seq=1, speculative=True, position=2, append=[7], draft=[3], gamma=0.5)
     void = RoundResultV2.model_validate(post(url, sid, ahead).json())
     assert void.voided and void.hints == [] and void.accepted is None
+    assert void.verify_seconds is None  # no work
     chained = RoundRequestV2(seq=2, speculative=True, position=4, append=[8], draft=[2])
     assert post(url, sid, chained).json()["voided"]  # after a void round: void too
     recovered = RoundRequestV2(seq=3, position=0, append=[11], draft=[4, 4], gamma=0.5)
