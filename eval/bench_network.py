@@ -3,8 +3,11 @@
     python -m eval.bench_network                              # 12 test users, 64 tokens
     python -m eval.bench_network --rtts 0,50 --cases 4        # a quick look
 
-One process serves the shipped demo pair's generalist (with the specialist as its public copy)
-on loopback, behind a `DelayProxy` that holds every byte for half the round trip each way:
+`specsteer serve` serves the shipped demo pair's generalist (with the specialist as its public
+copy) on loopback, in a process of its own on half the machine's cores while the device runs
+on the other half (`--cores split`, as on two machines: the device's drafting never takes a
+core from the verification it overlaps; `--cores shared` serves it from this process, both
+sides on every core), behind a `DelayProxy` that holds every byte for half the round trip each way:
 every request, one at a time or many at once, waits its own round trip on the wire, and a
 new connection pays one more (its handshake). On held-out users (BM25 top-k profile entries
 as the private context), every setting runs at every round trip, interleaved and rotated
@@ -30,8 +33,11 @@ tables, also printed) and bench_network.png into --out.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +59,7 @@ from eval.harness import (
 from eval.metrics import mean_rouge
 from eval.pair import DEMO_PAIR, load_pair
 from eval.tables import num, table
+from eval.vllm_server import SpecSteerServer
 from langchain_specsteer import SpecSteerLLM
 from langchain_specsteer.remote import RemoteGeneralist
 from langchain_specsteer.remote.proxy import DelayProxy
@@ -96,20 +103,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--rtts", type=counts_with_zero, default=[0, 20, 50, 100], help="round trips, in ms"
     )
     parser.add_argument("--pair", default=str(DEMO_PAIR), help="a pair folder (or 'tiny')")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument(
+        "--cores",
+        choices=["split", "shared"],
+        default="split",
+        help="split: the service in its own process on half the cores, the device on the other"
+        " half; shared: the service in this process, both on every core",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (--cores shared)")
     add_output_options(parser, "runs/bench-network")
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the bench; write its record and report into --out; return the record."""
-    args = build_parser().parse_args(argv)
-    torch.set_num_threads(args.threads)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cores == "split" and (
+        len(os.sched_getaffinity(0)) < 2 or not (Path(args.pair) / "generalist").is_dir()
+    ):
+        parser.error("--cores split needs 2 cores or more and a pair folder; use --cores shared")
     specialist, generalist = load_pair(args.pair)
-    service = VerifierService(generalist, specialist)
     cases = load_cases(args.data, args.split, args.cases, args.k, write_world=True)
     phases = Phases("bench_network", quiet=args.quiet)
-    with BackgroundServer(create_app(service)) as server, DelayProxy(server.url, 0.0) as wire:
+    with _service(args, specialist, generalist) as url, DelayProxy(url, 0.0) as wire:
         llms = {s.name: _llm(s, wire.url, specialist, generalist, args) for s in SETTINGS}
         for setting, rtt in phases.each("warm-up", [(s, r) for s in SETTINGS for r in args.rtts]):
             wire.rtt_s = rtt / 1e3
@@ -128,6 +145,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_outputs(Path(args.out), "bench_network", record, report(record), plot)
     print(report(record))
     return record
+
+
+@contextlib.contextmanager
+def _service(args, specialist, generalist) -> Iterator[str]:
+    """The service's URL: in a process of its own on half the cores, the device (this process)
+    pinned to the other half (`--cores split`), or in this process (`shared`)."""
+    if args.cores == "shared":
+        torch.set_num_threads(args.threads)
+        service = VerifierService(generalist, specialist)
+        with BackgroundServer(create_app(service)) as server:
+            yield server.url
+        return
+    cores, threads = sorted(os.sched_getaffinity(0)), torch.get_num_threads()
+    device, served = cores[: len(cores) // 2], cores[len(cores) // 2 :]
+    args.device_cores, args.service_cores = device, served
+    pair = Path(args.pair)
+    with SpecSteerServer(pair / "generalist", pair / "specialist", cores=served) as server:
+        os.sched_setaffinity(0, device)
+        torch.set_num_threads(len(device))
+        try:
+            yield server.url
+        finally:  # this process as it was (main() may be called from Python)
+            os.sched_setaffinity(0, cores)
+            torch.set_num_threads(threads)
 
 
 def _llm(setting: Setting, url: str, specialist, generalist, args) -> SpecSteerLLM:
@@ -234,11 +275,18 @@ def report(record: dict[str, Any]) -> str:
         ]
         for r in rows
     ]
-    machine = record["machine"]
+    machine, settings = record["machine"], record["settings"]
+    if settings.get("cores", "shared") == "split":
+        where = (
+            f"device on cores {settings['device_cores']}, service on cores"
+            f" {settings['service_cores']}"
+        )
+    else:
+        where = f"device and service in one process, {settings.get('threads')} threads"
     return "\n".join(
         [
             f"Tokens/s (÷ the generalist streamed at the same round trip); {len(record['runs'])} "
-            f"generations, load average {machine.get('load_average')}",
+            f"generations; {where}; load average {machine.get('load_average')}",
             "",
             table(["setting", *[f"{rtt} ms" for rtt in rtts]], speed),
             "",

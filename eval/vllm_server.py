@@ -1,9 +1,13 @@
-"""A real vLLM server for the tests and `eval.bench_vllm`, started by `scripts/vllm-serve.sh`.
+"""Servers in processes of their own, for the tests and the benches.
 
-`VLLMServer(model)` starts the script on a free loopback port in a new process group, waits
-for `/health`, and stops the whole group (the API server and its engine process) on exit.
-`missing()` says why no server can be started (the vLLM virtual environment is not installed)
-and which command installs it.
+`ServerProcess` starts a command on a free loopback port in a new process group (optionally
+on given CPU cores), waits for `/health`, and stops the whole group on exit. Two servers:
+
+- `VLLMServer(model)`: a real vLLM, started by `scripts/vllm-serve.sh`; `missing()` says why
+  none can be started here (the vLLM virtual environment is not installed) and which command
+  installs it;
+- `SpecSteerServer(generalist, public_specialist)`: `specsteer serve`, e.g. on cores of its
+  own so that a bench's device and its generalist do not share a core, as on two machines.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +27,8 @@ __all__ = [
     "INSTALL",
     "SCRIPT",
     "VLLM_VERSION",
+    "ServerProcess",
+    "SpecSteerServer",
     "VLLMServer",
     "VLLMStartError",
     "free_port",
@@ -64,39 +71,37 @@ class VLLMStartError(RuntimeError):
     """The server exited, or did not answer /health in time; the message ends with its log."""
 
 
-class VLLMServer:
-    """`scripts/vllm-serve.sh MODEL PORT` as a context manager: started, warm, stopped.
+class ServerProcess:
+    """A server command as a context manager: started (in a new process group), healthy,
+    warm, stopped. Subclasses give `command()`; `name` labels its errors and log file.
 
     Args:
-        model: a model folder (or hub id) for vLLM's `--model`.
-        served_name: the name clients send as `model` (default: the folder's name).
         port: the loopback port (default: a free one).
-        extra_args: more arguments for vLLM (e.g. ["--max-model-len", "2048"]).
-        startup_timeout: seconds to wait for /health (the CPU build takes 1-2 minutes).
+        startup_timeout: seconds to wait for /health.
         log: file the server's output goes to (default: a temporary file).
+        cores: CPU cores the server may run on (default: any); its torch uses that many
+            threads (OMP_NUM_THREADS).
         clock: seconds, for the startup deadline (injected by tests).
     """
 
+    name = "server"
+
     def __init__(
         self,
-        model: str | os.PathLike[str],
         *,
-        served_name: str | None = None,
         port: int | None = None,
-        extra_args: Sequence[str] = (),
         startup_timeout: float = 600.0,
         log: str | os.PathLike[str] | None = None,
+        cores: Sequence[int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         if startup_timeout <= 0:
             msg = f"startup_timeout must be positive seconds, got {startup_timeout}"
             raise ValueError(msg)
-        self.model = str(model)
-        self.served_name = served_name or Path(self.model).name
         self.port = port or free_port()
-        self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
         self.log_path = Path(log) if log else None
+        self.cores = sorted(set(cores)) if cores is not None else None
         self.clock = clock
         self.process: subprocess.Popen | None = None
         self._log: IO[str] | None = None
@@ -107,27 +112,32 @@ class VLLMServer:
 
     def command(self) -> list[str]:
         """The command line that starts the server."""
-        name = ["--served-model-name", self.served_name]
-        return ["bash", str(SCRIPT), self.model, str(self.port), *name, *self.extra_args]
+        raise NotImplementedError
 
-    def start(self) -> VLLMServer:
+    def check(self) -> None:
+        """Raise `VLLMStartError` if the server cannot be started here."""
+
+    def start(self) -> ServerProcess:
         """Start the server (a new process group) and wait until /health answers 200."""
-        reason = missing()
-        if reason is not None:
-            raise VLLMStartError(reason)
+        self.check()
         if self.log_path is None:
             import tempfile
 
-            handle, name = tempfile.mkstemp(prefix="vllm-", suffix=".log")
+            handle, name = tempfile.mkstemp(prefix=f"{self.name}-", suffix=".log")
             os.close(handle)
             self.log_path = Path(name)
         self._log = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 (closed in stop)
+        env, cores = None, self.cores
+        if cores is not None:
+            env = {**os.environ, "OMP_NUM_THREADS": str(len(cores))}
         self.process = subprocess.Popen(
             self.command(),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env=env,
+            preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores),
         )
         try:
             self._wait_healthy()
@@ -144,7 +154,7 @@ class VLLMServer:
         while True:
             code = self.process.poll()
             if code is not None:
-                msg = f"vLLM exited with status {code} before answering /health"
+                msg = f"{self.name} exited with status {code} before answering /health"
                 raise VLLMStartError(f"{msg}\n{self.log_tail()}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200:
@@ -152,7 +162,7 @@ class VLLMServer:
             except httpx.HTTPError:
                 pass
             if self.clock() > deadline:
-                msg = f"vLLM did not answer /health within {self.startup_timeout:g} s"
+                msg = f"{self.name} did not answer /health within {self.startup_timeout:g} s"
                 raise VLLMStartError(f"{msg}\n{self.log_tail()}")
             time.sleep(1.0)
 
@@ -163,7 +173,7 @@ class VLLMServer:
         body = {"model": self.served_name, "prompt": "Hello", "max_tokens": 2, "temperature": 0}
         response = httpx.post(f"{self.url}/v1/completions", json=body, timeout=300.0)
         if response.status_code != 200:
-            msg = f"vLLM's first completion failed ({response.status_code}): {response.text}"
+            msg = f"{self.name}'s first completion failed ({response.status_code}): {response.text}"
             raise VLLMStartError(f"{msg}\n{self.log_tail()}")
 
     def running(self) -> bool:
@@ -202,8 +212,95 @@ class VLLMServer:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, sig)
 
-    def __enter__(self) -> VLLMServer:
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class VLLMServer(ServerProcess):
+    """`scripts/vllm-serve.sh MODEL PORT` as a context manager: started, warm, stopped.
+
+    Args:
+        model: a model folder (or hub id) for vLLM's `--model`.
+        served_name: the name clients send as `model` (default: the folder's name).
+        extra_args: more arguments for vLLM (e.g. ["--max-model-len", "2048"]).
+        startup_timeout: seconds to wait for /health (the CPU build takes 1-2 minutes).
+        **options: `ServerProcess`'s (port, log, cores, clock).
+    """
+
+    name = "vLLM"
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        served_name: str | None = None,
+        extra_args: Sequence[str] = (),
+        startup_timeout: float = 600.0,
+        **options,
+    ):
+        super().__init__(startup_timeout=startup_timeout, **options)
+        self.model = str(model)
+        self.served_name = served_name or Path(self.model).name
+        self.extra_args = list(extra_args)
+
+    def command(self) -> list[str]:
+        name = ["--served-model-name", self.served_name]
+        return ["bash", str(SCRIPT), self.model, str(self.port), *name, *self.extra_args]
+
+    def check(self) -> None:
+        reason = missing()
+        if reason is not None:
+            raise VLLMStartError(reason)
+
+
+class SpecSteerServer(ServerProcess):
+    """`specsteer serve` (this interpreter's) for a generalist and a public specialist.
+
+    Args:
+        generalist: folder or hub id of the generalist.
+        public_specialist: folder or hub id of the public copy of the specialist.
+        extra_args: more `specsteer serve` options.
+        startup_timeout: seconds to wait for /health.
+        **options: `ServerProcess`'s (port, log, cores, clock).
+    """
+
+    name = "specsteer serve"
+
+    def __init__(
+        self,
+        generalist: str | os.PathLike[str],
+        public_specialist: str | os.PathLike[str],
+        *,
+        extra_args: Sequence[str] = (),
+        startup_timeout: float = 120.0,
+        **options,
+    ):
+        super().__init__(startup_timeout=startup_timeout, **options)
+        self.generalist = str(generalist)
+        self.public_specialist = str(public_specialist)
+        self.served_name = Path(self.generalist).name
+        self.extra_args = list(extra_args)
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "langchain_specsteer",
+            "serve",
+            "--generalist",
+            self.generalist,
+            "--public-specialist",
+            self.public_specialist,
+            "--device",
+            "cpu",
+            "--port",
+            str(self.port),
+            "--served-model-name",
+            self.served_name,
+            "--log-level",
+            "warning",
+            *self.extra_args,
+        ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,9 @@ __all__ = [
 ]
 
 
+_STATS_LOCK = threading.Lock()
+
+
 @dataclass
 class TransportStats:
     """What a client sent and received (bodies and headers counted separately)."""
@@ -46,10 +50,31 @@ class TransportStats:
     header_bytes_sent: int = 0
     header_bytes_received: int = 0
     seconds: float = 0.0
+    """Time inside requests, summed over requests (rounds in flight overlap)."""
+    busy_seconds: float = 0.0
+    """Wall time with at least one request open."""
+    open_requests: int = 0
+    busy_since: float = 0.0
 
     def reset(self) -> None:
-        for name in self.__dataclass_fields__:
-            setattr(self, name, type(getattr(self, name))())
+        with _STATS_LOCK:
+            for name in self.__dataclass_fields__:
+                setattr(self, name, type(getattr(self, name))())
+
+    def opened(self, now: float) -> None:
+        """A request starts (`busy_seconds` counts from the first one open)."""
+        with _STATS_LOCK:
+            if self.open_requests == 0:
+                self.busy_since = now
+            self.open_requests += 1
+
+    def closed(self, started: float, now: float) -> None:
+        """A request that `opened` at `started` is done."""
+        with _STATS_LOCK:
+            self.seconds += now - started
+            self.open_requests = max(0, self.open_requests - 1)
+            if self.open_requests == 0:
+                self.busy_seconds += now - self.busy_since
 
 
 @dataclass(frozen=True)
@@ -184,13 +209,14 @@ class HTTPClient:
                 yield max(self.backoff_s * 2 ** (attempt - 1), wait_s)
                 wait_s = 0.0
             start = time.perf_counter()
+            self.stats.opened(start)
             try:
                 response = yield Send(method, path, content, headers)
             except self._httpx.TransportError as err:  # connection refused, reset, timeout
                 reason = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
                 continue
             finally:
-                self.stats.seconds += time.perf_counter() - start
+                self.stats.closed(start, time.perf_counter())
             self._count(response)
             if not _retryable(response):
                 return response

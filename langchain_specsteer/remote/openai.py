@@ -46,6 +46,9 @@ __all__ = [
     "prompt_logprob_rows",
 ]
 
+RESCORES = 3
+"""Tries at scoring a round again after a short answer (`OpenAICompatibleSession._rescored`)."""
+
 Row = dict[int, float]
 """One position's listed entries: token id → log-prob (unlisted tokens are absent)."""
 
@@ -441,8 +444,9 @@ class OpenAICompatibleSession(GeneralistSession):
         )
 
     def _rescored(self, tokens: list[int], draft: list[int]) -> Exchange:
-        """The round scored again, alone, after an answer with rows shorter than the top m
-        (vLLM's batching with `logprob_token_ids`); draft values are not asked any more."""
+        """The round scored again after an answer with rows shorter than the top m (vLLM's
+        batching with `logprob_token_ids`); draft values are not asked any more. Rounds in
+        flight may still have such requests running beside it, so it tries `RESCORES` times."""
         client = self.client
         if client.exact_drafts:
             warnings.warn(
@@ -453,11 +457,12 @@ class OpenAICompatibleSession(GeneralistSession):
                 stacklevel=2,
             )
             client.exact_drafts = False
-        answer, rows = yield from self._scoring(tokens, draft)
-        if _corrupted(rows, client.top_logprobs, self.vocab_size):
-            msg = f"{client.http.base_url} keeps returning fewer top log-probs than asked"
-            raise GeneralistError(msg)
-        return answer, rows
+        for _ in range(RESCORES):
+            answer, rows = yield from self._scoring(tokens, draft)
+            if not _corrupted(rows, client.top_logprobs, self.vocab_size):
+                return answer, rows
+        msg = f"{client.http.base_url} keeps returning fewer top log-probs than asked"
+        raise GeneralistError(msg)
 
     def _complete(
         self, body: dict[str, Any], what: str, parse: Callable[[dict], list[Row]]

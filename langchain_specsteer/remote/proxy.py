@@ -140,9 +140,10 @@ class DelayProxy:
 
         async def read() -> None:
             extra = first_extra
-            while data := await reader.read(_CHUNK):
-                queue.put_nowait((loop.time() + self.rtt_s / 2 + extra, data))
-                extra = 0.0
+            with contextlib.suppress(OSError):  # a reset ends the stream as its end would
+                while data := await reader.read(_CHUNK):
+                    queue.put_nowait((loop.time() + self.rtt_s / 2 + extra, data))
+                    extra = 0.0
             queue.put_nowait((loop.time() + self.rtt_s / 2, b""))
 
         async def write() -> None:
@@ -162,3 +163,4 @@ class DelayProxy:
             await write()
         finally:
             reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)

@@ -19,6 +19,7 @@ from eval import bench_network
 def record(world_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_network")
     args = ["--pair", "tiny", "--data", str(world_dir), "--cases", "2", "--rtts", "0,10"]
+    args += ["--cores", "shared"]
     args += ["--max-new-tokens", "8", "--out", str(out), "--quiet"]
     record = bench_network.main(args)
     assert json.loads((out / "bench_network.json").read_text())["rows"] == record["rows"]
@@ -67,3 +68,27 @@ def test_the_streamed_generalist_is_the_baseline(record):
                 if r["setting"] == bench_network.BASELINE and r["rtt_ms"] == row["rtt_ms"]
             )
         )
+
+
+def test_split_cores_serve_from_a_process_of_their_own_and_give_the_cores_back(
+    world_dir, tiny_dir, tmp_path, capsys
+):
+    """`--cores split`: `specsteer serve` on half the cores, the device on the other half for
+    the run, and this process on all of them again after; a pair without folders is refused."""
+    import os
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("--cores split needs 2 cores")
+    before = os.sched_getaffinity(0)
+    args = ["--data", str(world_dir), "--cases", "1", "--rtts", "0", "--max-new-tokens", "4"]
+    args += ["--out", str(tmp_path), "--quiet"]
+    record = bench_network.main([*args, "--pair", str(tiny_dir)])
+    settings = record["settings"]
+    assert settings["cores"] == "split"
+    assert set(settings["device_cores"]) | set(settings["service_cores"]) == before
+    assert not set(settings["device_cores"]) & set(settings["service_cores"])
+    assert os.sched_getaffinity(0) == before
+    assert "service on cores" in (tmp_path / "bench_network.md").read_text()
+    with pytest.raises(SystemExit):
+        bench_network.main([*args, "--pair", "tiny"])
+    assert "--cores split needs 2 cores or more and a pair folder" in capsys.readouterr().err

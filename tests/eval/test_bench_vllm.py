@@ -175,12 +175,17 @@ def test_projection_rows_per_schedule_and_round_trip():
     assert [(r["schedule"], r["rtt_ms"]) for r in rows] == [
         ("one round at a time, K=3", 0),
         ("one round at a time, K=3", 50),
+        ("rounds in flight, K=3", 0),
+        ("rounds in flight, K=3", 50),
         ("rounds in flight, drafts by round cost", 0),
         ("rounds in flight, drafts by round cost", 50),
     ]
     # one at a time, 12 tokens in 3 rounds of 3 x 8 + 30 + 8 (+ 50) ms
     assert rows[0]["specsteer_ms_per_token"] == pytest.approx(3 * 62 / 12)
     assert rows[1]["specsteer_ms_per_token"] == pytest.approx(3 * 112 / 12)
+    # in flight, every draft accepted and every guess right: the device drafts on while it
+    # waits, so each round trip is hidden behind drafting
+    assert rows[3]["specsteer_ms_per_token"] < rows[1]["specsteer_ms_per_token"]
 
 
 def record():

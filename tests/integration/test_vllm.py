@@ -226,7 +226,7 @@ def test_an_agent_turn_over_vllm_equals_in_process(server, pair, tmp_path):
     """The memory tools bound and a private recall result in the conversation: vLLM's
     `/tokenize` (no tokenizer on the device) renders the tools as the demo template does on
     the device, the result reaches vLLM only as the placeholder, and the agent's next turns
-    (a call, then the answer) equal the in-process ones."""
+    equal the in-process ones (SpecSteer's call; the generalist's reply after the result)."""
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
     from langchain_core.utils.function_calling import convert_to_openai_tool
 
@@ -248,7 +248,8 @@ def test_an_agent_turn_over_vllm_equals_in_process(server, pair, tmp_path):
         request = HumanMessage("Write my review of the Kelmo Q200 blender in my style.")
         first = [chat.bind_tools(tools).invoke([request]) for chat in chats]
         assert first[0].content == first[1].content
-        assert first[0].tool_calls == first[1].tool_calls
+        calls = [[(c["name"], c["args"]) for c in m.tool_calls] for m in first]  # ids differ
+        assert calls[0] == calls[1]
         call = {"name": "recall_memory", "args": {"query": "blender"}, "id": "c1"}
         secret = "- 5-star review of a Zorblax blender: Zorblax marmalade, PIN 4417."
         history = [
@@ -264,8 +265,11 @@ def test_an_agent_turn_over_vllm_equals_in_process(server, pair, tmp_path):
         public = specialist.tokenizer.decode(prompts.public_generalist)
         assert public.startswith("<|bos|><|tools|>") and PRIVATE_RESULT in public
         assert "Zorblax" not in public and "Zorblax" in specialist.tokenizer.decode(prompts.private)
-        answers = [chat.bind_tools(tools).invoke(history) for chat in chats]
-        assert answers[0].content == answers[1].content and answers[0].content
+        # greedy speculative: the generalist's own reply to the placeholder, on both sides
+        # (SpecSteer's recoveries over vLLM read a top-20 hint, so they may part in-process)
+        answers = [chat.bind_tools(tools).invoke(history, method="speculative") for chat in chats]
+        replies = [(m.content, [(c["name"], c["args"]) for c in m.tool_calls]) for m in answers]
+        assert replies[0] == replies[1] and any(replies[0])
     assert remote.stats.requests > 0
     remote.close()
 

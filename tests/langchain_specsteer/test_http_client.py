@@ -69,3 +69,20 @@ def test_the_transport_hook_must_be_callable():
         HTTPClient(
             "http://service.test", None, timeout=1, max_retries=0, backoff_s=0, wrap_transport=3
         )
+
+
+def test_busy_seconds_count_overlapping_requests_once():
+    """`seconds` sums each request's time; `busy_seconds` is the wall time with one or more
+    open, what a bench compares with the generation's time when rounds are in flight."""
+    from langchain_specsteer.remote.http import TransportStats
+
+    stats = TransportStats()
+    stats.opened(0.0)
+    stats.opened(1.0)
+    stats.closed(0.0, 3.0)
+    stats.closed(1.0, 4.0)
+    stats.opened(6.0)
+    stats.closed(6.0, 7.0)
+    assert (stats.seconds, stats.busy_seconds) == (7.0, 5.0)
+    stats.reset()
+    assert (stats.seconds, stats.busy_seconds, stats.open_requests) == (0.0, 0.0, 0)

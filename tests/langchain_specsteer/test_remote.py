@@ -1137,6 +1137,40 @@ def test_rows_cut_short_beside_a_draft_values_request_are_scored_again(recwarn):
     assert asked == {"scoring": 3, "values": 1}  # draft values no longer asked
 
 
+@pytest.mark.parametrize("short_answers", [3, 4])
+def test_rescoring_tries_again_while_requests_in_flight_cut_rows_short(short_answers):
+    """Rounds in flight may still have draft-value requests running beside the rescoring:
+    the client scores again up to RESCORES times after the first short answer, then says
+    the server keeps cutting rows short."""
+    import httpx
+
+    from langchain_specsteer.remote.openai import RESCORES
+
+    full = [{f"token_id:{t}": -0.1 * (t + 1) for t in range(4)} for _ in range(2)]
+    short = [dict(list(row.items())[:1]) for row in full]
+    asked = {"scoring": 0}
+
+    def reply(request):
+        body = json.loads(request.content)
+        if "logprob_token_ids" in body:
+            return httpx.Response(200, json=_fill_in_answer(body))
+        asked["scoring"] += 1
+        rows = short if asked["scoring"] <= short_answers else full
+        return httpx.Response(200, json={"choices": [_choice(i, r) for i, r in enumerate(rows)]})
+
+    client = _openai(
+        "http://scorer", "m", top_logprobs=4, wrap_transport=lambda t: httpx.MockTransport(reply)
+    )
+    session = client.open_session([1, 2], vocab_size=16)
+    with pytest.warns(RuntimeWarning, match="scored again"):
+        if short_answers <= RESCORES:
+            assert torch.isfinite(session.verify([5], "ratio", 0.5).log_p_G).sum() == 8
+        else:
+            with pytest.raises(GeneralistError, match="keeps returning fewer top log-probs"):
+                session.verify([5], "ratio", 0.5)
+    assert asked["scoring"] == min(short_answers, RESCORES) + 1
+
+
 def test_after_asks_for_unlisted_draft_values_only_after_the_answer():
     """exact_drafts="after": one request when every draft token is listed; a second, after
     the first answer, when one is not, whose value then stands in its row."""
