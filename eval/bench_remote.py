@@ -149,7 +149,7 @@ def generate(
     if stats is not None:
         llm.generalist.wait_released()  # count the session's release, off the clock
     counted = {} if stats is None else asdict(stats)
-    for name in ("seconds", "busy_seconds", "open_requests", "busy_since"):
+    for name in ("seconds", "busy_seconds"):
         counted.pop(name, None)  # time inside requests; the wall clock above covers it
     return Generation(
         case=case.id,

@@ -444,18 +444,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="folder written by `python -m eval.world`")
     parser.add_argument("--out", required=True, help="where the pair (and checkpoints) go")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation and order")
-    parser.add_argument(
-        "--specialist-steps",
-        type=int,
-        default=TrainConfig.specialist_steps,
-        help="optimiser steps of the specialist",
-    )
-    parser.add_argument(
-        "--generalist-steps",
-        type=int,
-        default=TrainConfig.generalist_steps,
-        help="optimiser steps of the generalist",
-    )
+    for name in ("specialist", "generalist"):
+        parser.add_argument(
+            f"--{name}-steps",
+            type=int,
+            default=getattr(TrainConfig, f"{name}_steps"),
+            help=f"optimiser steps of the {name}",
+        )
+        parser.add_argument(
+            f"--{name}-size",
+            default=_size_text(getattr(TrainConfig, name)),
+            help=f"hidden,layers,heads of the {name}",
+        )
     parser.add_argument(
         "--minutes", type=float, default=TrainConfig.minutes, help="time cap per model"
     )
@@ -466,16 +466,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--vocab-size", type=int, default=TrainConfig.vocab_size, help="tokenizer size"
-    )
-    parser.add_argument(
-        "--specialist-size",
-        default=_size_text(TrainConfig.specialist),
-        help="hidden,layers,heads of the specialist",
-    )
-    parser.add_argument(
-        "--generalist-size",
-        default=_size_text(TrainConfig.generalist),
-        help="hidden,layers,heads of the generalist",
     )
     parser.add_argument(
         "--grow-from",

@@ -441,12 +441,19 @@ def summary_table(
         "  ".join([row[0].ljust(widths[0]), *map(str.rjust, row[1:], widths[1:])]) for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append(f"({note})")
+    return [*lines, *summary_notes(note, reference, scores)]
+
+
+def summary_notes(
+    note: str, reference: str | None = None, scores: dict[str, Any] | None = None
+) -> list[str]:
+    """The lines under the closing table: the speed note, then what R-L and the means are."""
+    notes = [f"({note})"]
     if reference is not None:
-        lines.append("(R-L: ROUGE-L F1 ×100 against the user's real review, held out)")
+        notes.append("(R-L: ROUGE-L F1 ×100 against the user's real review, held out)")
     if scores is not None:
-        lines.append(f"(means over the pair's users: {scores['command']})")
-    return lines
+        notes.append(f"(means over the pair's users: {scores['command']})")
+    return notes
 
 
 def render_html(
@@ -514,7 +521,7 @@ def render_html(
         "<tr>" + "".join(f"<th>{esc(c)}</th>" for c in header) + "</tr>",
         *("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows),
     ]
-    notes = summary_table(runs, note, reference, scores)[len(rows) + 2 :]
+    notes = summary_notes(note, reference, scores)
     parts += ["</table>", *(f'<p class="stats">{esc(n)}</p>' for n in notes)]
     parts += ["</body></html>", ""]
     return "\n".join(parts)

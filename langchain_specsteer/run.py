@@ -555,10 +555,11 @@ class Run(ABC):
                 token = self._recover(draft, verdict, accepted)
                 # Commit: the rounds in flight stand if they built on exactly these tokens;
                 # else they are void and every cache rolls back to the committed length.
-                kept = accepted.verified == len(draft.ids) and token == flight.predicted
-                if flight.predicted is not None and accepted.verified == len(draft.ids):
+                whole = accepted.verified == len(draft.ids)
+                kept = whole and token == flight.predicted
+                if whole and flight.predicted is not None:  # the guess of its end is judged
                     self.calibration.guesses += 1
-                    self.calibration.guessed += token == flight.predicted
+                    self.calibration.guessed += kept
                 if flights and not kept:
                     yield Discard(len(flights))
                 round_ = self._commit(draft, accepted, token, rolled=bool(flights) and kept)
@@ -741,6 +742,7 @@ class Run(ABC):
         go to `draft`."""
         tokens: list[int] = []
         rho = self.calibration.rho if self.adaptive else 1.0
+        stop = self.params.draft_stop if self.adaptive else None  # by confidence
         by_cost = self.adaptive and self.params.draft_stop is None
         acceptance, round_steps = self.calibration.acceptance, self.costs.round_steps()
         for _ in range(k):
@@ -753,9 +755,7 @@ class Run(ABC):
             if token in eos:
                 break
             draft.confidences.append(float(draft.q_ctx[-1][token].exp()))
-            stop = self.params.draft_stop
-            confident = stop is None or alg.keep_drafting(draft.confidences, rho, stop)
-            if self.adaptive and not confident:
+            if stop is not None and not alg.keep_drafting(draft.confidences, rho, stop):
                 break
         return tokens
 

@@ -53,28 +53,30 @@ class TransportStats:
     """Time inside requests, summed over requests (rounds in flight overlap)."""
     busy_seconds: float = 0.0
     """Wall time with at least one request open."""
-    open_requests: int = 0
-    busy_since: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._open, self._busy_since = 0, 0.0  # requests open now (not a count to reset)
 
     def reset(self) -> None:
         with _STATS_LOCK:
             for name in self.__dataclass_fields__:
                 setattr(self, name, type(getattr(self, name))())
+            self._busy_since = time.perf_counter()
 
     def opened(self, now: float) -> None:
         """A request starts (`busy_seconds` counts from the first one open)."""
         with _STATS_LOCK:
-            if self.open_requests == 0:
-                self.busy_since = now
-            self.open_requests += 1
+            if self._open == 0:
+                self._busy_since = now
+            self._open += 1
 
     def closed(self, started: float, now: float) -> None:
         """A request that `opened` at `started` is done."""
         with _STATS_LOCK:
             self.seconds += now - started
-            self.open_requests = max(0, self.open_requests - 1)
-            if self.open_requests == 0:
-                self.busy_seconds += now - self.busy_since
+            self._open = max(0, self._open - 1)
+            if self._open == 0:
+                self.busy_seconds += now - self._busy_since
 
 
 @dataclass(frozen=True)
