@@ -26,9 +26,9 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -254,6 +254,24 @@ class Calibration:
         guesses, with `PRIOR` pseudo-guesses at 90 %."""
         return (self.guessed + 0.9 * self.PRIOR) / (self.guesses + self.PRIOR)
 
+    def count(self, confidences: Sequence[float], accepted: int) -> None:
+        """Count a verdict: the `accepted` drafts and the first rejected one are judged (the
+        rest of `confidences`, q_ctx of each draft, were never looked at)."""
+        judged = confidences[: accepted + 1]
+        self.accepted += min(accepted, len(judged))
+        self.confidence += sum(judged)
+        self.judged += len(judged)
+
+    def standing(self, flights: Iterable[Flight]) -> Calibration:
+        """This calibration once every round in `flights` stands (all its drafts accepted):
+        what a round drafted after them sees one round at a time. A round sent ahead is
+        sized on it, so `draft_tokens="auto"` writes the same text with and without rounds
+        in flight (if one does not stand, the round is voided and drafted again)."""
+        assumed = replace(self)
+        for flight in flights:
+            assumed.count(flight.draft.confidences, len(flight.draft.confidences))
+        return assumed
+
     def chance(self, drafts: int, guesses: int) -> float:
         """The chance that rounds in flight holding `drafts` drafts and `guesses` guessed
         last tokens all stand."""
@@ -340,6 +358,8 @@ class Run(ABC):
         self._stepping = threading.Lock()  # one step at a time, then closing
         self.adaptive = params.draft_tokens == "auto"
         self.calibration = Calibration()
+        self.flights: deque[Flight] = deque()
+        """Rounds sent whose verdicts are not used yet, oldest first."""
         self.costs = RoundCosts()
         self.watchers: list[Callable[[Draft, Verdict | None, Accepted], None]] = []
         """Called with each round's draft, verdict and acceptance, before its recovery (for
@@ -511,7 +531,7 @@ class Run(ABC):
         after it unless they built on exactly what it committed."""
         p = self.params
         self.stats._start = time.perf_counter()
-        flights: deque[Flight] = deque()
+        flights = self.flights
         try:
             try:
                 self._open()
@@ -741,7 +761,7 @@ class Run(ABC):
         `algorithms.worth_drafting` says does not pay. q_ctx (and batched q_gen) before each
         go to `draft`."""
         tokens: list[int] = []
-        rho = self.calibration.rho if self.adaptive else 1.0
+        rho = self.calibration.standing(self.flights).rho if self.adaptive else 1.0
         stop = self.params.draft_stop if self.adaptive else None  # by confidence
         by_cost = self.adaptive and self.params.draft_stop is None
         acceptance, round_steps = self.calibration.acceptance, self.costs.round_steps()
@@ -762,10 +782,7 @@ class Run(ABC):
     def _observe(self, draft: Draft, accepted: int) -> None:
         """Count a verdict for `draft_tokens="auto"`: the specialist's `accepted` drafts and
         the first rejected one are judged; the rest were never looked at."""
-        judged = draft.confidences[: accepted + 1]
-        self.calibration.accepted += min(accepted, len(judged))
-        self.calibration.confidence += sum(judged)
-        self.calibration.judged += len(judged)
+        self.calibration.count(draft.confidences, accepted)
 
     def _score(self, seq: ModelSequence, tokens: list[int]) -> torch.Tensor:
         """(len(tokens)+1, V) log-probs of `seq` at each token's position and after (on the

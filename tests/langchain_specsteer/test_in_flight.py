@@ -140,21 +140,28 @@ def generate(llm, prompt, **params):
 # Draft-happy settings: the tiny random pair is unsure of every token, so γ is low enough to
 # accept drafts and the guesses of the last token sometimes hold.
 LOOSE = {"gamma": 0.05, "draft_tokens": 3}
+# Draft lengths chosen by confidence (`draft_tokens="auto"`): a round sent ahead is sized on
+# the calibration its rounds in flight would leave if they stand (`Calibration.standing`).
+BY_CONFIDENCE = {"gamma": 0.2, "draft_tokens": "auto", "max_draft_tokens": 4, "draft_stop": 0.05}
 
 
 @pytest.mark.parametrize("method", ["specsteer", "speculative"])
-def test_rounds_in_flight_write_the_text_of_one_round_at_a_time(lagged, make_llm, method):
-    llm, _ = lagged(rounds_in_flight=4, **LOOSE)
-    sequential, _ = lagged(rounds_in_flight=1, **LOOSE)
-    in_process = make_llm(**LOOSE)
-    voided = 0
+@pytest.mark.parametrize("drafts", [LOOSE, BY_CONFIDENCE], ids=["K", "auto"])
+def test_rounds_in_flight_write_the_text_of_one_round_at_a_time(lagged, make_llm, method, drafts):
+    llm, remote = lagged(rounds_in_flight=4, **drafts)
+    sequential, _ = lagged(rounds_in_flight=1, **drafts)
+    in_process = make_llm(**drafts)
+    voided, lengths = 0, set()
     for prompt in PROMPTS:
         text, info = generate(llm, prompt, method=method)
         assert text == generate(sequential, prompt, method=method)[0]
         assert text == generate(in_process, prompt, method=method)[0]
         voided += info["voided_rounds"]
         assert info["generalist_calls"] == info["rounds"] + info["voided_rounds"]
+        lengths.update(len(draft) for _, draft in remote.sent)
     assert voided > 0  # rounds were sent ahead, and some were voided
+    if drafts is BY_CONFIDENCE:
+        assert len(lengths) > 1  # the device chose the draft lengths
 
 
 def test_speculative_in_flight_is_the_generalists_greedy_text(lagged, make_llm):
