@@ -72,7 +72,8 @@ class DecodingParams(BaseModel):
     (`max_in_flight`), each sent while the measured round trip and the drafts' confidence say
     it pays (`algorithms.send_ahead`); an integer N: always N (at most the session's limit);
     1: one round at a time. In-process generalists verify one round at a time whatever this
-    says. With one draft length the text is the same either way."""
+    says. With one draft length, or drafts sized by confidence (`draft_stop` set), the text
+    is the same either way; drafts sized by measured cost depend on timing."""
     gate: Literal["fixed", "context"] = "fixed"
     """The ratio test's gate per draft position: "fixed" uses γ everywhere; "context"
     (AsymSpec) uses γ · exp(−JSD(q_ctx, q_gen)), looser where the private context moved the

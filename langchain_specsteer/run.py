@@ -761,10 +761,11 @@ class Run(ABC):
         `algorithms.worth_drafting` says does not pay. q_ctx (and batched q_gen) before each
         go to `draft`."""
         tokens: list[int] = []
-        rho = self.calibration.standing(self.flights).rho if self.adaptive else 1.0
+        calibration = self.calibration.standing(self.flights)  # as one round at a time
+        rho = calibration.rho if self.adaptive else 1.0
         stop = self.params.draft_stop if self.adaptive else None  # by confidence
         by_cost = self.adaptive and self.params.draft_stop is None
-        acceptance, round_steps = self.calibration.acceptance, self.costs.round_steps()
+        acceptance, round_steps = calibration.acceptance, self.costs.round_steps()
         for _ in range(k):
             if by_cost and not alg.worth_drafting(len(tokens) + 1, acceptance, round_steps):
                 break
