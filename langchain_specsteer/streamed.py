@@ -154,7 +154,8 @@ class StreamedRun:
         if not tokens:
             return None
         self.committed.extend(tokens)
-        self.stats.rounds += 1
+        self.stats.rounds += len(tokens)  # one per token, as in-process: a busy server may
+        # send several tokens in one event
         self.stats.new_tokens += len(tokens)
         data = self.spell(tokens) if self.spell is not None else None
         if data is not None:

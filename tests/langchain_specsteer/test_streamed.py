@@ -148,3 +148,24 @@ def test_a_stream_the_service_cannot_give_is_refused_before_it_starts(verifier, 
     body = {"prompt": [1, 2, 3], "max_tokens": 4, "stream": True, **change}
     response = httpx.post(f"{verifier.url}/v1/completions", json=body)
     assert response.status_code == 400 and words in response.json()["error"]["message"]
+
+
+def test_an_event_of_several_tokens_counts_a_round_a_token(make_llm, make_remote_llm, monkeypatch):
+    """A busy server may send several tokens in one event (vLLM does): `rounds` still counts
+    one a token, as the in-process generalist does."""
+    from langchain_specsteer.remote import base
+    from langchain_specsteer.remote.stream import Streamed
+
+    real = base.stream_completion
+
+    def paired(http, body):
+        events = list(real(http, body))
+        for i in range(0, len(events), 2):
+            pair = events[i : i + 2]
+            yield Streamed([t for e in pair for t in e.tokens], pair[-1].finish_reason)
+
+    monkeypatch.setattr(base, "stream_completion", paired)
+    expected, local_info = generate(make_llm(method="generalist", max_new_tokens=30))
+    text, info = generate(make_remote_llm("session", method="generalist", max_new_tokens=30))
+    assert text == expected
+    assert info["rounds"] == info["new_tokens"] == local_info["rounds"] > 1
