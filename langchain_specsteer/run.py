@@ -592,6 +592,9 @@ class Run(ABC):
                         yield Discard(len(flights))
                     self._void(flights)
                     return
+            if flights:  # the budget ended the text before their verdicts were used
+                yield Discard(len(flights))
+                self._void(flights)
             self.stats.finish_reason = "length"
         finally:
             self.stats.seconds = time.perf_counter() - self.stats._start
@@ -599,9 +602,12 @@ class Run(ABC):
     def _draft_ahead(self, flights: deque[Flight]) -> Flight | None:
         """The next round: drafted after the committed output or, with rounds in flight, after
         the last one's drafts and a guess of its last token, drafted at its bonus position
-        (whose rows that round keeps for its recovery). None: the guess ends the text."""
+        (whose rows that round keeps for its recovery). None: the guess ends the text, or
+        leaves no room in the token budget for a round after it."""
         position = self.stats.new_tokens + sum(f.tentative for f in flights)
         if flights:
+            if self.params.max_new_tokens - position < 2:  # no room after the guess
+                return None
             last = flights[-1]
             self._step(self.ctx, last.draft.q_ctx, last.draft.q_gen)
             row = last.draft.q_ctx[-1]

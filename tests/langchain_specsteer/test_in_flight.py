@@ -327,3 +327,16 @@ def test_auto_keeps_one_round_in_flight_where_the_wait_is_the_services_work(lagg
     busy.verify_seconds = 1.0  # more than any wait: the share is 1
     assert generate(llm, PROMPTS[0])[0] == text
     assert busy.most_in_flight == 1 and busy.commits > 1
+
+
+def test_every_round_sent_is_counted_when_the_budget_ends_the_text(lagged):
+    """A round is never sent past the token budget, and one still in flight when the budget
+    ends the text counts as voided: `generalist_calls` = `rounds` + `voided_rounds`."""
+    ended = 0
+    for budget in range(3, 15):
+        llm, _ = lagged(rounds_in_flight=4, max_new_tokens=budget, **LOOSE)
+        for prompt in PROMPTS:
+            _, info = generate(llm, prompt)
+            assert info["generalist_calls"] == info["rounds"] + info["voided_rounds"], budget
+            ended += info["finish_reason"] == "length"
+    assert ended > 0
