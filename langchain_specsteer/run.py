@@ -767,11 +767,13 @@ class Run(ABC):
         `algorithms.worth_drafting` says does not pay. q_ctx (and batched q_gen) before each
         go to `draft`."""
         tokens: list[int] = []
-        calibration = self.calibration.standing(self.flights)  # as one round at a time
-        rho = calibration.rho if self.adaptive else 1.0
+        # as one round at a time (fixed K reads none of it)
+        calibration = self.calibration.standing(self.flights) if self.adaptive else None
+        rho = calibration.rho if calibration is not None else 1.0
         stop = self.params.draft_stop if self.adaptive else None  # by confidence
         by_cost = self.adaptive and self.params.draft_stop is None
-        acceptance, round_steps = calibration.acceptance, self.costs.round_steps()
+        acceptance = calibration.acceptance if calibration is not None else 1.0
+        round_steps = self.costs.round_steps()
         for _ in range(k):
             if by_cost and not alg.worth_drafting(len(tokens) + 1, acceptance, round_steps):
                 break
